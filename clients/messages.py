@@ -1,0 +1,51 @@
+"""The wire contract between the fedshop ServerApp and ClientApp.
+
+Every key that crosses the network is named here, once, so the server can check that
+a reply carries exactly the documented metrics and nothing else (no raw data, no ids).
+
+Train reply (``RecordDict``):
+
+- ``"arrays"``: ArrayRecord, the site's model weights after local training (a plain
+  ``state_dict``, no Opacus ``_module.`` prefix).
+- ``"metrics"``: MetricRecord with exactly :data:`TRAIN_METRIC_KEYS`.
+- ``"site"``: ConfigRecord with exactly :data:`SITE_KEYS` (the storefront name, which
+  the server already knows from deployment; it is needed for per-storefront reports).
+
+A site that declines a round (privacy budget spent, no data for the model) replies
+with an error whose code is one of the ``DECLINED_*`` codes below and whose reason
+starts with the matching reason code, e.g. ``"privacy-budget-exhausted: ..."``.
+"""
+
+from __future__ import annotations
+
+ARRAYS = "arrays"
+METRICS = "metrics"
+CONFIG = "config"
+SITE = "site"
+
+NUM_EXAMPLES = "num-examples"
+TRAIN_LOSS = "train-loss"
+EPSILON = "epsilon"
+DELTA = "delta"
+DP_STEPS = "dp-steps"
+
+TRAIN_METRIC_KEYS: frozenset[str] = frozenset({NUM_EXAMPLES, TRAIN_LOSS, EPSILON, DELTA, DP_STEPS})
+"""The only metric keys a train reply may carry."""
+
+STOREFRONT = "storefront"
+SITE_KEYS: frozenset[str] = frozenset({STOREFRONT})
+
+# Train-message config keys set by the server.
+MODEL = "model"
+SERVER_ROUND = "server-round"
+ROUND_OFFSET = "round-offset"
+PLANNED_ROUNDS = "planned-rounds"
+PROXIMAL_MU = "proximal-mu"
+
+# Error codes for declined rounds; above Flower's own ErrorCode range.
+DECLINED_BUDGET_EXHAUSTED = 1001
+DECLINED_NO_DATA = 1002
+DECLINE_REASONS: dict[int, str] = {
+    DECLINED_BUDGET_EXHAUSTED: "privacy-budget-exhausted",
+    DECLINED_NO_DATA: "no-training-data",
+}

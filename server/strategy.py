@@ -1,0 +1,365 @@
+"""Server strategies: Flower's FedAvg / FedProx / FedAdam with update screening and robust means.
+
+Each round's train replies go through three stages, in this order:
+
+1. **Screening** (:class:`ValidatedAggregation`): error replies are logged (declined
+   sites with their reason code, failures separately); each content reply is checked
+   by :func:`server.update_validation.validate_updates`; every rejection is logged
+   with the node id and storefront. If fewer than ``min_accepted`` updates survive,
+   the round keeps the previous global model and says so.
+2. **Aggregation rule** (:class:`RobustAggregation`): weighted FedAvg over
+   ``num-examples`` (McMahan et al. 2017), coordinate-wise trimmed mean or
+   coordinate-wise median (Yin et al. 2018; both unweighted, as in the paper).
+3. **Server optimizer**: none (FedAvg, FedProx — whose proximal term is applied by the
+   clients from ``proximal-mu`` in the train config, Li et al. 2020) or Adam on the
+   pseudo-gradient (FedAdam, Reddi et al. 2021), reusing Flower's classes.
+
+Rounds are numbered absolutely: after a resume the strategy is started with
+``num_rounds = total - done`` and ``round_offset = done``; clients then see the
+absolute ``server-round`` and FedAdam's bias correction continues where it stopped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from logging import INFO, WARNING
+from typing import Any
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedAdam, FedAvg, FedProx
+from flwr.serverapp.strategy.fedtrimmedavg import trim_mean
+from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
+from flwr.supercore import log
+
+from clients import messages as wire
+from server.update_validation import Rejection, SiteUpdate, ValidationPolicy, validate_updates
+
+AGGREGATIONS = ("weighted-mean", "trimmed-mean", "median")
+SERVER_OPTIMIZERS = ("fedavg", "fedprox", "fedadam")
+
+
+@dataclass
+class RoundReport:
+    """What happened to each site's reply in one training round."""
+
+    accepted: list[str] = field(default_factory=list)
+    rejected: list[Rejection] = field(default_factory=list)
+    declined: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+    kept_previous_model: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-serialisable form for the run's per-round log."""
+        return {
+            "accepted": self.accepted,
+            "rejected": [vars(r) for r in self.rejected],
+            "declined": self.declined,
+            "failed": self.failed,
+            "kept-previous-model": self.kept_previous_model,
+        }
+
+
+def aggregate_train_metrics(records: list[RecordDict], weighted_by_key: str) -> MetricRecord:
+    """Summarise accepted train replies: weighted mean loss, worst-case privacy, totals."""
+    metrics = [next(iter(r.metric_records.values())) for r in records]
+    weights = np.array([float(m[weighted_by_key]) for m in metrics])
+    losses = np.array([float(m[wire.TRAIN_LOSS]) for m in metrics])
+    return MetricRecord(
+        {
+            "num-sites": len(metrics),
+            wire.NUM_EXAMPLES: int(weights.sum()),
+            wire.TRAIN_LOSS: float(np.average(losses, weights=weights)),
+            "max-epsilon": max(float(m[wire.EPSILON]) for m in metrics),
+            "max-delta": max(float(m[wire.DELTA]) for m in metrics),
+            "max-dp-steps": max(int(m[wire.DP_STEPS]) for m in metrics),
+        }
+    )
+
+
+class RobustAggregation(FedAvg):
+    """FedAvg whose array aggregation is weighted mean, trimmed mean or median.
+
+    Its ``aggregate_train`` expects replies already screened by
+    :class:`ValidatedAggregation` (same keys, shapes and dtypes).
+    """
+
+    aggregation: str = "weighted-mean"
+    trim_fraction: float = 0.2
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Aggregate screened replies with the configured rule."""
+        contents = [msg.content for msg in replies]
+        if not contents:
+            return None, None
+        if self.aggregation == "weighted-mean":
+            arrays = aggregate_arrayrecords(contents, self.weighted_by_key)
+        else:
+            stacked = {
+                key: np.stack([c[wire.ARRAYS][key].numpy() for c in contents])
+                for key in contents[0][wire.ARRAYS].keys()
+            }
+            if self.aggregation == "trimmed-mean":
+                combined = {k: trim_mean(v, self.trim_fraction) for k, v in stacked.items()}
+            else:
+                combined = {k: np.median(v, axis=0) for k, v in stacked.items()}
+            arrays = ArrayRecord({k: Array(np.asarray(v)) for k, v in combined.items()})
+        return arrays, self.train_metrics_aggr_fn(contents, self.weighted_by_key)
+
+
+class ValidatedAggregation(FedAvg):
+    """Screens train replies before the rest of the strategy sees them.
+
+    Put it first in the bases so its ``configure_train``/``aggregate_train`` wrap the
+    Flower strategy's (see :class:`ScreenedFedAvg` and friends).
+    """
+
+    def setup(
+        self,
+        *,
+        policy: ValidationPolicy,
+        min_accepted: int,
+        aggregation: str,
+        trim_fraction: float,
+        round_offset: int = 0,
+    ) -> None:
+        """Set the screening and aggregation options (called once by :func:`build_strategy`)."""
+        if aggregation not in AGGREGATIONS:
+            raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {aggregation!r}")
+        if min_accepted < 1:
+            raise ValueError(f"min_accepted must be >= 1, got {min_accepted}")
+        self.policy = policy
+        self.min_accepted = min_accepted
+        self.aggregation = aggregation
+        self.trim_fraction = trim_fraction
+        self.round_offset = round_offset
+        self.round_reports: dict[int, RoundReport] = {}
+        self.storefront_of_node: dict[int, str] = {}
+        self._global_weights: dict[str, np.ndarray] = {}
+
+    def summary(self) -> None:
+        """Log the screening settings, then Flower's summary."""
+        log(INFO, "\t├──> Update screening: %s, min accepted %d", self.policy, self.min_accepted)
+        log(INFO, "\t├──> Aggregation rule: %s", self.aggregation)
+        super().summary()
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """Remember the global weights sent this round and number the round absolutely."""
+        self._global_weights = {k: v.numpy() for k, v in arrays.items()}
+        config[wire.ROUND_OFFSET] = self.round_offset
+        return super().configure_train(server_round + self.round_offset, arrays, config, grid)
+
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """Number evaluation rounds absolutely, like training rounds."""
+        return super().configure_evaluate(server_round + self.round_offset, arrays, config, grid)
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Screen replies, then aggregate the accepted ones (or keep the previous model)."""
+        absolute_round = server_round + self.round_offset
+        report = RoundReport()
+        self.round_reports[absolute_round] = report
+        updates: list[SiteUpdate] = []
+        for msg in replies:
+            node_id = msg.metadata.src_node_id
+            site = self.storefront_of_node.get(node_id, "unknown storefront")
+            if msg.has_error():
+                self._log_error_reply(report, node_id, site, msg)
+                continue
+            update, rejection = _site_update(msg)
+            if rejection is not None:
+                report.rejected.append(rejection)
+            else:
+                self.storefront_of_node[node_id] = update.storefront
+                updates.append(update)
+        accepted, rejections = validate_updates(self._global_weights, updates, self.policy)
+        report.rejected.extend(rejections)
+        report.accepted = [u.storefront for u in accepted]
+        for rejection in report.rejected:
+            log(WARNING, "Round %d: rejected update: %s", absolute_round, rejection)
+        log(
+            INFO,
+            "Round %d: %d updates accepted, %d rejected, %d declined, %d failed",
+            absolute_round,
+            len(report.accepted),
+            len(report.rejected),
+            len(report.declined),
+            len(report.failed),
+        )
+        if len(accepted) < self.min_accepted:
+            report.kept_previous_model = True
+            log(
+                WARNING,
+                "Round %d: only %d accepted updates (minimum %d); keeping the previous "
+                "global model",
+                absolute_round,
+                len(accepted),
+                self.min_accepted,
+            )
+            return None, None
+        arrays, metrics = super().aggregate_train(absolute_round, [u.reply for u in accepted])
+        if arrays is None:
+            return None, metrics
+        # Keep the global dtypes stable (Adam's float64 scalars would otherwise upcast),
+        # so next round's dtype check compares like with like.
+        arrays = ArrayRecord(
+            {
+                k: Array(np.asarray(v.numpy(), dtype=self._global_weights[k].dtype))
+                for k, v in arrays.items()
+            }
+        )
+        return arrays, metrics
+
+    def aggregate_evaluate(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> MetricRecord | None:
+        """Aggregate evaluation replies under the absolute round number."""
+        return super().aggregate_evaluate(server_round + self.round_offset, replies)
+
+    def optimizer_state(self) -> dict[str, dict[str, np.ndarray]]:
+        """Server-optimizer state to checkpoint (FedAdam moments); empty for plain averaging."""
+        return {
+            name: dict(getattr(self, name)) for name in ("m_t", "v_t") if getattr(self, name, None)
+        }
+
+    def load_optimizer_state(self, state: dict[str, dict[str, np.ndarray]]) -> None:
+        """Restore what :meth:`optimizer_state` returned."""
+        for name, arrays in state.items():
+            if name not in ("m_t", "v_t") or not hasattr(self, name):
+                raise ValueError(f"{type(self).__name__} has no optimizer state {name!r}")
+            setattr(self, name, {k: np.asarray(v) for k, v in arrays.items()})
+
+    def _log_error_reply(self, report: RoundReport, node_id: int, site: str, msg: Message) -> None:
+        reason = msg.error.reason or ""
+        if msg.error.code in wire.DECLINE_REASONS:
+            report.declined.append(f"node {node_id} ({site}): {reason}")
+            log(INFO, "Node %d (%s) declined the round: %s", node_id, site, reason)
+        else:
+            report.failed.append(f"node {node_id} ({site}): error {msg.error.code}")
+            log(WARNING, "Node %d (%s) failed: error %d %s", node_id, site, msg.error.code, reason)
+
+
+def _site_update(msg: Message) -> tuple[SiteUpdate, None] | tuple[None, Rejection]:
+    """Read a train reply into a :class:`SiteUpdate`, or reject it as malformed."""
+    content = msg.content
+    node_id = msg.metadata.src_node_id
+    site_record = content.config_records.get(wire.SITE, ConfigRecord())
+    storefront = str(site_record.get(wire.STOREFRONT, "unknown storefront"))
+
+    def reject(reason: str, detail: str) -> tuple[None, Rejection]:
+        return None, Rejection(node_id, storefront, reason, detail)
+
+    records = {
+        "arrays": set(content.array_records),
+        "metrics": set(content.metric_records),
+        "configs": set(content.config_records),
+    }
+    if (
+        records["arrays"] != {wire.ARRAYS}
+        or records["metrics"] != {wire.METRICS}
+        or records["configs"] != {wire.SITE}
+        or set(site_record) != wire.SITE_KEYS
+    ):
+        return reject("wrong-records", f"reply records {records}, site keys {set(site_record)}")
+    try:
+        weights = {k: v.numpy() for k, v in content[wire.ARRAYS].items()}
+    except (ValueError, TypeError) as err:
+        return reject("unreadable-arrays", str(err))
+    metrics = {k: v for k, v in content[wire.METRICS].items() if not isinstance(v, list)}
+    if len(metrics) != len(content[wire.METRICS]):
+        return reject("wrong-metric-keys", "list-valued metrics are not part of the contract")
+    return SiteUpdate(node_id, storefront, weights, metrics, reply=msg), None
+
+
+class ScreenedFedAvg(ValidatedAggregation, RobustAggregation):
+    """FedAvg (or a robust mean) over screened updates."""
+
+
+class ScreenedFedProx(ValidatedAggregation, FedProx, RobustAggregation):
+    """FedProx over screened updates: clients add ``mu/2 ||w - w_global||^2`` to their loss."""
+
+
+class ScreenedFedAdam(ValidatedAggregation, FedAdam, RobustAggregation):
+    """FedAdam over screened updates: Adam step on the (robust) mean pseudo-gradient."""
+
+
+@dataclass(frozen=True)
+class StrategySettings:
+    """Strategy options, as read from the run config (see :meth:`from_run_config`)."""
+
+    server_optimizer: str = "fedavg"
+    aggregation: str = "weighted-mean"
+    trim_fraction: float = 0.2
+    proximal_mu: float = 0.0
+    server_learning_rate: float = 0.1
+    min_accepted: int = 1
+    min_sites: int = 2
+    fraction_train: float = 1.0
+    fraction_evaluate: float = 1.0
+    policy: ValidationPolicy = field(default_factory=ValidationPolicy)
+
+    @classmethod
+    def from_run_config(cls, run_config: dict[str, Any]) -> StrategySettings:
+        """Read the kebab-case run-config keys, falling back to the defaults above."""
+        default = cls()
+        cap = float(run_config.get("max-update-norm", 0.0))
+        return cls(
+            server_optimizer=str(run_config.get("server-optimizer", default.server_optimizer)),
+            aggregation=str(run_config.get("aggregation", default.aggregation)),
+            trim_fraction=float(run_config.get("trim-fraction", default.trim_fraction)),
+            proximal_mu=float(run_config.get("proximal-mu", default.proximal_mu)),
+            server_learning_rate=float(
+                run_config.get("server-learning-rate", default.server_learning_rate)
+            ),
+            min_accepted=int(run_config.get("min-accepted-updates", default.min_accepted)),
+            min_sites=int(run_config.get("min-sites", default.min_sites)),
+            fraction_train=float(run_config.get("fraction-train", default.fraction_train)),
+            fraction_evaluate=float(run_config.get("fraction-evaluate", default.fraction_evaluate)),
+            policy=ValidationPolicy(
+                max_norm_ratio=float(run_config.get("max-norm-ratio", 10.0)),
+                max_update_norm=cap if cap > 0 else None,
+            ),
+        )
+
+
+def build_strategy(
+    settings: StrategySettings, evaluate_metrics_aggr_fn: Any = None
+) -> ValidatedAggregation:
+    """Build the screened strategy the settings ask for."""
+    common: dict[str, Any] = {
+        "fraction_train": settings.fraction_train,
+        "fraction_evaluate": settings.fraction_evaluate,
+        "min_train_nodes": settings.min_sites,
+        "min_evaluate_nodes": settings.min_sites if settings.fraction_evaluate > 0 else 0,
+        "min_available_nodes": settings.min_sites,
+        "train_metrics_aggr_fn": aggregate_train_metrics,
+        "evaluate_metrics_aggr_fn": evaluate_metrics_aggr_fn,
+    }
+    strategy: ValidatedAggregation
+    if settings.server_optimizer == "fedavg":
+        strategy = ScreenedFedAvg(**common)
+    elif settings.server_optimizer == "fedprox":
+        strategy = ScreenedFedProx(**common, proximal_mu=settings.proximal_mu)
+    elif settings.server_optimizer == "fedadam":
+        strategy = ScreenedFedAdam(**common, eta=settings.server_learning_rate)
+    else:
+        raise ValueError(
+            f"server-optimizer must be one of {SERVER_OPTIMIZERS}, "
+            f"got {settings.server_optimizer!r}"
+        )
+    strategy.setup(
+        policy=settings.policy,
+        min_accepted=settings.min_accepted,
+        aggregation=settings.aggregation,
+        trim_fraction=settings.trim_fraction,
+    )
+    return strategy
