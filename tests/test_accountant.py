@@ -1,0 +1,177 @@
+"""The RDP accountant agrees with Google's dp_accounting, and calibration lands just below ε."""
+
+import math
+
+import dp_accounting
+import pytest
+from dp_accounting.rdp import RdpAccountant
+
+from privacy.accountant import (
+    RDP_ORDERS,
+    DPSegment,
+    calibrate_noise_multiplier,
+    default_delta,
+    epsilon_for,
+    opacus_sample_rate,
+    opacus_steps_per_epoch,
+)
+
+
+def independent_epsilon(segments: list[DPSegment], delta: float) -> float:
+    """ε from Google's dp_accounting: each segment is a self-composed Poisson-sampled Gaussian.
+
+    Same RDP orders as ours (an accountant parameter, not part of the mechanism); everything
+    else — the RDP of the subsampled Gaussian, composition, conversion — is dp_accounting's.
+    """
+    accountant = RdpAccountant(orders=RDP_ORDERS)
+    for segment in segments:
+        if segment.steps == 0:
+            continue  # dp_accounting rejects a zero count; no step is no event
+        event = dp_accounting.PoissonSampledDpEvent(
+            segment.sample_rate, dp_accounting.GaussianDpEvent(segment.noise_multiplier)
+        )
+        accountant.compose(event, segment.steps)
+    return accountant.get_epsilon(delta)
+
+
+@pytest.mark.parametrize(
+    "segment",
+    [
+        DPSegment(0.01, 1.0, 1000),
+        DPSegment(1 / 93, 0.7, 9300),
+        DPSegment(0.25, 3.0, 40),
+        DPSegment(0.5, 12.0, 200),
+        DPSegment(1.0, 5.0, 10),
+        DPSegment(0.01, 0.4, 1000),  # ε ≈ 50
+        DPSegment(1e-6, 0.5, 100_000),  # tiny sampling rate
+    ],
+)
+def test_single_segment_matches_dp_accounting(segment: DPSegment) -> None:
+    ours = epsilon_for([segment], 1e-5)
+    theirs = independent_epsilon([segment], 1e-5)
+    assert ours > 0
+    assert ours == pytest.approx(theirs, rel=1e-6)
+
+
+def test_mixed_segments_match_dp_accounting() -> None:
+    segments = [
+        DPSegment(0.01, 1.1, 500),
+        DPSegment(0.02, 0.8, 300),
+        DPSegment(0.01, 1.1, 250),  # same mechanism again, later round
+        DPSegment(1.0, 6.0, 5),
+        DPSegment(0.2, 2.0, 0),
+    ]
+    for delta in (1e-5, 1e-7, 0.01):
+        ours = epsilon_for(segments, delta)
+        assert ours == pytest.approx(independent_epsilon(segments, delta), rel=1e-6)
+    # Composition adds privacy loss: the mix costs more than any part alone.
+    assert epsilon_for(segments, 1e-5) > max(epsilon_for([s], 1e-5) for s in segments)
+
+
+def test_splitting_a_training_into_rounds_does_not_change_epsilon() -> None:
+    whole = epsilon_for([DPSegment(0.01, 0.9, 3000)], 1e-5)
+    rounds = epsilon_for([DPSegment(0.01, 0.9, 300)] * 10, 1e-5)
+    assert rounds == whole
+
+
+def test_epsilon_is_monotone_in_steps() -> None:
+    epsilons = [epsilon_for([DPSegment(0.02, 0.9, steps)], 1e-5) for steps in range(0, 2001, 50)]
+    assert epsilons[0] == 0.0
+    assert all(later >= earlier for earlier, later in zip(epsilons, epsilons[1:], strict=False))
+    assert epsilons[-1] > 2 * epsilons[1]
+
+
+def test_no_steps_or_no_noise() -> None:
+    assert epsilon_for([], 1e-5) == 0.0
+    assert epsilon_for([DPSegment(0.1, 1.0, 0)], 1e-5) == 0.0
+    assert epsilon_for([DPSegment(0.1, 0.0, 1), DPSegment(0.1, 1.0, 10)], 1e-5) == math.inf
+
+
+def test_tiny_sampling_rate_gives_tiny_finite_epsilon() -> None:
+    tiny = epsilon_for([DPSegment(1e-9, 1.0, 1000)], 1e-5)
+    assert tiny == independent_epsilon([DPSegment(1e-9, 1.0, 1000)], 1e-5)
+    assert 0 <= tiny < 1e-3
+
+
+@pytest.mark.parametrize(
+    ("target", "sample_rate", "steps"),
+    [(1.0, 0.01, 3000), (3.0, 0.01, 3000), (8.0, 1 / 93, 9200), (50.0, 0.01, 1000), (2.0, 0.5, 30)],
+)
+def test_calibration_hits_target_from_below(target: float, sample_rate: float, steps: int) -> None:
+    delta = 1e-5
+    sigma = calibrate_noise_multiplier(target, delta, sample_rate, steps)
+    achieved = epsilon_for([DPSegment(sample_rate, sigma, steps)], delta)
+    assert 0.99 * target <= achieved <= target
+    assert independent_epsilon([DPSegment(sample_rate, sigma, steps)], delta) <= target
+    # A little less noise would break the budget: σ is (nearly) the smallest that fits.
+    assert epsilon_for([DPSegment(sample_rate, 0.97 * sigma, steps)], delta) > target
+
+
+def test_calibration_needs_more_noise_for_more_steps_and_smaller_budgets() -> None:
+    short = calibrate_noise_multiplier(3.0, 1e-5, 0.01, 1000)
+    long = calibrate_noise_multiplier(3.0, 1e-5, 0.01, 4000)
+    strict = calibrate_noise_multiplier(1.0, 1e-5, 0.01, 1000)
+    assert short < long
+    assert short < strict
+
+
+def test_calibration_at_tiny_sampling_rate_stays_within_target() -> None:
+    sigma = calibrate_noise_multiplier(1.0, 1e-5, 1e-6, 100)
+    assert 0.99 <= epsilon_for([DPSegment(1e-6, sigma, 100)], 1e-5) <= 1.0
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"target_epsilon": 0.0},
+        {"target_epsilon": -1.0},
+        {"target_epsilon": math.inf},
+        {"delta": 0.0},
+        {"delta": 1.0},
+        {"delta": -1e-5},
+        {"sample_rate": 0.0},
+        {"sample_rate": 1.5},
+        {"steps": 0},
+        {"steps": 2.5},
+    ],
+)
+def test_calibration_rejects_invalid_arguments(kwargs: dict) -> None:
+    arguments = {"target_epsilon": 3.0, "delta": 1e-5, "sample_rate": 0.01, "steps": 100}
+    with pytest.raises(ValueError):
+        calibrate_noise_multiplier(**(arguments | kwargs))
+
+
+@pytest.mark.parametrize(
+    ("sample_rate", "noise_multiplier", "steps"),
+    [(0.0, 1.0, 1), (1.01, 1.0, 1), (math.nan, 1.0, 1), (0.1, -1.0, 1), (0.1, 1.0, -1)],
+)
+def test_segment_rejects_invalid_values(
+    sample_rate: float, noise_multiplier: float, steps: int
+) -> None:
+    with pytest.raises(ValueError):
+        DPSegment(sample_rate, noise_multiplier, steps)
+
+
+@pytest.mark.parametrize("delta", [0.0, 1.0, 2.0, -0.5])
+def test_epsilon_rejects_invalid_delta(delta: float) -> None:
+    with pytest.raises(ValueError, match="delta"):
+        epsilon_for([DPSegment(0.1, 1.0, 10)], delta)
+
+
+def test_default_delta() -> None:
+    assert default_delta(100) == 1e-5
+    assert default_delta(10_000) == 1e-5
+    assert default_delta(1_000_000) == pytest.approx(1e-7)
+    with pytest.raises(ValueError):
+        default_delta(0)
+
+
+def test_opacus_sample_rate_is_one_over_batch_count() -> None:
+    assert opacus_sample_rate(100, 32) == 1 / 4  # not 32 / 100
+    assert opacus_sample_rate(64, 32) == 1 / 2
+    assert opacus_sample_rate(20, 64) == 1.0
+    assert opacus_steps_per_epoch(100, 32) == 4
+    # 1 / (1 / 93) rounds below 93: Opacus's sampler then yields 92 batches per epoch.
+    assert opacus_steps_per_epoch(930, 10) == 92
+    with pytest.raises(ValueError):
+        opacus_sample_rate(0, 32)
