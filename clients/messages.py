@@ -49,3 +49,17 @@ DECLINE_REASONS: dict[int, str] = {
     DECLINED_BUDGET_EXHAUSTED: "privacy-budget-exhausted",
     DECLINED_NO_DATA: "no-training-data",
 }
+
+# Evaluate reply: MetricRecord ``"metrics"`` with exactly the keys for the model, all
+# sums or counts over the site's held-out customers, so the server can pool them.
+SCORE_BINS_POSITIVE = "score-bins-positive"
+SCORE_BINS_NEGATIVE = "score-bins-negative"
+BRIER_SUM = "brier-sum"
+HIT_SUM = "hit-sum"
+RECALL_SUM = "recall-sum"
+NDCG_SUM = "ndcg-sum"
+EVALUATE_METRIC_KEYS: dict[str, frozenset[str]] = {
+    "churn": frozenset({NUM_EXAMPLES, SCORE_BINS_POSITIVE, SCORE_BINS_NEGATIVE, BRIER_SUM}),
+    "recommender": frozenset({NUM_EXAMPLES, HIT_SUM, RECALL_SUM, NDCG_SUM}),
+}
+"""The only metric keys an evaluate reply may carry, per model."""

@@ -50,6 +50,10 @@ class RoundReport:
     declined: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
     kept_previous_model: bool = False
+    privacy: dict[str, dict[str, float]] = field(default_factory=dict)
+    """Per storefront: the epsilon, delta and dp-steps its reply reported."""
+    train_metrics: dict[str, Any] = field(default_factory=dict)
+    evaluate_metrics: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         """JSON-serialisable form for the run's per-round log."""
@@ -59,6 +63,9 @@ class RoundReport:
             "declined": self.declined,
             "failed": self.failed,
             "kept-previous-model": self.kept_previous_model,
+            "privacy": self.privacy,
+            "train-metrics": self.train_metrics,
+            "evaluate-metrics": self.evaluate_metrics,
         }
 
 
@@ -180,6 +187,11 @@ class ValidatedAggregation(FedAvg):
                 report.rejected.append(rejection)
             else:
                 self.storefront_of_node[node_id] = update.storefront
+                report.privacy[update.storefront] = {
+                    key: float(update.metrics[key])
+                    for key in (wire.EPSILON, wire.DELTA, wire.DP_STEPS)
+                    if key in update.metrics
+                }
                 updates.append(update)
         accepted, rejections = validate_updates(self._global_weights, updates, self.policy)
         report.rejected.extend(rejections)
@@ -207,6 +219,7 @@ class ValidatedAggregation(FedAvg):
             )
             return None, None
         arrays, metrics = super().aggregate_train(absolute_round, [u.reply for u in accepted])
+        report.train_metrics = dict(metrics or {})
         if arrays is None:
             return None, metrics
         # Keep the global dtypes stable (Adam's float64 scalars would otherwise upcast),
@@ -222,8 +235,12 @@ class ValidatedAggregation(FedAvg):
     def aggregate_evaluate(
         self, server_round: int, replies: Iterable[Message]
     ) -> MetricRecord | None:
-        """Aggregate evaluation replies under the absolute round number."""
-        return super().aggregate_evaluate(server_round + self.round_offset, replies)
+        """Aggregate evaluation replies under the absolute round number, and record them."""
+        absolute_round = server_round + self.round_offset
+        metrics = super().aggregate_evaluate(absolute_round, replies)
+        report = self.round_reports.setdefault(absolute_round, RoundReport())
+        report.evaluate_metrics = dict(metrics or {})
+        return metrics
 
     def optimizer_state(self) -> dict[str, dict[str, np.ndarray]]:
         """Server-optimizer state to checkpoint (FedAdam moments); empty for plain averaging."""
