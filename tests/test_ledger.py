@@ -1,0 +1,321 @@
+"""The privacy ledger: durable across processes, write-ahead, budget-checked, fails closed."""
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import dp_accounting
+import pytest
+from dp_accounting.rdp import RdpAccountant
+
+from privacy.accountant import RDP_ORDERS, DPSegment, epsilon_for
+from privacy.ledger import BudgetExceeded, LedgerError, PrivacyLedger
+
+ROOT = Path(__file__).resolve().parents[1]
+DELTA = 1e-5
+ROUND = DPSegment(sample_rate=0.05, noise_multiplier=1.5, steps=60)
+
+
+def reserve_round(ledger: PrivacyLedger, budget: float, server_round: int | None = None):
+    return ledger.reserve(
+        "recommender",
+        ROUND,
+        budget_epsilon=budget,
+        delta=DELTA,
+        max_grad_norm=1.0,
+        server_round=server_round,
+    )
+
+
+def independent_epsilon_from_file(path: Path, model: str) -> float:
+    """Read the rows with plain sqlite3 and account them with Google's dp_accounting."""
+    with sqlite3.connect(path) as connection:
+        rows = connection.execute(
+            "SELECT sample_rate, noise_multiplier, steps FROM segments WHERE model = ?", (model,)
+        ).fetchall()
+    accountant = RdpAccountant(orders=RDP_ORDERS)
+    for sample_rate, noise_multiplier, steps in rows:
+        if steps:
+            event = dp_accounting.PoissonSampledDpEvent(
+                sample_rate, dp_accounting.GaussianDpEvent(noise_multiplier)
+            )
+            accountant.compose(event, steps)
+    return accountant.get_epsilon(DELTA)
+
+
+def run_python(code: str, **kwargs) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kwargs,
+    )
+
+
+def test_epsilon_grows_over_rounds_and_equals_independent_accountant(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.sqlite"
+    epsilons = []
+    with PrivacyLedger(path) as ledger:
+        for server_round in range(1, 6):
+            reservation = reserve_round(ledger, budget=10.0, server_round=server_round)
+            # Some rounds stop early (e.g. time limit): commit the steps really taken.
+            ledger.commit(reservation, steps_taken=45 if server_round % 2 else None)
+            epsilons.append(ledger.epsilon("recommender", DELTA))
+            assert reservation.epsilon_after >= epsilons[-1]
+        entries = ledger.entries("recommender")
+        assert [entry.server_round for entry in entries] == [1, 2, 3, 4, 5]
+        assert [entry.segment.steps for entry in entries] == [45, 60, 45, 60, 45]
+        assert all(entry.status == "committed" for entry in entries)
+        assert all(epsilons[i] < epsilons[i + 1] for i in range(4))
+        assert ledger.epsilon("recommender", DELTA) == pytest.approx(
+            independent_epsilon_from_file(path, "recommender"), rel=1e-6
+        )
+        status = ledger.budget_status("recommender", 10.0, DELTA)
+        assert status.epsilon_spent == epsilons[-1]
+        assert status.total_steps == 255
+        assert status.segments == 5
+        assert status.uncommitted == 0
+        assert status.epsilon_remaining == pytest.approx(10.0 - epsilons[-1])
+
+
+def test_models_are_accounted_separately(tmp_path: Path) -> None:
+    with PrivacyLedger(tmp_path / "ledger.sqlite") as ledger:
+        reserve_round(ledger, budget=10.0)
+        ledger.reserve(
+            "churn", DPSegment(0.1, 2.0, 20), budget_epsilon=2.0, delta=DELTA, max_grad_norm=0.5
+        )
+        assert ledger.models() == ["churn", "recommender"]
+        assert ledger.epsilon("recommender", DELTA) == epsilon_for([ROUND], DELTA)
+        assert ledger.epsilon("churn", DELTA) == epsilon_for([DPSegment(0.1, 2.0, 20)], DELTA)
+        assert ledger.entries("churn")[0].max_grad_norm == 0.5
+
+
+@pytest.mark.slow
+def test_new_process_sees_the_same_epsilon(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.sqlite"
+    with PrivacyLedger(path) as ledger:
+        for _ in range(3):
+            ledger.commit(reserve_round(ledger, budget=10.0))
+        expected = ledger.epsilon("recommender", DELTA)
+    reader = run_python(
+        f"""
+        from privacy.ledger import PrivacyLedger
+        with PrivacyLedger({str(path)!r}) as ledger:
+            print(repr(ledger.epsilon("recommender", {DELTA!r})))
+        """
+    )
+    stdout, stderr = reader.communicate(timeout=60)
+    assert reader.returncode == 0, stderr
+    assert float(stdout) == expected
+    assert expected > 0
+
+
+@pytest.mark.slow
+def test_process_killed_after_reserve_still_counts_the_round(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.sqlite"
+    with PrivacyLedger(path) as ledger:
+        ledger.commit(reserve_round(ledger, budget=10.0, server_round=1))
+    trainer = run_python(
+        f"""
+        import time
+        from privacy.accountant import DPSegment
+        from privacy.ledger import PrivacyLedger
+        ledger = PrivacyLedger({str(path)!r})
+        ledger.reserve("recommender", DPSegment(0.05, 1.5, 60), budget_epsilon=10.0,
+                       delta={DELTA!r}, max_grad_norm=1.0, server_round=2)
+        print("reserved", flush=True)
+        time.sleep(120)  # "training": killed before it can commit
+        """
+    )
+    assert trainer.stdout.readline().strip() == "reserved"
+    trainer.send_signal(signal.SIGKILL)
+    trainer.wait(timeout=30)
+    assert trainer.returncode == -signal.SIGKILL
+
+    with PrivacyLedger(path) as ledger:
+        entries = ledger.entries("recommender")
+        assert [(entry.server_round, entry.status) for entry in entries] == [
+            (1, "committed"),
+            (2, "reserved"),
+        ]
+        assert ledger.epsilon("recommender", DELTA) == epsilon_for([ROUND, ROUND], DELTA)
+        assert ledger.budget_status("recommender", 10.0, DELTA).uncommitted == 1
+
+
+def test_spent_budget_refuses_training_with_a_clear_reason(tmp_path: Path) -> None:
+    budget = epsilon_for([ROUND] * 3, DELTA) * 1.001  # room for exactly three rounds
+    with PrivacyLedger(tmp_path / "ledger.sqlite") as ledger:
+        for _ in range(3):
+            ledger.commit(reserve_round(ledger, budget=budget))
+        spent = ledger.epsilon("recommender", DELTA)
+        with pytest.raises(BudgetExceeded) as refused:
+            reserve_round(ledger, budget=budget)
+        message = str(refused.value)
+        assert "recommender" in message
+        assert f"{spent:.4g}" in message
+        assert f"{epsilon_for([ROUND] * 4, DELTA):.4g}" in message
+        assert f"{budget:.4g}" in message
+        assert refused.value.epsilon_spent == spent
+        assert refused.value.epsilon_after > budget
+        # A refusal records nothing.
+        assert len(ledger.entries("recommender")) == 3
+        assert ledger.epsilon("recommender", DELTA) == spent
+
+
+def test_commit_can_only_lower_steps_once(tmp_path: Path) -> None:
+    with PrivacyLedger(tmp_path / "ledger.sqlite") as ledger:
+        reservation = reserve_round(ledger, budget=10.0)
+        with pytest.raises(ValueError, match="exceeds the 60 steps reserved"):
+            ledger.commit(reservation, steps_taken=61)
+        # The failed commit left the reservation counted at its planned steps.
+        assert ledger.segments("recommender") == [ROUND]
+        ledger.commit(reservation, steps_taken=0)
+        assert ledger.epsilon("recommender", DELTA) == 0.0
+        with pytest.raises(ValueError, match="already committed"):
+            ledger.commit(reservation, steps_taken=0)
+
+
+def test_invalid_reservations_are_rejected(tmp_path: Path) -> None:
+    with PrivacyLedger(tmp_path / "ledger.sqlite") as ledger:
+        for bad in (
+            {"budget_epsilon": 0.0},
+            {"budget_epsilon": float("nan")},
+            {"max_grad_norm": 0.0},
+            {"delta": 1.0},
+        ):
+            arguments = {"budget_epsilon": 3.0, "delta": DELTA, "max_grad_norm": 1.0} | bad
+            with pytest.raises(ValueError):
+                ledger.reserve("recommender", ROUND, **arguments)
+        with pytest.raises(ValueError, match="model"):
+            ledger.reserve("", ROUND, budget_epsilon=3.0, delta=DELTA, max_grad_norm=1.0)
+        with pytest.raises(ValueError, match="at least one"):
+            ledger.reserve(
+                "churn",
+                DPSegment(0.1, 1.0, 0),
+                budget_epsilon=3.0,
+                delta=DELTA,
+                max_grad_norm=1.0,
+            )
+        # No noise means ε = ∞: always over budget.
+        with pytest.raises(BudgetExceeded):
+            ledger.reserve(
+                "churn",
+                DPSegment(0.1, 0.0, 1),
+                budget_epsilon=1e9,
+                delta=DELTA,
+                max_grad_norm=1.0,
+            )
+        assert ledger.models() == []
+
+
+def test_ledger_is_durable_wal_with_full_sync(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.sqlite"
+    with PrivacyLedger(path) as ledger:
+        reserve_round(ledger, budget=10.0)
+        # The writer's connection is configured for durable commits.
+        assert ledger._connection.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    with sqlite3.connect(path) as connection:
+        assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+@pytest.mark.slow
+def test_concurrent_processes_cannot_overspend(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.sqlite"  # created by whichever racer comes first
+    budget = epsilon_for([ROUND] * 2, DELTA) * 1.001  # room for exactly two rounds
+    racers = [
+        run_python(
+            f"""
+            import sys
+            from privacy.accountant import DPSegment
+            from privacy.ledger import BudgetExceeded, PrivacyLedger
+            with PrivacyLedger({str(path)!r}) as ledger:
+                print("ready", flush=True)
+                sys.stdin.readline()  # start together
+                try:
+                    ledger.reserve("recommender", DPSegment(0.05, 1.5, 60),
+                                   budget_epsilon={budget!r}, delta={DELTA!r}, max_grad_norm=1.0)
+                    print("reserved")
+                except BudgetExceeded:
+                    print("refused")
+            """,
+            stdin=subprocess.PIPE,
+        )
+        for _ in range(4)
+    ]
+    for racer in racers:
+        assert racer.stdout.readline().strip() == "ready"
+    for racer in racers:
+        racer.stdin.write("go\n")
+        racer.stdin.flush()
+    outcomes = []
+    for racer in racers:
+        stdout, stderr = racer.communicate(timeout=60)
+        assert racer.returncode == 0, stderr
+        outcomes.append(stdout.strip())
+    assert sorted(outcomes) == ["refused", "refused", "reserved", "reserved"]
+    with PrivacyLedger(path) as ledger:
+        assert len(ledger.entries("recommender")) == 2
+        assert ledger.epsilon("recommender", DELTA) <= budget
+
+
+def test_garbage_file_fails_closed(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.sqlite"
+    path.write_bytes(b"this is not a database " * 200)
+    with pytest.raises(LedgerError, match="refusing to train") as error:
+        PrivacyLedger(path)
+    assert str(path) in str(error.value)
+
+
+def test_truncated_ledger_fails_closed(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.sqlite"
+    with PrivacyLedger(path) as ledger:
+        for server_round in range(80):
+            ledger.commit(reserve_round(ledger, budget=1e6, server_round=server_round))
+    size = path.stat().st_size
+    assert size > 8192
+    with path.open("r+b") as file:
+        file.truncate(size // 2)
+    with pytest.raises(LedgerError, match="refusing to train"):
+        with PrivacyLedger(path) as ledger:
+            reserve_round(ledger, budget=1e6)
+
+
+def test_foreign_database_fails_closed(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.sqlite"
+    with sqlite3.connect(path) as connection:
+        connection.execute("CREATE TABLE orders (id INTEGER)")
+    with pytest.raises(LedgerError, match="not a fedshop privacy ledger"):
+        PrivacyLedger(path)
+
+
+def test_row_breaking_a_constraint_fails_closed_on_open(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.sqlite"
+    with PrivacyLedger(path) as ledger:
+        reserve_round(ledger, budget=10.0)
+    with sqlite3.connect(path) as connection:
+        connection.execute("PRAGMA ignore_check_constraints = ON")
+        connection.execute("UPDATE segments SET sample_rate = 2.0 WHERE id = 1")
+    with pytest.raises(LedgerError, match="CHECK constraint failed"):
+        PrivacyLedger(path)
+
+
+def test_row_with_a_non_numeric_value_fails_closed_naming_the_row(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.sqlite"
+    with PrivacyLedger(path) as ledger:
+        reserve_round(ledger, budget=10.0)
+        reserve_round(ledger, budget=10.0)
+    with sqlite3.connect(path) as connection:
+        # Text compares above any number in SQLite, so this row passes the CHECK constraints.
+        connection.execute("UPDATE segments SET noise_multiplier = 'lots' WHERE id = 2")
+    with PrivacyLedger(path) as ledger:
+        with pytest.raises(LedgerError, match="row id 2"):
+            ledger.epsilon("recommender", DELTA)
+        with pytest.raises(LedgerError, match="refusing to train"):
+            reserve_round(ledger, budget=10.0)
