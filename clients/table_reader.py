@@ -16,6 +16,7 @@ from __future__ import annotations
 import codecs
 import csv
 import gzip
+import re
 import stat
 import zlib
 from dataclasses import dataclass
@@ -132,16 +133,20 @@ def _read_parquet(path: Path, data: bytes) -> pd.DataFrame:
 
 
 def _read_csv(path: Path, data: bytes, delimiter: str | None, encoding: str | None) -> pd.DataFrame:
-    if encoding is None:
-        if b"\x00" in data[:65536]:
-            raise IngestError(
-                path,
-                "not a CSV or Parquet table: the file holds binary data"
-                " (if it is UTF-16 text, pass --encoding utf-16)",
-            )
-        _check_utf8(path, data)
-    else:
+    if encoding is not None:
         data = _transcode_to_utf8(path, data, encoding)
+    nul = data.find(b"\x00")
+    if nul >= 0:
+        row, column = _locate_byte(data, nul)
+        raise IngestError(
+            path,
+            "not a CSV or Parquet table: the file holds binary data (a NUL byte);"
+            " if it is UTF-16 text, pass --encoding utf-16",
+            column=column,
+            row=row,
+        )
+    if encoding is None:
+        _check_utf8(path, data)
     data = data.removeprefix(codecs.BOM_UTF8)
     if not data or data.isspace():
         raise IngestError(path, "the file is empty")
@@ -231,46 +236,36 @@ def _transcode_to_utf8(path: Path, data: bytes, encoding: str) -> bytes:
 def _check_row_lengths(path: Path, data: bytes, delimiter: str | None) -> None:
     line_ends = np.flatnonzero(np.frombuffer(data, dtype=np.uint8) == ord("\n"))
     bounds = np.concatenate(([-1], line_ends, [len(data)]))
-    lengths = np.diff(bounds) - 1
-    too_long = np.flatnonzero(lengths > MAX_ROW_BYTES)
+    too_long = np.flatnonzero(np.diff(bounds) - 1 > MAX_ROW_BYTES)
     if too_long.size:
         line = int(too_long[0])
-        column = None
-        if line > 0:
-            header = data.split(b"\n", 1)[0].rstrip(b"\r").decode("utf-8", errors="replace")
-            text = data[bounds[line] + 1 : bounds[line + 1]].decode("utf-8", errors="replace")
-            column = _column_of_longest_field(header, text, delimiter)
+        # the column is the one holding the byte where the row crosses the limit
+        row, column = _locate_byte(data, int(bounds[line]) + 1 + MAX_ROW_BYTES, delimiter)
         raise IngestError(
             path,
             f"a row is longer than {MAX_ROW_BYTES >> 20} MiB; an order line is never that long",
             column=column,
-            row=line or None,
+            row=row,
         )
 
 
-def _column_of_longest_field(header: str, line: str, delimiter: str | None) -> str | None:
-    delimiter = delimiter or _sniff_delimiter(header)
-    names = next(csv.reader([header], delimiter=delimiter), [])
-    fields = next(csv.reader([line], delimiter=delimiter), [])
-    if not fields:
-        return None
-    longest = max(range(len(fields)), key=lambda i: len(fields[i]))
-    return names[longest].strip() if longest < len(names) else None
-
-
-def _locate_byte(data: bytes, offset: int) -> tuple[int | None, str | None]:
-    """Return (1-based data row, column name) of byte ``offset``, counting lines."""
+def _locate_byte(
+    data: bytes, offset: int, delimiter: str | None = None
+) -> tuple[int | None, str | None]:
+    """Return (1-based data row, column name) holding byte ``offset``, counting lines."""
     line = data.count(b"\n", 0, offset)
     if line == 0:
         return None, None
     header = data.split(b"\n", 1)[0].rstrip(b"\r").decode("utf-8", errors="replace")
     header = header.removeprefix("\ufeff")
-    delimiter = _sniff_delimiter(header)
+    delimiter = delimiter or _sniff_delimiter(header)
     line_start = data.rfind(b"\n", 0, offset) + 1
     before = data[line_start:offset].decode("utf-8", errors="replace")
+    # delimiters inside closed quotes do not count; an open quote runs to ``offset``
+    before = re.sub(r'"[^"]*"', "", before).split('"', 1)[0]
+    position = before.count(delimiter)
     names = next(csv.reader([header], delimiter=delimiter), [])
-    position = len(next(csv.reader([before], delimiter=delimiter), [""])) - 1
-    column = names[position].strip() if 0 <= position < len(names) else None
+    column = names[position].strip() if position < len(names) else None
     return line, column
 
 
