@@ -1,0 +1,61 @@
+"""Shared fixtures: the bundled data file and its ingested canonical frame (once per session)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from clients.ingest import IngestReport, ingest_table
+from privacy.pseudonymise import generate_key, load_key
+
+ROOT = Path(__file__).resolve().parents[1]
+BUNDLED_DATA = ROOT / "simulations" / "data" / "online_retail.csv.gz"
+
+
+@pytest.fixture(scope="session")
+def bundled_data_path() -> Path:
+    """The project's bundled copy of UCI Online Retail (gzip CSV)."""
+    return BUNDLED_DATA
+
+
+@pytest.fixture(scope="session")
+def bundled_orders(
+    bundled_data_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[pd.DataFrame, IngestReport]:
+    """``(frame, report)`` of the bundled data through the online-retail adapter, under a
+    freshly generated site key. Shared: copy the frame before changing it."""
+    key_path = tmp_path_factory.mktemp("site-key") / "site.key"
+    generate_key(key_path)
+    return ingest_table(bundled_data_path, load_key(key_path))
+
+
+RETAIL_HEADER = "InvoiceNo,StockCode,Description,Quantity,InvoiceDate,UnitPrice,CustomerID,Country"
+RETAIL_ROWS = (
+    "536365,85123A,WHITE HANGING HEART,6,2010-12-01 08:26:00,2.55,17850,United Kingdom",
+    "536365,71053,WHITE METAL LANTERN,6,2010-12-01 08:26:00,3.39,17850,United Kingdom",
+    "536366,22633,HAND WARMER,6,2011-06-01 10:00:00,1.85,12583,France",
+)
+
+
+@pytest.fixture
+def retail_csv(tmp_path: Path):
+    """Factory writing a small online-retail CSV into ``tmp_path``; returns its path.
+
+    ``retail_csv()`` gives a valid three-row export; pass ``rows`` (lines without the
+    header), ``header``, ``name`` or ``text`` (the whole content) to vary it.
+    """
+
+    def write(
+        rows: tuple[str, ...] | list[str] = RETAIL_ROWS,
+        *,
+        header: str = RETAIL_HEADER,
+        name: str = "export.csv",
+        text: str | None = None,
+    ) -> Path:
+        path = tmp_path / name
+        path.write_text(text if text is not None else "\n".join([header, *rows]) + "\n")
+        return path
+
+    return write
