@@ -234,7 +234,7 @@ def _write_split(frame: pd.DataFrame, directory: Path, metadata: dict[str, Any])
         (directory / slug).mkdir()
         # Uncompressed like a site's prepared file, so a byte search audits its content.
         pq.write_table(table, directory / slug / ORDERS_FILE, compression="none")
-        entries.append({"name": name, "slug": slug, "orders": f"{slug}/{ORDERS_FILE}"})
+        entries.append({"name": name, "slug": slug, "file": f"{slug}/{ORDERS_FILE}"})
     summary.to_csv(directory / SUMMARY_FILE, index=False)
     records = summary.set_index(schema.STOREFRONT).to_dict(orient="index")
     index = {
