@@ -118,6 +118,8 @@ def storefront_summary(frame: pd.DataFrame) -> pd.DataFrame:
     """
     if frame.empty:
         raise ValueError("no order lines to summarise")
+    if (frame[schema.STOREFRONT] == TOTAL).any():
+        raise ValueError(f"a storefront may not be called {TOTAL!r} (the summary's total row)")
     per_storefront = frame.groupby(schema.STOREFRONT).agg(
         customers=(schema.CUSTOMER, "nunique"),
         orders=(schema.ORDER, "nunique"),
@@ -172,6 +174,7 @@ def prepare_storefronts(
 
     Raises:
         StorefrontError: ``out_dir`` exists and is neither empty nor a previous split.
+        ValueError: ``frame`` lacks a canonical column or has no rows; nothing is written.
     """
     with _staged_directory(out_dir) as staging:
         return _write_split(frame, staging, metadata or {})
@@ -225,9 +228,11 @@ def _write_split(frame: pd.DataFrame, directory: Path, metadata: dict[str, Any])
     entries = []
     used: set[str] = set()
     for name in summary[schema.STOREFRONT][summary[schema.STOREFRONT] != TOTAL]:
-        slug = slugify(name)
+        slug = base = slugify(name)
+        copy = 1
         while slug in used:  # two names with one slug ("EIRE", "Eire") stay apart
-            slug += "-x"
+            copy += 1
+            slug = f"{base}-{copy}"
         used.add(slug)
         rows = frame[list(schema.COLUMNS)].take(rows_of[name])
         table = pa.Table.from_pandas(rows, schema=schema.ARROW_SCHEMA, preserve_index=False)

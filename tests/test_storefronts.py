@@ -197,6 +197,16 @@ def test_a_failed_split_leaves_no_output(synthetic: pd.DataFrame, tmp_path: Path
     assert list(tmp_path.iterdir()) == []
 
 
+def test_storefronts_whose_names_share_a_slug_get_distinct_directories(tmp_path: Path) -> None:
+    frame = _frame([("a", "EIRE"), ("b", "Eire"), ("c", "eire")])
+    prepare_storefronts(frame, tmp_path / "split")
+    index = json.loads((tmp_path / "split" / INDEX_FILE).read_text())
+    slugs = {entry["name"]: entry["slug"] for entry in index["storefronts"]}
+    assert slugs == {"EIRE": "eire", "Eire": "eire-2", "eire": "eire-3"}
+    with pytest.raises(ValueError, match="Total"):
+        storefront_summary(_frame([("a", TOTAL)]))
+
+
 def test_slugs_are_readable_directory_names() -> None:
     assert slugify("United Kingdom") == "united-kingdom"
     assert slugify("Côte d'Ivoire") == "cote-d-ivoire"
