@@ -152,7 +152,7 @@ def _read_csv(path: Path, data: bytes, delimiter: str | None, encoding: str | No
         raise IngestError(path, "the file is empty")
     _check_row_lengths(path, data, delimiter)
 
-    header_line = data.split(b"\n", 1)[0].rstrip(b"\r").decode("utf-8")
+    header_line = _first_line(data)
     delimiter = delimiter or _sniff_delimiter(header_line)
     names = _header_names(path, header_line, delimiter)
     if len(names) < 2:
@@ -256,8 +256,7 @@ def _locate_byte(
     line = data.count(b"\n", 0, offset)
     if line == 0:
         return None, None
-    header = data.split(b"\n", 1)[0].rstrip(b"\r").decode("utf-8", errors="replace")
-    header = header.removeprefix("\ufeff")
+    header = _first_line(data).removeprefix("\ufeff")
     delimiter = delimiter or _sniff_delimiter(header)
     line_start = data.rfind(b"\n", 0, offset) + 1
     before = data[line_start:offset].decode("utf-8", errors="replace")
@@ -267,6 +266,11 @@ def _locate_byte(
     names = next(csv.reader([header], delimiter=delimiter), [])
     column = names[position].strip() if position < len(names) else None
     return line, column
+
+
+def _first_line(data: bytes) -> str:
+    end = data.find(b"\n")
+    return data[: end if end >= 0 else len(data)].rstrip(b"\r").decode("utf-8", errors="replace")
 
 
 def _sniff_delimiter(header_line: str) -> str:

@@ -30,12 +30,15 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 from cryptography.hazmat.primitives import hashes, hmac
 
 KEY_BYTES = 32
 """Length of a site key: 256 bits, the block-independent key size HMAC-SHA256 expects."""
 
 _INTEGRAL_TEXT = re.compile(r"([+-]?\d+)\.0*")
+_STR = pd.StringDtype("pyarrow", na_value=np.nan)  # pandas' default ``str`` dtype
 
 
 class KeyFileError(Exception):
@@ -109,9 +112,7 @@ def canonical_ids(ids: pd.Series) -> pd.Series:
     Works once per distinct value, so it is cheap on long columns with repeated ids.
     """
     codes, distinct = pd.factorize(ids, use_na_sentinel=True)
-    canonical = np.array([_canonical_id(value) for value in distinct] + [None], dtype=object)
-    # code -1 (missing) picks the trailing None
-    return pd.Series(canonical[codes], index=ids.index, dtype="str", name=ids.name)
+    return _expand([_canonical_id(value) for value in distinct], codes, ids)
 
 
 def pseudonymise_customers(ids: pd.Series, key: bytes) -> pd.Series:
@@ -126,10 +127,22 @@ def pseudonymise_customers(ids: pd.Series, key: bytes) -> pd.Series:
     """
     if not isinstance(key, bytes) or len(key) != KEY_BYTES:
         raise ValueError(f"a site key is {KEY_BYTES} bytes; refusing to pseudonymise")
-    codes, distinct = pd.factorize(canonical_ids(ids), use_na_sentinel=True)
+    codes, distinct = pd.factorize(ids, use_na_sentinel=True)
     keyed = hmac.HMAC(key, hashes.SHA256())
-    tokens = np.array([_token(keyed, value) for value in distinct] + [None], dtype=object)
-    return pd.Series(tokens[codes], index=ids.index, dtype="str", name=ids.name)
+    token_of: dict[str | None, str | None] = {None: None}
+    tokens = []
+    for value in distinct:
+        canonical = _canonical_id(value)
+        if canonical not in token_of:
+            token_of[canonical] = _token(keyed, canonical)
+        tokens.append(token_of[canonical])
+    return _expand(tokens, codes, ids)
+
+
+def _expand(per_code: list[str | None], codes: np.ndarray, like: pd.Series) -> pd.Series:
+    """The ``str`` Series whose row i is ``per_code[codes[i]]`` (code -1: missing)."""
+    values = pc.take(pa.array(per_code, pa.string()), pa.array(codes, mask=codes < 0))
+    return pd.Series(values, index=like.index, name=like.name, dtype=_STR)
 
 
 def _token(keyed: hmac.HMAC, canonical_id: str) -> str:
