@@ -1,0 +1,242 @@
+"""Model-agnostic Opacus DP-SGD wiring for user-level DP (one example per customer).
+
+:class:`DPTrainingSession` turns a plain ``nn.Module``, its optimizer and a map-style
+dataset of per-customer examples into one round of DP-SGD: Poisson sampling at Opacus's
+real rate 1/⌈n/B⌉, per-example clipping to ``max_grad_norm`` and Gaussian noise of std
+``noise_multiplier · max_grad_norm`` on the summed clipped gradients, averaged by Opacus's
+expected batch size. A model's training loop only supplies ``loss_fn(module, batch)``
+returning one loss per example and calls :meth:`DPTrainingSession.step`; the two Opacus
+grad-sample modes sit behind that one call:
+
+- ``"hooks"`` (Opacus default): per-example gradients are materialised, then clipped.
+- ``"ghost"`` (ghost clipping, Li et al. 2022; Bu et al. 2023): per-example gradient *norms*
+  are computed without materialising gradients — for ``nn.Linear`` and ``nn.Embedding``
+  from activations and backprops, for other layers from their per-example gradients
+  ("fast gradient clipping") — then a second backward pass on the clip-weighted loss sums
+  the clipped gradients. Parameter tying is not supported in this mode.
+
+A custom Opacus grad sampler (``opacus.grad_sample.register_grad_sampler``, and
+``register_norm_sampler`` for ghost mode) registered for a model's layer is picked up as is.
+
+Privacy accounting is *not* done here: the engine's own accountant is ignored. Record
+:meth:`DPTrainingSession.segment` (real sample rate, σ, steps taken) in the site's
+:class:`privacy.ledger.PrivacyLedger`, which reports ε.
+
+Build a fresh module (with the global weights loaded) and a fresh session every round:
+Opacus must never wrap the same module twice.
+"""
+
+from __future__ import annotations
+
+import secrets
+import warnings
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+from opacus import PrivacyEngine
+from opacus.grad_sample import AbstractGradSampleModule
+from opacus.utils.fast_gradient_clipping_utils import DPTensorFastGradientClipping
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from privacy.accountant import DPSegment
+
+PerExampleLoss = Callable[[nn.Module, Any], torch.Tensor]
+GRAD_SAMPLE_MODES = ("hooks", "ghost")
+
+
+class DPTrainingSession:
+    """One round of DP-SGD on one site's data.
+
+    Args:
+        module: the plain model, global weights already loaded. Opacus hooks are attached to
+            it for the session's lifetime; :meth:`close` removes them.
+        optimizer: an optimizer over ``module``'s parameters (e.g. ``torch.optim.SGD``).
+        dataset: map-style dataset with exactly one example per customer (user-level DP).
+        batch_size: nominal batch size B; the sampling rate is 1 / ⌈len(dataset) / B⌉.
+        noise_multiplier: σ from :func:`privacy.accountant.calibrate_noise_multiplier`.
+        max_grad_norm: per-example clipping norm C.
+        loss_fn: ``loss_fn(module, batch)`` returns a 1-D tensor with one loss per example
+            in ``batch`` (no reduction). It is called with the plain module.
+        grad_sample_mode: ``"hooks"`` or ``"ghost"`` (see the module docstring).
+        collate_fn: batches examples, as for a ``DataLoader``.
+        seed: seeds Poisson sampling and noise, for reproducible simulations and tests.
+            ``None`` (deployment) seeds them from the operating system's entropy.
+    """
+
+    def __init__(
+        self,
+        module: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        dataset: Dataset,
+        *,
+        batch_size: int,
+        noise_multiplier: float,
+        max_grad_norm: float,
+        loss_fn: PerExampleLoss,
+        grad_sample_mode: str = "hooks",
+        collate_fn: Callable[[list], Any] | None = None,
+        seed: int | None = None,
+    ) -> None:
+        if grad_sample_mode not in GRAD_SAMPLE_MODES:
+            raise ValueError(
+                f"grad_sample_mode must be one of {GRAD_SAMPLE_MODES}, got {grad_sample_mode!r}"
+            )
+        if isinstance(module, AbstractGradSampleModule) or hasattr(
+            module, "autograd_grad_sample_hooks"
+        ):
+            raise ValueError(
+                "module is already wrapped by Opacus; build a fresh module for every round "
+                "and load the global weights into it before starting a session"
+            )
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if len(dataset) == 0:
+            raise ValueError("cannot train on an empty dataset")
+
+        # Own generators, so noise stays unpredictable even if model code seeds torch's global
+        # generator. Opacus's secure_mode would need torchcsprng, which the stack lacks.
+        if seed is None:
+            seed = secrets.randbits(62)
+        sampling_generator = torch.Generator().manual_seed(seed)
+        noise_generator = torch.Generator().manual_seed(seed + 1)
+        plain_loader = DataLoader(
+            dataset, batch_size=batch_size, collate_fn=collate_fn, generator=sampling_generator
+        )
+        module.train()
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Secure RNG turned off")
+            engine = PrivacyEngine(accountant="rdp")
+        made_private = engine.make_private(
+            module=module,
+            optimizer=optimizer,
+            data_loader=plain_loader,
+            noise_multiplier=noise_multiplier,
+            max_grad_norm=max_grad_norm,
+            poisson_sampling=True,
+            noise_generator=noise_generator,
+            grad_sample_mode=grad_sample_mode,
+        )
+        if grad_sample_mode == "ghost":
+            # The returned criterion wrapper is unused: step() wraps the per-example losses
+            # the same way, so any loss function works, not just torch criteria.
+            self._wrapped, self.optimizer, _, self.data_loader = made_private
+        else:
+            self._wrapped, self.optimizer, self.data_loader = made_private
+        self._module = module
+        self._loss_fn = loss_fn
+        self.grad_sample_mode = grad_sample_mode
+        self.noise_multiplier = float(noise_multiplier)
+        self.max_grad_norm = float(max_grad_norm)
+        self.steps_taken = 0
+
+    @property
+    def sample_rate(self) -> float:
+        """The Poisson sampling rate the data loader really uses (record it in the ledger)."""
+        return self.data_loader.sample_rate
+
+    @property
+    def steps_per_epoch(self) -> int:
+        """Batches (= noisy steps) in one pass over :attr:`data_loader`."""
+        return len(self.data_loader)
+
+    @property
+    def expected_batch_size(self) -> int:
+        """Opacus's averaging denominator: ``int(len(dataset) * sample_rate)``, not B."""
+        return self.optimizer.expected_batch_size
+
+    def step(self, batch: Any) -> float | None:
+        """One noisy DP-SGD step on a batch from :attr:`data_loader`.
+
+        Returns the batch's mean loss, or ``None`` for an empty Poisson batch. An empty
+        batch skips the forward pass but still takes a step of pure noise: the accountant
+        counts every step, and skipping it would reveal that the sample was empty.
+        """
+        if self._module is None:
+            raise RuntimeError("this DP training session is closed")
+        self.optimizer.zero_grad(set_to_none=True)
+        examples = _batch_size(batch)
+        loss = None
+        if examples == 0:
+            self._zero_gradients_for_empty_batch()
+        else:
+            per_example_loss = self._loss_fn(self._module, batch)
+            if per_example_loss.shape != (examples,):
+                raise ValueError(
+                    f"loss_fn must return one loss per example, shape ({examples},); "
+                    f"got {tuple(per_example_loss.shape)}"
+                )
+            if self.grad_sample_mode == "ghost":
+                DPTensorFastGradientClipping(
+                    self._wrapped, self.optimizer, per_example_loss, loss_reduction="mean"
+                ).backward()
+            else:
+                per_example_loss.mean().backward()
+            loss = per_example_loss.detach().mean().item()
+        self.optimizer.step()
+        self.steps_taken += 1
+        return loss
+
+    def run_epoch(self) -> float:
+        """One pass over :attr:`data_loader`; mean loss over non-empty batches (NaN if none)."""
+        losses = [loss for batch in self.data_loader if (loss := self.step(batch)) is not None]
+        return sum(losses) / len(losses) if losses else float("nan")
+
+    def segment(self) -> DPSegment:
+        """The DP segment trained so far: real sample rate, σ and steps taken."""
+        return DPSegment(self.sample_rate, self.noise_multiplier, self.steps_taken)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The trained weights as a plain ``state_dict`` (no ``_module.`` prefixes), copied."""
+        if self._module is None:
+            raise RuntimeError("this DP training session is closed")
+        return {name: value.detach().clone() for name, value in self._module.state_dict().items()}
+
+    def close(self) -> None:
+        """Remove Opacus's hooks and per-example attributes from the module."""
+        if self._module is not None:
+            self._wrapped.cleanup()
+            self._module = None
+
+    def __enter__(self) -> DPTrainingSession:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _zero_gradients_for_empty_batch(self) -> None:
+        """Give the DP optimizer what a zero-example backward pass would have produced."""
+        for parameter in self.optimizer.params:
+            if self.grad_sample_mode == "ghost":
+                parameter.grad = torch.zeros_like(parameter)
+            else:
+                parameter.grad_sample = parameter.new_zeros((0, *parameter.shape))
+
+
+def _batch_size(batch: Any) -> int:
+    """Examples in a batch: the leading dimension of its first tensor (batch_first)."""
+    first = _first_tensor(batch)
+    if first is not None and first.dim() > 0:
+        return first.shape[0]
+    if first is None and isinstance(batch, (list, tuple, Mapping)) and len(batch) == 0:
+        return 0  # Opacus's stand-in when the very first Poisson batch is empty
+    raise TypeError(
+        f"cannot tell the batch size of a {type(batch).__name__}: a batch must contain "
+        "tensors whose first dimension is the batch"
+    )
+
+
+def _first_tensor(batch: Any) -> torch.Tensor | None:
+    if isinstance(batch, torch.Tensor):
+        return batch
+    if isinstance(batch, Mapping):
+        children = batch.values()
+    elif isinstance(batch, (list, tuple)):
+        children = batch
+    else:
+        return None
+    for child in children:
+        if (tensor := _first_tensor(child)) is not None:
+            return tensor
+    return None
