@@ -5,13 +5,16 @@ sets ``handler``, a function ``(args) -> int``. To add a subcommand from another
 append its ``add_parser`` function to ``SUBCOMMANDS``. A handler stops on bad input by
 raising :class:`CommandError` (or :class:`~clients.errors.IngestError`,
 :class:`~privacy.pseudonymise.KeyFileError`, :class:`OSError`); ``main`` turns these into
-one line ``fedshop-site: error: ...`` and exit code 2, never a traceback.
+one line ``fedshop-site: error: ...`` and exit code 2, never a traceback. Any other
+exception is a bug: it is reported in one line by type and place only (exit code 1),
+because a library's message may quote a raw cell.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 
@@ -22,6 +25,7 @@ from privacy.pseudonymise import KeyFileError, generate_key
 
 PROG = "fedshop-site"
 EXIT_USAGE = 2
+EXIT_INTERNAL = 1
 
 
 class CommandError(Exception):
@@ -124,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run ``fedshop-site``; returns the exit code (0 ok, 2 bad input or usage)."""
+    """Run ``fedshop-site``; returns the exit code (0 ok, 2 bad input or usage, 1 a bug)."""
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args)
@@ -133,8 +137,17 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as error:
         target = f"{error.filename}: " if error.filename else ""
         return _fail(f"{target}{error.strerror or type(error).__name__}")
+    except Exception as error:
+        # a bug, not bad input; its message may quote a raw cell (a customer id), so only
+        # its type and place are shown
+        where = traceback.extract_tb(error.__traceback__)[-1]
+        return _fail(
+            f"internal error {type(error).__name__} at {Path(where.filename).name}:"
+            f"{where.lineno} (details withheld: they may quote raw data)",
+            EXIT_INTERNAL,
+        )
 
 
-def _fail(message: str) -> int:
+def _fail(message: str, code: int = EXIT_USAGE) -> int:
     print(f"{PROG}: error: {' '.join(message.split())}", file=sys.stderr)
-    return EXIT_USAGE
+    return code

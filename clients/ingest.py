@@ -166,8 +166,7 @@ def ingest_table(
         IngestError: the file is not a valid export for ``mapping``.
     """
     source = Path(source)
-    raw_table = read_table(source, delimiter=mapping.delimiter, encoding=encoding)
-    raw = raw_table.frame
+    raw, source_format = read_table(source, delimiter=mapping.delimiter, encoding=encoding)
     columns = mapping.source_columns()
     for field_name, column in columns.items():
         if column not in raw.columns:
@@ -225,7 +224,7 @@ def ingest_table(
 
     report = IngestReport(
         source=source.name,
-        source_format=raw_table.source_format,
+        source_format=source_format,
         mapping=mapping.name,
         rows_read=rows_read,
         duplicates_dropped=cleaning["exact-duplicate"].rows,

@@ -19,7 +19,6 @@ import gzip
 import re
 import stat
 import zlib
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -51,23 +50,15 @@ _NOT_TABLES = {
 _DELIMITER_NAMES = {",": "comma", ";": "semicolon", "\t": "tab", "|": "pipe"}
 
 
-@dataclass(frozen=True)
-class RawTable:
-    """An export as read: every column as found (CSV cells as text), header order kept.
-
-    Attributes:
-        frame: the rows; index ``i`` is data row ``i + 1`` of the file.
-        source_format: ``"csv"`` or ``"parquet"``, with ``"+gzip"`` when compressed.
-    """
-
-    frame: pd.DataFrame
-    source_format: str
-
-
 def read_table(
     path: Path, *, delimiter: str | None = None, encoding: str | None = None
-) -> RawTable:
-    """Read ``path`` (CSV or Parquet, optionally gzipped) into a :class:`RawTable`.
+) -> tuple[pd.DataFrame, str]:
+    """Read ``path`` (CSV or Parquet, optionally gzipped) as found.
+
+    Returns:
+        The rows (every CSV cell as text, header order kept; index ``i`` is data row
+        ``i + 1`` of the file) and the format: ``"csv"`` or ``"parquet"``, with
+        ``"+gzip"`` when compressed.
 
     Args:
         path: the export; symlinks are followed, but the target must be a regular file.
@@ -87,11 +78,11 @@ def read_table(
     if not data or data.isspace():
         raise IngestError(path, "the file is empty")
     if data.startswith(_PARQUET_MAGIC):
-        return RawTable(_read_parquet(path, data), "parquet" + source_format)
+        return _read_parquet(path, data), "parquet" + source_format
     for magic, kind in _NOT_TABLES.items():
         if data.startswith(magic):
             raise IngestError(path, f"not a CSV or Parquet table: the file is {kind}")
-    return RawTable(_read_csv(path, data, delimiter, encoding), "csv" + source_format)
+    return _read_csv(path, data, delimiter, encoding), "csv" + source_format
 
 
 def _read_regular_file(path: Path) -> bytes:

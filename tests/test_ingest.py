@@ -374,3 +374,14 @@ def test_cli_prepare_of_bundled_data_leaks_no_raw_customer_id(bundled_data_path,
     # the search does find ids where they are: in the raw export, as "17850" or "17850.0"
     assert len(ids_in(gzip.decompress(bundled_data_path.read_bytes())[:2_000_000])) > 100
     assert ids_in(b"id 17850.0,x\n" + token("17850").encode()) == {b"17850"}
+
+
+def test_cli_withholds_the_message_of_an_unexpected_error(tmp_path, capsys, monkeypatch):
+    def failing_generate_key(path):
+        raise ValueError("could not convert '17850' in row 3")
+
+    monkeypatch.setattr("clients.cli.generate_key", failing_generate_key)
+    assert main(["keygen", "--key", str(tmp_path / "site.key")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("fedshop-site: error: internal error ValueError at test_ingest.py:")
+    assert "17850" not in err and err.count("\n") == 1
