@@ -7,7 +7,12 @@ Train reply (``RecordDict``):
 
 - ``"arrays"``: ArrayRecord, the site's model weights after local training (a plain
   ``state_dict``, no Opacus ``_module.`` prefix).
-- ``"metrics"``: MetricRecord with exactly :data:`TRAIN_METRIC_KEYS`.
+- ``"metrics"``: MetricRecord with exactly :data:`TRAIN_METRIC_KEYS`: the training
+  customers (``num-examples``), the mean local loss, and the site's *cumulative* privacy
+  spend for the model as its ledger computes it (RDP accountant): ``epsilon`` at
+  ``delta`` after ``dp-steps`` DP-SGD steps in all rounds so far. A round trained without
+  DP (run config ``epsilon <= 0``) reports ``epsilon = inf``, ``delta = 0`` and
+  ``dp-steps = 0``: no guarantee, and nothing spent from the ledger.
 - ``"site"``: ConfigRecord with exactly :data:`SITE_KEYS` (the storefront name, which
   the server already knows from deployment; it is needed for per-storefront reports).
 
@@ -35,7 +40,15 @@ TRAIN_METRIC_KEYS: frozenset[str] = frozenset({NUM_EXAMPLES, TRAIN_LOSS, EPSILON
 STOREFRONT = "storefront"
 SITE_KEYS: frozenset[str] = frozenset({STOREFRONT})
 
-# Train-message config keys set by the server.
+# Train-message config keys set by the server: the site's training plan, copied from the
+# run config (same names), then the model and round bookkeeping.
+LOCAL_EPOCHS = "local-epochs"
+LEARNING_RATE = "learning-rate"
+BATCH_SIZE = "batch-size"
+EPSILON_BUDGET = "epsilon"
+"""The site's ε budget per model; 0 or negative trains without DP (reported ε = inf)."""
+MAX_GRAD_NORM = "max-grad-norm"
+TRAINING_PLAN_KEYS = (LOCAL_EPOCHS, LEARNING_RATE, BATCH_SIZE, EPSILON_BUDGET, MAX_GRAD_NORM)
 MODEL = "model"
 SERVER_ROUND = "server-round"
 ROUND_OFFSET = "round-offset"

@@ -11,16 +11,29 @@ The round's segment is reserved in the site's ledger (``<data-path>/privacy-ledg
 before training; a round that would overspend, or a ledger that cannot be trusted,
 becomes a decline reply (error code ``DECLINED_BUDGET_EXHAUSTED``) and the server
 carries on without the site.
+
+:func:`train_round` and :func:`evaluate_round` are the whole of a site's answer to a
+train or evaluate message (the ClientApp only dispatches to them): find the data, split
+it by the model's protocol (:mod:`clients.model_tasks`), pass the privacy gate, train
+with DP-SGD at the plan's σ (:mod:`privacy.dp`), confirm the steps in the ledger, and
+only then build the reply — weights plus the fixed metric keys of :mod:`clients.messages`.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
-from flwr.app import Error, Message
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
+from torch import nn
+from torch.utils.data import DataLoader
 
 from clients import messages as wire
+from clients.model_tasks import MODEL_TASKS, ModelTask, SiteSplit
+from clients.site_data import SiteLocation, load_orders, locate_site, storefront_of
 from privacy.accountant import (
     DPSegment,
     calibrate_noise_multiplier,
@@ -28,6 +41,7 @@ from privacy.accountant import (
     opacus_sample_rate,
     opacus_steps_per_epoch,
 )
+from privacy.dp import DPTrainingSession
 from privacy.ledger import BudgetExceeded, LedgerError, PrivacyLedger, Reservation
 
 LEDGER_FILE = "privacy-ledger.sqlite"
@@ -94,3 +108,253 @@ def reserve_round(
 def decline(msg: Message, error: Error) -> Message:
     """The reply of a site that does not train this round."""
     return Message(error, reply_to=msg)
+
+
+@dataclass(frozen=True)
+class TrainingPlan:
+    """The local training the server asked for in a train message's config."""
+
+    model: str
+    local_epochs: int
+    learning_rate: float
+    batch_size: int
+    epsilon_budget: float
+    max_grad_norm: float
+    planned_rounds: int
+    server_round: int
+    proximal_mu: float = 0.0
+
+    @property
+    def private(self) -> bool:
+        """DP-SGD with ledger accounting; a budget of 0 or less trains without DP."""
+        return self.epsilon_budget > 0
+
+    @classmethod
+    def from_config(cls, config: ConfigRecord) -> TrainingPlan:
+        """Read the plan from the train config (keys in :mod:`clients.messages`)."""
+        return cls(
+            model=str(config[wire.MODEL]),
+            local_epochs=int(config[wire.LOCAL_EPOCHS]),
+            learning_rate=float(config[wire.LEARNING_RATE]),
+            batch_size=int(config[wire.BATCH_SIZE]),
+            epsilon_budget=float(config[wire.EPSILON_BUDGET]),
+            max_grad_norm=float(config[wire.MAX_GRAD_NORM]),
+            planned_rounds=int(config[wire.PLANNED_ROUNDS]),
+            server_round=int(config[wire.SERVER_ROUND]),
+            proximal_mu=float(config.get(wire.PROXIMAL_MU, 0.0)),
+        )
+
+
+@dataclass(frozen=True)
+class LocalResult:
+    """A round of local training: plain weights, mean loss, DP steps taken (0 if non-private)."""
+
+    weights: dict[str, torch.Tensor]
+    train_loss: float
+    dp_steps: int
+
+
+def train_locally(
+    task: ModelTask,
+    module: nn.Module,
+    split: SiteSplit,
+    plan: TrainingPlan,
+    noise_multiplier: float | None,
+    *,
+    seed: int | None = None,
+) -> LocalResult:
+    """Train ``module`` (global weights loaded) for ``plan.local_epochs`` epochs with SGD.
+
+    With a ``noise_multiplier`` this is DP-SGD (:class:`privacy.dp.DPTrainingSession`:
+    Poisson sampling, per-customer clipping, Gaussian noise); with ``None`` it is plain
+    minibatch SGD on the same per-example loss. A FedProx ``proximal_mu`` is applied as a
+    proximal step ``w <- w - lr * mu * (w - w_global)`` after each gradient step (Li et
+    al. 2020): it depends only on the weights, not on data, so under DP it is
+    post-processing and costs no budget (a proximal term inside the loss would not reach
+    Opacus's per-example gradients at all).
+    """
+    anchor = [p.detach().clone() for p in module.parameters()] if plan.proximal_mu > 0 else []
+    optimizer = torch.optim.SGD(module.parameters(), lr=plan.learning_rate)
+    losses: list[float] = []
+    if noise_multiplier is None:
+        generator = None if seed is None else torch.Generator().manual_seed(seed)
+        loader = DataLoader(
+            split.train,
+            batch_size=plan.batch_size,
+            shuffle=True,
+            collate_fn=task.collate_fn,
+            generator=generator,
+        )
+        module.train()
+        for _ in range(plan.local_epochs):
+            for batch in loader:
+                optimizer.zero_grad(set_to_none=True)
+                loss = task.per_example_loss(module, batch).mean()
+                loss.backward()
+                optimizer.step()
+                _proximal_step(module, anchor, plan.learning_rate * plan.proximal_mu)
+                losses.append(loss.item())
+        weights = {k: v.detach().clone() for k, v in module.state_dict().items()}
+        return LocalResult(weights, _mean(losses), 0)
+
+    with DPTrainingSession(
+        module,
+        optimizer,
+        split.train,
+        batch_size=plan.batch_size,
+        noise_multiplier=noise_multiplier,
+        max_grad_norm=plan.max_grad_norm,
+        loss_fn=task.per_example_loss,
+        grad_sample_mode=task.grad_sample_mode,
+        collate_fn=task.collate_fn,
+        seed=seed,
+    ) as session:
+        for _ in range(plan.local_epochs):
+            for batch in session.data_loader:
+                loss = session.step(batch)
+                _proximal_step(module, anchor, plan.learning_rate * plan.proximal_mu)
+                if loss is not None:
+                    losses.append(loss)
+        return LocalResult(session.state_dict(), _mean(losses), session.steps_taken)
+
+
+def train_round(msg: Message, context: Context) -> Message:
+    """A site's whole answer to a train message (see the module docstring)."""
+    plan = TrainingPlan.from_config(msg.content[wire.CONFIG])
+    task = _task(plan.model)
+    location = locate_site(context.node_config, context.run_config)
+    split, storefront = prepared_split(location, plan.model)
+    n_customers = len(split.train)
+    if n_customers == 0:
+        return _no_data(msg, plan.model, storefront)
+
+    noise_multiplier, reservation, dp_plan = None, None, None
+    if plan.private:
+        try:
+            dp_plan = plan_dp(
+                n_customers=n_customers,
+                batch_size=plan.batch_size,
+                local_epochs=plan.local_epochs,
+                planned_rounds=plan.planned_rounds,
+                epsilon_budget=plan.epsilon_budget,
+            )
+        except ValueError as err:  # no σ reaches the budget at this site's size
+            reason = wire.DECLINE_REASONS[wire.DECLINED_BUDGET_EXHAUSTED]
+            return decline(msg, Error(wire.DECLINED_BUDGET_EXHAUSTED, f"{reason}: {err}"))
+        reservation = reserve_round(
+            location.ledger_dir,
+            plan.model,
+            dp_plan,
+            max_grad_norm=plan.max_grad_norm,
+            server_round=plan.server_round,
+        )
+        if isinstance(reservation, Error):
+            return decline(msg, reservation)
+        noise_multiplier = dp_plan.noise_multiplier
+
+    module = task.build()
+    module.load_state_dict(msg.content[wire.ARRAYS].to_torch_state_dict(), strict=True)
+    seed = _simulation_seed(context, plan.server_round) if location.simulated else None
+    result = train_locally(task, module, split, plan, noise_multiplier, seed=seed)
+
+    if reservation is None:
+        epsilon, delta, dp_steps = math.inf, 0.0, 0
+    else:
+        # The update leaves the site only after its real steps are confirmed on disk.
+        with PrivacyLedger(location.ledger_dir / LEDGER_FILE) as ledger:
+            ledger.commit(reservation, steps_taken=result.dp_steps)
+            status = ledger.budget_status(plan.model, plan.epsilon_budget, dp_plan.delta)
+        epsilon, delta, dp_steps = status.epsilon_spent, dp_plan.delta, status.total_steps
+
+    metrics = {
+        wire.NUM_EXAMPLES: n_customers,
+        wire.TRAIN_LOSS: result.train_loss,
+        wire.EPSILON: epsilon,
+        wire.DELTA: delta,
+        wire.DP_STEPS: dp_steps,
+    }
+    return Message(
+        RecordDict(
+            {
+                wire.ARRAYS: ArrayRecord(result.weights),
+                wire.METRICS: MetricRecord(metrics),
+                wire.SITE: ConfigRecord({wire.STOREFRONT: storefront}),
+            }
+        ),
+        reply_to=msg,
+    )
+
+
+def evaluate_round(msg: Message, context: Context) -> Message:
+    """Evaluate the global model on the site's held-out customers: sums and counts only."""
+    model = str(msg.content[wire.CONFIG][wire.MODEL])
+    task = _task(model)
+    location = locate_site(context.node_config, context.run_config)
+    split, storefront = prepared_split(location, model)
+    module = task.build()
+    module.load_state_dict(msg.content[wire.ARRAYS].to_torch_state_dict(), strict=True)
+    module.eval()
+    with torch.no_grad():
+        metrics = task.evaluate(module, split.evaluation)
+    if set(metrics) != wire.EVALUATE_METRIC_KEYS[model]:
+        # A task bug must not put undocumented values on the wire.
+        raise RuntimeError(
+            f"{model} evaluation produced keys {sorted(metrics)}, "
+            f"not the documented {sorted(wire.EVALUATE_METRIC_KEYS[model])}"
+        )
+    return Message(
+        RecordDict(
+            {
+                wire.METRICS: MetricRecord(metrics),
+                wire.SITE: ConfigRecord({wire.STOREFRONT: storefront}),
+            }
+        ),
+        reply_to=msg,
+    )
+
+
+def prepared_split(location: SiteLocation, model: str) -> tuple[SiteSplit, str]:
+    """The site's split for ``model`` and its storefront name, cached per data file version.
+
+    A simulation serves many messages from one process, so the split is built once; a
+    changed file (new export) has a new modification time and is read again.
+    """
+    path = location.orders_file
+    version = path.stat().st_mtime_ns if path.is_file() else 0
+    return _prepared_split(location, model, version)
+
+
+@lru_cache(maxsize=8)
+def _prepared_split(location: SiteLocation, model: str, version: int) -> tuple[SiteSplit, str]:
+    del version  # part of the cache key only
+    orders = load_orders(location)
+    return _task(model).prepare(orders), storefront_of(location, orders)
+
+
+def _task(model: str) -> ModelTask:
+    if model not in MODEL_TASKS:
+        raise ValueError(f"unknown model {model!r}; this site trains {sorted(MODEL_TASKS)}")
+    return MODEL_TASKS[model]
+
+
+def _no_data(msg: Message, model: str, storefront: str) -> Message:
+    reason = wire.DECLINE_REASONS[wire.DECLINED_NO_DATA]
+    detail = f"{reason}: {storefront} has no training customers for {model}"
+    return decline(msg, Error(wire.DECLINED_NO_DATA, detail))
+
+
+def _simulation_seed(context: Context, server_round: int) -> int:
+    """Reproducible simulations: one seed per (simulated site, round)."""
+    return 1000 * server_round + int(context.node_config["partition-id"])
+
+
+def _proximal_step(module: nn.Module, anchor: list[torch.Tensor], strength: float) -> None:
+    if not anchor:
+        return
+    with torch.no_grad():
+        for parameter, global_value in zip(module.parameters(), anchor, strict=True):
+            parameter.sub_(strength * (parameter - global_value))
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values) if values else float("nan")

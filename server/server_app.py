@@ -36,9 +36,6 @@ from server.strategy import StrategySettings, ValidatedAggregation, build_strate
 ROUNDS_LOG = "rounds.jsonl"
 RESOLVED_CONFIG = "config.json"
 
-# Keys copied from the run config into every train message: the site's training plan.
-TRAIN_CONFIG_KEYS = ("local-epochs", "learning-rate", "batch-size", "epsilon", "max-grad-norm")
-
 
 @dataclass(frozen=True)
 class ModelSpec:
@@ -91,7 +88,7 @@ def run_federation(
             weights = specs[model].initial_weights(run_config)
         train_config = ConfigRecord(
             {
-                **{key: run_config[key] for key in TRAIN_CONFIG_KEYS if key in run_config},
+                **{key: run_config[key] for key in wire.TRAINING_PLAN_KEYS if key in run_config},
                 wire.MODEL: model,
                 wire.PLANNED_ROUNDS: total_rounds,
             }

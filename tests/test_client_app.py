@@ -1,11 +1,15 @@
-"""Site-side privacy gate: σ calibrated for the whole plan, budget reserved before training."""
+"""The site side: locating the data, the privacy gate, and the real ClientApp handlers."""
 
+import pytest
 from flwr.app import Error
 
 from clients import messages as wire
+from clients.site_data import SiteDataError, load_orders, locate_site, storefront_of
 from clients.site_task import LEDGER_FILE, plan_dp, reserve_round
 from privacy.accountant import epsilon_for
 from privacy.ledger import PrivacyLedger, Reservation
+from simulations.storefronts import prepare_storefronts
+from simulations.synthetic import generate_orders
 
 
 def test_plan_spends_the_budget_in_exactly_the_planned_rounds(tmp_path):
@@ -40,3 +44,43 @@ def test_unreadable_ledger_fails_closed(tmp_path):
     )
     result = reserve_round(tmp_path, "churn", plan, max_grad_norm=1.0, server_round=1)
     assert isinstance(result, Error) and result.code == wire.DECLINED_BUDGET_EXHAUSTED
+
+
+def write_split(tmp_path, names=("storefront-b", "storefront-a")):
+    frame = generate_orders(n_storefronts=len(names), n_customers=60, n_items=20, seed=5)
+    frame["storefront"] = frame["storefront"].map(
+        {f"storefront-{i}": name for i, name in enumerate(names)}
+    )
+    prepare_storefronts(frame, tmp_path / "split")
+    return tmp_path / "split"
+
+
+def test_deployment_site_reads_data_path_and_keeps_its_ledger_there(tmp_path):
+    location = locate_site({"data-path": str(tmp_path), "storefront": "Norway"}, {})
+    assert location.orders_file == tmp_path / "orders.parquet"
+    assert location.ledger_dir == tmp_path and not location.simulated
+    with pytest.raises(SiteDataError, match="orders.parquet: prepared orders not found"):
+        load_orders(location)
+
+
+def test_simulated_partitions_are_the_sorted_storefront_directories(tmp_path):
+    split = write_split(tmp_path)
+    run_config = {"storefronts-dir": str(split), "run-dir": str(tmp_path / "run")}
+    first = locate_site({"partition-id": 0, "num-partitions": 2}, run_config)
+    second = locate_site({"partition-id": 1, "num-partitions": 2}, run_config)
+    assert first.orders_file == split / "storefront-a" / "orders.parquet"
+    assert second.orders_file == split / "storefront-b" / "orders.parquet"
+    # Each simulated site keeps its ledger in the run, not in the shared split.
+    assert first.ledger_dir == tmp_path / "run" / "sites" / "storefront-a"
+    orders = load_orders(second)
+    assert set(orders["storefront"]) == {"storefront-b"}
+    assert storefront_of(second, orders) == "storefront-b"
+    with pytest.raises(SiteDataError, match="partition 2 has no storefront"):
+        locate_site({"partition-id": 2}, run_config)
+
+
+def test_a_node_without_data_location_is_told_how_to_start(tmp_path):
+    with pytest.raises(SiteDataError, match="--node-config"):
+        locate_site({}, {})
+    with pytest.raises(SiteDataError, match="storefronts-dir"):
+        locate_site({"partition-id": 0}, {"storefronts-dir": ""})

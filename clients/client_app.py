@@ -1,0 +1,30 @@
+"""The fedshop ClientApp: a storefront's answer to the server's train and evaluate messages.
+
+Thin on purpose: the work of a round (data, privacy gate, DP training, the reply) is in
+:mod:`clients.site_task`; the wire contract is in :mod:`clients.messages`.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from flwr.app import Context, Message
+from flwr.clientapp import ClientApp
+
+from clients.site_task import evaluate_round, train_round
+
+app = ClientApp()
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    """Train the global model on this site's customers under user-level DP."""
+    # Opacus adds a root log handler on import; keep flwr's lines single.
+    logging.getLogger("flwr").propagate = False
+    return train_round(msg, context)
+
+
+@app.evaluate()
+def evaluate(msg: Message, context: Context) -> Message:
+    """Evaluate the global model on this site's held-out customers (aggregates only)."""
+    return evaluate_round(msg, context)
