@@ -50,6 +50,9 @@ EPSILON_BUDGET = "epsilon"
 MAX_GRAD_NORM = "max-grad-norm"
 TRAINING_PLAN_KEYS = (LOCAL_EPOCHS, LEARNING_RATE, BATCH_SIZE, EPSILON_BUDGET, MAX_GRAD_NORM)
 MODEL = "model"
+CATALOGUE = "catalogue"
+"""The recommender's item catalogue (list of item ids, position = output index); it is
+product data, not customer data, and the server sends it so every site builds one network."""
 SERVER_ROUND = "server-round"
 ROUND_OFFSET = "round-offset"
 PLANNED_ROUNDS = "planned-rounds"

@@ -25,14 +25,14 @@ import math
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from torch import nn
-from torch.utils.data import DataLoader
 
 from clients import messages as wire
-from clients.model_tasks import MODEL_TASKS, ModelTask, SiteSplit
+from clients.model_tasks import MODEL_TASKS, LocalTraining, ModelTask, SiteSplit
 from clients.site_data import SiteLocation, load_orders, locate_site, storefront_of
 from privacy.accountant import (
     DPSegment,
@@ -41,7 +41,6 @@ from privacy.accountant import (
     opacus_sample_rate,
     opacus_steps_per_epoch,
 )
-from privacy.dp import DPTrainingSession
 from privacy.ledger import BudgetExceeded, LedgerError, PrivacyLedger, Reservation
 
 LEDGER_FILE = "privacy-ledger.sqlite"
@@ -122,7 +121,6 @@ class TrainingPlan:
     max_grad_norm: float
     planned_rounds: int
     server_round: int
-    proximal_mu: float = 0.0
 
     @property
     def private(self) -> bool:
@@ -141,89 +139,16 @@ class TrainingPlan:
             max_grad_norm=float(config[wire.MAX_GRAD_NORM]),
             planned_rounds=int(config[wire.PLANNED_ROUNDS]),
             server_round=int(config[wire.SERVER_ROUND]),
-            proximal_mu=float(config.get(wire.PROXIMAL_MU, 0.0)),
         )
-
-
-@dataclass(frozen=True)
-class LocalResult:
-    """A round of local training: plain weights, mean loss, DP steps taken (0 if non-private)."""
-
-    weights: dict[str, torch.Tensor]
-    train_loss: float
-    dp_steps: int
-
-
-def train_locally(
-    task: ModelTask,
-    module: nn.Module,
-    split: SiteSplit,
-    plan: TrainingPlan,
-    noise_multiplier: float | None,
-    *,
-    seed: int | None = None,
-) -> LocalResult:
-    """Train ``module`` (global weights loaded) for ``plan.local_epochs`` epochs with SGD.
-
-    With a ``noise_multiplier`` this is DP-SGD (:class:`privacy.dp.DPTrainingSession`:
-    Poisson sampling, per-customer clipping, Gaussian noise); with ``None`` it is plain
-    minibatch SGD on the same per-example loss. A FedProx ``proximal_mu`` is applied as a
-    proximal step ``w <- w - lr * mu * (w - w_global)`` after each gradient step (Li et
-    al. 2020): it depends only on the weights, not on data, so under DP it is
-    post-processing and costs no budget (a proximal term inside the loss would not reach
-    Opacus's per-example gradients at all).
-    """
-    anchor = [p.detach().clone() for p in module.parameters()] if plan.proximal_mu > 0 else []
-    optimizer = torch.optim.SGD(module.parameters(), lr=plan.learning_rate)
-    losses: list[float] = []
-    if noise_multiplier is None:
-        generator = None if seed is None else torch.Generator().manual_seed(seed)
-        loader = DataLoader(
-            split.train,
-            batch_size=plan.batch_size,
-            shuffle=True,
-            collate_fn=task.collate_fn,
-            generator=generator,
-        )
-        module.train()
-        for _ in range(plan.local_epochs):
-            for batch in loader:
-                optimizer.zero_grad(set_to_none=True)
-                loss = task.per_example_loss(module, batch).mean()
-                loss.backward()
-                optimizer.step()
-                _proximal_step(module, anchor, plan.learning_rate * plan.proximal_mu)
-                losses.append(loss.item())
-        weights = {k: v.detach().clone() for k, v in module.state_dict().items()}
-        return LocalResult(weights, _mean(losses), 0)
-
-    with DPTrainingSession(
-        module,
-        optimizer,
-        split.train,
-        batch_size=plan.batch_size,
-        noise_multiplier=noise_multiplier,
-        max_grad_norm=plan.max_grad_norm,
-        loss_fn=task.per_example_loss,
-        grad_sample_mode=task.grad_sample_mode,
-        collate_fn=task.collate_fn,
-        seed=seed,
-    ) as session:
-        for _ in range(plan.local_epochs):
-            for batch in session.data_loader:
-                loss = session.step(batch)
-                _proximal_step(module, anchor, plan.learning_rate * plan.proximal_mu)
-                if loss is not None:
-                    losses.append(loss)
-        return LocalResult(session.state_dict(), _mean(losses), session.steps_taken)
 
 
 def train_round(msg: Message, context: Context) -> Message:
     """A site's whole answer to a train message (see the module docstring)."""
+    config = dict(msg.content[wire.CONFIG])
     plan = TrainingPlan.from_config(msg.content[wire.CONFIG])
     task = _task(plan.model)
     location = locate_site(context.node_config, context.run_config)
-    split, storefront = prepared_split(location, plan.model)
+    split, storefront = prepared_split(location, plan.model, config)
     n_customers = len(split.train)
     if n_customers == 0:
         return _no_data(msg, plan.model, storefront)
@@ -252,10 +177,17 @@ def train_round(msg: Message, context: Context) -> Message:
             return decline(msg, reservation)
         noise_multiplier = dp_plan.noise_multiplier
 
-    module = task.build()
+    module = task.build(config)
     module.load_state_dict(msg.content[wire.ARRAYS].to_torch_state_dict(), strict=True)
-    seed = _simulation_seed(context, plan.server_round) if location.simulated else None
-    result = train_locally(task, module, split, plan, noise_multiplier, seed=seed)
+    local = LocalTraining(
+        epochs=plan.local_epochs,
+        batch_size=plan.batch_size,
+        learning_rate=plan.learning_rate,
+        max_grad_norm=plan.max_grad_norm,
+        noise_multiplier=noise_multiplier,
+        seed=_simulation_seed(context, plan.server_round) if location.simulated else None,
+    )
+    result = task.train(module, split.train, local)
 
     if reservation is None:
         epsilon, delta, dp_steps = math.inf, 0.0, 0
@@ -276,7 +208,7 @@ def train_round(msg: Message, context: Context) -> Message:
     return Message(
         RecordDict(
             {
-                wire.ARRAYS: ArrayRecord(result.weights),
+                wire.ARRAYS: ArrayRecord(_plain_weights(module)),
                 wire.METRICS: MetricRecord(metrics),
                 wire.SITE: ConfigRecord({wire.STOREFRONT: storefront}),
             }
@@ -287,11 +219,12 @@ def train_round(msg: Message, context: Context) -> Message:
 
 def evaluate_round(msg: Message, context: Context) -> Message:
     """Evaluate the global model on the site's held-out customers: sums and counts only."""
-    model = str(msg.content[wire.CONFIG][wire.MODEL])
+    config = dict(msg.content[wire.CONFIG])
+    model = str(config[wire.MODEL])
     task = _task(model)
     location = locate_site(context.node_config, context.run_config)
-    split, storefront = prepared_split(location, model)
-    module = task.build()
+    split, storefront = prepared_split(location, model, config)
+    module = task.build(config)
     module.load_state_dict(msg.content[wire.ARRAYS].to_torch_state_dict(), strict=True)
     module.eval()
     with torch.no_grad():
@@ -313,22 +246,29 @@ def evaluate_round(msg: Message, context: Context) -> Message:
     )
 
 
-def prepared_split(location: SiteLocation, model: str) -> tuple[SiteSplit, str]:
-    """The site's split for ``model`` and its storefront name, cached per data file version.
+def prepared_split(
+    location: SiteLocation, model: str, config: dict[str, Any]
+) -> tuple[SiteSplit, str]:
+    """The site's split for ``model`` and its storefront name, cached per data version.
 
     A simulation serves many messages from one process, so the split is built once; a
-    changed file (new export) has a new modification time and is read again.
+    changed file (new export) has a new modification time, and a changed catalogue is a
+    new key, so either is read again.
     """
     path = location.orders_file
     version = path.stat().st_mtime_ns if path.is_file() else 0
-    return _prepared_split(location, model, version)
+    catalogue = tuple(config.get(wire.CATALOGUE) or ())
+    return _prepared_split(location, model, version, catalogue)
 
 
-@lru_cache(maxsize=8)
-def _prepared_split(location: SiteLocation, model: str, version: int) -> tuple[SiteSplit, str]:
+@lru_cache(maxsize=4)
+def _prepared_split(
+    location: SiteLocation, model: str, version: int, catalogue: tuple[str, ...]
+) -> tuple[SiteSplit, str]:
     del version  # part of the cache key only
     orders = load_orders(location)
-    return _task(model).prepare(orders), storefront_of(location, orders)
+    split = _task(model).prepare(orders, {wire.CATALOGUE: list(catalogue)})
+    return split, storefront_of(location, orders)
 
 
 def _task(model: str) -> ModelTask:
@@ -343,18 +283,10 @@ def _no_data(msg: Message, model: str, storefront: str) -> Message:
     return decline(msg, Error(wire.DECLINED_NO_DATA, detail))
 
 
+def _plain_weights(module: nn.Module) -> dict[str, torch.Tensor]:
+    return {name: value.detach().clone() for name, value in module.state_dict().items()}
+
+
 def _simulation_seed(context: Context, server_round: int) -> int:
     """Reproducible simulations: one seed per (simulated site, round)."""
     return 1000 * server_round + int(context.node_config["partition-id"])
-
-
-def _proximal_step(module: nn.Module, anchor: list[torch.Tensor], strength: float) -> None:
-    if not anchor:
-        return
-    with torch.no_grad():
-        for parameter, global_value in zip(module.parameters(), anchor, strict=True):
-            parameter.sub_(strength * (parameter - global_value))
-
-
-def _mean(values: list[float]) -> float:
-    return sum(values) / len(values) if values else float("nan")

@@ -24,13 +24,18 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, MetricRecord, RecordDict
 from flwr.serverapp import Grid, ServerApp
 from flwr.supercore import log
 
 from clients import messages as wire
+from models.nextbasket_features import FEATURE_NAMES
+from models.recommender import NextBasketRecommender
 from server.bundle import export_bundle
+from server.catalogue import catalogue_items
 from server.checkpoint import Checkpoint, ModelProgress, latest_checkpoint, save_checkpoint
+from server.evaluation import EVALUATION_AGGREGATORS
 from server.strategy import StrategySettings, ValidatedAggregation, build_strategy
 
 ROUNDS_LOG = "rounds.jsonl"
@@ -47,9 +52,27 @@ class ModelSpec:
     """Pools the sites' evaluation replies into overall and per-storefront metrics."""
     artefacts: Callable[[dict[str, Any]], dict[str, Any]]
     """JSON-serialisable artefacts for the bundle (vocabulary, scaling constants)."""
+    message_config: Callable[[dict[str, Any]], dict[str, Any]] = lambda run_config: {}
+    """Extra config entries every train and evaluate message of the model carries."""
 
 
-MODEL_SPECS: dict[str, ModelSpec] = {}
+def _recommender_weights(run_config: dict[str, Any]) -> dict[str, np.ndarray]:
+    torch.manual_seed(0)  # same run config, same initial weights
+    model = NextBasketRecommender(len(catalogue_items(run_config)))
+    return {name: value.numpy() for name, value in model.state_dict().items()}
+
+
+MODEL_SPECS: dict[str, ModelSpec] = {
+    "recommender": ModelSpec(
+        initial_weights=_recommender_weights,
+        aggregate_evaluation=EVALUATION_AGGREGATORS["recommender"],
+        artefacts=lambda run_config: {
+            "item-vocabulary": catalogue_items(run_config),
+            "personal-features": list(FEATURE_NAMES),
+        },
+        message_config=lambda run_config: {wire.CATALOGUE: catalogue_items(run_config)},
+    ),
+}
 
 
 def requested_models(run_config: dict[str, Any], specs: dict[str, ModelSpec]) -> list[str]:
@@ -86,10 +109,11 @@ def run_federation(
             strategy.load_optimizer_state(checkpoint.models[model].optimizer_state)
         else:
             weights = specs[model].initial_weights(run_config)
+        model_config = {wire.MODEL: model, **specs[model].message_config(run_config)}
         train_config = ConfigRecord(
             {
                 **{key: run_config[key] for key in wire.TRAINING_PLAN_KEYS if key in run_config},
-                wire.MODEL: model,
+                **model_config,
                 wire.PLANNED_ROUNDS: total_rounds,
             }
         )
@@ -100,7 +124,7 @@ def run_federation(
             num_rounds=total_rounds - done,
             timeout=float(run_config.get("round-timeout", 3600.0)),
             train_config=train_config,
-            evaluate_config=ConfigRecord({wire.MODEL: model}),
+            evaluate_config=ConfigRecord(model_config),
             evaluate_fn=checkpoint_hook(strategy, model, checkpoint, run_dir),
         )
 

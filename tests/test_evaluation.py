@@ -1,0 +1,99 @@
+"""Server-side pooling of evaluation replies into overall and per-storefront metrics."""
+
+import math
+
+import numpy as np
+import pytest
+from flwr.app import ConfigRecord, MetricRecord, RecordDict
+
+from clients import messages as wire
+from models.metrics import binned_score_counts, brier, roc_auc
+from server.evaluation import aggregate_churn, aggregate_recommender
+
+
+def churn_reply(storefront: str, scores: np.ndarray, labels: np.ndarray) -> RecordDict:
+    positives, negatives = binned_score_counts(scores, labels)
+    metrics = {
+        wire.NUM_EXAMPLES: len(scores),
+        wire.SCORE_BINS_POSITIVE: positives.tolist(),
+        wire.SCORE_BINS_NEGATIVE: negatives.tolist(),
+        wire.BRIER_SUM: float(np.sum((scores - labels) ** 2)),
+    }
+    return RecordDict(
+        {
+            wire.METRICS: MetricRecord(metrics),
+            wire.SITE: ConfigRecord({wire.STOREFRONT: storefront}),
+        }
+    )
+
+
+def site_scores(rng, n: int, negative_range, positive_range):
+    labels = rng.random(n) < 0.4
+    scores = np.where(
+        labels, rng.uniform(*positive_range, size=n), rng.uniform(*negative_range, size=n)
+    )
+    return scores, labels.astype(int)
+
+
+def test_global_auc_pools_histograms_instead_of_averaging_site_aucs():
+    rng = np.random.default_rng(0)
+    # Each site separates its own customers perfectly, but the low site's churners
+    # score below the high site's loyal customers: pooled AUC is well below 1.
+    high = site_scores(rng, 300, (0.6, 0.7), (0.8, 0.9))
+    low = site_scores(rng, 200, (0.1, 0.2), (0.3, 0.4))
+    pooled = aggregate_churn([churn_reply("High", *high), churn_reply("Low", *low)], "")
+
+    scores = np.concatenate([high[0], low[0]])
+    labels = np.concatenate([high[1], low[1]])
+    assert pooled["High/roc-auc"] == pooled["Low/roc-auc"] == 1.0
+    assert pooled["roc-auc"] == pytest.approx(roc_auc(scores, labels), abs=2e-3)
+    assert pooled["roc-auc"] < 0.9
+    assert pooled["brier"] == pytest.approx(brier(scores, labels))
+    assert pooled["num-customers"] == 500 and pooled["High/num-customers"] == 300
+    assert pooled["churn-rate"] == pytest.approx(labels.mean())
+
+
+def test_a_reply_with_undocumented_or_mismatched_metrics_is_left_out():
+    rng = np.random.default_rng(1)
+    good = churn_reply("Good", *site_scores(rng, 100, (0.0, 0.6), (0.4, 1.0)))
+    leaky = churn_reply("Leaky", *site_scores(rng, 100, (0.0, 0.6), (0.4, 1.0)))
+    leaky[wire.METRICS]["customer-scores"] = [0.1, 0.9]
+    coarse = churn_reply("Coarse", *site_scores(rng, 100, (0.0, 0.6), (0.4, 1.0)))
+    coarse[wire.METRICS][wire.SCORE_BINS_POSITIVE] = [1, 2]
+    coarse[wire.METRICS][wire.SCORE_BINS_NEGATIVE] = [3, 4]
+    pooled = aggregate_churn([good, leaky, coarse], "")
+    assert pooled["num-customers"] == 100
+    assert {key.split("/")[0] for key in pooled if "/" in key} == {"Good"}
+
+
+def recommender_reply(storefront: str, hits, recall, ndcg) -> RecordDict:
+    metrics = {
+        wire.NUM_EXAMPLES: len(hits),
+        wire.HIT_SUM: float(np.sum(hits)),
+        wire.RECALL_SUM: float(np.sum(recall)),
+        wire.NDCG_SUM: float(np.sum(ndcg)),
+    }
+    return RecordDict(
+        {
+            wire.METRICS: MetricRecord(metrics),
+            wire.SITE: ConfigRecord({wire.STOREFRONT: storefront}),
+        }
+    )
+
+
+def test_recommender_metrics_are_means_over_all_test_customers():
+    big = ([1, 0, 1, 1], [0.5, 0.0, 1.0, 0.25], [0.6, 0.0, 1.0, 0.3])
+    small = ([0], [0.0], [0.0])
+    pooled = aggregate_recommender(
+        [recommender_reply("Big", *big), recommender_reply("Small", *small)], ""
+    )
+    assert pooled["hr@10"] == pytest.approx(3 / 5)  # per customer, not (0.75 + 0) / 2
+    assert pooled["recall@10"] == pytest.approx(1.75 / 5)
+    assert pooled["ndcg@10"] == pytest.approx(1.9 / 5)
+    assert pooled["Big/hr@10"] == pytest.approx(0.75) and pooled["Small/hr@10"] == 0.0
+    assert pooled["num-customers"] == 5
+
+
+def test_a_site_without_test_customers_reports_no_numbers():
+    pooled = aggregate_recommender([recommender_reply("Empty", [], [], [])], "")
+    assert pooled["num-customers"] == 0 and math.isnan(pooled["Empty/ndcg@10"])

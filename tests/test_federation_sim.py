@@ -1,0 +1,165 @@
+"""The real ServerApp loop and the real ClientApp handlers in Flower's simulation.
+
+Tiny synthetic storefronts (3 sites), 2 rounds, user-level DP. Flower's ``run_simulation``
+cannot pass a run config, so the ServerApp here calls the real ``run_federation`` with it
+and the ClientApp hands it to the real handlers of :mod:`clients.client_app` through the
+node's Context — everything else is what ``flwr run`` executes.
+"""
+
+import json
+import math
+
+import dp_accounting
+import pytest
+from dp_accounting.rdp import RdpAccountant
+from flwr.app import Context, Message
+from flwr.clientapp import ClientApp
+from flwr.serverapp import Grid, ServerApp
+from flwr.simulation import run_simulation
+
+from clients import client_app
+from clients.site_task import LEDGER_FILE
+from privacy.accountant import RDP_ORDERS, DPSegment
+from privacy.ledger import PrivacyLedger
+from server.server_app import run_federation
+from simulations.storefronts import prepare_storefronts
+from simulations.synthetic import generate_orders
+
+pytestmark = pytest.mark.slow
+
+SITES = 3
+MODEL = "recommender"
+
+
+@pytest.fixture(scope="module")
+def storefronts(tmp_path_factory):
+    frame = generate_orders(n_storefronts=SITES, n_customers=300, n_items=200, seed=7)
+    split = tmp_path_factory.mktemp("split") / "storefronts"
+    prepare_storefronts(frame, split)
+    return split
+
+
+def run_config_for(storefronts, run_dir, **overrides):
+    return {
+        "models": MODEL,
+        "storefronts-dir": str(storefronts),
+        "run-dir": str(run_dir),
+        "num-server-rounds": 2,
+        "local-epochs": 1,
+        "learning-rate": 0.05,
+        "batch-size": 32,
+        "epsilon": 3.0,
+        "max-grad-norm": 1.0,
+        "min-sites": 2,
+        **overrides,
+    }
+
+
+def simulate(run_config: dict) -> None:
+    server = ServerApp()
+
+    @server.main()
+    def main(grid: Grid, context: Context) -> None:
+        run_federation(grid, run_config)
+
+    client = ClientApp()
+
+    def with_run_config(context: Context) -> Context:
+        return Context(
+            context.run_id, context.node_id, context.node_config, context.state, run_config
+        )
+
+    @client.train()
+    def train(msg: Message, context: Context) -> Message:
+        return client_app.train(msg, with_run_config(context))
+
+    @client.evaluate()
+    def evaluate(msg: Message, context: Context) -> Message:
+        return client_app.evaluate(msg, with_run_config(context))
+
+    run_simulation(
+        server_app=server,
+        client_app=client,
+        num_supernodes=SITES,
+        backend_config={"client_resources": {"num_cpus": 1}, "init_args": {"num_cpus": 2}},
+    )
+
+
+def independent_epsilon(segments: list[DPSegment], delta: float) -> float:
+    """ε by Google's dp_accounting from the ledger's (sample rate, σ, steps) rows."""
+    accountant = RdpAccountant(orders=RDP_ORDERS)
+    for segment in segments:
+        event = dp_accounting.PoissonSampledDpEvent(
+            segment.sample_rate, dp_accounting.GaussianDpEvent(segment.noise_multiplier)
+        )
+        accountant.compose(event, segment.steps)
+    return accountant.get_epsilon(delta)
+
+
+def read_rounds(run_dir):
+    return [json.loads(line) for line in (run_dir / "rounds.jsonl").read_text().splitlines()]
+
+
+def test_sites_train_under_dp_and_report_the_epsilon_their_ledgers_hold(
+    storefronts, tmp_path, monkeypatch
+):
+    monkeypatch.setenv("FLWR_HOME", str(tmp_path / "flwr"))
+    run_dir = tmp_path / "run"
+    simulate(run_config_for(storefronts, run_dir))
+
+    rounds = read_rounds(run_dir)
+    assert [(r["model"], r["round"]) for r in rounds] == [(MODEL, 1), (MODEL, 2)]
+    slugs = sorted(p.name for p in storefronts.iterdir() if p.is_dir())
+    for record in rounds:
+        assert sorted(record["accepted"]) == slugs  # storefront names equal slugs here
+        assert record["declined"] == record["failed"] == record["rejected"] == []
+        evaluation = record["evaluate-metrics"]
+        assert 0 <= evaluation["ndcg@10"] <= evaluation["hr@10"] <= 1
+        assert evaluation["num-customers"] == sum(
+            evaluation[f"{slug}/num-customers"] for slug in slugs
+        )
+
+    for slug in slugs:
+        reported = rounds[-1]["privacy"][slug]
+        with PrivacyLedger(run_dir / "sites" / slug / LEDGER_FILE) as ledger:
+            entries = ledger.entries(MODEL)
+            ledger_epsilon = ledger.epsilon(MODEL, reported["delta"])
+        assert [e.server_round for e in entries] == [1, 2]
+        assert all(e.status == "committed" for e in entries)
+        assert reported["dp-steps"] == sum(e.segment.steps for e in entries)
+        assert reported["epsilon"] == ledger_epsilon
+        assert reported["epsilon"] == pytest.approx(
+            independent_epsilon([e.segment for e in entries], reported["delta"]), rel=1e-6
+        )
+        # σ was calibrated for both rounds: the plan ends just inside the budget.
+        assert 0.99 * 3.0 <= reported["epsilon"] <= 3.0
+        assert rounds[0]["privacy"][slug]["epsilon"] < reported["epsilon"]
+
+    manifest = json.loads((run_dir / "bundle" / "manifest.json").read_text())
+    assert manifest["models"][MODEL]["rounds-done"] == 2
+
+
+def test_a_site_whose_budget_is_spent_is_declined_and_the_others_carry_on(
+    storefronts, tmp_path, monkeypatch
+):
+    monkeypatch.setenv("FLWR_HOME", str(tmp_path / "flwr"))
+    run_dir = tmp_path / "run"
+    slugs = sorted(p.name for p in storefronts.iterdir() if p.is_dir())
+    spent = slugs[-1]
+    with PrivacyLedger(run_dir / "sites" / spent / LEDGER_FILE) as ledger:
+        # An earlier run already spent more than this run's budget.
+        ledger.reserve(
+            MODEL, DPSegment(1.0, 1.0, 20), budget_epsilon=100.0, delta=1e-5, max_grad_norm=1.0
+        )
+    simulate(run_config_for(storefronts, run_dir))
+
+    rounds = read_rounds(run_dir)
+    assert [r["round"] for r in rounds] == [1, 2]
+    for record in rounds:
+        assert sorted(record["accepted"]) == slugs[:-1]
+        [declined] = record["declined"]
+        assert f"({spent})" in declined and "privacy-budget-exhausted: " in declined
+        assert spent not in record["privacy"]
+    with PrivacyLedger(run_dir / "sites" / spent / LEDGER_FILE) as ledger:
+        assert len(ledger.entries(MODEL)) == 1  # declining spent nothing
+    assert math.isfinite(rounds[-1]["evaluate-metrics"]["ndcg@10"])
