@@ -92,7 +92,7 @@ def site_key_paths(directory: Path | str, name: str) -> SiteKeyFiles:
     return SiteKeyFiles(name, sites / f"{name}.key", sites / f"{name}.pub")
 
 
-def registered_site_keys(directory: Path | str) -> list[SiteKeyFiles]:
+def site_keys(directory: Path | str) -> list[SiteKeyFiles]:
     """Every site key pair in ``directory/sites`` that has a public key, sorted by name."""
     sites = Path(directory) / SITES_DIR
     return [site_key_paths(directory, pub.stem) for pub in sorted(sites.glob("*.pub"))]

@@ -36,7 +36,7 @@ from clients.flower_process import flower_environment
 from server.certificates import (
     check_private_key_file,
     credential_paths,
-    registered_site_keys,
+    site_keys,
 )
 
 CONNECTION = "fedshop"
@@ -202,7 +202,7 @@ def register_sites(flwr_home: Path, certs: Path) -> dict[str, str]:
     Raises:
         DeploymentError: a key was refused for another reason, or no site key exists.
     """
-    sites = registered_site_keys(certs)
+    sites = site_keys(certs)
     if not sites:
         raise DeploymentError(
             f"no site public keys in {Path(certs) / 'sites'}; add sites with"

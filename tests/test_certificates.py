@@ -21,7 +21,7 @@ from server.certificates import (
     check_private_key_file,
     credential_paths,
     issue_credentials,
-    registered_site_keys,
+    site_keys,
     write_new_file,
 )
 from server.cli import main
@@ -105,7 +105,7 @@ def test_files_have_private_and_public_modes(issued: Path) -> None:
 
 
 def test_site_keys_are_p384_openssh_pairs_that_flower_accepts(issued: Path) -> None:
-    sites = registered_site_keys(issued)
+    sites = site_keys(issued)
     assert [site.name for site in sites] == ["de-shop", "uk"]
     for site in sites:
         private = serialization.load_ssh_private_key(site.private_key.read_bytes(), None)
@@ -139,7 +139,7 @@ def test_sites_are_added_to_an_existing_directory_under_the_same_ca(tmp_path: Pa
     issued = issue_credentials(certs, ["fr"], ["fl.example.org"])
     assert [s.name for s in issued.sites] == ["fr"]
     assert (certs / "ca.crt").read_bytes() == ca_before
-    assert [s.name for s in registered_site_keys(certs)] == ["fr", "uk"]
+    assert [s.name for s in site_keys(certs)] == ["fr", "uk"]
     with pytest.raises(CredentialsError, match="does not cover host.*other.example.org"):
         issue_credentials(certs, ["es"], ["other.example.org"])
     assert not (certs / "sites" / "es.key").exists()
