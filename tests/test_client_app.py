@@ -1,13 +1,20 @@
 """The site side: locating the data, the privacy gate, and the real ClientApp handlers."""
 
-import pytest
-from flwr.app import Error
+import math
+import time
+from pathlib import Path
 
+import pytest
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Error, Message, RecordDict
+from flwr.app.metadata import Metadata
+
+from clients import client_app
 from clients import messages as wire
 from clients.site_data import SiteDataError, load_orders, locate_site, storefront_of
 from clients.site_task import LEDGER_FILE, plan_dp, reserve_round
 from privacy.accountant import epsilon_for
 from privacy.ledger import PrivacyLedger, Reservation
+from server.server_app import MODEL_SPECS
 from simulations.storefronts import prepare_storefronts
 from simulations.synthetic import generate_orders
 
@@ -84,3 +91,95 @@ def test_a_node_without_data_location_is_told_how_to_start(tmp_path):
         locate_site({}, {})
     with pytest.raises(SiteDataError, match="storefronts-dir"):
         locate_site({"partition-id": 0}, {"storefronts-dir": ""})
+
+
+def site_message(content: RecordDict, kind: str) -> Message:
+    metadata = Metadata(
+        run_id=1,
+        message_id=f"{kind}-1",
+        src_node_id=0,
+        dst_node_id=1,
+        reply_to_message_id="",
+        group_id="",
+        created_at=time.time(),
+        ttl=60.0,
+        message_type=kind,
+    )
+    return Message(content=content, metadata=metadata)
+
+
+@pytest.fixture(scope="module")
+def site_round(tmp_path_factory):
+    """A simulated site (partition 1) and the server's round-1 messages for the recommender."""
+    tmp_path = tmp_path_factory.mktemp("site")
+    split = write_split(tmp_path, names=("storefront-a", "storefront-b"))
+    run_config = {
+        "storefronts-dir": str(split),
+        "run-dir": str(tmp_path / "run"),
+        "local-epochs": 1,
+        "learning-rate": 0.05,
+        "batch-size": 16,
+        "max-grad-norm": 1.0,
+    }
+    spec = MODEL_SPECS["recommender"]
+    arrays = ArrayRecord({k: Array(v) for k, v in spec.initial_weights(run_config).items()})
+    model_config = {wire.MODEL: "recommender", **spec.message_config(run_config)}
+    context = Context(1, 1, {"partition-id": 1, "num-partitions": 2}, RecordDict(), run_config)
+    return split, run_config, arrays, model_config, context
+
+
+def train_message(site_round, epsilon: float) -> Message:
+    _, run_config, arrays, model_config, _ = site_round
+    config = {key: run_config[key] for key in wire.TRAINING_PLAN_KEYS if key in run_config}
+    config.update(model_config)
+    config.update({wire.EPSILON_BUDGET: epsilon, wire.PLANNED_ROUNDS: 2, wire.SERVER_ROUND: 1})
+    return site_message(RecordDict({"arrays": arrays, "config": ConfigRecord(config)}), "train")
+
+
+def wire_text(content: RecordDict) -> bytes:
+    """Everything a reply carries, as bytes: array buffers, metric and config values."""
+    parts = [repr(dict(content.metric_records)), repr(dict(content.config_records))]
+    text = "".join(parts).encode()
+    return text + b"".join(
+        array.data for record in content.array_records.values() for array in record.values()
+    )
+
+
+def test_replies_carry_exactly_the_documented_keys_and_no_customer_token(site_round):
+    split, _, arrays, model_config, context = site_round
+    reply = client_app.train(train_message(site_round, epsilon=3.0), context)
+    assert not reply.has_error()
+    content = reply.content
+    assert set(content.array_records) == {wire.ARRAYS}
+    assert set(content[wire.ARRAYS]) == set(arrays)
+    assert set(content.metric_records) == {wire.METRICS}
+    assert set(content[wire.METRICS]) == wire.TRAIN_METRIC_KEYS
+    assert set(content.config_records) == {wire.SITE}
+    assert dict(content[wire.SITE]) == {wire.STOREFRONT: "storefront-b"}
+    assert content[wire.METRICS][wire.DP_STEPS] > 0
+
+    evaluation = client_app.evaluate(
+        site_message(
+            RecordDict({"arrays": content[wire.ARRAYS], "config": ConfigRecord(model_config)}),
+            "evaluate",
+        ),
+        context,
+    ).content
+    assert set(evaluation.metric_records) == {wire.METRICS}
+    assert set(evaluation[wire.METRICS]) == wire.EVALUATE_METRIC_KEYS["recommender"]
+    assert set(evaluation.array_records) == set()
+
+    tokens = set(load_orders(locate_site(context.node_config, context.run_config))["customer"])
+    assert tokens
+    for sent in (wire_text(content), wire_text(evaluation)):
+        assert not [token for token in tokens if token.encode() in sent]
+
+
+def test_a_non_private_round_spends_nothing_and_reports_infinite_epsilon(site_round):
+    _, run_config, _, _, _ = site_round
+    context = Context(1, 2, {"partition-id": 0, "num-partitions": 2}, RecordDict(), run_config)
+    reply = client_app.train(train_message(site_round, epsilon=0.0), context)
+    metrics = reply.content[wire.METRICS]
+    assert math.isinf(metrics[wire.EPSILON])
+    assert metrics[wire.DELTA] == 0.0 and metrics[wire.DP_STEPS] == 0
+    assert not (Path(run_config["run-dir"]) / "sites" / "storefront-a" / LEDGER_FILE).exists()
