@@ -1,0 +1,164 @@
+"""Reference baselines of both fixed protocols (DESIGN.md, "Tasks and how they are judged").
+
+Next basket (scores over the whole catalogue for each test customer; ranked by
+:func:`models.metrics.top_k_items`, which breaks exact ties by catalogue order, i.e. item
+code):
+
+- global popularity: distinct training buyers of each item;
+- storefront popularity: distinct training buyers among the customers of the test
+  customer's home storefront, ties and the rest of the list by global popularity;
+- own history: the number of the customer's training invoices that hold the item, ties
+  and the rest of the list by global popularity (``tie_break="popularity"``); leaving ties
+  in item-code order (``tie_break="item-code"``) shows how much tie-breaking matters.
+
+A tie-break is folded into one exact integer score: primary × (catalogue size + 1) +
+global popularity rank score (catalogue size for the most popular item, down to 1).
+
+Churn: scikit-learn logistic regression on log1p of the nine protocol features,
+gradient boosting on the raw features, and recency alone, each scored by stratified,
+seeded 5-fold cross-validation over the whole churn population.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+from sklearn.ensemble import HistGradientBoostingClassifier
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import StratifiedKFold, cross_val_predict
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import FunctionTransformer, StandardScaler
+from threadpoolctl import threadpool_limits
+
+from models import metrics, schema
+from models.churn_protocol import ChurnData
+from models.nextbasket_protocol import NextBasketSplit
+
+CV_FOLDS = 5
+CV_SEED = 0
+
+
+def buyer_counts(train: pd.DataFrame, items: pd.Index) -> np.ndarray:
+    """Distinct customers who bought each catalogue item in ``train``."""
+    buyers = train.drop_duplicates([schema.CUSTOMER, schema.ITEM])[schema.ITEM]
+    counts = buyers.value_counts()
+    return counts.reindex(items, fill_value=0).to_numpy(dtype=np.int64)
+
+
+def popularity_rank_scores(split: NextBasketSplit) -> np.ndarray:
+    """Global popularity as distinct integers: catalogue size for the item with the most
+    training buyers down to 1; equal buyer counts rank in item-code order."""
+    buyers = buyer_counts(split.train, split.items)
+    order = np.argsort(-buyers, kind="stable")
+    scores = np.empty(order.size, dtype=np.int64)
+    scores[order] = np.arange(order.size, 0, -1)
+    return scores
+
+
+def global_popularity_scores(split: NextBasketSplit) -> np.ndarray:
+    """Test customers × catalogue: every customer gets the global popularity ranking."""
+    scores = popularity_rank_scores(split)
+    return np.broadcast_to(scores, (len(split.test_customers), scores.size))
+
+
+def storefront_popularity_scores(split: NextBasketSplit) -> np.ndarray:
+    """Test customers × catalogue: buyers in the customer's home storefront, then global."""
+    stride = len(split.items) + 1
+    home = split.train[schema.CUSTOMER].map(split.home_storefront)
+    storefronts = pd.Index(np.unique(split.home_storefront.to_numpy(dtype=str)))
+    per_storefront = np.stack(
+        [buyer_counts(split.train[(home == name).to_numpy()], split.items) for name in storefronts]
+    )
+    rows = storefronts.get_indexer(split.test_storefronts())
+    return per_storefront[rows] * stride + popularity_rank_scores(split)
+
+
+def own_history_scores(
+    split: NextBasketSplit, tie_break: Literal["popularity", "item-code"] = "popularity"
+) -> np.ndarray:
+    """Test customers × catalogue: training invoices of the customer holding each item;
+    ties and the rest of the list by global popularity, or left in item-code order."""
+    invoices = own_invoice_counts(split)
+    if tie_break == "item-code":
+        return invoices
+    if tie_break != "popularity":
+        raise ValueError(f"tie_break must be 'popularity' or 'item-code', got {tie_break!r}")
+    return invoices * (len(split.items) + 1) + popularity_rank_scores(split)
+
+
+def own_invoice_counts(split: NextBasketSplit) -> np.ndarray:
+    """Test customers × catalogue: how many of the customer's training invoices hold each item."""
+    lines = split.train[split.train[schema.CUSTOMER].isin(split.test_customers)]
+    pairs = lines.drop_duplicates([schema.CUSTOMER, schema.ORDER, schema.ITEM])
+    counts = pairs.groupby([schema.CUSTOMER, schema.ITEM]).size()
+    rows = split.test_customers.get_indexer(counts.index.get_level_values(0))
+    columns = split.items.get_indexer(counts.index.get_level_values(1))
+    matrix = np.zeros((len(split.test_customers), len(split.items)), dtype=np.int64)
+    matrix[rows, columns] = counts.to_numpy()
+    return matrix
+
+
+NEXT_BASKET_BASELINES = {
+    "global popularity": global_popularity_scores,
+    "storefront popularity": storefront_popularity_scores,
+    "own history": own_history_scores,
+    "own history, item-code ties": lambda split: own_history_scores(split, "item-code"),
+}
+"""Every next-basket baseline by its report name: split -> test customers × catalogue scores."""
+
+
+def evaluate_next_basket(split: NextBasketSplit, scores: np.ndarray, k: int = 10) -> pd.DataFrame:
+    """HR@k, Recall@k and NDCG@k of a score matrix, overall and per home storefront."""
+    top_k = metrics.top_k_items(scores, k)
+    per_customer = metrics.ranking_metrics(top_k, split.target_matrix(), k)
+    return metrics.summarise_by_group(per_customer, split.test_storefronts())
+
+
+def logistic_regression() -> object:
+    """The reference churn model: standardised log1p features, L2 logistic regression."""
+    return make_pipeline(
+        FunctionTransformer(np.log1p), StandardScaler(), LogisticRegression(max_iter=1000)
+    )
+
+
+def gradient_boosting() -> object:
+    """Histogram gradient boosting with scikit-learn defaults (seeded)."""
+    return HistGradientBoostingClassifier(random_state=CV_SEED)
+
+
+def cross_validated_churn_scores(
+    model: object, features: pd.DataFrame, labels: pd.Series
+) -> np.ndarray:
+    """Out-of-fold churn probabilities of ``model`` under stratified, seeded 5-fold CV."""
+    folds = StratifiedKFold(n_splits=CV_FOLDS, shuffle=True, random_state=CV_SEED)
+    return cross_val_predict(model, features, labels, cv=folds, method="predict_proba")[:, 1]
+
+
+def churn_baselines(data: ChurnData) -> pd.DataFrame:
+    """ROC-AUC, PR-AUC and Brier of the churn baselines (5-fold CV on the whole population).
+
+    Recency alone is a ranking, not a probability, so it has an AUC but no Brier score.
+    """
+    labels = data.labels.to_numpy()
+    rows = {}
+    # One thread: on a few thousand rows, parallel threads only contend with each other.
+    for name, model in (
+        ("logistic regression (log1p)", logistic_regression()),
+        ("gradient boosting", gradient_boosting()),
+    ):
+        with threadpool_limits(1):
+            scores = cross_validated_churn_scores(model, data.features, data.labels)
+        rows[name] = {
+            "roc-auc": metrics.roc_auc(scores, labels),
+            "pr-auc": metrics.pr_auc(scores, labels),
+            "brier": metrics.brier(scores, labels),
+        }
+    recency = data.features["recency"].to_numpy()
+    rows["recency alone"] = {
+        "roc-auc": metrics.roc_auc(recency, labels),
+        "pr-auc": metrics.pr_auc(recency, labels),
+        "brier": float("nan"),
+    }
+    return pd.DataFrame.from_dict(rows, orient="index")
