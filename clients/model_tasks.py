@@ -21,14 +21,18 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import torch
 from torch import nn
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 
 from clients import messages as wire
 from models import metrics
+from models.churn import ChurnModel, churn_dataset, per_example_loss, predict_churn, train_churn
+from models.churn_protocol import ChurnData, churn_data
 from models.nextbasket_features import EvaluationExamples, TrainingExamples, build_histories
 from models.nextbasket_protocol import split_next_basket
 from models.recommender import DPConfig, NextBasketRecommender, top_k_items, train_recommender
+from privacy.dp import DPTrainingSession
 
 Config = Mapping[str, Any]
 TOP_K = 10
@@ -143,6 +147,53 @@ def evaluate_recommender(module: nn.Module, examples: EvaluationExamples) -> dic
     }
 
 
+def prepare_churn(orders: pd.DataFrame, config: Config) -> SiteSplit:
+    """Churn protocol on the site's customers: training part and the fixed 20% holdout."""
+    del config  # the churn network does not depend on shared facts
+    data = churn_data(orders)
+    return SiteSplit(train=churn_dataset(data.part(held_out=False)), evaluation=data.part(True))
+
+
+def build_churn(config: Config) -> nn.Module:
+    """The churn MLP (its feature scaling is fixed in code, not exchanged)."""
+    del config
+    return ChurnModel()
+
+
+def train_churn_round(module: nn.Module, dataset: Dataset, plan: LocalTraining) -> LocalResult:
+    """SGD on the churn loss; DP-SGD (:class:`privacy.dp.DPTrainingSession`) when σ is given."""
+    optimizer = torch.optim.SGD(module.parameters(), lr=plan.learning_rate)
+    if plan.noise_multiplier is None:
+        generator = torch.Generator().manual_seed(plan.seed) if plan.seed is not None else None
+        loader = DataLoader(dataset, batch_size=plan.batch_size, shuffle=True, generator=generator)
+        return LocalResult(_mean(train_churn(module, loader, optimizer, plan.epochs)), 0)
+    with DPTrainingSession(
+        module,
+        optimizer,
+        dataset,
+        batch_size=plan.batch_size,
+        noise_multiplier=plan.noise_multiplier,
+        max_grad_norm=plan.max_grad_norm,
+        loss_fn=per_example_loss,
+        seed=plan.seed,
+    ) as session:
+        losses = [session.run_epoch() for _ in range(plan.epochs)]
+        return LocalResult(_mean(losses), session.steps_taken)
+
+
+def evaluate_churn_site(module: nn.Module, held_out: ChurnData) -> dict[str, Any]:
+    """Score histograms per label, the Brier sum and the count over the held-out customers."""
+    labels = held_out.labels.to_numpy()
+    probabilities = predict_churn(module, held_out.features)
+    positives, negatives = metrics.binned_score_counts(probabilities, labels)
+    return {
+        wire.NUM_EXAMPLES: int(labels.size),
+        wire.SCORE_BINS_POSITIVE: positives.tolist(),
+        wire.SCORE_BINS_NEGATIVE: negatives.tolist(),
+        wire.BRIER_SUM: float(np.sum((probabilities - labels) ** 2)),
+    }
+
+
 def _mean(values: list[float]) -> float:
     finite = [v for v in values if np.isfinite(v)]
     return float(np.mean(finite)) if finite else float("nan")
@@ -156,5 +207,7 @@ RECOMMENDER = ModelTask(
     evaluate_recommender,
 )
 
-MODEL_TASKS: dict[str, ModelTask] = {task.name: task for task in (RECOMMENDER,)}
+CHURN = ModelTask("churn", prepare_churn, build_churn, train_churn_round, evaluate_churn_site)
+
+MODEL_TASKS: dict[str, ModelTask] = {task.name: task for task in (CHURN, RECOMMENDER)}
 """Every model a site can train, by the name the server sends in the train config."""

@@ -30,6 +30,8 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.supercore import log
 
 from clients import messages as wire
+from models.churn import LOG_FEATURE_MEAN, LOG_FEATURE_STD, ChurnModel
+from models.churn_protocol import FEATURES
 from models.nextbasket_features import FEATURE_NAMES
 from models.recommender import NextBasketRecommender
 from server.bundle import export_bundle
@@ -62,7 +64,22 @@ def _recommender_weights(run_config: dict[str, Any]) -> dict[str, np.ndarray]:
     return {name: value.numpy() for name, value in model.state_dict().items()}
 
 
+def _churn_weights(run_config: dict[str, Any]) -> dict[str, np.ndarray]:
+    del run_config
+    torch.manual_seed(0)
+    return {name: value.numpy() for name, value in ChurnModel().state_dict().items()}
+
+
 MODEL_SPECS: dict[str, ModelSpec] = {
+    "churn": ModelSpec(
+        initial_weights=_churn_weights,
+        aggregate_evaluation=EVALUATION_AGGREGATORS["churn"],
+        artefacts=lambda run_config: {
+            "features": list(FEATURES),
+            "log-feature-mean": list(LOG_FEATURE_MEAN),
+            "log-feature-std": list(LOG_FEATURE_STD),
+        },
+    ),
     "recommender": ModelSpec(
         initial_weights=_recommender_weights,
         aggregate_evaluation=EVALUATION_AGGREGATORS["recommender"],

@@ -4,6 +4,7 @@ import math
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Error, Message, RecordDict
 from flwr.app.metadata import Metadata
@@ -183,3 +184,33 @@ def test_a_non_private_round_spends_nothing_and_reports_infinite_epsilon(site_ro
     assert math.isinf(metrics[wire.EPSILON])
     assert metrics[wire.DELTA] == 0.0 and metrics[wire.DP_STEPS] == 0
     assert not (Path(run_config["run-dir"]) / "sites" / "storefront-a" / LEDGER_FILE).exists()
+
+
+def test_churn_trains_under_dp_and_evaluates_into_score_histograms(site_round):
+    _, run_config, _, _, _ = site_round
+    context = Context(1, 3, {"partition-id": 0, "num-partitions": 2}, RecordDict(), run_config)
+    weights = MODEL_SPECS["churn"].initial_weights(run_config)
+    arrays = ArrayRecord({k: Array(v) for k, v in weights.items()})
+    config = {key: run_config[key] for key in wire.TRAINING_PLAN_KEYS if key in run_config}
+    config.update({wire.MODEL: "churn", wire.EPSILON_BUDGET: 1.0})
+    config.update({wire.PLANNED_ROUNDS: 2, wire.SERVER_ROUND: 1})
+    message = RecordDict({"arrays": arrays, "config": ConfigRecord(config)})
+    reply = client_app.train(site_message(message, "train"), context).content
+    metrics = reply[wire.METRICS]
+    assert set(metrics) == wire.TRAIN_METRIC_KEYS and metrics[wire.DP_STEPS] > 0
+    ledger_path = Path(run_config["run-dir"]) / "sites" / "storefront-a" / LEDGER_FILE
+    with PrivacyLedger(ledger_path) as ledger:
+        assert metrics[wire.EPSILON] == ledger.epsilon("churn", metrics[wire.DELTA])
+    assert 0 < metrics[wire.EPSILON] < 1.0  # one of two planned rounds
+    assert any(not np.array_equal(reply[wire.ARRAYS][k].numpy(), v) for k, v in weights.items())
+
+    request = RecordDict(
+        {"arrays": reply[wire.ARRAYS], "config": ConfigRecord({wire.MODEL: "churn"})}
+    )
+    evaluation = client_app.evaluate(site_message(request, "evaluate"), context).content[
+        wire.METRICS
+    ]
+    assert set(evaluation) == wire.EVALUATE_METRIC_KEYS["churn"]
+    counted = sum(evaluation[wire.SCORE_BINS_POSITIVE]) + sum(evaluation[wire.SCORE_BINS_NEGATIVE])
+    assert counted == evaluation[wire.NUM_EXAMPLES] > 0
+    assert 0 <= evaluation[wire.BRIER_SUM] <= evaluation[wire.NUM_EXAMPLES]
