@@ -36,6 +36,10 @@ from models import metrics, schema
 from models.churn_protocol import ChurnData
 from models.nextbasket_protocol import NextBasketSplit
 
+UK = "United Kingdom"
+OUTSIDE_UK = "outside United Kingdom"
+"""Row of :func:`evaluate_next_basket` pooling every test customer outside the UK."""
+
 CV_FOLDS = 5
 CV_SEED = 0
 
@@ -110,10 +114,15 @@ NEXT_BASKET_BASELINES = {
 
 
 def evaluate_next_basket(split: NextBasketSplit, scores: np.ndarray, k: int = 10) -> pd.DataFrame:
-    """HR@k, Recall@k and NDCG@k of a score matrix, overall and per home storefront."""
+    """HR@k, Recall@k and NDCG@k of a score matrix: overall, over the customers outside
+    the United Kingdom (:data:`OUTSIDE_UK`, the storefronts with few customers), and per
+    home storefront."""
     top_k = metrics.top_k_items(scores, k)
     per_customer = metrics.ranking_metrics(top_k, split.target_matrix(), k)
-    return metrics.summarise_by_group(per_customer, split.test_storefronts())
+    storefronts = split.test_storefronts()
+    summary = metrics.summarise_by_group(per_customer, storefronts)
+    outside = metrics.summarise_by_group(per_customer, np.where(storefronts == UK, UK, OUTSIDE_UK))
+    return pd.concat([summary.iloc[:1], outside.loc[[OUTSIDE_UK]], summary.iloc[1:]])
 
 
 def logistic_regression() -> object:

@@ -10,9 +10,11 @@ DESIGN.md fixes it so every number compares. Input: order lines as ingest leaves
 - held out: a fixed 20% of customers per storefront, stratified by label
   (:func:`holdout_mask`).
 
-On the bundled data: 3,368 customers, 43.0% churn. Ingest stores timestamps in UTC,
-the export is in UK local time; the cutoff then falls one hour later in local time
-(2011-09-10, a Saturday without orders), which changes no count.
+On the bundled data: 3,368 customers, 43.0% churn. Ingest stores timestamps in UTC and
+the cutoff is taken on them (2011-09-10 12:50 UTC). Taken on the export's UK wall-clock
+time it would fall an hour earlier (summer time): the population and every label stay
+the same, recency and tenure shift by 1/24 day, and the 90-day recent-invoice window
+changes for 7 customers; the reference numbers are reproduced on UTC.
 """
 
 from __future__ import annotations
