@@ -131,7 +131,7 @@ def run_supernode(command: list[str], flwr_home: Path, out: IO[str] | None = Non
 
     Returns:
         0 after SIGINT/SIGTERM, :data:`EXIT_GAVE_UP` if it gave up reconnecting, else the
-        SuperNode's own exit code (e.g. 305 & 0xFF when the SuperLink refuses its key).
+        SuperNode's own exit code (1 on a Flower error, e.g. a key the SuperLink refuses).
     """
     out = sys.stdout if out is None else out
     process = flower_process.spawn(command, flwr_home, stdout=subprocess.PIPE, text=True)

@@ -1,0 +1,314 @@
+"""Deployment: the real SuperLink and SuperNodes on loopback, plus the checks before they start.
+
+The slow tests start real processes (``fedshop-server start``, ``fedshop-site join``'s handler,
+``fedshop-server submit``) on free ports with per-test FLWR_HOME directories; every process
+is started in its own process group and stopped by its id in the fixture teardown.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import tomllib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from clients import flower_process
+from clients.join import (
+    EXIT_GAVE_UP,
+    JoinError,
+    add_parser,
+    check_site_ready,
+    supernode_command,
+)
+from clients.site_task import LEDGER_FILE
+from server.certificates import issue_credentials, site_key_pair, write_new_file
+from server.cli import main as server_main
+from server.deployment import CONNECTION, SuperLinkSettings, write_connection
+from simulations.storefronts import prepare_storefronts
+from simulations.synthetic import generate_orders
+
+# `fedshop-site join` until clients.cli registers the subcommand: the same parser and handler
+JOIN = (
+    "import argparse, sys\n"
+    "from clients import join\n"
+    "parser = argparse.ArgumentParser(prog='fedshop-site')\n"
+    "join.add_parser(parser.add_subparsers(dest='command', required=True))\n"
+    "args = parser.parse_args()\n"
+    "sys.exit(args.handler(args))\n"
+)
+ROUNDS = 2
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class Processes:
+    """Processes a test starts: each in its own group, all stopped by pid at teardown."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.started: list[subprocess.Popen] = []
+
+    def start(self, name: str, command: list[str]) -> tuple[subprocess.Popen, Path]:
+        """Start ``command`` with output to ``<root>/<name>.log``; returns (process, log)."""
+        log_path = self.root / f"{name}.log"
+        with log_path.open("wb") as log:
+            process = flower_process.spawn(command, self.root / f"{name}-home", stdout=log)
+        self.started.append(process)
+        return process, log_path
+
+    def stop_all(self) -> None:
+        for process in reversed(self.started):
+            flower_process.stop(process, timeout=15)
+
+
+@pytest.fixture
+def processes(tmp_path: Path) -> Iterator[Processes]:
+    started = Processes(tmp_path)
+    try:
+        yield started
+    finally:
+        started.stop_all()
+
+
+def _wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(0.5)
+
+
+def _wait_for_line(process: subprocess.Popen, log: Path, text: str, timeout: float) -> None:
+    def seen() -> bool:
+        if text in log.read_text(errors="replace"):
+            return True
+        assert process.poll() is None, f"exited {process.returncode}:\n{log.read_text()[-3000:]}"
+        return False
+
+    _wait_for(seen, timeout, f"{text!r} in {log}")
+
+
+def _join_command(superlink: str, data: Path, *options: str) -> list[str]:
+    return ["python", "-c", JOIN, "join", "--superlink", superlink, "--data", str(data), *options]
+
+
+def _site_dirs(split: Path) -> list[Path]:
+    frame = generate_orders(n_storefronts=3, n_customers=150, n_items=40, seed=7)
+    prepare_storefronts(frame, split)
+    sites = sorted(p.parent for p in split.glob("*/orders.parquet"))
+    assert len(sites) == 3
+    return sites
+
+
+@pytest.mark.slow
+def test_tls_federation_runs_two_rounds_and_refuses_an_unregistered_node(
+    tmp_path: Path, processes: Processes
+) -> None:
+    certs, state, cli_home = tmp_path / "certs", tmp_path / "state", tmp_path / "cli-home"
+    names = ["site-a", "site-b", "site-c"]
+    issue_credentials(certs, names)
+    intruder_key, _ = site_key_pair("intruder")  # never registered
+    write_new_file(tmp_path / "intruder.key", intruder_key, 0o600)
+    port = _free_port()
+    superlink = f"127.0.0.1:{port}"
+    server, server_log = processes.start(
+        "server",
+        ["fedshop-server", "start", "--certs", str(certs), "--state", str(state)]
+        + ["--port", str(port), "--flwr-home", str(cli_home)],
+    )
+    _wait_for_line(server, server_log, "ready;", timeout=120)
+    log_text = server_log.read_text()
+    for name in names:
+        assert f"site {name}: registered" in log_text
+    connection = tomllib.loads((cli_home / "config.toml").read_text())["superlink"][CONNECTION]
+    assert connection == {"address": superlink, "root-certificates": str(certs / "ca.crt")}
+
+    sites = _site_dirs(tmp_path / "split")
+    for name, data in zip(names, sites, strict=True):
+        processes.start(
+            name,
+            _join_command(superlink, data, "--ca", str(certs / "ca.crt"))
+            + ["--key", str(certs / "sites" / f"{name}.key"), "--port", str(_free_port())],
+        )
+    intruder, intruder_log = processes.start(
+        "intruder",
+        _join_command(superlink, sites[0], "--ca", str(certs / "ca.crt"))
+        + ["--key", str(tmp_path / "intruder.key"), "--port", str(_free_port())],
+    )
+
+    run_dir = tmp_path / "run"
+    # the server reads the catalogue from the split only because `catalogue` (a file) is not
+    # yet a run-config key; the sites read their own data-path
+    run_config = f"num-server-rounds={ROUNDS} models='recommender' epsilon=3.0 min-sites=3"
+    run_config += " fraction-evaluate=0.0"  # every message spawns a ClientApp: train only
+    run_config += f" run-dir='{run_dir}' storefronts-dir='{tmp_path / 'split'}'"
+    submit, submit_log = processes.start(
+        "submit",
+        ["fedshop-server", "submit", "--flwr-home", str(cli_home), "--run-config", run_config],
+    )
+    try:
+        submit.wait(timeout=300)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"run did not finish:\n{submit_log.read_text()[-3000:]}")
+    assert submit.returncode == 0, submit_log.read_text()[-3000:]
+    rounds = [json.loads(line) for line in (run_dir / "rounds.jsonl").read_text().splitlines()]
+    assert [(r["model"], r["round"]) for r in rounds] == [("recommender", 1), ("recommender", 2)]
+    storefronts = sorted(site.name for site in sites)  # synthetic storefront names = slugs
+    for record in rounds:
+        assert sorted(record["accepted"]) == storefronts
+        assert sorted(record["privacy"]) == storefronts
+    for site in sites:  # each site's privacy ledger lives next to its data, not on the server
+        assert (site / LEDGER_FILE).is_file()
+
+    # the intruder's key was never registered: the SuperLink refuses it, the SuperNode exits
+    # with Flower's code 305 (process status 1, as for every Flower error) and join with it
+    assert intruder.wait(timeout=60) == 1
+    refusal = intruder_log.read_text()
+    assert "Exit Code: 305" in refusal and "Failed to activate SuperNode" in refusal
+
+
+@pytest.mark.slow
+def test_site_stops_when_the_superlink_is_gone_for_good(
+    tmp_path: Path, processes: Processes
+) -> None:
+    port = _free_port()
+    server, server_log = processes.start(
+        "server",
+        ["fedshop-server", "start", "--insecure", "--state", str(tmp_path / "state")]
+        + ["--port", str(port), "--flwr-home", str(tmp_path / "cli-home")],
+    )
+    _wait_for_line(server, server_log, "ready;", timeout=120)
+    assert "WARNING: insecure mode" in server_log.read_text()
+    (data,) = _site_dirs(tmp_path / "split")[:1]
+    site, site_log = processes.start(
+        "site",
+        _join_command(f"127.0.0.1:{port}", data, "--insecure", "--port", str(_free_port()))
+        + ["--max-retries", "3", "--max-wait-time", "10"],
+    )
+    _wait_for_line(site, site_log, "SuperNode ID", timeout=60)
+    server.send_signal(signal.SIGTERM)
+    assert server.wait(timeout=60) == 0
+    assert site.wait(timeout=90) == EXIT_GAVE_UP
+    assert "SuperNode stopped: it gave up reconnecting" in site_log.read_text()
+
+
+# ---- fast checks: what is refused before any process starts ----
+
+
+def _prepared(directory: Path) -> Path:
+    frame = generate_orders(n_storefronts=1, n_customers=5, n_items=5, seed=1)
+    prepare_storefronts(frame, directory)
+    return next(directory.glob("*/orders.parquet")).parent
+
+
+def _site_key(tmp_path: Path, mode: int = 0o600) -> Path:
+    key = tmp_path / "site.key"
+    write_new_file(key, site_key_pair("site")[0], mode)
+    return key
+
+
+def _join(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser()
+    add_parser(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return args.handler(args)
+
+
+def test_site_without_prepared_orders_is_refused(tmp_path: Path) -> None:
+    key = _site_key(tmp_path)
+    with pytest.raises(JoinError, match=r"orders.parquet: not found.*fedshop-site prepare"):
+        check_site_ready(tmp_path, None, key)
+    pq.write_table(pa.table({"customer": ["a"], "quantity": [1.5]}), tmp_path / "orders.parquet")
+    with pytest.raises(JoinError, match=r"orders.parquet, column 'order_id': missing"):
+        check_site_ready(tmp_path, None, key)
+    (tmp_path / "orders.parquet").write_text("customer,order_id\n")
+    with pytest.raises(JoinError, match="not a readable Parquet file"):
+        check_site_ready(tmp_path, None, key)
+
+
+def test_site_key_must_be_private_and_an_ec_openssh_key(tmp_path: Path) -> None:
+    data = _prepared(tmp_path / "split")
+    key = _site_key(tmp_path, mode=0o640)
+    with pytest.raises(JoinError, match=r"readable by others \(mode 0640\); run chmod 600"):
+        check_site_ready(data, None, key)
+    key.chmod(0o600)
+    check_site_ready(data, None, key)
+    bogus = tmp_path / "bogus.key"
+    write_new_file(bogus, b"not a key", 0o600)
+    with pytest.raises(JoinError, match="not an OpenSSH private key"):
+        check_site_ready(data, None, bogus)
+    with pytest.raises(JoinError, match="not a PEM CA certificate"):
+        check_site_ready(data, bogus, key)
+
+
+def test_join_flags_and_node_config_are_checked(tmp_path: Path) -> None:
+    data = _prepared(tmp_path / "split")
+    key = _site_key(tmp_path)
+    with pytest.raises(JoinError, match="give both --ca"):
+        _join(["join", "--superlink", "127.0.0.1:1", "--data", str(data), "--key", str(key)])
+    with pytest.raises(JoinError, match="--insecure cannot be combined"):
+        _join(["join", "--superlink", "h:1", "--data", str(data), "--key", str(key), "--insecure"])
+    with pytest.raises(JoinError, match="expected HOST:PORT"):
+        supernode_command("fl.example.org", data, ca=None, key=None)
+    with pytest.raises(JoinError, match="must not contain quotes"):
+        supernode_command("h:1", tmp_path / "o'brien", ca=None, key=None)
+    command = supernode_command("h:1", data, ca=key, key=key, storefront="UK", port=9123)
+    node_config = command[command.index("--node-config") + 1]
+    assert node_config == f"data-path='{data.resolve()}' storefront='UK'"
+    assert command[command.index("--port") + 1] == "9123"
+    assert "--insecure" not in command and "--max-retries" in command
+
+
+def test_connection_is_written_beside_existing_ones(tmp_path: Path) -> None:
+    (tmp_path / "config.toml").write_text(
+        '[superlink]\ndefault = "local"\n\n[superlink.local]\naddress = ":local:"\n'
+    )
+    settings = SuperLinkSettings(state=tmp_path / "s", certs=tmp_path / "c", host="0.0.0.0")
+    write_connection(tmp_path, settings)
+    config = tomllib.loads((tmp_path / "config.toml").read_text())["superlink"]
+    assert config["default"] == "local" and config["local"] == {"address": ":local:"}
+    assert config[CONNECTION] == {
+        "address": "127.0.0.1:8000",
+        "root-certificates": str((tmp_path / "c" / "ca.crt").resolve()),
+    }
+    write_connection(tmp_path, SuperLinkSettings(state=tmp_path, certs=None, port=9))
+    config = tomllib.loads((tmp_path / "config.toml").read_text())["superlink"]
+    assert config[CONNECTION] == {"address": "127.0.0.1:9", "insecure": True}
+
+
+def test_start_refuses_missing_credentials_and_ambiguous_mode(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    state = str(tmp_path / "state")
+    assert server_main(["start", "--state", state]) == 2
+    assert "exactly one of --certs DIR and --insecure" in capsys.readouterr().err
+    assert server_main(["start", "--state", state, "--certs", str(tmp_path)]) == 2
+    assert "ca.crt: not found; create credentials" in capsys.readouterr().err
+    issue_credentials(tmp_path / "certs", ["uk"])
+    (tmp_path / "certs" / "server.key").chmod(0o644)
+    assert server_main(["start", "--state", state, "--certs", str(tmp_path / "certs")]) == 2
+    assert "server.key: private key is readable by others" in capsys.readouterr().err
+    assert not (tmp_path / "state").exists() or not any((tmp_path / "state").iterdir())
+
+
+def test_processes_are_started_with_isolated_flower_settings(tmp_path: Path) -> None:
+    env = flower_process.flower_environment(tmp_path / "home", base={"PATH": "/usr/bin"})
+    assert env["FLWR_HOME"] == str((tmp_path / "home").resolve())
+    assert env["FLWR_TELEMETRY_ENABLED"] == "0" and env["FLWR_DISABLE_UPDATE_CHECK"] == "1"
+    assert env["FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION"] == "1"
+    assert env["PATH"].split(os.pathsep)[0] == str(Path(sys.executable).parent)
