@@ -141,37 +141,57 @@ def churn_labels(frame: pd.DataFrame, cutoff: pd.Timestamp, customers: pd.Index)
     return pd.Series((~active).astype(np.int64), index=customers, name="churned")
 
 
+def first_invoices(frame: pd.DataFrame, cutoff: pd.Timestamp) -> pd.Series:
+    """Each customer's first purchase invoice at or before the cutoff, as
+    ``"<order id>@<ISO timestamp>"`` (earliest timestamp, then lowest order id).
+
+    It names a customer without their token, so it is the same under every site key.
+    """
+    purchases = frame[
+        (frame[schema.TIMESTAMP] <= cutoff) & ~frame[schema.IS_RETURN].to_numpy(dtype=bool)
+    ]
+    first = purchases.sort_values([schema.CUSTOMER, schema.TIMESTAMP, schema.ORDER])
+    first = first.drop_duplicates(schema.CUSTOMER).set_index(schema.CUSTOMER).sort_index()
+    stamps = first[schema.TIMESTAMP].dt.tz_convert("UTC").map(pd.Timestamp.isoformat)
+    return (first[schema.ORDER] + "@" + stamps).rename("first_invoice")
+
+
 def holdout_mask(
     storefront: pd.Series,
     labels: pd.Series,
+    anchors: pd.Series,
     fraction: float = HOLDOUT_FRACTION,
     seed: int = HOLDOUT_SEED,
 ) -> pd.Series:
     """The fixed held-out customers: ``round(fraction · n)`` of each (storefront, label)
     stratum of n customers.
 
-    Within a stratum customers are ranked by a seeded hash of their token, so the choice
-    depends only on the stratum's own customers: a site running this on its own customers
-    picks exactly the customers a central run over all storefronts picks for it.
+    Within a stratum customers are ranked by a seeded hash of their anchor (their first
+    invoice, :func:`first_invoices`), so the choice depends only on the stratum's own
+    customers and not on the pseudonymisation key: a site running this on its own
+    customers picks exactly the customers a central run over all storefronts picks for
+    it, and every ingest of the same export holds out the same customers.
 
     Args:
         storefront: customer token -> storefront.
         labels: customer token -> label, same index.
+        anchors: customer token -> a string that identifies the customer within its
+            export independently of the key, same index.
         fraction: share of each stratum held out.
         seed: changes the (still fixed) choice.
 
     Returns:
         Boolean Series on the same index, True = held out.
     """
-    if not storefront.index.equals(labels.index):
-        raise ValueError("storefront and labels must share one customer index")
+    if not (storefront.index.equals(labels.index) and storefront.index.equals(anchors.index)):
+        raise ValueError("storefront, labels and anchors must share one customer index")
     if not 0.0 <= fraction <= 1.0:
         raise ValueError(f"fraction must be in [0, 1], got {fraction}")
     strata = pd.DataFrame(
         {
             "storefront": storefront.to_numpy(dtype=object),
             "label": labels.to_numpy(),
-            "rank_key": [_seeded_hash(token, seed) for token in storefront.index],
+            "rank_key": [_seeded_hash(anchor, seed) for anchor in anchors],
         }
     )
     rank = strata.groupby(["storefront", "label"])["rank_key"].rank(method="first")
@@ -201,10 +221,12 @@ def churn_data(
         features=features,
         labels=labels,
         storefront=storefront,
-        holdout=holdout_mask(storefront, labels, fraction, seed),
+        holdout=holdout_mask(
+            storefront, labels, first_invoices(frame, cutoff).loc[features.index], fraction, seed
+        ),
     )
 
 
-def _seeded_hash(token: str, seed: int) -> int:
-    digest = hashlib.blake2b(f"{seed}:{token}".encode(), digest_size=8).digest()
+def _seeded_hash(anchor: str, seed: int) -> int:
+    digest = hashlib.blake2b(f"{seed}:{anchor}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big")

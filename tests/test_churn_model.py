@@ -111,13 +111,14 @@ def test_evaluation_pools_all_customers_and_splits_by_storefront(bundled) -> Non
     assert len(single_class) > 0 and single_class["roc-auc"].isna().all()
 
 
-def test_centralized_training_reaches_the_reference_on_the_holdout(bundled) -> None:
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_centralized_training_reaches_the_goal_on_the_holdout(bundled, seed: int) -> None:
     held_out = bundled.part(held_out=True)
-    model = train_centralized(bundled.part(held_out=False), seed=0)
+    model = train_centralized(bundled.part(held_out=False), seed=seed)
     overall = evaluate_churn(model, held_out).loc[metrics.OVERALL]
     recency = metrics.roc_auc(held_out.features["recency"], held_out.labels)
-    # The logistic-regression reference scores 0.740 on this holdout (0.746 in 5-fold CV).
-    assert overall["roc-auc"] >= 0.74
-    assert overall["roc-auc"] > recency + 0.03
+    # Measured 0.752-0.758 over seeds 0-3; logistic regression scores 0.757 on this holdout.
+    assert overall["roc-auc"] >= 0.75
+    assert overall["roc-auc"] > recency + 0.05
     assert overall["pr-auc"] >= 0.62
-    assert overall["brier"] <= 0.205
+    assert overall["brier"] <= 0.20

@@ -3,6 +3,8 @@ and the reference population of the bundled data."""
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -15,6 +17,7 @@ from models.churn_protocol import (
     churn_data,
     churn_features,
     churn_labels,
+    first_invoices,
     holdout_mask,
 )
 from tests.test_nextbasket_protocol import order_lines
@@ -138,16 +141,40 @@ def test_holdout_is_a_fifth_of_every_storefront_and_label(bundled) -> None:
     assert held_out.holdout.all() and not train.holdout.any()
 
 
-def test_a_site_picks_its_own_holdout_customers(bundled) -> None:
+@pytest.fixture(scope="module")
+def anchors(bundled_orders, bundled) -> pd.Series:
+    return first_invoices(bundled_orders[0], bundled.cutoff).loc[bundled.features.index]
+
+
+def test_first_invoice_anchor_by_hand() -> None:
+    cutoff = churn_cutoff(HAND_MADE)
+    assert first_invoices(HAND_MADE, cutoff).to_dict() == {
+        "x": "1@2011-01-01T00:00:00+00:00",
+        "y": "4@2010-12-01T00:00:00+00:00",
+    }
+
+
+def test_a_site_picks_its_own_holdout_customers(bundled, anchors) -> None:
     for storefront in ("Germany", "France", "Spain"):
         mine = bundled.storefront == storefront
-        local = holdout_mask(bundled.storefront[mine], bundled.labels[mine])
+        local = holdout_mask(bundled.storefront[mine], bundled.labels[mine], anchors[mine])
         pd.testing.assert_series_equal(local, bundled.holdout[mine])
 
 
-def test_holdout_seed_changes_the_choice_not_the_counts(bundled) -> None:
-    again = holdout_mask(bundled.storefront, bundled.labels)
-    other = holdout_mask(bundled.storefront, bundled.labels, seed=1)
+def test_holdout_does_not_depend_on_the_site_key(bundled_orders, bundled) -> None:
+    # Re-keying the tokens (as another site key would) keeps the same held-out customers.
+    frame = bundled_orders[0].copy()
+    tokens = frame[schema.CUSTOMER].unique()
+    rekey = {token: hashlib.sha256(token.encode()).hexdigest() for token in tokens}
+    frame[schema.CUSTOMER] = frame[schema.CUSTOMER].map(rekey)
+    rekeyed = churn_data(frame)
+    held_out = set(rekeyed.holdout[rekeyed.holdout].index)
+    assert held_out == {rekey[t] for t in bundled.holdout[bundled.holdout].index}
+
+
+def test_holdout_seed_changes_the_choice_not_the_counts(bundled, anchors) -> None:
+    again = holdout_mask(bundled.storefront, bundled.labels, anchors)
+    other = holdout_mask(bundled.storefront, bundled.labels, anchors, seed=1)
     pd.testing.assert_series_equal(again, bundled.holdout)
     assert other.sum() == again.sum()
     assert (other & again).sum() < 0.5 * again.sum()
