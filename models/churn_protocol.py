@@ -73,6 +73,8 @@ class ChurnData:
     """1 = churned (no purchase invoice after the cutoff), int64."""
     storefront: pd.Series
     """Home storefront (:func:`models.nextbasket_protocol.customer_home_storefront`)."""
+    first_invoice: pd.Series
+    """Key-independent name of each customer (:func:`first_invoices`)."""
     holdout: pd.Series
     """True for the held-out evaluation customers (:func:`holdout_mask`)."""
 
@@ -84,6 +86,7 @@ class ChurnData:
             features=self.features[keep],
             labels=self.labels[keep],
             storefront=self.storefront[keep],
+            first_invoice=self.first_invoice[keep],
             holdout=self.holdout[keep],
         )
 
@@ -216,14 +219,14 @@ def churn_data(
         raise ValueError(f"no customer has a purchase at or before the cutoff {cutoff}")
     labels = churn_labels(frame, cutoff, features.index)
     storefront = customer_home_storefront(frame).loc[features.index]
+    anchors = first_invoices(frame, cutoff).loc[features.index]
     return ChurnData(
         cutoff=cutoff,
         features=features,
         labels=labels,
         storefront=storefront,
-        holdout=holdout_mask(
-            storefront, labels, first_invoices(frame, cutoff).loc[features.index], fraction, seed
-        ),
+        first_invoice=anchors,
+        holdout=holdout_mask(storefront, labels, anchors, fraction, seed),
     )
 
 
