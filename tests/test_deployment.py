@@ -107,9 +107,12 @@ def _join_command(superlink: str, data: Path, *options: str) -> list[str]:
     return ["python", "-c", JOIN, "join", "--superlink", superlink, "--data", str(data), *options]
 
 
-def _site_dirs(split: Path) -> list[Path]:
+def _site_dirs(split: Path, catalogue: Path | None = None) -> list[Path]:
+    """Three prepared site directories; ``catalogue`` gets the item ids, one per line."""
     frame = generate_orders(n_storefronts=3, n_customers=150, n_items=40, seed=7)
     prepare_storefronts(frame, split)
+    if catalogue is not None:
+        catalogue.write_text("".join(f"{item}\n" for item in sorted(frame["item_id"].unique())))
     sites = sorted(p.parent for p in split.glob("*/orders.parquet"))
     assert len(sites) == 3
     return sites
@@ -138,7 +141,8 @@ def test_tls_federation_runs_two_rounds_and_refuses_an_unregistered_node(
     connection = tomllib.loads((cli_home / "config.toml").read_text())["superlink"][CONNECTION]
     assert connection == {"address": superlink, "root-certificates": str(certs / "ca.crt")}
 
-    sites = _site_dirs(tmp_path / "split")
+    catalogue = tmp_path / "catalogue.txt"  # product data the central team publishes
+    sites = _site_dirs(tmp_path / "split", catalogue)
     for name, data in zip(names, sites, strict=True):
         processes.start(
             name,
@@ -152,11 +156,10 @@ def test_tls_federation_runs_two_rounds_and_refuses_an_unregistered_node(
     )
 
     run_dir = tmp_path / "run"
-    # the server reads the catalogue from the split only because `catalogue` (a file) is not
-    # yet a run-config key; the sites read their own data-path
+    # the server never reads site data: it has the catalogue file; sites read their data-path
     run_config = f"num-server-rounds={ROUNDS} models='recommender' epsilon=3.0 min-sites=3"
     run_config += " fraction-evaluate=0.0"  # every message spawns a ClientApp: train only
-    run_config += f" run-dir='{run_dir}' storefronts-dir='{tmp_path / 'split'}'"
+    run_config += f" run-dir='{run_dir}' catalogue='{catalogue}'"
     submit, submit_log = processes.start(
         "submit",
         ["fedshop-server", "submit", "--flwr-home", str(cli_home), "--run-config", run_config],
