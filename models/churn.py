@@ -4,8 +4,8 @@ Input is the raw feature vector of :data:`models.churn_protocol.FEATURES` (one e
 customer, as user-level DP needs). The model scales it itself: ``log1p`` (the features are
 heavy-tailed counts and amounts), then a fixed shift and scale per feature,
 :data:`LOG_FEATURE_MEAN` and :data:`LOG_FEATURE_STD`. These constants are the log1p means
-and standard deviations of the bundled data's training customers rounded to a tenth,
-fixed in code: every site applies the same scaling to its own customers without seeing
+and standard deviations over the bundled data's churn population, rounded (they agree
+with its training customers alone to two decimals), fixed in code: every site applies the same scaling to its own customers without seeing
 any other site's data, and nothing about them is learned, so they spend no privacy
 budget. They are non-persistent buffers, so they are not part of the ``state_dict`` that
 federated rounds exchange.
