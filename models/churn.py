@@ -5,10 +5,10 @@ customer, as user-level DP needs). The model scales it itself: ``log1p`` (the fe
 heavy-tailed counts and amounts), then a fixed shift and scale per feature,
 :data:`LOG_FEATURE_MEAN` and :data:`LOG_FEATURE_STD`. These constants are the log1p means
 and standard deviations over the bundled data's churn population, rounded (they agree
-with its training customers alone to two decimals), fixed in code: every site applies the same scaling to its own customers without seeing
-any other site's data, and nothing about them is learned, so they spend no privacy
-budget. They are non-persistent buffers, so they are not part of the ``state_dict`` that
-federated rounds exchange.
+with its training customers alone to two decimals), fixed in code: every site applies
+the same scaling to its own customers without seeing any other site's data, and nothing
+about them is learned, so they spend no privacy budget. They are non-persistent buffers,
+so they are not part of the ``state_dict`` that federated rounds exchange.
 
 The network has no BatchNorm (its batch statistics would mix customers, which per-example
 DP clipping cannot account for): ``Linear -> ReLU -> Linear`` to one logit.
