@@ -1,0 +1,265 @@
+"""Running the fedshop Flower app as a simulation, the way Flower users do: ``flwr run``.
+
+:func:`run_simulation_job` calls ``flwr run <app> --stream`` with the ``:local:``
+connection, so Flower starts its managed local SuperLink in simulation mode and runs the
+real ServerApp and ClientApp of ``pyproject.toml`` on one simulated SuperNode per
+storefront. The run config is passed with ``--run-config`` (a TOML file of overrides, so
+any path survives quoting); the number of SuperNodes and the CPUs per ClientApp with
+``--federation-config``. Each job is isolated: its own ``FLWR_HOME`` under the run
+directory, its own free ports for the SuperLink, no telemetry, no update check and no
+per-run dependency installation. The SuperLink ``flwr`` leaves running (and the SuperExec
+below it) is stopped by pid when the job ends, however it ends
+(:mod:`simulations.local_superlink`).
+
+What the job leaves in the run directory besides the ServerApp's outputs::
+
+    <run-dir>/flwr-run.log       everything ``flwr run --stream`` printed
+    <run-dir>/flwr-home/         the job's FLWR_HOME: SuperLink state and log, installed app
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import subprocess
+import sys
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, TextIO
+
+from clients.flower_process import flower_environment
+from clients.ingest import ORDERS_FILE
+from server.checkpoint import CHECKPOINT_DIR
+from simulations.local_superlink import find_local_superlink, stop_processes
+
+APP_DIR = Path(__file__).resolve().parents[1]
+"""The directory of the fedshop Flower app (its ``pyproject.toml``)."""
+FLWR_HOME_DIR = "flwr-home"
+RUN_LOG = "flwr-run.log"
+RUN_CONFIG_FILE = "run-config.toml"
+COMPLETED = "finished:completed"
+DEFAULT_CLIENT_CPUS = 1
+"""CPUs Ray reserves per simulated ClientApp: on a 2-core machine two sites train at once."""
+
+ECHO_LINE_LIMIT = 400
+"""Longer progress lines (the recommender's catalogue in the strategy summary) are cut."""
+SUPERLINK_START_ATTEMPTS = 3
+"""``flwr`` gives its managed SuperLink 15 s to start (not configurable); on a busy machine
+that can fail, and the job tries again."""
+
+_SUPERLINK_START_FAILED = "Failed to start local SuperLink"
+_RUN_STARTED = re.compile(r"Successfully started run (\d+)")
+_ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")
+
+
+class SimulationError(Exception):
+    """A simulation job cannot start or did not complete; ``str()`` is one line."""
+
+
+def app_run_config(app_dir: Path = APP_DIR) -> dict[str, Any]:
+    """The app's default run config: ``[tool.flwr.app.config]`` of its ``pyproject.toml``."""
+    with open(Path(app_dir) / "pyproject.toml", "rb") as file:
+        return dict(tomllib.load(file)["tool"]["flwr"]["app"]["config"])
+
+
+def storefront_slugs(storefronts_dir: Path) -> list[str]:
+    """The storefront directories of a split, in the order simulated partitions use."""
+    return sorted(p.name for p in Path(storefronts_dir).iterdir() if (p / ORDERS_FILE).is_file())
+
+
+def run_simulation_job(
+    storefronts_dir: Path,
+    run_dir: Path,
+    *,
+    run_config: Mapping[str, Any],
+    num_supernodes: int | None = None,
+    client_cpus: int = DEFAULT_CLIENT_CPUS,
+    resume: bool = False,
+    app_dir: Path = APP_DIR,
+    out: TextIO | None = None,
+) -> Path:
+    """Run the federated simulation of the app on a storefront split; returns ``run_dir``.
+
+    Args:
+        storefronts_dir: a split written by :mod:`simulations.storefronts`.
+        run_dir: where the ServerApp writes the run (config, rounds, checkpoints, bundle,
+            the simulated sites' privacy ledgers).
+        run_config: overrides of ``[tool.flwr.app.config]`` (kebab-case keys); the job
+            sets ``storefronts-dir`` and ``run-dir`` itself, as absolute paths.
+        num_supernodes: simulated SuperNodes; default and maximum: one per storefront.
+        client_cpus: CPUs reserved per ClientApp (Ray's ``num_cpus``).
+        resume: continue a run directory that already holds checkpoints (otherwise such
+            a directory is refused, so a finished run is never silently extended).
+        app_dir: the Flower app to run.
+        out: where ``flwr``'s progress lines go (default: stderr).
+
+    Raises:
+        SimulationError: bad arguments, ``flwr`` failed, or the run did not complete.
+    """
+    out = sys.stderr if out is None else out
+    storefronts_dir = Path(storefronts_dir).resolve()
+    run_dir = Path(run_dir).resolve()
+    supernodes = _supernodes(storefronts_dir, num_supernodes)
+    if not resume and any((run_dir / CHECKPOINT_DIR).glob("*")):
+        raise SimulationError(
+            f"{run_dir} already holds a run (checkpoints); choose a new directory or resume it"
+        )
+    overrides = {
+        **run_config,
+        "storefronts-dir": str(storefronts_dir),
+        "run-dir": str(run_dir),
+    }
+    unknown = sorted(set(overrides) - set(app_run_config(app_dir)))
+    if unknown:
+        raise SimulationError(
+            f"run config key(s) {', '.join(unknown)} are not in [tool.flwr.app.config] of "
+            f"{Path(app_dir) / 'pyproject.toml'}"
+        )
+
+    flwr_home = run_dir / FLWR_HOME_DIR
+    flwr_home.mkdir(parents=True, exist_ok=True)
+    config_file = flwr_home / RUN_CONFIG_FILE
+    config_file.write_text("".join(f"{k} = {_toml_value(v)}\n" for k, v in overrides.items()))
+    port, control_port = _free_ports(2)
+    env = flower_environment(flwr_home)
+    env["FLWR_LOCAL_SUPERLINK_HTTP_API_PORT"] = str(port)
+    env["FLWR_LOCAL_CONTROL_API_PORT"] = str(control_port)
+    command = [
+        "flwr",
+        "run",
+        str(Path(app_dir).resolve()),
+        "--stream",
+        "--run-config",
+        str(config_file),
+        "--federation-config",
+        f"num-supernodes={supernodes} client-resources-num-cpus={client_cpus}",
+    ]
+    (run_dir / RUN_LOG).unlink(missing_ok=True)
+    try:
+        for attempt in range(1, SUPERLINK_START_ATTEMPTS + 1):
+            run_id = _run_streaming(command, env, run_dir / RUN_LOG, out)
+            if run_id is not None or attempt == SUPERLINK_START_ATTEMPTS:
+                break
+            print(
+                f"[fedshop-sim] the local SuperLink did not start within flwr's limit "
+                f"(attempt {attempt} of {SUPERLINK_START_ATTEMPTS}); trying again",
+                file=out,
+                flush=True,
+            )
+        status = _run_status(env, run_id) if run_id is not None else "not started"
+    finally:
+        stopped = find_local_superlink(flwr_home, port)
+        stop_processes(stopped)
+        if stopped:
+            pids = ", ".join(f"{p.name} {p.pid}" for p in stopped)
+            print(f"[flwr] stopped the local SuperLink by pid: {pids}", file=out, flush=True)
+    if status != COMPLETED:
+        raise SimulationError(f"flwr run ended with status {status!r}; see {run_dir / RUN_LOG}")
+    return run_dir
+
+
+def _supernodes(storefronts_dir: Path, requested: int | None) -> int:
+    if not storefronts_dir.is_dir():
+        raise SimulationError(f"{storefronts_dir}: no such storefront split directory")
+    available = len(storefront_slugs(storefronts_dir))
+    if available == 0:
+        raise SimulationError(f"{storefronts_dir} holds no storefront ({ORDERS_FILE}) to simulate")
+    if requested is None:
+        return available
+    if not 1 <= requested <= available:
+        raise SimulationError(
+            f"num_supernodes must be between 1 and the {available} storefronts of "
+            f"{storefronts_dir}, got {requested}"
+        )
+    return requested
+
+
+def _run_streaming(command: list[str], env: dict[str, str], log: Path, out: TextIO) -> int | None:
+    """Run ``flwr run --stream``, echoing and logging its lines; return the run id, or None
+    if the managed SuperLink failed to start."""
+    run_id = None
+    superlink_failed = False
+    with (
+        open(log, "a") as log_file,
+        subprocess.Popen(
+            command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        ) as process,
+    ):
+        try:
+            for line in process.stdout:
+                line = _ANSI_ESCAPE.sub("", line)
+                log_file.write(line)
+                out.write(_shortened(line))
+                out.flush()
+                started = _RUN_STARTED.search(line)
+                if started and run_id is None:
+                    run_id = int(started.group(1))
+                superlink_failed = superlink_failed or _SUPERLINK_START_FAILED in line
+        except BaseException:
+            process.terminate()
+            raise
+    if process.returncode != 0 and superlink_failed and run_id is None:
+        return None
+    if process.returncode != 0:
+        raise SimulationError(
+            f"flwr run exited with code {process.returncode}; see {log} (last line: "
+            f"{_last_line(log)!r})"
+        )
+    return run_id
+
+
+def _shortened(line: str) -> str:
+    """``line`` cut to :data:`ECHO_LINE_LIMIT` characters (the log keeps it whole)."""
+    if len(line) <= ECHO_LINE_LIMIT:
+        return line
+    return f"{line[:ECHO_LINE_LIMIT]} ... ({len(line):,} characters; whole line in {RUN_LOG})\n"
+
+
+def _run_status(env: dict[str, str], run_id: int) -> str:
+    """The run's status as the SuperLink reports it (``flwr run --stream`` exits 0 even
+    when the ServerApp fails)."""
+    result = subprocess.run(
+        ["flwr", "list", "--run-id", str(run_id), "--format", "json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    start = result.stdout.find("{")  # any progress text comes before the JSON
+    try:
+        runs = json.loads(result.stdout[start:])["runs"] if start >= 0 else []
+    except (json.JSONDecodeError, KeyError):
+        runs = []
+    return str(runs[0].get("status", "unknown")) if runs else "unknown"
+
+
+def _last_line(path: Path) -> str:
+    """The last line of ``path`` that says something (flwr draws boxes around errors)."""
+    lines = [line.strip(" │╭╮╰╯─\n") for line in path.read_text().splitlines()]
+    return next((line for line in reversed(lines) if any(c.isalnum() for c in line)), "")
+
+
+def _free_ports(count: int) -> list[int]:
+    """Ports free on loopback now (the OS picks them; held open together so they differ)."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def _toml_value(value: Any) -> str:
+    """A run-config value as TOML (the types Flower accepts: bool, int, float, str)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        # A JSON string without non-ASCII escapes is a TOML basic string.
+        return json.dumps(value, ensure_ascii=False)
+    raise SimulationError(f"run config values must be bool, int, float or str, got {value!r}")
