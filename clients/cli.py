@@ -18,6 +18,7 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
+from clients import join
 from clients.adapters import ADAPTERS, ColumnMapping, load_mapping
 from clients.errors import IngestError
 from clients.ingest import ORDERS_FILE, REPORT_FILE, IngestReport, prepare_export
@@ -112,6 +113,7 @@ def summarise(report: IngestReport, out_dir: Path) -> str:
 SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     add_keygen_parser,
     add_prepare_parser,
+    join.add_parser,
 ]
 """Parser builders, one per subcommand, in the order ``--help`` lists them."""
 
@@ -119,7 +121,8 @@ SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
 def build_parser() -> argparse.ArgumentParser:
     """The ``fedshop-site`` argument parser with every registered subcommand."""
     parser = argparse.ArgumentParser(
-        prog=PROG, description="fedshop at a storefront: keys and data preparation"
+        prog=PROG,
+        description="fedshop at a storefront: keys, data preparation, joining the federation",
     )
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add_parser in SUBCOMMANDS:
@@ -132,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args)
-    except (CommandError, IngestError, KeyFileError) as error:
+    except (CommandError, IngestError, KeyFileError, join.JoinError) as error:
         return _fail(str(error))
     except OSError as error:
         target = f"{error.filename}: " if error.filename else ""

@@ -38,15 +38,6 @@ from server.deployment import CONNECTION, SuperLinkSettings, write_connection
 from simulations.storefronts import prepare_storefronts
 from simulations.synthetic import generate_orders
 
-# `fedshop-site join` until clients.cli registers the subcommand: the same parser and handler
-JOIN = (
-    "import argparse, sys\n"
-    "from clients import join\n"
-    "parser = argparse.ArgumentParser(prog='fedshop-site')\n"
-    "join.add_parser(parser.add_subparsers(dest='command', required=True))\n"
-    "args = parser.parse_args()\n"
-    "sys.exit(args.handler(args))\n"
-)
 ROUNDS = 2
 
 
@@ -104,7 +95,8 @@ def _wait_for_line(process: subprocess.Popen, log: Path, text: str, timeout: flo
 
 
 def _join_command(superlink: str, data: Path, *options: str) -> list[str]:
-    return ["python", "-c", JOIN, "join", "--superlink", superlink, "--data", str(data), *options]
+    site_cli = str(Path(sys.executable).parent / "fedshop-site")
+    return [site_cli, "join", "--superlink", superlink, "--data", str(data), *options]
 
 
 def _site_dirs(split: Path, catalogue: Path | None = None) -> list[Path]:
