@@ -1,10 +1,11 @@
 """Storefront splits: which storefront (federated client) each customer belongs to, and
 the on-disk split that simulations read.
 
-A customer belongs to exactly one storefront, their *home country* (see
-:func:`home_countries`), and all their rows go there. Countries with at least
-``min_customers`` home customers are storefronts of their own; the others are merged
-into one ``"Other"`` storefront. A split on disk is a directory::
+A customer belongs to exactly one storefront, their *home country* (the country of most
+of their rows, as the evaluation protocol defines it:
+:func:`models.nextbasket_protocol.customer_home_storefront`), and all their rows go
+there. Countries with at least ``min_customers`` home customers are storefronts of
+their own; the others are merged into one ``"Other"`` storefront. A split on disk is a directory::
 
     <out>/storefronts.json         index: storefronts, their slugs, files and counts
     <out>/summary.csv              :func:`storefront_summary`
@@ -36,6 +37,7 @@ import pyarrow.parquet as pq
 
 from clients.ingest import ORDERS_FILE, REPORT_FILE, ingest_table
 from models import schema
+from models.nextbasket_protocol import customer_home_storefront
 from privacy.pseudonymise import generate_key, load_key
 from simulations.progress import SILENT, Progress
 
@@ -56,23 +58,6 @@ KEY_FILE = "simulation.key"
 
 class StorefrontError(Exception):
     """A split cannot be written where asked; ``str()`` is one line for the user."""
-
-
-def home_countries(frame: pd.DataFrame) -> pd.Series:
-    """Each customer's home country: the ``storefront`` value of most of their rows.
-
-    Rows are order lines (returns included). Ties go to the country whose name sorts
-    first, so the result does not depend on row order.
-
-    Returns:
-        A Series indexed by customer token, holding the country name.
-    """
-    lines = frame.groupby([schema.CUSTOMER, schema.STOREFRONT]).size().rename("lines")
-    lines = lines.reset_index().sort_values(
-        [schema.CUSTOMER, "lines", schema.STOREFRONT], ascending=[True, False, True]
-    )
-    homes = lines.drop_duplicates(schema.CUSTOMER).set_index(schema.CUSTOMER)[schema.STOREFRONT]
-    return homes.rename("home_country")
 
 
 def country_storefronts(homes: pd.Series, min_customers: int) -> pd.Series:
@@ -102,7 +87,7 @@ def assign_storefronts(
 
 def _assign(frame: pd.DataFrame, min_customers: int) -> tuple[pd.DataFrame, pd.Series]:
     """:func:`assign_storefronts` and the country -> storefront map it used."""
-    homes = home_countries(frame)
+    homes = customer_home_storefront(frame)
     storefronts = country_storefronts(homes, min_customers)
     assigned = frame.copy()
     assigned[schema.STOREFRONT] = frame[schema.CUSTOMER].map(homes.map(storefronts)).astype("str")

@@ -13,6 +13,7 @@ import pytest
 
 from clients.ingest import ORDERS_FILE, REPORT_FILE, IngestReport
 from models import schema
+from models.nextbasket_protocol import customer_home_storefront
 from privacy.pseudonymise import generate_key, load_key, pseudonymise_customers
 from simulations.storefronts import (
     INDEX_FILE,
@@ -23,7 +24,6 @@ from simulations.storefronts import (
     StorefrontError,
     assign_storefronts,
     country_storefronts,
-    home_countries,
     prepare_bundled_storefronts,
     prepare_storefronts,
     slugify,
@@ -65,9 +65,9 @@ def test_home_country_is_the_most_frequent_and_ties_go_to_the_first_name() -> No
         + [("b", "France"), ("b", "Austria"), ("b", "France"), ("b", "Austria")]
         + [("c", "Germany")]
     )
-    homes = home_countries(frame)
+    homes = customer_home_storefront(frame)
     assert homes.to_dict() == {"a": "Spain", "b": "Austria", "c": "Germany"}
-    assert home_countries(frame.iloc[::-1]).to_dict() == homes.to_dict()
+    assert customer_home_storefront(frame.iloc[::-1]).to_dict() == homes.to_dict()
 
 
 def test_small_countries_merge_into_other() -> None:
@@ -116,7 +116,7 @@ def test_threshold_is_respected_and_rows_are_conserved(
 ) -> None:
     frame, _ = bundled_orders
     assigned = assign_storefronts(frame, min_customers=min_customers)
-    homes = home_countries(frame)
+    homes = customer_home_storefront(frame)
     home_customers = homes.value_counts()
     pairs = assigned[[schema.CUSTOMER, schema.STOREFRONT]].drop_duplicates()
     assert pairs[schema.CUSTOMER].is_unique  # every customer in exactly one storefront
