@@ -23,9 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import re
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -42,6 +40,7 @@ from clients.adapters import ADAPTERS, ColumnMapping, load_mapping
 from clients.errors import IngestError
 from clients.table_reader import read_table
 from models import schema
+from privacy.atomic_files import atomic_output
 from privacy.pseudonymise import canonical_ids, load_key, pseudonymise_customers
 
 __all__ = [
@@ -260,18 +259,14 @@ def write_prepared(frame: pd.DataFrame, report: IngestReport, out_dir: Path) -> 
             frame[list(schema.COLUMNS)], schema=schema.ARROW_SCHEMA, preserve_index=False
         )
         report_bytes = (json.dumps(report.to_dict(), indent=2) + "\n").encode("utf-8")
+        # both files are complete before either is renamed into place
         with (
-            _temporary(out_dir, ORDERS_FILE) as orders_tmp,
-            _temporary(out_dir, REPORT_FILE) as report_tmp,
+            atomic_output(out_dir / ORDERS_FILE, mode=0o600) as orders_tmp,
+            atomic_output(out_dir / REPORT_FILE, mode=0o600) as report_tmp,
         ):
             # uncompressed, so a plain byte search (grep) of the file audits what it holds
             pq.write_table(table, orders_tmp, compression="none")
             report_tmp.write_bytes(report_bytes)
-            for temp in (orders_tmp, report_tmp):
-                _fsync(temp)
-            os.replace(orders_tmp, out_dir / ORDERS_FILE)
-            os.replace(report_tmp, out_dir / REPORT_FILE)
-        _fsync(out_dir)
 
 
 def prepare_export(
@@ -438,22 +433,3 @@ def _created_directory(directory: Path) -> Iterator[None]:
             except OSError:
                 break
         raise
-
-
-@contextmanager
-def _temporary(directory: Path, name: str) -> Iterator[Path]:
-    """A temporary file next to ``directory/name``; removed unless renamed into place."""
-    fd, temp = tempfile.mkstemp(dir=directory, prefix=f".{name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        yield Path(temp)
-    finally:
-        Path(temp).unlink(missing_ok=True)
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -18,15 +18,15 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
-import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from privacy.atomic_files import atomic_output
 
 logger = logging.getLogger(__name__)
 
@@ -90,17 +90,8 @@ def save_checkpoint(run_dir: Path | str, checkpoint: Checkpoint, keep: int = 3) 
     arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
 
     target = directory / f"checkpoint-{checkpoint.sequence:06d}.npz"
-    handle, temp_name = tempfile.mkstemp(dir=directory, prefix=".checkpoint-", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as file:
-            np.savez(file, **arrays)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temp_name, target)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
-    _fsync_directory(directory)
+    with atomic_output(target) as temp, temp.open("wb") as file:
+        np.savez(file, **arrays)
     for old in _checkpoint_files(directory)[keep:]:
         old.unlink(missing_ok=True)
     return target
@@ -146,15 +137,3 @@ def _checkpoint_files(directory: Path) -> list[Path]:
     """Checkpoint files, newest first."""
     found = [p for p in directory.iterdir() if _NAME.match(p.name)]
     return sorted(found, key=lambda p: p.name, reverse=True)
-
-
-def _fsync_directory(directory: Path) -> None:
-    """Make the rename durable (POSIX); a no-op where directories cannot be opened."""
-    try:
-        descriptor = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)

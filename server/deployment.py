@@ -33,6 +33,7 @@ import tomli_w
 
 from clients import flower_process
 from clients.flower_process import flower_environment
+from privacy.atomic_files import atomic_write
 from server.certificates import (
     check_private_key_file,
     credential_paths,
@@ -186,9 +187,7 @@ def write_connection(flwr_home: Path, settings: SuperLinkSettings) -> Path:
         connection["root-certificates"] = str(credential_paths(settings.certs.resolve()).ca_cert)
     config.setdefault("superlink", {})[CONNECTION] = connection
     config_path.parent.mkdir(parents=True, exist_ok=True)
-    temp = config_path.with_name(f".{config_path.name}.tmp")
-    temp.write_text(tomli_w.dumps(config), "utf-8")
-    os.replace(temp, config_path)
+    atomic_write(config_path, tomli_w.dumps(config))
     return config_path
 
 

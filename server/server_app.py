@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from logging import INFO
@@ -34,6 +32,7 @@ from models.churn import LOG_FEATURE_MEAN, LOG_FEATURE_STD, ChurnModel
 from models.churn_protocol import FEATURES
 from models.nextbasket_features import FEATURE_NAMES
 from models.recommender import NextBasketRecommender
+from privacy.atomic_files import atomic_write
 from server.bundle import export_bundle
 from server.catalogue import catalogue_items
 from server.checkpoint import Checkpoint, ModelProgress, latest_checkpoint, save_checkpoint
@@ -192,21 +191,11 @@ def _rounds_done(checkpoint: Checkpoint) -> dict[str, int]:
 
 def _write_rounds_log(path: Path, records: list[dict[str, Any]]) -> None:
     """Rewrite the JSON-lines round log from the checkpointed records (atomically)."""
-    _atomic_write(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
+    atomic_write(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
 
 
 def _write_json(path: Path, payload: dict[str, Any]) -> None:
-    _atomic_write(path, json.dumps(payload, indent=2, sort_keys=True))
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-")
-    with os.fdopen(handle, "w") as file:
-        file.write(text)
-        file.flush()
-        os.fsync(file.fileno())
-    os.replace(temp_name, path)
+    atomic_write(path, json.dumps(payload, indent=2, sort_keys=True))
 
 
 app = ServerApp()
