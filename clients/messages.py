@@ -53,6 +53,9 @@ MODEL = "model"
 CATALOGUE = "catalogue"
 """The recommender's item catalogue (list of item ids, position = output index); it is
 product data, not customer data, and the server sends it so every site builds one network."""
+CHURN_CUTOFF = "churn-cutoff"
+"""The churn protocol's cutoff (ISO-8601, UTC), one for all sites so labels agree; the
+server sends it with every churn message (see :mod:`server.shared_facts`)."""
 SERVER_ROUND = "server-round"
 ROUND_OFFSET = "round-offset"
 PLANNED_ROUNDS = "planned-rounds"

@@ -149,8 +149,12 @@ def evaluate_recommender(module: nn.Module, examples: EvaluationExamples) -> dic
 
 def prepare_churn(orders: pd.DataFrame, config: Config) -> SiteSplit:
     """Churn protocol on the site's customers: training part and the fixed 20% holdout."""
-    del config  # the churn network does not depend on shared facts
-    data = churn_data(orders)
+    cutoff = config.get(wire.CHURN_CUTOFF)
+    if not cutoff:
+        raise ValueError(
+            f"the churn protocol needs the shared cutoff in config '{wire.CHURN_CUTOFF}'"
+        )
+    data = churn_data(orders, cutoff=pd.Timestamp(cutoff))
     return SiteSplit(train=churn_dataset(data.part(held_out=False)), evaluation=data.part(True))
 
 

@@ -252,22 +252,24 @@ def prepared_split(
     """The site's split for ``model`` and its storefront name, cached per data version.
 
     A simulation serves many messages from one process, so the split is built once; a
-    changed file (new export) has a new modification time, and a changed catalogue is a
-    new key, so either is read again.
+    changed file (new export) has a new modification time, and a changed catalogue or
+    churn cutoff is a new key, so either is read again.
     """
     path = location.orders_file
     version = path.stat().st_mtime_ns if path.is_file() else 0
     catalogue = tuple(config.get(wire.CATALOGUE) or ())
-    return _prepared_split(location, model, version, catalogue)
+    cutoff = str(config.get(wire.CHURN_CUTOFF, ""))
+    return _prepared_split(location, model, version, catalogue, cutoff)
 
 
 @lru_cache(maxsize=4)
 def _prepared_split(
-    location: SiteLocation, model: str, version: int, catalogue: tuple[str, ...]
+    location: SiteLocation, model: str, version: int, catalogue: tuple[str, ...], cutoff: str
 ) -> tuple[SiteSplit, str]:
     del version  # part of the cache key only
     orders = load_orders(location)
-    split = _task(model).prepare(orders, {wire.CATALOGUE: list(catalogue)})
+    shared = {wire.CATALOGUE: list(catalogue), wire.CHURN_CUTOFF: cutoff}
+    split = _task(model).prepare(orders, shared)
     return split, storefront_of(location, orders)
 
 

@@ -205,15 +205,21 @@ def holdout_mask(
 
 
 def churn_data(
-    frame: pd.DataFrame, fraction: float = HOLDOUT_FRACTION, seed: int = HOLDOUT_SEED
+    frame: pd.DataFrame,
+    fraction: float = HOLDOUT_FRACTION,
+    seed: int = HOLDOUT_SEED,
+    cutoff: pd.Timestamp | None = None,
 ) -> ChurnData:
     """Apply the protocol (module docstring) to order lines in the canonical schema.
 
     The storefront of a customer is their home storefront over all of the frame's rows
     (the storefront split's rule); pass a frame whose ``storefront`` column already holds
-    the federated storefront (e.g. "Other") to stratify the holdout by it.
+    the federated storefront (e.g. "Other") to stratify the holdout by it. ``cutoff``
+    defaults to the frame's own (:func:`churn_cutoff`); a site that holds only part of
+    the data passes the federation's shared cutoff so labels agree across sites.
     """
-    cutoff = churn_cutoff(frame)
+    if cutoff is None:
+        cutoff = churn_cutoff(frame)
     features = churn_features(frame, cutoff)
     if features.empty:
         raise ValueError(f"no customer has a purchase at or before the cutoff {cutoff}")

@@ -34,9 +34,9 @@ from models.nextbasket_features import FEATURE_NAMES
 from models.recommender import NextBasketRecommender
 from privacy.atomic_files import atomic_write
 from server.bundle import export_bundle
-from server.catalogue import catalogue_items
 from server.checkpoint import Checkpoint, ModelProgress, latest_checkpoint, save_checkpoint
 from server.evaluation import EVALUATION_AGGREGATORS
+from server.shared_facts import catalogue_items, churn_cutoff_for
 from server.strategy import StrategySettings, ValidatedAggregation, build_strategy
 
 ROUNDS_LOG = "rounds.jsonl"
@@ -77,7 +77,9 @@ MODEL_SPECS: dict[str, ModelSpec] = {
             "features": list(FEATURES),
             "log-feature-mean": list(LOG_FEATURE_MEAN),
             "log-feature-std": list(LOG_FEATURE_STD),
+            "churn-cutoff": churn_cutoff_for(run_config),
         },
+        message_config=lambda run_config: {wire.CHURN_CUTOFF: churn_cutoff_for(run_config)},
     ),
     "recommender": ModelSpec(
         initial_weights=_recommender_weights,

@@ -192,7 +192,8 @@ def test_churn_trains_under_dp_and_evaluates_into_score_histograms(site_round):
     weights = MODEL_SPECS["churn"].initial_weights(run_config)
     arrays = ArrayRecord({k: Array(v) for k, v in weights.items()})
     config = {key: run_config[key] for key in wire.TRAINING_PLAN_KEYS if key in run_config}
-    config.update({wire.MODEL: "churn", wire.EPSILON_BUDGET: 1.0})
+    shared = MODEL_SPECS["churn"].message_config(run_config)
+    config.update({wire.MODEL: "churn", **shared, wire.EPSILON_BUDGET: 1.0})
     config.update({wire.PLANNED_ROUNDS: 2, wire.SERVER_ROUND: 1})
     message = RecordDict({"arrays": arrays, "config": ConfigRecord(config)})
     reply = client_app.train(site_message(message, "train"), context).content
@@ -205,7 +206,7 @@ def test_churn_trains_under_dp_and_evaluates_into_score_histograms(site_round):
     assert any(not np.array_equal(reply[wire.ARRAYS][k].numpy(), v) for k, v in weights.items())
 
     request = RecordDict(
-        {"arrays": reply[wire.ARRAYS], "config": ConfigRecord({wire.MODEL: "churn"})}
+        {"arrays": reply[wire.ARRAYS], "config": ConfigRecord({wire.MODEL: "churn", **shared})}
     )
     evaluation = client_app.evaluate(site_message(request, "evaluate"), context).content[
         wire.METRICS
