@@ -1,0 +1,103 @@
+"""Opacus per-example gradient (and norm) samplers for the recommender's own layers.
+
+Importing this module registers them with Opacus (``register_grad_sampler`` for the default
+hooks mode, ``register_norm_sampler`` for ghost clipping). Opacus still does the DP: it
+calls these for per-example gradients, then clips, adds noise and samples batches.
+
+- :class:`models.recommender.ItemBias` computes ``scores + bias`` over the whole catalogue.
+  For example ``n`` the gradient of its loss with respect to ``bias`` equals the gradient
+  with respect to output row ``n`` — Opacus's ``backprops``, already rescaled to per-example
+  losses. So the per-example gradient is ``backprops`` itself: no einsum, no extra tensor,
+  where a catalogue-sized ``nn.Linear`` needs a ``(B, V, hidden)`` one.
+- :class:`models.recommender.PersonalScorer` is an MLP over *packed* history rows (many
+  rows per example). Its per-example gradient is the sum over the example's rows of the
+  row gradients ``δ_l ⊗ a_{l-1}`` (backpropagation by hand through the recomputed MLP),
+  computed as one block-sparse product per layer without materialising the ``(rows, out,
+  in)`` outer products: the cost follows the real history lengths, never a padded batch.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+from opacus.grad_sample import register_grad_sampler, register_norm_sampler
+from torch import nn
+
+from models.recommender import ItemBias, PersonalScorer
+
+
+@register_grad_sampler(ItemBias)
+def item_bias_grad_sample(
+    layer: ItemBias, activations: list[torch.Tensor], backprops: torch.Tensor
+) -> dict[nn.Parameter, torch.Tensor]:
+    """Per-example gradients ``(B, V)`` of the item bias: the output gradients."""
+    return {layer.bias: backprops}
+
+
+@register_norm_sampler(ItemBias)
+def item_bias_norm_sample(
+    layer: ItemBias, activations: list[torch.Tensor], backprops: torch.Tensor
+) -> dict[nn.Parameter, torch.Tensor]:
+    """Per-example gradient norms ``(B,)`` of the item bias (ghost clipping)."""
+    return {layer.bias: torch.linalg.vector_norm(backprops, dim=1)}
+
+
+@register_grad_sampler(PersonalScorer)
+def personal_scorer_grad_sample(
+    layer: PersonalScorer, activations: list[torch.Tensor], backprops: torch.Tensor
+) -> dict[nn.Parameter, torch.Tensor]:
+    """Per-example gradients of every MLP weight and bias, ``(B, *shape)`` each.
+
+    ``activations`` are the module inputs ``(features (N, F), offsets (B,))``; ``backprops``
+    ``(N,)`` the per-example-loss gradients of the row scores.
+    """
+    features, offsets = activations
+    rows = len(features)
+    lengths = torch.diff(offsets, append=offsets.new_tensor([rows]))
+    example = torch.repeat_interleave(torch.arange(len(offsets)), lengths)
+    segments = _Segments(offsets, lengths, example)
+    with torch.no_grad():
+        pre_activations = layer.pre_activations(features)
+    inputs = [features, *(torch.relu(z) for z in pre_activations[:-1])]
+    delta = backprops.reshape(rows, 1)  # δ_L: gradient of the score (last pre-activation)
+    grads: dict[nn.Parameter, torch.Tensor] = {}
+    for depth in reversed(range(layer.depth)):
+        weight, bias = layer.layer(depth)
+        grads[weight] = segments.sum_of_outer_products(delta, inputs[depth])
+        grads[bias] = delta.new_zeros((len(offsets), delta.shape[1])).index_add_(0, example, delta)
+        if depth > 0:
+            delta = (delta @ weight.detach()) * (pre_activations[depth - 1] > 0)
+    return grads
+
+
+class _Segments:
+    """Packed rows grouped into examples: example ``b`` owns rows ``offsets[b]`` onwards."""
+
+    def __init__(self, offsets: torch.Tensor, lengths: torch.Tensor, example: torch.Tensor):
+        self.offsets, self.lengths, self.example = offsets, lengths, example
+        self.row_in_example = torch.arange(len(example)) - offsets[example]
+
+    def sum_of_outer_products(self, delta: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
+        """``G[b] = Σ_{r in b} delta[r] ⊗ inputs[r]``, shape ``(B, out, in)``.
+
+        As ``M @ inputs`` with the sparse ``(B·out) × N`` matrix ``M[(b, o), r] = delta[r, o]``
+        for rows r of example b, built directly in CSR order (row (b, o), then r).
+        """
+        rows, width = delta.shape
+        examples = len(self.offsets)
+        row_start = self.offsets.unsqueeze(1) * width + torch.arange(
+            width
+        ) * self.lengths.unsqueeze(1)  # (B, out): where row (b, o) of M starts in CSR order
+        position = (row_start[self.example] + self.row_in_example.unsqueeze(1)).reshape(-1)
+        values = torch.empty(rows * width, dtype=delta.dtype)
+        values[position] = delta.reshape(-1)
+        columns = torch.empty(rows * width, dtype=torch.int64)
+        columns[position] = torch.arange(rows).repeat_interleave(width)
+        crow = torch.cat([row_start.reshape(-1), row_start.new_tensor([rows * width])])
+        with warnings.catch_warnings():  # "sparse CSR support is in beta": CSR @ dense is enough
+            warnings.simplefilter("ignore", UserWarning)
+            matrix = torch.sparse_csr_tensor(
+                crow, columns, values, size=(examples * width, rows), check_invariants=False
+            )
+        return (matrix @ inputs).view(examples, width, inputs.shape[1])
