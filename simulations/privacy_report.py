@@ -1,0 +1,176 @@
+"""The privacy report of a simulated run: ε, δ and DP steps per site and model.
+
+ε is recomputed here, independently of what the sites reported, from each simulated site's
+privacy ledger (``<run-dir>/sites/<slug>/privacy-ledger.sqlite``): the ledger's
+(sampling rate, noise multiplier, steps) segments go through the RDP accountant of
+:func:`privacy.accountant.epsilon_for` at the δ the site recorded. The result is checked
+against the ε and steps the site last reported to the server (``rounds.jsonl``):
+
+- ``match``: ledger and report agree (to rounding).
+- ``ledger-higher``: the ledger holds reservations never confirmed (a round crashed
+  after reserving); the ledger over-counts, as designed, and the ledger's ε is the one
+  that holds.
+- ``mismatch``: anything else, e.g. a site reporting less than its ledger proves. A
+  report with a mismatch fails closed (:class:`PrivacyReportError`) once written.
+
+The report is written to ``<run-dir>/privacy_report.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from clients.site_task import LEDGER_FILE
+from privacy.accountant import RDP_ORDERS, epsilon_for
+from privacy.atomic_files import atomic_write
+from privacy.ledger import PrivacyLedger
+from server.server_app import RESOLVED_CONFIG, ROUNDS_LOG, site_privacy
+from simulations.storefronts import INDEX_FILE
+
+PRIVACY_REPORT = "privacy_report.json"
+SITES_DIR = "sites"
+ACCOUNTANT = (
+    "RDP (Rényi DP of the Poisson-subsampled Gaussian mechanism, Mironov et al. 2019; "
+    f"integer orders {RDP_ORDERS[0]}..{RDP_ORDERS[-1]}), privacy.accountant.epsilon_for"
+)
+RELATIVE_TOLERANCE = 1e-9
+
+
+class PrivacyReportError(Exception):
+    """The ledgers contradict what the sites reported; ``str()`` names the sites."""
+
+
+@dataclass(frozen=True)
+class SitePrivacy:
+    """One site's privacy spend for one model, from its ledger and from its reports."""
+
+    model: str
+    storefront: str
+    slug: str
+    epsilon: float
+    """ε recomputed from the ledger's segments (RDP)."""
+    delta: float
+    dp_steps: int
+    rounds: int
+    budget_epsilon: float
+    noise_multiplier: float
+    sample_rate: float
+    uncommitted: int
+    reported_epsilon: float | None
+    reported_dp_steps: int | None
+    check: str
+    """``match``, ``ledger-higher`` or ``mismatch`` (see module docstring)."""
+
+
+def privacy_report(run_dir: Path) -> list[SitePrivacy]:
+    """Every simulated site's privacy spend per model, recomputed and checked.
+
+    Sites are listed per model, in the order of the run's storefront split. A site that
+    never trained a model (declined, or no data) appears with 0 steps and ε = 0.
+    """
+    run_dir = Path(run_dir)
+    storefronts = _storefront_names(run_dir)
+    reported = site_privacy(_round_records(run_dir))
+    models = [m.strip() for m in str(_run_config(run_dir).get("models", "")).split(",")]
+    rows = []
+    for model in [m for m in models if m]:
+        for slug, name in storefronts.items():
+            rows.append(_site_privacy(run_dir, model, slug, name, reported.get(model, {})))
+    return rows
+
+
+def write_privacy_report(run_dir: Path) -> Path:
+    """Write ``privacy_report.json`` for ``run_dir`` and return its path.
+
+    Raises:
+        PrivacyReportError: after writing, if any site's ledger contradicts its report.
+    """
+    rows = privacy_report(run_dir)
+    path = Path(run_dir) / PRIVACY_REPORT
+    payload = {"accountant": ACCOUNTANT, "sites": [asdict(row) for row in rows]}
+    atomic_write(path, json.dumps(payload, indent=2) + "\n")
+    bad = [f"{row.storefront} ({row.model})" for row in rows if row.check == "mismatch"]
+    if bad:
+        raise PrivacyReportError(
+            f"reported ε or steps contradict the privacy ledger for {', '.join(bad)}; see {path}"
+        )
+    return path
+
+
+def _site_privacy(
+    run_dir: Path, model: str, slug: str, name: str, reported: dict[str, dict[str, float]]
+) -> SitePrivacy:
+    ledger_file = run_dir / SITES_DIR / slug / LEDGER_FILE
+    entries = []
+    if ledger_file.is_file():
+        with PrivacyLedger(ledger_file) as ledger:
+            entries = ledger.entries(model)
+    report = reported.get(name)
+    deltas = {entry.delta for entry in entries}
+    if len(deltas) > 1:  # a site's δ is fixed by its size; two values mean a broken ledger
+        raise PrivacyReportError(f"{ledger_file}: entries for {model} use several δ {deltas}")
+    delta = deltas.pop() if deltas else float(report["delta"]) if report else math.nan
+    segments = [entry.segment for entry in entries]
+    epsilon = epsilon_for(segments, delta) if segments else 0.0
+    steps = sum(segment.steps for segment in segments)
+    uncommitted = sum(entry.status != "committed" for entry in entries)
+    last = entries[-1] if entries else None
+    reported_epsilon = float(report["epsilon"]) if report else None
+    reported_steps = int(report["dp-steps"]) if report else None
+    return SitePrivacy(
+        model=model,
+        storefront=name,
+        slug=slug,
+        epsilon=epsilon,
+        delta=delta,
+        dp_steps=steps,
+        rounds=len(entries),
+        budget_epsilon=last.budget_epsilon if last else math.nan,
+        noise_multiplier=last.segment.noise_multiplier if last else math.nan,
+        sample_rate=last.segment.sample_rate if last else math.nan,
+        uncommitted=uncommitted,
+        reported_epsilon=reported_epsilon,
+        reported_dp_steps=reported_steps,
+        check=_check(epsilon, steps, uncommitted, reported_epsilon, reported_steps),
+    )
+
+
+def _check(
+    epsilon: float,
+    steps: int,
+    uncommitted: int,
+    reported_epsilon: float | None,
+    reported_steps: int | None,
+) -> str:
+    if reported_epsilon is None or reported_steps is None:
+        return "match" if steps == 0 else "ledger-higher" if uncommitted else "mismatch"
+    if reported_steps == steps and math.isclose(
+        reported_epsilon, epsilon, rel_tol=RELATIVE_TOLERANCE
+    ):
+        return "match"
+    if uncommitted and reported_steps <= steps and reported_epsilon <= epsilon:
+        return "ledger-higher"
+    return "mismatch"
+
+
+def _storefront_names(run_dir: Path) -> dict[str, str]:
+    """slug -> storefront name of the run's split, in partition (sorted slug) order."""
+    index_file = Path(str(_run_config(run_dir)["storefronts-dir"])) / INDEX_FILE
+    index = json.loads(index_file.read_text())
+    names = {entry["slug"]: entry["name"] for entry in index["storefronts"]}
+    return dict(sorted(names.items()))
+
+
+def _run_config(run_dir: Path) -> dict[str, Any]:
+    return json.loads((Path(run_dir) / RESOLVED_CONFIG).read_text())
+
+
+def _round_records(run_dir: Path) -> list[dict[str, Any]]:
+    path = Path(run_dir) / ROUNDS_LOG
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
