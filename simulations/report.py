@@ -1,0 +1,397 @@
+"""The run report: ``report.html`` with PNG plots, built from a run directory.
+
+Reads what a run left behind — the resolved config (``config.json``), the per-round log
+(``rounds.jsonl``: per model and round, the pooled evaluation metrics overall and as
+``<storefront>/<metric>``), the privacy report (:mod:`simulations.privacy_report`) and the
+storefront split (summary and ingest counts) — and writes::
+
+    <run-dir>/report.html                  tables and plots, self-contained but for the PNGs
+    <run-dir>/plots/metric-per-round.png   headline metric per round, overall and per storefront
+    <run-dir>/plots/storefronts-<model>.png  final round's headline metric per storefront
+    <run-dir>/plots/privacy-utility.png    final headline metric against ε
+
+The privacy–utility curve takes one point per run: the runs of a sweep directory (each
+subdirectory with a ``config.json`` and ``rounds.jsonl``) plus this run. Non-private runs
+(ε ≤ 0) are drawn as a horizontal line. Only aggregate metrics are read, so no customer
+token can reach the report. Everything is built in a staging directory and moved into
+place at the end: a failed report leaves the previous one intact.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; never a display
+import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
+import pandas as pd  # noqa: E402
+
+from privacy.atomic_files import atomic_write  # noqa: E402
+from server.server_app import RESOLVED_CONFIG, ROUNDS_LOG  # noqa: E402
+from simulations.privacy_report import (  # noqa: E402
+    ACCOUNTANT,
+    PRIVACY_REPORT,
+    SitePrivacy,
+    privacy_report,
+)
+from simulations.storefronts import SUMMARY_FILE  # noqa: E402
+
+REPORT_FILE = "report.html"
+PLOTS_DIR = "plots"
+INGEST_REPORT = "ingest_report.json"
+
+HEADLINE_METRICS = {"recommender": "ndcg@10", "churn": "roc-auc"}
+"""The metric each model's plots show (the protocols' main number)."""
+METRIC_LABELS = {
+    "ndcg@10": "NDCG@10",
+    "hr@10": "HR@10",
+    "recall@10": "Recall@10",
+    "roc-auc": "ROC-AUC",
+    "brier": "Brier",
+    "churn-rate": "churn rate",
+    "num-customers": "test customers",
+}
+_PER_STOREFRONT_SEPARATOR = "/"
+
+
+@dataclass(frozen=True)
+class RunResults:
+    """The evaluation history of one run, per model."""
+
+    run_dir: Path
+    config: dict[str, Any]
+    rounds: dict[str, list[dict[str, Any]]]
+    """model -> its round records (``rounds.jsonl``), in round order."""
+
+    @property
+    def epsilon(self) -> float:
+        """The run's per-site ε budget (≤ 0: non-private)."""
+        return float(self.config.get("epsilon", 0.0))
+
+    def final(self, model: str) -> dict[str, Any]:
+        """The last round's pooled evaluation metrics of ``model`` ({} if none)."""
+        records = self.rounds.get(model, [])
+        return records[-1].get("evaluate-metrics", {}) if records else {}
+
+
+def load_run(run_dir: Path) -> RunResults:
+    """The config and per-model round records of ``run_dir``."""
+    run_dir = Path(run_dir)
+    config = json.loads((run_dir / RESOLVED_CONFIG).read_text())
+    rounds: dict[str, list[dict[str, Any]]] = {}
+    log = run_dir / ROUNDS_LOG
+    lines = log.read_text().splitlines() if log.is_file() else []
+    for record in (json.loads(line) for line in lines if line.strip()):
+        rounds.setdefault(record["model"], []).append(record)
+    for records in rounds.values():
+        records.sort(key=lambda record: record["round"])
+    return RunResults(run_dir, config, rounds)
+
+
+def overall_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
+    """The pooled metrics without the per-storefront ``<storefront>/<metric>`` entries."""
+    return {k: v for k, v in metrics.items() if _PER_STOREFRONT_SEPARATOR not in k}
+
+
+def storefront_metrics(metrics: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """storefront -> metric -> value, from the ``<storefront>/<metric>`` entries."""
+    per_storefront: dict[str, dict[str, Any]] = {}
+    for key, value in metrics.items():
+        storefront, separator, metric = key.rpartition(_PER_STOREFRONT_SEPARATOR)
+        if separator:
+            per_storefront.setdefault(storefront, {})[metric] = value
+    return per_storefront
+
+
+def headline_metric(model: str, metrics: dict[str, Any]) -> str:
+    """The metric shown for ``model``: its protocol's main number, else its first metric."""
+    overall = overall_metrics(metrics)
+    preferred = HEADLINE_METRICS.get(model)
+    if preferred in overall:
+        return preferred
+    return next((k for k in sorted(overall) if k != "num-customers"), "num-customers")
+
+
+def write_report(run_dir: Path, *, sweep_dir: Path | None = None) -> Path:
+    """Write ``report.html`` and its plots for ``run_dir``; returns the HTML's path.
+
+    Args:
+        run_dir: a run directory written by the ServerApp (``config.json``, ``rounds.jsonl``).
+        sweep_dir: optional directory of sibling runs (e.g. other ε) for the
+            privacy–utility curve.
+    """
+    run_dir = Path(run_dir)
+    run = load_run(run_dir)
+    privacy = _load_privacy(run_dir)
+    sweep = [run, *(r for r in _sweep_runs(sweep_dir) if r.run_dir.resolve() != run_dir.resolve())]
+    staging = Path(tempfile.mkdtemp(dir=run_dir, prefix=".report-"))
+    try:
+        plots = staging / PLOTS_DIR
+        plots.mkdir()
+        figures = [
+            ("Metric per round", _plot_rounds(run, plots / "metric-per-round.png")),
+            *(
+                (f"Per storefront, final round: {model}", path)
+                for model, path in _plot_storefronts(run, plots).items()
+            ),
+            ("Privacy–utility", _plot_privacy_utility(sweep, plots / "privacy-utility.png")),
+        ]
+        page = _html_page(run, privacy, sweep, [(t, p) for t, p in figures if p is not None])
+        _replace(staging / PLOTS_DIR, run_dir / PLOTS_DIR)
+        atomic_write(run_dir / REPORT_FILE, page, mode=0o644)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return run_dir / REPORT_FILE
+
+
+def _load_privacy(run_dir: Path) -> list[SitePrivacy]:
+    path = run_dir / PRIVACY_REPORT
+    if path.is_file():
+        return [SitePrivacy(**row) for row in json.loads(path.read_text())["sites"]]
+    return privacy_report(run_dir)
+
+
+def _sweep_runs(sweep_dir: Path | None) -> list[RunResults]:
+    if sweep_dir is None:
+        return []
+    candidates = sorted(p for p in Path(sweep_dir).iterdir() if (p / RESOLVED_CONFIG).is_file())
+    return [load_run(p) for p in candidates if (p / ROUNDS_LOG).is_file()]
+
+
+def _plot_rounds(run: RunResults, path: Path) -> Path | None:
+    models = [m for m in run.rounds if run.final(m)]
+    if not models:
+        return None
+    figure, axes = plt.subplots(1, len(models), figsize=(5.5 * len(models), 4), squeeze=False)
+    for axis, model in zip(axes[0], models, strict=True):
+        metric = headline_metric(model, run.final(model))
+        records = run.rounds[model]
+        rounds = [r["round"] for r in records]
+        for storefront in storefront_metrics(run.final(model)):
+            key = f"{storefront}{_PER_STOREFRONT_SEPARATOR}{metric}"
+            values = [r.get("evaluate-metrics", {}).get(key, math.nan) for r in records]
+            axis.plot(rounds, values, linewidth=0.8, alpha=0.6, label=storefront)
+        overall = [r.get("evaluate-metrics", {}).get(metric, math.nan) for r in records]
+        axis.plot(rounds, overall, color="black", linewidth=2.2, marker="o", label="overall")
+        axis.set(title=model, xlabel="round", ylabel=_label(metric))
+        axis.set_xticks(rounds)
+        axis.legend(fontsize=7)
+    return _save(figure, path)
+
+
+def _plot_storefronts(run: RunResults, plots: Path) -> dict[str, Path]:
+    paths = {}
+    for model in run.rounds:
+        final = run.final(model)
+        per_storefront = storefront_metrics(final)
+        if not per_storefront:
+            continue
+        metric = headline_metric(model, final)
+        names = list(per_storefront)
+        values = [per_storefront[n].get(metric, math.nan) for n in names]
+        figure, axis = plt.subplots(figsize=(max(5.0, 0.8 * len(names) + 2), 4))
+        axis.bar(range(len(names)), values, color="tab:blue")
+        axis.axhline(final.get(metric, math.nan), color="black", linestyle="--", label="overall")
+        labels = [f"{n}\n(n={per_storefront[n].get('num-customers', '?')})" for n in names]
+        axis.set_xticks(range(len(names)), labels, rotation=30, ha="right", fontsize=8)
+        axis.set(title=f"{model}, round {run.rounds[model][-1]['round']}", ylabel=_label(metric))
+        axis.legend(fontsize=8)
+        paths[model] = _save(figure, plots / f"storefronts-{model}.png")
+    return paths
+
+
+def _plot_privacy_utility(runs: list[RunResults], path: Path) -> Path | None:
+    models = sorted({m for run in runs for m in run.rounds if run.final(m)})
+    if not models:
+        return None
+    figure, axes = plt.subplots(1, len(models), figsize=(5.5 * len(models), 4), squeeze=False)
+    for axis, model in zip(axes[0], models, strict=True):
+        metric = headline_metric(model, runs[0].final(model) or {})
+        points = sorted(
+            (run.epsilon, run.final(model)[metric])
+            for run in runs
+            if run.epsilon > 0 and metric in run.final(model)
+        )
+        if points:
+            axis.plot(*zip(*points, strict=True), marker="o", label="federated, DP")
+        for run in runs:
+            if run.epsilon <= 0 and metric in run.final(model):
+                axis.axhline(run.final(model)[metric], linestyle="--", label="federated, no DP")
+        axis.set(title=model, xlabel="ε per site (δ ≤ 1e-5)", ylabel=_label(metric))
+        axis.set_xscale("log")
+        axis.legend(fontsize=8)
+    return _save(figure, path)
+
+
+def _save(figure: plt.Figure, path: Path) -> Path:
+    figure.tight_layout()
+    figure.savefig(path, dpi=100, format="png")
+    plt.close(figure)
+    return path
+
+
+def _label(metric: str) -> str:
+    return METRIC_LABELS.get(metric, metric)
+
+
+def _html_page(
+    run: RunResults,
+    privacy: list[SitePrivacy],
+    sweep: list[RunResults],
+    figures: list[tuple[str, Path]],
+) -> str:
+    config = run.config
+    title = f"fedshop run report: {run.run_dir.name}"
+    sections = [
+        f"<h1>{_e(title)}</h1>",
+        "<p>Models: {}; {} rounds; ε = {} per site and model; aggregation {}.</p>".format(
+            _e(str(config.get("models"))),
+            _e(str(config.get("num-server-rounds"))),
+            _e(str(config.get("epsilon"))),
+            _e(str(config.get("aggregation"))),
+        ),
+        "<h2>Final metrics, overall</h2>",
+        _table(_final_overall(run), "final-overall"),
+        "<h2>Final metrics per storefront</h2>",
+        *(
+            f"<h3>{_e(model)}</h3>" + _table(frame, f"final-{model}")
+            for model, frame in _final_per_storefront(run).items()
+        ),
+        *(f"<h2>{_e(t)}</h2><img src='{PLOTS_DIR}/{p.name}' alt='{_e(t)}'>" for t, p in figures),
+        "<h2>Privacy report</h2>",
+        f"<p>Accountant: {_e(ACCOUNTANT)}. ε is recomputed from each site's privacy ledger "
+        "and checked against what the site reported.</p>",
+        _table(_privacy_frame(privacy), "privacy"),
+    ]
+    if len(sweep) > 1:
+        sections += [
+            "<h2>Runs on the privacy–utility curve</h2>",
+            _table(_sweep_frame(sweep), "sweep"),
+        ]
+    sections += _storefront_sections(run)
+    sections += ["<h2>Resolved run config</h2>", _table(_config_frame(config), "config")]
+    style = (
+        "body{font-family:sans-serif;margin:2em;max-width:80em}"
+        "table{border-collapse:collapse;margin:0.5em 0 1.5em}"
+        "td,th{border:1px solid #ccc;padding:0.2em 0.6em;text-align:right}"
+        "th{background:#f3f3f3}img{max-width:100%}"
+    )
+    return (
+        "<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
+        f"<title>{_e(title)}</title><style>{style}</style></head><body>\n"
+        + "\n".join(sections)
+        + "\n</body></html>\n"
+    )
+
+
+def _final_overall(run: RunResults) -> pd.DataFrame:
+    rows = []
+    for model, records in run.rounds.items():
+        metrics = overall_metrics(run.final(model))
+        rows.append({"model": model, "round": records[-1]["round"], **metrics})
+    return pd.DataFrame(rows)
+
+
+def _final_per_storefront(run: RunResults) -> dict[str, pd.DataFrame]:
+    frames = {}
+    for model in run.rounds:
+        per_storefront = storefront_metrics(run.final(model))
+        if per_storefront:
+            frame = pd.DataFrame.from_dict(per_storefront, orient="index")
+            frames[model] = frame.rename_axis("storefront").reset_index()
+    return frames
+
+
+def _privacy_frame(privacy: list[SitePrivacy]) -> pd.DataFrame:
+    rows = [
+        {
+            "model": p.model,
+            "storefront": p.storefront,
+            "ε (ledger, RDP)": p.epsilon,
+            "ε reported": p.reported_epsilon,
+            "δ": p.delta,
+            "DP steps": p.dp_steps,
+            "rounds": p.rounds,
+            "ε budget": p.budget_epsilon,
+            "noise multiplier": p.noise_multiplier,
+            "sample rate": p.sample_rate,
+            "check": p.check,
+        }
+        for p in privacy
+    ]
+    return pd.DataFrame(rows)
+
+
+def _sweep_frame(sweep: Iterable[RunResults]) -> pd.DataFrame:
+    rows = []
+    for run in sweep:
+        row: dict[str, Any] = {"run": run.run_dir.name, "ε": run.epsilon}
+        for model in run.rounds:
+            metric = headline_metric(model, run.final(model))
+            row[f"{model} {_label(metric)}"] = run.final(model).get(metric)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _storefront_sections(run: RunResults) -> list[str]:
+    split = Path(str(run.config.get("storefronts-dir", "")))
+    sections = []
+    if (split / SUMMARY_FILE).is_file():
+        summary = pd.read_csv(split / SUMMARY_FILE)
+        sections += ["<h2>Storefronts</h2>", _table(summary, "storefronts")]
+    if (split / INGEST_REPORT).is_file():
+        ingest = json.loads((split / INGEST_REPORT).read_text())
+        counts = {k: v for k, v in ingest.items() if not isinstance(v, dict)}
+        counts = {k: ", ".join(v) if isinstance(v, list) else v for k, v in counts.items()}
+        frame = pd.DataFrame({"ingest": list(counts), "value": list(counts.values())})
+        sections += ["<h2>Ingest of the source data</h2>", _table(frame, "ingest")]
+    return sections
+
+
+def _config_frame(config: dict[str, Any]) -> pd.DataFrame:
+    return pd.DataFrame({"key": list(config), "value": [str(v) for v in config.values()]})
+
+
+def _table(frame: pd.DataFrame, table_id: str) -> str:
+    id_attribute = f" id='{table_id}'"
+    header = "".join(f"<th>{_e(str(c))}</th>" for c in frame.columns)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{_e(format_value(v))}</td>" for v in row) + "</tr>"
+        for row in frame.itertuples(index=False)
+    )
+    return f"<table{id_attribute}><thead><tr>{header}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def format_value(value: Any) -> str:
+    """How a table cell shows a value: floats to 4 significant decimals, '—' for none."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "—"
+    if isinstance(value, float):
+        if value.is_integer() and abs(value) < 1e15:
+            return str(int(value))
+        return f"{value:.4g}" if abs(value) < 1e-3 else f"{value:.4f}"
+    return str(value)
+
+
+def _e(text: str) -> str:
+    return html.escape(text, quote=True)
+
+
+def _replace(source: Path, target: Path) -> None:
+    """Move ``source`` to ``target``, replacing a previous ``target`` directory."""
+    previous = target.with_name(f".{target.name}-previous")
+    shutil.rmtree(previous, ignore_errors=True)
+    if target.exists():
+        os.replace(target, previous)
+    os.replace(source, target)
+    shutil.rmtree(previous, ignore_errors=True)
