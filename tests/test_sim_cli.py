@@ -67,10 +67,14 @@ def test_synth_writes_a_seeded_split_and_prints_its_summary(tmp_path: Path) -> N
 
 
 @pytest.mark.slow
-def test_main_prepares_the_bundled_storefronts(tmp_path: Path) -> None:
+def test_main_prepares_the_bundled_storefronts(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Only main's first stage: the federated stages are tested in tests/test_runner.py.
+    monkeypatch.setattr(cli, "MAIN_STAGES", [cli.prepare_storefronts_stage])
     run_dir = tmp_path / "run"
-    result = run_console_script("main", "--out", str(run_dir))
-    assert result.returncode == 0, result.stderr
+    assert cli.main(["main", "--out", str(run_dir)]) == 0
+    result = capsys.readouterr()
     split = run_dir / "storefronts"
     key = split / KEY_FILE
     assert stat.S_IMODE(key.stat().st_mode) == 0o600
@@ -90,9 +94,9 @@ def test_main_prepares_the_bundled_storefronts(tmp_path: Path) -> None:
     assert summary.loc["Total", "order_lines"] == report["rows_written"]
     assert summary.loc["Total", "customers"] == report["customers_written"] == 4362
     for name in summary.index.drop("Total"):
-        assert f"{name} " in result.stdout
-    assert f"Total {summary.loc['Total', 'customers']:,} " in " ".join(result.stdout.split())
-    assert "ingest online_retail.csv.gz: done in" in result.stderr
+        assert f"{name} " in result.out
+    assert f"Total {summary.loc['Total', 'customers']:,} " in " ".join(result.out.split())
+    assert "ingest online_retail.csv.gz: done in" in result.err
     assert len(read_split(split)) == summary.loc["Total", "order_lines"]
 
 
