@@ -118,10 +118,12 @@ def run_simulation_job(
             f"{Path(app_dir) / 'pyproject.toml'}"
         )
 
+    config_toml = "".join(f"{key} = {_toml_value(value)}\n" for key, value in overrides.items())
+
     flwr_home = run_dir / FLWR_HOME_DIR
     flwr_home.mkdir(parents=True, exist_ok=True)
     config_file = flwr_home / RUN_CONFIG_FILE
-    config_file.write_text("".join(f"{k} = {_toml_value(v)}\n" for k, v in overrides.items()))
+    config_file.write_text(config_toml)
     port, control_port = _free_ports(2)
     env = flower_environment(flwr_home)
     env["FLWR_LOCAL_SUPERLINK_HTTP_API_PORT"] = str(port)
@@ -154,7 +156,7 @@ def run_simulation_job(
         stop_processes(stopped)
         if stopped:
             pids = ", ".join(f"{p.name} {p.pid}" for p in stopped)
-            print(f"[flwr] stopped the local SuperLink by pid: {pids}", file=out, flush=True)
+            print(f"[fedshop-sim] stopped the local SuperLink by pid: {pids}", file=out, flush=True)
     if status != COMPLETED:
         raise SimulationError(f"flwr run ended with status {status!r}; see {run_dir / RUN_LOG}")
     return run_dir
