@@ -268,7 +268,7 @@ class TrainingExamples(Dataset):
         first = 1
         if self.target_window is not None:
             first = max(1, history.num_invoices - self.target_window)
-        draw = np.random.default_rng((self.seed, self.epoch, index))
+        draw = np.random.default_rng((self.seed, self.epoch, int(index)))
         return int(draw.integers(first, history.num_invoices))
 
     def __getitem__(self, index: int) -> NextBasketExample:
