@@ -248,8 +248,9 @@ class TrainingExamples(Dataset):
     ) -> None:
         if target_window is not None and target_window < 1:
             raise ValueError(f"target_window must be >= 1 or None, got {target_window}")
-        usable = [h for _, h in sorted(histories.items()) if h.num_invoices >= 2]
-        self.histories: list[CustomerHistory] = usable
+        usable = sorted(c for c, h in histories.items() if h.num_invoices >= 2)
+        self.customers: list[str] = usable
+        self.histories: list[CustomerHistory] = [histories[c] for c in usable]
         self.skipped = len(histories) - len(usable)
         self.seed = seed
         self.epoch = 0
