@@ -54,50 +54,48 @@ def personal_scorer_grad_sample(
     """
     features, offsets = activations
     rows = len(features)
-    lengths = torch.diff(offsets, append=offsets.new_tensor([rows]))
-    example = torch.repeat_interleave(torch.arange(len(offsets)), lengths)
-    segments = _Segments(offsets, lengths, example)
+    segments = _Segments(offsets, rows)
     with torch.no_grad():
         pre_activations = layer.pre_activations(features)
     inputs = [features, *(torch.relu(z) for z in pre_activations[:-1])]
+    ones = features.new_ones((rows, 1))  # a bias is a weight on a constant input
     delta = backprops.reshape(rows, 1)  # δ_L: gradient of the score (last pre-activation)
     grads: dict[nn.Parameter, torch.Tensor] = {}
     for depth in reversed(range(layer.depth)):
         weight, bias = layer.layer(depth)
         grads[weight] = segments.sum_of_outer_products(delta, inputs[depth])
-        grads[bias] = delta.new_zeros((len(offsets), delta.shape[1])).index_add_(0, example, delta)
+        grads[bias] = segments.sum_of_outer_products(delta, ones).squeeze(2)
         if depth > 0:
             delta = (delta @ weight.detach()) * (pre_activations[depth - 1] > 0)
     return grads
 
 
 class _Segments:
-    """Packed rows grouped into examples: example ``b`` owns rows ``offsets[b]`` onwards."""
+    """``rows`` packed rows grouped into examples: example ``b`` owns rows ``offsets[b]``
+    up to the next offset (or the end)."""
 
-    def __init__(self, offsets: torch.Tensor, lengths: torch.Tensor, example: torch.Tensor):
-        self.offsets, self.lengths, self.example = offsets, lengths, example
-        self.row_in_example = torch.arange(len(example)) - offsets[example]
+    def __init__(self, offsets: torch.Tensor, rows: int):
+        self.offsets, self.rows = offsets, rows
 
     def sum_of_outer_products(self, delta: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
         """``G[b] = Σ_{r in b} delta[r] ⊗ inputs[r]``, shape ``(B, out, in)``.
 
-        As ``M @ inputs`` with the sparse ``(B·out) × N`` matrix ``M[(b, o), r] = delta[r, o]``
-        for rows r of example b, built directly in CSR order (row (b, o), then r).
+        As ``M @ inputs`` with the sparse ``(out·B) × N`` matrix ``M[(o, b), r] = delta[r, o]``
+        for the rows r of example b. In CSR with rows ordered (o, b), row (o, b) spans the
+        consecutive columns ``offsets[b]..offsets[b+1]-1`` and the values are ``delta``'s
+        columns one after another: the matrix is built without any scatter.
         """
-        rows, width = delta.shape
-        examples = len(self.offsets)
-        row_start = self.offsets.unsqueeze(1) * width + torch.arange(
-            width
-        ) * self.lengths.unsqueeze(1)  # (B, out): where row (b, o) of M starts in CSR order
-        position = (row_start[self.example] + self.row_in_example.unsqueeze(1)).reshape(-1)
-        values = torch.empty(rows * width, dtype=delta.dtype)
-        values[position] = delta.reshape(-1)
-        columns = torch.empty(rows * width, dtype=torch.int64)
-        columns[position] = torch.arange(rows).repeat_interleave(width)
-        crow = torch.cat([row_start.reshape(-1), row_start.new_tensor([rows * width])])
+        width, examples = delta.shape[1], len(self.offsets)
+        row_starts = torch.arange(width).unsqueeze(1) * self.rows + self.offsets
+        crow = torch.cat([row_starts.reshape(-1), row_starts.new_tensor([width * self.rows])])
+        columns = torch.arange(self.rows).repeat(width)
         with warnings.catch_warnings():  # "sparse CSR support is in beta": CSR @ dense is enough
             warnings.simplefilter("ignore", UserWarning)
             matrix = torch.sparse_csr_tensor(
-                crow, columns, values, size=(examples * width, rows), check_invariants=False
+                crow,
+                columns,
+                delta.t().reshape(-1),
+                size=(width * examples, self.rows),
+                check_invariants=False,
             )
-        return (matrix @ inputs).view(examples, width, inputs.shape[1])
+        return (matrix @ inputs).view(width, examples, -1).transpose(0, 1)
