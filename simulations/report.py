@@ -35,6 +35,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only; never a display
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
 import pandas as pd  # noqa: E402
+from matplotlib.ticker import ScalarFormatter  # noqa: E402
 
 from privacy.atomic_files import atomic_write  # noqa: E402
 from server.server_app import RESOLVED_CONFIG, ROUNDS_LOG  # noqa: E402
@@ -211,26 +212,49 @@ def _plot_storefronts(run: RunResults, plots: Path) -> dict[str, Path]:
 
 
 def _plot_privacy_utility(runs: list[RunResults], path: Path) -> Path | None:
+    """Final metric against ε over the runs; this run (``runs[0]``) also round by round,
+    at the largest ε any site had spent after that round."""
     models = sorted({m for run in runs for m in run.rounds if run.final(m)})
     if not models:
         return None
     figure, axes = plt.subplots(1, len(models), figsize=(5.5 * len(models), 4), squeeze=False)
     for axis, model in zip(axes[0], models, strict=True):
         metric = headline_metric(model, runs[0].final(model) or {})
-        points = sorted(
+        by_round = _round_points(runs[0], model, metric)
+        if by_round:
+            axis.plot(
+                *zip(*by_round, strict=True),
+                marker=".",
+                color="tab:gray",
+                label="this run, by round",
+            )
+        finals = sorted(
             (run.epsilon, run.final(model)[metric])
             for run in runs
             if run.epsilon > 0 and metric in run.final(model)
         )
-        if points:
-            axis.plot(*zip(*points, strict=True), marker="o", label="federated, DP")
+        if finals:
+            axis.plot(*zip(*finals, strict=True), marker="o", label="runs (ε budget), final round")
         for run in runs:
             if run.epsilon <= 0 and metric in run.final(model):
-                axis.axhline(run.final(model)[metric], linestyle="--", label="federated, no DP")
-        axis.set(title=model, xlabel="ε per site (δ ≤ 1e-5)", ylabel=_label(metric))
+                axis.axhline(run.final(model)[metric], linestyle="--", label="no DP, final round")
+        axis.set(title=model, xlabel="ε per site", ylabel=_label(metric))
         axis.set_xscale("log")
+        for formatter in (axis.xaxis.set_major_formatter, axis.xaxis.set_minor_formatter):
+            formatter(ScalarFormatter())  # "3" and "8", not "3×10⁰"
         axis.legend(fontsize=8)
     return _save(figure, path)
+
+
+def _round_points(run: RunResults, model: str, metric: str) -> list[tuple[float, float]]:
+    """(largest ε a site reported after the round, the round's metric), per round."""
+    points = []
+    for record in run.rounds.get(model, []):
+        spent = [site["epsilon"] for site in record.get("privacy", {}).values()]
+        value = record.get("evaluate-metrics", {}).get(metric)
+        if spent and value is not None:
+            points.append((max(spent), value))
+    return points
 
 
 def _save(figure: plt.Figure, path: Path) -> Path:
@@ -267,6 +291,8 @@ def _html_page(
             f"<h3>{_e(model)}</h3>" + _table(frame, f"final-{model}")
             for model, frame in _final_per_storefront(run).items()
         ),
+        "<h2>Site participation per round</h2>",
+        _table(_participation_frame(run), "participation"),
         *(f"<h2>{_e(t)}</h2><img src='{PLOTS_DIR}/{p.name}' alt='{_e(t)}'>" for t, p in figures),
         "<h2>Privacy report</h2>",
         f"<p>Accountant: {_e(ACCOUNTANT)}. ε is recomputed from each site's privacy ledger "
@@ -310,6 +336,28 @@ def _final_per_storefront(run: RunResults) -> dict[str, pd.DataFrame]:
             frame = pd.DataFrame.from_dict(per_storefront, orient="index")
             frames[model] = frame.rename_axis("storefront").reset_index()
     return frames
+
+
+def _participation_frame(run: RunResults) -> pd.DataFrame:
+    """Per model and round: how many sites' updates were accepted, and which were not."""
+    rows = []
+    for model, records in run.rounds.items():
+        for record in records:
+            rejected = [
+                f"{r.get('storefront')} ({r.get('reason')})" for r in record.get("rejected", [])
+            ]
+            rows.append(
+                {
+                    "model": model,
+                    "round": record["round"],
+                    "accepted": len(record.get("accepted", [])),
+                    "rejected": "; ".join(rejected),
+                    "declined": "; ".join(record.get("declined", [])),
+                    "failed": "; ".join(record.get("failed", [])),
+                    "kept previous model": record.get("kept-previous-model", False),
+                }
+            )
+    return pd.DataFrame(rows)
 
 
 def _privacy_frame(privacy: list[SitePrivacy]) -> pd.DataFrame:
