@@ -31,7 +31,7 @@ from models.churn import ChurnModel, churn_dataset, per_example_loss, predict_ch
 from models.churn_protocol import ChurnData, churn_data
 from models.nextbasket_features import EvaluationExamples, TrainingExamples, build_histories
 from models.nextbasket_protocol import split_next_basket
-from models.recommender import DPConfig, NextBasketRecommender, top_k_items, train_recommender
+from models.recommender import DPConfig, NextBasketRecommender, score_examples, train_recommender
 from privacy.dp import DPTrainingSession
 
 Config = Mapping[str, Any]
@@ -134,7 +134,7 @@ def evaluate_recommender(module: nn.Module, examples: EvaluationExamples) -> dic
     """Sums of HR@10, Recall@10 and NDCG@10 over the site's test customers, and their count."""
     if len(examples) == 0:
         return {wire.NUM_EXAMPLES: 0, wire.HIT_SUM: 0.0, wire.RECALL_SUM: 0.0, wire.NDCG_SUM: 0.0}
-    ranked = top_k_items(module, examples, k=TOP_K).numpy()
+    ranked = metrics.top_k_items(score_examples(module, examples), TOP_K)
     targets = np.zeros((len(examples), module.num_items), dtype=bool)
     for row in range(len(examples)):
         targets[row, examples[row]["target_items"].numpy()] = True
