@@ -1,0 +1,483 @@
+"""Centralized and storefront-alone reference runs that federated training is judged against.
+
+:func:`run_comparison` trains both models (next-basket recommender, churn MLP) on one
+order-line frame in three ways and evaluates each on the models' fixed protocols:
+
+* ``centralized``: every customer's data pooled, non-private;
+* ``centralized-dp-eps-<ε>``: pooled, user-level DP-SGD (one example per customer) at
+  each target ε, with δ = :func:`privacy.accountant.default_delta` of the training
+  customers and σ calibrated once for the whole planned training at the sample rate
+  Opacus really uses; the ε recorded is recomputed from the DP segment the training
+  really ran (:func:`privacy.accountant.epsilon_for`);
+* ``storefront-alone``: one non-private model per storefront
+  (:func:`simulations.storefronts.assign_storefronts`), trained on that storefront's
+  customers only and scored on that storefront's test customers only.
+
+It writes ``comparison.json`` (every number) and ``comparison.md`` (tables side by side
+with the baselines of :mod:`models.baselines`), both atomically.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from clients.ingest import ingest_table
+from models import metrics, schema
+from models.baselines import NEXT_BASKET_BASELINES, churn_baselines, evaluate_next_basket
+from models.churn import (
+    ChurnModel,
+    churn_dataset,
+    evaluate_churn,
+    per_example_loss,
+    train_centralized,
+)
+from models.churn_protocol import ChurnData, churn_data
+from models.nextbasket_features import EvaluationExamples, TrainingExamples, build_histories
+from models.nextbasket_protocol import NextBasketSplit, split_next_basket
+from models.recommender import (
+    DPConfig,
+    NextBasketRecommender,
+    evaluate_recommender,
+    score_examples,
+    train_recommender,
+)
+from privacy.accountant import (
+    DPSegment,
+    calibrate_noise_multiplier,
+    default_delta,
+    epsilon_for,
+    opacus_sample_rate,
+    opacus_steps_per_epoch,
+)
+from privacy.atomic_files import atomic_write
+from privacy.dp import DPTrainingSession
+from privacy.pseudonymise import generate_key, load_key
+from simulations.progress import SILENT, Progress
+from simulations.storefronts import BUNDLED_DATA, DEFAULT_MIN_CUSTOMERS, assign_storefronts
+
+COMPARISON_JSON = "comparison.json"
+COMPARISON_MARKDOWN = "comparison.md"
+DEFAULT_EPSILONS: tuple[float, ...] = (1.0, 3.0, 8.0)
+CENTRALIZED = "centralized"
+STOREFRONT_ALONE = "storefront-alone"
+RECOMMENDER_METRICS = ("hr@10", "recall@10", "ndcg@10")
+CHURN_METRICS = ("roc-auc", "pr-auc", "brier")
+
+
+@dataclass(frozen=True)
+class TrainingSettings:
+    """How one model is trained in one kind of run (``clip``/σ only matter under DP)."""
+
+    epochs: int
+    batch_size: int
+    lr: float
+    optimizer: str
+    max_grad_norm: float = 0.0
+
+
+RECOMMENDER_PLAIN = TrainingSettings(epochs=20, batch_size=64, lr=0.01, optimizer="adam")
+"""Non-private recommender (NDCG@10 ≈ 0.290 on the bundled data)."""
+RECOMMENDER_DP: dict[float, TrainingSettings] = {
+    8.0: TrainingSettings(epochs=20, batch_size=500, lr=3.0, optimizer="sgd", max_grad_norm=0.1),
+    3.0: TrainingSettings(epochs=20, batch_size=500, lr=1.0, optimizer="sgd", max_grad_norm=0.3),
+}
+"""The best DP settings the recommender's tuning found, by target ε; any other ε uses the
+entry of the nearest tuned ε at or above it (or the largest)."""
+CHURN_DP = TrainingSettings(epochs=40, batch_size=256, lr=0.01, optimizer="adam", max_grad_norm=1.0)
+"""DP churn training (Adam on the 89 weights; not tuned per ε)."""
+QUICK_EPOCHS = 2
+"""Epochs of every epoch-based run in quick mode (tests)."""
+
+
+def run_comparison(
+    frame: pd.DataFrame,
+    out_dir: Path,
+    *,
+    epsilons: Sequence[float] = DEFAULT_EPSILONS,
+    seed: int = 0,
+    quick: bool = False,
+    min_customers: int = DEFAULT_MIN_CUSTOMERS,
+    progress: Progress = SILENT,
+) -> dict[str, Any]:
+    """Train and evaluate every run (module docstring) and write the JSON and Markdown.
+
+    Args:
+        frame: order lines in the canonical schema; ``storefront`` holds the country.
+        out_dir: where ``comparison.json`` and ``comparison.md`` go (created if missing).
+        epsilons: target ε of the centralized DP runs (each > 0).
+        seed: seeds weights, sampling, target draws and DP noise.
+        quick: :data:`QUICK_EPOCHS` epochs for every epoch-based run (tests, smoke runs).
+        min_customers: storefront threshold of :func:`assign_storefronts`.
+        progress: reports each training and evaluation with its wall time.
+
+    Returns:
+        The content of ``comparison.json``.
+    """
+    if not epsilons or any(not (math.isfinite(e) and e > 0) for e in epsilons):
+        raise ValueError(f"every target ε must be finite and > 0, got {list(epsilons)}")
+    with progress.step(f"split into storefronts (at least {min_customers} customers)"):
+        assigned = assign_storefronts(frame, min_customers)
+    result = {
+        "settings": {
+            "seed": seed,
+            "quick": quick,
+            "min-customers": min_customers,
+            "epsilons": [float(e) for e in epsilons],
+        },
+        "recommender": compare_recommender(assigned, epsilons, seed, quick, progress),
+        "churn": compare_churn(assigned, epsilons, seed, quick, progress),
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write(out_dir / COMPARISON_JSON, json.dumps(result, indent=2, allow_nan=False) + "\n")
+    atomic_write(out_dir / COMPARISON_MARKDOWN, comparison_markdown(result))
+    return result
+
+
+def compare_recommender(
+    frame: pd.DataFrame, epsilons: Sequence[float], seed: int, quick: bool, progress: Progress
+) -> dict[str, Any]:
+    """Every recommender run and baseline on the next-basket protocol, as JSON-ready dicts."""
+    with progress.step("next-basket split and training histories"):
+        split = split_next_basket(frame)
+        histories = build_histories(split.train, split.items)
+        dataset = TrainingExamples(histories, seed=seed)
+    runs: dict[str, Any] = {}
+    plain = _quick(RECOMMENDER_PLAIN, quick)
+    with progress.step(f"recommender: {CENTRALIZED} ({plain.epochs} epochs)"):
+        model, _ = _fit_recommender(split, dataset, plain, seed)
+        runs[CENTRALIZED] = {
+            "training": _settings(plain, len(dataset)),
+            "metrics": _rows(evaluate_recommender(model, split)),
+        }
+    for epsilon in epsilons:
+        settings = _quick(recommender_dp_settings(epsilon), quick)
+        plan = plan_dp(epsilon, len(dataset), split.train[schema.CUSTOMER].nunique(), settings)
+        with progress.step(f"recommender: {dp_run_name(epsilon)} (σ {plan.noise_multiplier:.3g})"):
+            dp = DPConfig(plan.noise_multiplier, settings.max_grad_norm, seed=seed)
+            model, segment = _fit_recommender(split, dataset, settings, seed, dp)
+            runs[dp_run_name(epsilon)] = {
+                "training": _settings(settings, len(dataset)),
+                "privacy": plan.spent(segment),
+                "metrics": _rows(evaluate_recommender(model, split)),
+            }
+    runs[STOREFRONT_ALONE] = _recommender_storefront_alone(split, histories, plain, seed, progress)
+    with progress.step("recommender: baselines"):
+        baselines = {
+            name: _rows(evaluate_next_basket(split, scores(split)))
+            for name, scores in NEXT_BASKET_BASELINES.items()
+        }
+    return {"runs": runs, "baselines": baselines}
+
+
+def _recommender_storefront_alone(
+    split: NextBasketSplit,
+    histories: dict,
+    settings: TrainingSettings,
+    seed: int,
+    progress: Progress,
+) -> dict[str, Any]:
+    """One model per storefront; each test customer is scored by their storefront's model,
+    so the pooled rows (overall, outside UK) mean "every storefront on its own"."""
+    homes = split.home_storefront
+    test_storefronts = split.test_storefronts()
+    scores = np.zeros((len(split.test_customers), len(split.items)), dtype=np.float32)
+    training: dict[str, Any] = {}
+    for storefront in homes.value_counts().index:
+        own = {c: h for c, h in histories.items() if homes.get(c) == storefront}
+        dataset = TrainingExamples(own, seed=seed)
+        rows = np.flatnonzero(test_storefronts == storefront)
+        if len(dataset) == 0 or rows.size == 0:
+            continue  # no customer to learn from, or none to score: nothing to compare
+        with progress.step(f"recommender: {STOREFRONT_ALONE} {storefront} ({len(dataset)})"):
+            model, _ = _fit_recommender(split, dataset, settings, seed)
+            test = EvaluationExamples(histories, split.test_baskets.iloc[rows], split.items)
+            scores[rows] = score_examples(model, test)
+        training[storefront] = _settings(settings, len(dataset))
+    scored = np.isin(test_storefronts, list(training))
+    table = evaluate_next_basket(split, scores)
+    if not scored.all():
+        # Customers of storefronts without a model would count as misses in pooled rows.
+        table = table.loc[list(training)]
+    return {"training": training, "metrics": _rows(table)}
+
+
+def _fit_recommender(
+    split: NextBasketSplit,
+    dataset: TrainingExamples,
+    settings: TrainingSettings,
+    seed: int,
+    dp: DPConfig | None = None,
+) -> tuple[NextBasketRecommender, DPSegment | None]:
+    """A fresh recommender trained on ``dataset``, and the DP segment it ran (or None)."""
+    torch.manual_seed(seed)
+    model = NextBasketRecommender(len(split.items))
+    result = train_recommender(
+        model,
+        dataset,
+        epochs=settings.epochs,
+        batch_size=settings.batch_size,
+        lr=settings.lr,
+        optimizer=settings.optimizer,
+        seed=seed,
+        dp=dp,
+    )
+    return model, result.dp_segment
+
+
+def compare_churn(
+    frame: pd.DataFrame, epsilons: Sequence[float], seed: int, quick: bool, progress: Progress
+) -> dict[str, Any]:
+    """Every churn run and baseline on the fixed holdout, as JSON-ready dicts."""
+    with progress.step("churn features, labels and holdout"):
+        data = churn_data(frame)
+        train, held_out = data.part(held_out=False), data.part(held_out=True)
+    runs: dict[str, Any] = {}
+    with progress.step(f"churn: {CENTRALIZED} (full-batch Adam)"):
+        model = train_centralized(train, seed=seed)
+        runs[CENTRALIZED] = {
+            "training": {"examples": len(train.labels), "full-batch": True},
+            "metrics": _rows(evaluate_churn(model, held_out)),
+        }
+    settings = _quick(CHURN_DP, quick)
+    for epsilon in epsilons:
+        plan = plan_dp(epsilon, len(train.labels), len(train.labels), settings)
+        with progress.step(f"churn: {dp_run_name(epsilon)} (σ {plan.noise_multiplier:.3g})"):
+            model, segment = _fit_churn_dp(train, settings, plan.noise_multiplier, seed)
+            runs[dp_run_name(epsilon)] = {
+                "training": _settings(settings, len(train.labels)),
+                "privacy": plan.spent(segment),
+                "metrics": _rows(evaluate_churn(model, held_out)),
+            }
+    alone: dict[str, Any] = {"training": {}, "metrics": {}}
+    for storefront in train.storefront.value_counts().index:
+        own_test = _churn_subset(held_out, held_out.storefront == storefront)
+        if own_test.labels.empty:
+            continue
+        own_train = _churn_subset(train, train.storefront == storefront)
+        with progress.step(f"churn: {STOREFRONT_ALONE} {storefront} ({len(own_train.labels)})"):
+            model = train_centralized(own_train, seed=seed)
+            alone["metrics"][storefront] = _rows(evaluate_churn(model, own_test))[storefront]
+        alone["training"][storefront] = {"examples": len(own_train.labels), "full-batch": True}
+    runs[STOREFRONT_ALONE] = alone
+    with progress.step("churn: baselines (5-fold CV on the whole population)"):
+        baselines = {
+            name: {metrics.OVERALL: _clean(row)}
+            for name, row in churn_baselines(data).to_dict(orient="index").items()
+        }
+    return {"runs": runs, "baselines": baselines}
+
+
+def _fit_churn_dp(
+    train: ChurnData, settings: TrainingSettings, noise_multiplier: float, seed: int
+) -> tuple[ChurnModel, DPSegment]:
+    """A fresh churn model trained with DP-SGD on ``train``, and the segment it ran."""
+    torch.manual_seed(seed)
+    model = ChurnModel()
+    optimizer = OPTIMIZERS[settings.optimizer](model.parameters(), lr=settings.lr)
+    with DPTrainingSession(
+        model,
+        optimizer,
+        churn_dataset(train),
+        batch_size=settings.batch_size,
+        noise_multiplier=noise_multiplier,
+        max_grad_norm=settings.max_grad_norm,
+        loss_fn=per_example_loss,
+        seed=seed,
+    ) as session:
+        for _ in range(settings.epochs):
+            session.run_epoch()
+        segment = session.segment()
+        trained = session.state_dict()
+    model.load_state_dict(trained)
+    return model, segment
+
+
+OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
+    "adam": torch.optim.Adam,
+    "sgd": lambda parameters, lr: torch.optim.SGD(parameters, lr=lr, momentum=0.9),
+}
+
+
+def _churn_subset(data: ChurnData, mask: pd.Series) -> ChurnData:
+    keep = mask.to_numpy()
+    return ChurnData(
+        cutoff=data.cutoff,
+        features=data.features[keep],
+        labels=data.labels[keep],
+        storefront=data.storefront[keep],
+        first_invoice=data.first_invoice[keep],
+        holdout=data.holdout[keep],
+    )
+
+
+@dataclass(frozen=True)
+class DPPlan:
+    """User-level DP for one centralized run, calibrated before it starts."""
+
+    target_epsilon: float
+    delta: float
+    sample_rate: float
+    planned_steps: int
+    noise_multiplier: float
+
+    def spent(self, segment: DPSegment | None) -> dict[str, Any]:
+        """The plan with what the training really ran and the ε recomputed from it."""
+        if segment is None:
+            raise RuntimeError("a DP run returned no DP segment")
+        return {
+            **asdict(self),
+            "steps": segment.steps,
+            "epsilon": epsilon_for([segment], self.delta),
+        }
+
+
+def plan_dp(
+    target_epsilon: float, n_examples: int, n_customers: int, settings: TrainingSettings
+) -> DPPlan:
+    """σ for ``settings.epochs`` epochs of Poisson batches at Opacus's real sample rate."""
+    delta = default_delta(n_customers)
+    rate = opacus_sample_rate(n_examples, settings.batch_size)
+    steps = settings.epochs * opacus_steps_per_epoch(n_examples, settings.batch_size)
+    sigma = calibrate_noise_multiplier(target_epsilon, delta, rate, steps)
+    return DPPlan(target_epsilon, delta, rate, steps, sigma)
+
+
+def recommender_dp_settings(epsilon: float) -> TrainingSettings:
+    """The tuned DP settings for ``epsilon`` (see :data:`RECOMMENDER_DP`)."""
+    tuned = sorted(RECOMMENDER_DP)
+    return RECOMMENDER_DP[next((e for e in tuned if e >= epsilon), tuned[-1])]
+
+
+def dp_run_name(epsilon: float) -> str:
+    """``centralized-dp-eps-8`` (integers without a decimal point)."""
+    return f"{CENTRALIZED}-dp-eps-{epsilon:g}"
+
+
+def _quick(settings: TrainingSettings, quick: bool) -> TrainingSettings:
+    if not quick:
+        return settings
+    return TrainingSettings(**{**asdict(settings), "epochs": QUICK_EPOCHS})
+
+
+def _settings(settings: TrainingSettings, examples: int) -> dict[str, Any]:
+    return {**asdict(settings), "examples": examples}
+
+
+def _rows(table: pd.DataFrame) -> dict[str, dict[str, float | None]]:
+    """Metric rows by group name, NaN (no AUC on one-class groups) as None."""
+    return {str(name): _clean(row) for name, row in table.to_dict(orient="index").items()}
+
+
+def _clean(row: dict[str, Any]) -> dict[str, float | None]:
+    return {
+        str(key): None if isinstance(value, float) and math.isnan(value) else float(value)
+        for key, value in row.items()
+    }
+
+
+def comparison_markdown(result: dict[str, Any]) -> str:
+    """Tables side by side, one per model and metric: groups (overall, outside UK,
+    storefronts) down, runs and baselines across; ``—`` where a run has no such row."""
+    sections = ["# Centralized, DP and storefront-alone reference runs\n"]
+    for model, names in (("recommender", RECOMMENDER_METRICS), ("churn", CHURN_METRICS)):
+        columns = {**result[model]["runs"], **result[model]["baselines"]}
+        groups: list[str] = []
+        for run in columns.values():
+            rows = run.get("metrics", run)
+            groups += [g for g in rows if g not in groups]
+        sizes = result[model]["runs"][CENTRALIZED]["metrics"]
+        for name in names:
+            header = ["group", "customers", *columns]
+            lines = [
+                f"\n## {model}: {name}\n",
+                "| " + " | ".join(header) + " |",
+                "|" + "---|" * len(header),
+            ]
+            for group in groups:
+                customers = sizes.get(group, {}).get("customers")
+                cells = [group, "—" if customers is None else f"{customers:.0f}"]
+                for run in columns.values():
+                    value = run.get("metrics", run).get(group, {}).get(name)
+                    cells.append("—" if value is None else f"{value:.3f}")
+                lines.append("| " + " | ".join(cells) + " |")
+            sections.append("\n".join(lines) + "\n")
+    sections.append(_privacy_table(result))
+    return "\n".join(sections)
+
+
+def _privacy_table(result: dict[str, Any]) -> str:
+    lines = [
+        "\n## privacy of the centralized DP runs\n",
+        "| model | run | target ε | ε (recomputed) | δ | σ | sample rate | steps |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for model in ("recommender", "churn"):
+        for name, run in result[model]["runs"].items():
+            if "privacy" in run:
+                p = run["privacy"]
+                lines.append(
+                    f"| {model} | {name} | {p['target_epsilon']:g} | {p['epsilon']:.3f} | "
+                    f"{p['delta']:.2g} | {p['noise_multiplier']:.3f} | {p['sample_rate']:.4f} | "
+                    f"{p['steps']} |"
+                )
+    return "\n".join(lines) + "\n"
+
+
+def epsilon_list(text: str) -> tuple[float, ...]:
+    """An argparse type: comma-separated ε targets, each finite and > 0 (``1,3,8``)."""
+    try:
+        values = tuple(float(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"not a comma-separated list of numbers: {text!r}"
+        ) from None
+    if not all(0 < value < float("inf") for value in values):
+        raise argparse.ArgumentTypeError(f"every ε must be finite and > 0, got {text!r}")
+    return values
+
+
+def add_compare_arguments(parser: argparse.ArgumentParser) -> None:
+    """Declare ``compare --out DIR [--epsilons 1,3,8] [--seed 0] [--quick]``."""
+    parser.add_argument("--out", type=Path, required=True, help="directory for the results")
+    parser.add_argument(
+        "--epsilons",
+        type=epsilon_list,
+        default=DEFAULT_EPSILONS,
+        help="target ε of the centralized DP runs (default 1,3,8)",
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--quick", action="store_true", help="few epochs (smoke test)")
+
+
+def run_compare(args: argparse.Namespace) -> int:
+    """Centralized (plain and DP) and storefront-alone training of both models on the
+    bundled data; print the Markdown tables."""
+    # One thread: these small models gain nothing from a second one on a shared 2-core box.
+    torch.set_num_threads(1)
+    progress = Progress()
+    with tempfile.TemporaryDirectory() as key_dir, progress.step(f"ingest {BUNDLED_DATA.name}"):
+        # A throwaway key: the comparison needs pseudonymous tokens, never a stable mapping.
+        key_path = Path(key_dir) / "compare.key"
+        generate_key(key_path)
+        frame, _ = ingest_table(BUNDLED_DATA, load_key(key_path))
+    run_comparison(
+        frame,
+        args.out,
+        epsilons=args.epsilons,
+        seed=args.seed,
+        quick=args.quick,
+        progress=progress,
+    )
+    print((args.out / COMPARISON_MARKDOWN).read_text(), end="")
+    return 0

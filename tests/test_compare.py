@@ -1,0 +1,90 @@
+"""Centralized, DP and storefront-alone comparison runs (quick mode, small synthetic data)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from models import metrics, schema
+from models.baselines import NEXT_BASKET_BASELINES, OUTSIDE_UK
+from simulations.compare import (
+    CENTRALIZED,
+    COMPARISON_JSON,
+    COMPARISON_MARKDOWN,
+    STOREFRONT_ALONE,
+    dp_run_name,
+    run_comparison,
+)
+from simulations.storefronts import assign_storefronts
+from simulations.synthetic import generate_orders
+
+EPSILONS = (1.0, 8.0)
+
+# The shared fixture trains every run once (about 7 s on 2 busy cores).
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def comparison(tmp_path_factory: pytest.TempPathFactory):
+    frame = generate_orders(n_storefronts=3, n_customers=300, n_items=60, seed=0)
+    out_dir = tmp_path_factory.mktemp("compare")
+    result = run_comparison(frame, out_dir, epsilons=EPSILONS, seed=0, quick=True)
+    storefronts = set(assign_storefronts(frame)[schema.STOREFRONT])
+    return result, out_dir, storefronts
+
+
+def test_json_on_disk_is_the_result_with_every_run(comparison) -> None:
+    result, out_dir, _ = comparison
+    assert json.loads((out_dir / COMPARISON_JSON).read_text()) == result
+    expected_runs = {CENTRALIZED, STOREFRONT_ALONE, *(dp_run_name(e) for e in EPSILONS)}
+    for model in ("recommender", "churn"):
+        assert set(result[model]["runs"]) == expected_runs
+    assert set(result["recommender"]["baselines"]) == set(NEXT_BASKET_BASELINES)
+    overall = result["recommender"]["runs"][CENTRALIZED]["metrics"][metrics.OVERALL]
+    assert set(overall) == {"customers", "hr@10", "recall@10", "ndcg@10"}
+    assert 0 < overall["ndcg@10"] <= 1
+    assert OUTSIDE_UK in result["recommender"]["runs"][CENTRALIZED]["metrics"]
+    churn = result["churn"]["runs"][CENTRALIZED]["metrics"][metrics.OVERALL]
+    assert {"roc-auc", "pr-auc", "brier"} <= set(churn)
+    assert 0 <= churn["brier"] <= 1
+
+
+def test_dp_runs_spend_close_to_but_not_over_their_target(comparison) -> None:
+    result, _, _ = comparison
+    for model in ("recommender", "churn"):
+        for epsilon in EPSILONS:
+            privacy = result[model]["runs"][dp_run_name(epsilon)]["privacy"]
+            assert privacy["target_epsilon"] == epsilon
+            assert privacy["steps"] == privacy["planned_steps"] > 0
+            assert 0.9 * epsilon <= privacy["epsilon"] <= epsilon
+            assert 0 < privacy["delta"] <= 1e-5
+        sigmas = [result[model]["runs"][dp_run_name(e)]["privacy"] for e in EPSILONS]
+        assert sigmas[0]["noise_multiplier"] > sigmas[1]["noise_multiplier"]
+
+
+def test_every_storefront_has_its_rows(comparison) -> None:
+    result, _, storefronts = comparison
+    assert len(storefronts) >= 2
+    for model in ("recommender", "churn"):
+        runs = result[model]["runs"]
+        for name in (CENTRALIZED, dp_run_name(EPSILONS[0]), STOREFRONT_ALONE):
+            assert storefronts <= set(runs[name]["metrics"]), (model, name)
+        alone = runs[STOREFRONT_ALONE]["training"]
+        assert set(alone) == storefronts
+        # Each storefront-alone model saw only its own customers: fewer than all of them.
+        total = runs[CENTRALIZED]["training"]["examples"]
+        assert sum(part["examples"] for part in alone.values()) == total
+        assert all(0 < part["examples"] < total for part in alone.values())
+
+
+def test_markdown_puts_runs_and_baselines_side_by_side(comparison) -> None:
+    _, out_dir, storefronts = comparison
+    text = Path(out_dir / COMPARISON_MARKDOWN).read_text()
+    header = next(line for line in text.splitlines() if line.startswith("| group"))
+    for column in (CENTRALIZED, dp_run_name(1.0), dp_run_name(8.0), STOREFRONT_ALONE):
+        assert f" {column} |" in header
+    for storefront in storefronts:
+        assert f"| {storefront} |" in text
+    assert "privacy of the centralized DP runs" in text
