@@ -32,6 +32,7 @@ from privacy.pseudonymise import KeyFileError
 from server.bundle import BUNDLE_DIR
 from server.checkpoint import CHECKPOINT_DIR
 from server.server_app import RESOLVED_CONFIG, ROUNDS_LOG
+from simulations.compare import add_compare_arguments, run_compare
 from simulations.privacy_report import (
     PRIVACY_REPORT,
     SITES_DIR,
@@ -491,6 +492,13 @@ COMMANDS: list[Command] = [
         "split the bundled data into storefronts and print the summary",
         add_storefronts_arguments,
         run_storefronts,
+    ),
+    Command(
+        "compare",
+        "centralized (plain and DP) and storefront-alone training on the bundled data,"
+        " side by side with the baselines",
+        add_compare_arguments,
+        run_compare,
     ),
     Command(
         "synth",
