@@ -23,7 +23,8 @@ import argparse
 import json
 import math
 import tempfile
-from collections.abc import Callable, Sequence
+import warnings
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -43,7 +44,12 @@ from models.churn import (
     train_centralized,
 )
 from models.churn_protocol import ChurnData, churn_data
-from models.nextbasket_features import EvaluationExamples, TrainingExamples, build_histories
+from models.nextbasket_features import (
+    CustomerHistory,
+    EvaluationExamples,
+    TrainingExamples,
+    build_histories,
+)
 from models.nextbasket_protocol import NextBasketSplit, split_next_basket
 from models.recommender import (
     DPConfig,
@@ -182,7 +188,7 @@ def compare_recommender(
 
 def _recommender_storefront_alone(
     split: NextBasketSplit,
-    histories: dict,
+    histories: Mapping[str, CustomerHistory],
     settings: TrainingSettings,
     seed: int,
     progress: Progress,
@@ -465,6 +471,9 @@ def run_compare(args: argparse.Namespace) -> int:
     bundled data; print the Markdown tables."""
     # One thread: these small models gain nothing from a second one on a shared 2-core box.
     torch.set_num_threads(1)
+    # Opacus's hooks warn on every DP step that the recommender's inputs need no gradient,
+    # which is by design (grads are per-example weights only); keep stderr to progress.
+    warnings.filterwarnings("ignore", message="Full backward hook is firing")
     progress = Progress()
     with tempfile.TemporaryDirectory() as key_dir, progress.step(f"ingest {BUNDLED_DATA.name}"):
         # A throwaway key: the comparison needs pseudonymous tokens, never a stable mapping.

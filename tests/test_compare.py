@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from models import metrics, schema
 from models.baselines import NEXT_BASKET_BASELINES, OUTSIDE_UK
@@ -30,7 +31,12 @@ pytestmark = pytest.mark.slow
 def comparison(tmp_path_factory: pytest.TempPathFactory):
     frame = generate_orders(n_storefronts=3, n_customers=300, n_items=60, seed=0)
     out_dir = tmp_path_factory.mktemp("compare")
-    result = run_comparison(frame, out_dir, epsilons=EPSILONS, seed=0, quick=True)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as `fedshop-sim compare` does: tiny models, busy cores
+    try:
+        result = run_comparison(frame, out_dir, epsilons=EPSILONS, seed=0, quick=True)
+    finally:
+        torch.set_num_threads(threads)
     storefronts = set(assign_storefronts(frame)[schema.STOREFRONT])
     return result, out_dir, storefronts
 
