@@ -10,6 +10,7 @@ import torch
 
 from models import metrics, schema
 from models.baselines import NEXT_BASKET_BASELINES, OUTSIDE_UK
+from simulations import cli
 from simulations.compare import (
     CENTRALIZED,
     COMPARISON_JSON,
@@ -94,3 +95,12 @@ def test_markdown_puts_runs_and_baselines_side_by_side(comparison) -> None:
     for storefront in storefronts:
         assert f"| {storefront} |" in text
     assert "privacy of the centralized DP runs" in text
+
+
+@pytest.mark.parametrize("epsilons", ["1,-3", "1,inf", "one"])
+def test_command_refuses_bad_epsilons(epsilons: str, tmp_path: Path, capsys) -> None:
+    with pytest.raises(SystemExit) as stopped:
+        cli.main(["compare", "--out", str(tmp_path), "--epsilons", epsilons])
+    assert stopped.value.code == cli.EXIT_USAGE
+    assert "--epsilons" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
