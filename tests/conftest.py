@@ -1,7 +1,11 @@
-"""Shared fixtures: the bundled data file and its ingested canonical frame (once per session)."""
+"""Shared fixtures: the bundled data file and its ingested canonical frame, and one small
+real federated run through ``fedshop-sim run`` (each once per session)."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -59,3 +63,39 @@ def retail_csv(tmp_path: Path):
         return path
 
     return write
+
+
+# One small real federated run, shared by the runner and report tests: ``fedshop-sim run
+# --synthetic`` through the installed console script — two synthetic storefronts, both
+# models, two rounds at ε = 3, through the real ``flwr run`` and its managed local
+# SuperLink. The run directory's name holds a space and a quote, so the run config's
+# paths must survive the way they are handed to Flower.
+SIMULATION_STOREFRONTS = 2
+SIMULATION_ROUNDS = 2
+SIMULATION_EPSILON = 3.0
+
+
+@dataclass(frozen=True)
+class SimulationRun:
+    """The run directory of the shared run and what the console script printed."""
+
+    run_dir: Path
+    result: subprocess.CompletedProcess[str]
+
+
+@pytest.fixture(scope="session")
+def synthetic_run(tmp_path_factory: pytest.TempPathFactory) -> SimulationRun:
+    """The shared small federated run (see above); check ``result.returncode`` first."""
+    run_dir = tmp_path_factory.mktemp("simulation") / "run 'one'"
+    command = [
+        str(Path(sys.executable).parent / "fedshop-sim"),
+        "run",
+        "--synthetic",
+        *("--synthetic-storefronts", str(SIMULATION_STOREFRONTS)),
+        *("--synthetic-customers", "150", "--synthetic-items", "80", "--seed", "3"),
+        *("--out", str(run_dir), "--models", "churn,recommender"),
+        *("--rounds", str(SIMULATION_ROUNDS), "--epsilon", str(SIMULATION_EPSILON)),
+        *("--batch-size", "32"),
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
+    return SimulationRun(run_dir, result)
