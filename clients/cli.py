@@ -13,20 +13,17 @@ because a library's message may quote a raw cell.
 from __future__ import annotations
 
 import argparse
-import sys
-import traceback
 from collections.abc import Callable
 from pathlib import Path
 
 from clients import join
 from clients.adapters import ADAPTERS, ColumnMapping, load_mapping
+from clients.command_line import run_handler
 from clients.errors import IngestError
 from clients.ingest import ORDERS_FILE, REPORT_FILE, IngestReport, prepare_export
 from privacy.pseudonymise import KeyFileError, generate_key
 
 PROG = "fedshop-site"
-EXIT_USAGE = 2
-EXIT_INTERNAL = 1
 
 
 class CommandError(Exception):
@@ -110,6 +107,9 @@ def summarise(report: IngestReport, out_dir: Path) -> str:
     return "\n".join(lines)
 
 
+USER_ERRORS: tuple[type[Exception], ...] = (CommandError, IngestError, KeyFileError, join.JoinError)
+"""Exceptions that mean bad input, not a bug: shown as one line with exit code 2."""
+
 SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     add_keygen_parser,
     add_prepare_parser,
@@ -133,24 +133,4 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run ``fedshop-site``; returns the exit code (0 ok, 2 bad input or usage, 1 a bug)."""
     args = build_parser().parse_args(argv)
-    try:
-        return args.handler(args)
-    except (CommandError, IngestError, KeyFileError, join.JoinError) as error:
-        return _fail(str(error))
-    except OSError as error:
-        target = f"{error.filename}: " if error.filename else ""
-        return _fail(f"{target}{error.strerror or type(error).__name__}")
-    except Exception as error:
-        # a bug, not bad input; its message may quote a raw cell (a customer id), so only
-        # its type and place are shown
-        where = traceback.extract_tb(error.__traceback__)[-1]
-        return _fail(
-            f"internal error {type(error).__name__} at {Path(where.filename).name}:"
-            f"{where.lineno} (details withheld: they may quote raw data)",
-            EXIT_INTERNAL,
-        )
-
-
-def _fail(message: str, code: int = EXIT_USAGE) -> int:
-    print(f"{PROG}: error: {' '.join(message.split())}", file=sys.stderr)
-    return code
+    return run_handler(PROG, args, USER_ERRORS, withhold_internal_errors=True)

@@ -14,9 +14,9 @@ Bad input ends with one line ``fedshop-server: error: ...`` and exit code 2, nev
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
+from clients.command_line import run_handler
 from server.certificates import CredentialsError, credential_paths, issue_credentials
 from server.deployment import (
     APP_DIR,
@@ -29,7 +29,6 @@ from server.deployment import (
 )
 
 PROG = "fedshop-server"
-EXIT_USAGE = 2
 
 
 def add_certs_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -142,16 +141,4 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run ``fedshop-server``; returns the exit code (0 ok, 2 bad input or usage)."""
-    args = build_parser().parse_args(argv)
-    try:
-        return args.handler(args)
-    except (CredentialsError, DeploymentError) as error:
-        return _fail(str(error))
-    except OSError as error:
-        target = f"{error.filename}: " if error.filename else ""
-        return _fail(f"{target}{error.strerror or type(error).__name__}")
-
-
-def _fail(message: str) -> int:
-    print(f"{PROG}: error: {' '.join(message.split())}", file=sys.stderr)
-    return EXIT_USAGE
+    return run_handler(PROG, build_parser().parse_args(argv), (CredentialsError, DeploymentError))

@@ -27,6 +27,7 @@ from typing import Any
 
 import pandas as pd
 
+from clients.command_line import run_handler
 from clients.errors import IngestError
 from privacy.pseudonymise import KeyFileError
 from server.bundle import BUNDLE_DIR
@@ -65,7 +66,6 @@ from simulations.storefronts import (
 from simulations.synthetic import generate_orders
 
 PROG = "fedshop-sim"
-EXIT_USAGE = 2
 DEFAULT_MAIN_OUT = Path("runs/main")
 STOREFRONTS_DIR = "storefronts"
 """Subdirectory of a main run that holds its storefront split."""
@@ -528,19 +528,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run ``fedshop-sim``; returns the exit code (0 ok, 2 bad input or usage)."""
-    args = build_parser().parse_args(argv)
-    try:
-        return args.handler(args)
-    except USER_ERRORS as error:
-        return _fail(str(error))
-    except OSError as error:
-        target = f"{error.filename}: " if error.filename else ""
-        return _fail(f"{target}{error.strerror or type(error).__name__}")
-
-
-def _fail(message: str) -> int:
-    print(f"{PROG}: error: {' '.join(message.split())}", file=sys.stderr)
-    return EXIT_USAGE
+    return run_handler(PROG, build_parser().parse_args(argv), USER_ERRORS)
 
 
 if __name__ == "__main__":

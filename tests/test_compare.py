@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from clients.command_line import EXIT_USAGE
 from models import metrics, schema
 from models.baselines import NEXT_BASKET_BASELINES, OUTSIDE_UK
 from simulations import cli
@@ -101,6 +102,6 @@ def test_markdown_puts_runs_and_baselines_side_by_side(comparison) -> None:
 def test_command_refuses_bad_epsilons(epsilons: str, tmp_path: Path, capsys) -> None:
     with pytest.raises(SystemExit) as stopped:
         cli.main(["compare", "--out", str(tmp_path), "--epsilons", epsilons])
-    assert stopped.value.code == cli.EXIT_USAGE
+    assert stopped.value.code == EXIT_USAGE
     assert "--epsilons" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())
