@@ -80,7 +80,10 @@ class ChurnData:
 
     def part(self, held_out: bool) -> ChurnData:
         """The held-out customers (True) or the training customers (False)."""
-        keep = self.holdout.to_numpy() == held_out
+        return self.subset(self.holdout.to_numpy() == held_out)
+
+    def subset(self, keep: np.ndarray) -> ChurnData:
+        """The customers where the boolean array ``keep`` (in customer order) is True."""
         return ChurnData(
             cutoff=self.cutoff,
             features=self.features[keep],

@@ -267,10 +267,10 @@ def compare_churn(
             }
     alone: dict[str, Any] = {"training": {}, "metrics": {}}
     for storefront in train.storefront.value_counts().index:
-        own_test = _churn_subset(held_out, held_out.storefront == storefront)
+        own_test = held_out.subset((held_out.storefront == storefront).to_numpy())
         if own_test.labels.empty:
             continue
-        own_train = _churn_subset(train, train.storefront == storefront)
+        own_train = train.subset((train.storefront == storefront).to_numpy())
         with progress.step(f"churn: {STOREFRONT_ALONE} {storefront} ({len(own_train.labels)})"):
             model = train_centralized(own_train, seed=seed)
             alone["metrics"][storefront] = _rows(evaluate_churn(model, own_test))[storefront]
@@ -313,18 +313,6 @@ OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
     "adam": torch.optim.Adam,
     "sgd": lambda parameters, lr: torch.optim.SGD(parameters, lr=lr, momentum=0.9),
 }
-
-
-def _churn_subset(data: ChurnData, mask: pd.Series) -> ChurnData:
-    keep = mask.to_numpy()
-    return ChurnData(
-        cutoff=data.cutoff,
-        features=data.features[keep],
-        labels=data.labels[keep],
-        storefront=data.storefront[keep],
-        first_invoice=data.first_invoice[keep],
-        holdout=data.holdout[keep],
-    )
 
 
 @dataclass(frozen=True)
