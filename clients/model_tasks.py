@@ -27,12 +27,17 @@ from torch.utils.data import DataLoader, Dataset
 
 from clients import messages as wire
 from models import metrics
-from models.churn import ChurnModel, churn_dataset, per_example_loss, predict_churn, train_churn
+from models.churn import (
+    ChurnModel,
+    churn_dataset,
+    predict_churn,
+    train_churn,
+    train_churn_private,
+)
 from models.churn_protocol import ChurnData, churn_data
 from models.nextbasket_features import EvaluationExamples, TrainingExamples, build_histories
 from models.nextbasket_protocol import split_next_basket
 from models.recommender import DPConfig, NextBasketRecommender, score_examples, train_recommender
-from privacy.dp import DPTrainingSession
 
 Config = Mapping[str, Any]
 TOP_K = 10
@@ -165,24 +170,23 @@ def build_churn(config: Config) -> nn.Module:
 
 
 def train_churn_round(module: nn.Module, dataset: Dataset, plan: LocalTraining) -> LocalResult:
-    """SGD on the churn loss; DP-SGD (:class:`privacy.dp.DPTrainingSession`) when σ is given."""
+    """SGD on the churn loss; DP-SGD (:func:`models.churn.train_churn_private`) when σ is given."""
     optimizer = torch.optim.SGD(module.parameters(), lr=plan.learning_rate)
     if plan.noise_multiplier is None:
         generator = torch.Generator().manual_seed(plan.seed) if plan.seed is not None else None
         loader = DataLoader(dataset, batch_size=plan.batch_size, shuffle=True, generator=generator)
         return LocalResult(_mean(train_churn(module, loader, optimizer, plan.epochs)), 0)
-    with DPTrainingSession(
+    losses, segment = train_churn_private(
         module,
-        optimizer,
         dataset,
+        optimizer,
+        epochs=plan.epochs,
         batch_size=plan.batch_size,
         noise_multiplier=plan.noise_multiplier,
         max_grad_norm=plan.max_grad_norm,
-        loss_fn=per_example_loss,
         seed=plan.seed,
-    ) as session:
-        losses = [session.run_epoch() for _ in range(plan.epochs)]
-        return LocalResult(_mean(losses), session.steps_taken)
+    )
+    return LocalResult(_mean(losses), segment.steps)
 
 
 def evaluate_churn_site(module: nn.Module, held_out: ChurnData) -> dict[str, Any]:

@@ -29,6 +29,7 @@ from torch.utils.data import TensorDataset
 
 from models import metrics
 from models.churn_protocol import FEATURES, ChurnData
+from privacy.accountant import DPSegment
 
 LOG_FEATURE_MEAN: tuple[float, ...] = (4.0, 5.0, 1.2, 6.4, 3.4, 3.6, 5.6, 0.3, 0.6)
 """Shift of log1p(feature), in the order of :data:`models.churn_protocol.FEATURES`."""
@@ -104,6 +105,44 @@ def train_churn(
             examples += loss.numel()
         epoch_losses.append(total / examples)
     return epoch_losses
+
+
+def train_churn_private(
+    model: nn.Module,
+    dataset: TensorDataset,
+    optimizer: torch.optim.Optimizer,
+    *,
+    epochs: int,
+    batch_size: int,
+    noise_multiplier: float,
+    max_grad_norm: float,
+    seed: int | None = None,
+) -> tuple[list[float], DPSegment]:
+    """User-level DP-SGD on :func:`per_example_loss` (Opacus, via
+    :class:`privacy.dp.DPTrainingSession`): Poisson sampling over customers, per-example
+    clipping to ``max_grad_norm``, Gaussian noise σ = ``noise_multiplier`` (calibrated by
+    the caller for the whole planned training). ``model`` ends with the trained weights.
+
+    Returns:
+        The mean loss of each epoch, and the DP segment actually run (for the ledger).
+    """
+    from privacy.dp import DPTrainingSession  # Opacus only where DP training happens
+
+    with DPTrainingSession(
+        model,
+        optimizer,
+        dataset,
+        batch_size=batch_size,
+        noise_multiplier=noise_multiplier,
+        max_grad_norm=max_grad_norm,
+        loss_fn=per_example_loss,
+        seed=seed,
+    ) as session:
+        losses = [session.run_epoch() for _ in range(epochs)]
+        segment = session.segment()
+        trained = session.state_dict()
+    model.load_state_dict(trained)
+    return losses, segment
 
 
 def train_centralized(data: ChurnData, seed: int = 0) -> ChurnModel:

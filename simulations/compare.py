@@ -40,8 +40,8 @@ from models.churn import (
     ChurnModel,
     churn_dataset,
     evaluate_churn,
-    per_example_loss,
     train_centralized,
+    train_churn_private,
 )
 from models.churn_protocol import ChurnData, churn_data
 from models.nextbasket_features import (
@@ -67,7 +67,6 @@ from privacy.accountant import (
     opacus_steps_per_epoch,
 )
 from privacy.atomic_files import atomic_write
-from privacy.dp import DPTrainingSession
 from privacy.pseudonymise import generate_key, load_key
 from simulations.progress import SILENT, Progress
 from simulations.storefronts import BUNDLED_DATA, DEFAULT_MIN_CUSTOMERS, assign_storefronts
@@ -291,21 +290,16 @@ def _fit_churn_dp(
     torch.manual_seed(seed)
     model = ChurnModel()
     optimizer = OPTIMIZERS[settings.optimizer](model.parameters(), lr=settings.lr)
-    with DPTrainingSession(
+    _, segment = train_churn_private(
         model,
-        optimizer,
         churn_dataset(train),
+        optimizer,
+        epochs=settings.epochs,
         batch_size=settings.batch_size,
         noise_multiplier=noise_multiplier,
         max_grad_norm=settings.max_grad_norm,
-        loss_fn=per_example_loss,
         seed=seed,
-    ) as session:
-        for _ in range(settings.epochs):
-            session.run_epoch()
-        segment = session.segment()
-        trained = session.state_dict()
-    model.load_state_dict(trained)
+    )
     return model, segment
 
 
