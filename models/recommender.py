@@ -38,9 +38,8 @@ from models.nextbasket_features import (
     collate_examples,
 )
 from models.nextbasket_protocol import NextBasketSplit
+from models.optimizers import build_optimizer
 from privacy.accountant import DPSegment
-
-OPTIMIZERS = ("adam", "sgd")
 
 
 class ItemBias(nn.Module):
@@ -174,16 +173,18 @@ def train_recommender(
     epochs: int,
     batch_size: int,
     lr: float,
-    weight_decay: float = 0.0,
     optimizer: str = "adam",
+    proximal_mu: float = 0.0,
     seed: int = 0,
     dp: DPConfig | None = None,
 ) -> TrainingResult:
     """Train ``model`` in place on one-example-per-customer ``dataset``.
 
-    ``optimizer`` is ``"adam"`` or ``"sgd"`` (momentum 0.9). Under DP, SGD does not rescale
-    each coordinate by its own noisy second moment, which matters for the many rare-item
-    biases whose gradients are mostly noise.
+    ``optimizer`` names one of :data:`models.optimizers.OPTIMIZERS`. Under DP, SGD with
+    momentum does better than Adam, which rescales each coordinate by its own noisy second
+    moment — bad for the many rare-item biases whose gradients are mostly noise.
+    ``proximal_mu > 0`` adds FedProx's proximal step towards the starting weights
+    (:func:`models.optimizers.build_optimizer`).
 
     Without ``dp``: shuffled mini-batches. With ``dp``: Opacus DP-SGD through
     :class:`privacy.dp.DPTrainingSession` (Poisson sampling at rate 1/⌈n/B⌉, per-example
@@ -193,14 +194,7 @@ def train_recommender(
     Each epoch draws fresh target invoices (``dataset.set_epoch``).
     """
     result = TrainingResult()
-    if optimizer not in OPTIMIZERS:
-        raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
-    if optimizer == "adam":
-        torch_optimizer = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
-    else:
-        torch_optimizer = torch.optim.SGD(
-            model.parameters(), lr=lr, momentum=0.9, weight_decay=weight_decay
-        )
+    torch_optimizer = build_optimizer(optimizer, model.parameters(), lr, proximal_mu=proximal_mu)
     if dp is None:
         generator = torch.Generator().manual_seed(seed)
         loader = DataLoader(
