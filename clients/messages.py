@@ -40,15 +40,20 @@ TRAIN_METRIC_KEYS: frozenset[str] = frozenset({NUM_EXAMPLES, TRAIN_LOSS, EPSILON
 STOREFRONT = "storefront"
 SITE_KEYS: frozenset[str] = frozenset({STOREFRONT})
 
-# Train-message config keys set by the server: the site's training plan, copied from the
-# run config (same names), then the model and round bookkeeping.
+# Train-message config keys set by the server: the site's training plan for the model,
+# copied from the run config's per-model table (``recommender.learning-rate`` is sent as
+# ``learning-rate`` with the recommender's messages), the shared ε budget, then the model
+# and round bookkeeping.
 LOCAL_EPOCHS = "local-epochs"
+OPTIMIZER = "optimizer"
+"""A name of :data:`models.optimizers.OPTIMIZERS`."""
 LEARNING_RATE = "learning-rate"
 BATCH_SIZE = "batch-size"
+MAX_GRAD_NORM = "max-grad-norm"
+MODEL_TRAINING_KEYS = (LOCAL_EPOCHS, OPTIMIZER, LEARNING_RATE, BATCH_SIZE, MAX_GRAD_NORM)
+"""The training-plan keys every model has its own value of."""
 EPSILON_BUDGET = "epsilon"
 """The site's ε budget per model; 0 or negative trains without DP (reported ε = inf)."""
-MAX_GRAD_NORM = "max-grad-norm"
-TRAINING_PLAN_KEYS = (LOCAL_EPOCHS, LEARNING_RATE, BATCH_SIZE, EPSILON_BUDGET, MAX_GRAD_NORM)
 MODEL = "model"
 CATALOGUE = "catalogue"
 """The recommender's item catalogue (list of item ids, position = output index); it is

@@ -37,6 +37,7 @@ from models.churn import (
 from models.churn_protocol import ChurnData, churn_data
 from models.nextbasket_features import EvaluationExamples, TrainingExamples, build_histories
 from models.nextbasket_protocol import split_next_basket
+from models.optimizers import build_optimizer
 from models.recommender import DPConfig, NextBasketRecommender, score_examples, train_recommender
 
 Config = Mapping[str, Any]
@@ -59,7 +60,11 @@ class LocalTraining:
 
     epochs: int
     batch_size: int
+    optimizer: str
+    """A name of :data:`models.optimizers.OPTIMIZERS`."""
     learning_rate: float
+    proximal_mu: float
+    """FedProx's μ (0: plain local training); see :mod:`models.optimizers`."""
     max_grad_norm: float
     noise_multiplier: float | None
     """σ of DP-SGD; ``None`` trains without DP."""
@@ -118,7 +123,7 @@ def build_recommender(config: Config) -> nn.Module:
 def train_recommender_round(
     module: nn.Module, dataset: Dataset, plan: LocalTraining
 ) -> LocalResult:
-    """The recommender's own loop (Adam; DP-SGD when σ is given)."""
+    """The recommender's own loop (DP-SGD when σ is given)."""
     dp = None
     if plan.noise_multiplier is not None:
         dp = DPConfig(plan.noise_multiplier, plan.max_grad_norm, seed=plan.seed)
@@ -128,6 +133,8 @@ def train_recommender_round(
         epochs=plan.epochs,
         batch_size=plan.batch_size,
         lr=plan.learning_rate,
+        optimizer=plan.optimizer,
+        proximal_mu=plan.proximal_mu,
         seed=plan.seed or 0,
         dp=dp,
     )
@@ -170,8 +177,10 @@ def build_churn(config: Config) -> nn.Module:
 
 
 def train_churn_round(module: nn.Module, dataset: Dataset, plan: LocalTraining) -> LocalResult:
-    """SGD on the churn loss; DP-SGD (:func:`models.churn.train_churn_private`) when σ is given."""
-    optimizer = torch.optim.SGD(module.parameters(), lr=plan.learning_rate)
+    """The churn loss; DP-SGD (:func:`models.churn.train_churn_private`) when σ is given."""
+    optimizer = build_optimizer(
+        plan.optimizer, module.parameters(), plan.learning_rate, proximal_mu=plan.proximal_mu
+    )
     if plan.noise_multiplier is None:
         generator = torch.Generator().manual_seed(plan.seed) if plan.seed is not None else None
         loader = DataLoader(dataset, batch_size=plan.batch_size, shuffle=True, generator=generator)

@@ -115,12 +115,15 @@ class TrainingPlan:
 
     model: str
     local_epochs: int
+    optimizer: str
     learning_rate: float
     batch_size: int
     epsilon_budget: float
     max_grad_norm: float
     planned_rounds: int
     server_round: int
+    proximal_mu: float
+    """FedProx's μ; 0 unless the server runs FedProx."""
 
     @property
     def private(self) -> bool:
@@ -133,12 +136,14 @@ class TrainingPlan:
         return cls(
             model=str(config[wire.MODEL]),
             local_epochs=int(config[wire.LOCAL_EPOCHS]),
+            optimizer=str(config[wire.OPTIMIZER]),
             learning_rate=float(config[wire.LEARNING_RATE]),
             batch_size=int(config[wire.BATCH_SIZE]),
             epsilon_budget=float(config[wire.EPSILON_BUDGET]),
             max_grad_norm=float(config[wire.MAX_GRAD_NORM]),
             planned_rounds=int(config[wire.PLANNED_ROUNDS]),
             server_round=int(config[wire.SERVER_ROUND]),
+            proximal_mu=float(config.get(wire.PROXIMAL_MU, 0.0)),
         )
 
 
@@ -182,7 +187,9 @@ def train_round(msg: Message, context: Context) -> Message:
     local = LocalTraining(
         epochs=plan.local_epochs,
         batch_size=plan.batch_size,
+        optimizer=plan.optimizer,
         learning_rate=plan.learning_rate,
+        proximal_mu=plan.proximal_mu,
         max_grad_norm=plan.max_grad_norm,
         noise_multiplier=noise_multiplier,
         seed=_simulation_seed(context, plan.server_round) if location.simulated else None,

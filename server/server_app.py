@@ -7,6 +7,11 @@ per-round log ``rounds.jsonl``; started again with the same ``run-dir`` it conti
 at the next round of the model it was training. At the end it exports the model
 bundle (:mod:`server.bundle`).
 
+Each model has its own local-training settings (optimizer, learning rate, batch size,
+clipping norm, local epochs) in its run-config table, ``[tool.flwr.app.config.<model>]``
+(:func:`model_training_plan`): DP-SGD's best settings differ a lot between the
+recommender's thousands of item biases and the churn model's 89 weights.
+
 What each model needs on the server (initial weights, evaluation pooling, bundle
 artefacts) is a :class:`ModelSpec` in :data:`MODEL_SPECS`.
 """
@@ -31,6 +36,7 @@ from clients import messages as wire
 from models.churn import LOG_FEATURE_MEAN, LOG_FEATURE_STD, ChurnModel
 from models.churn_protocol import FEATURES
 from models.nextbasket_features import FEATURE_NAMES
+from models.optimizers import OPTIMIZERS
 from models.recommender import NextBasketRecommender
 from privacy.atomic_files import atomic_write
 from server.bundle import export_bundle
@@ -102,6 +108,26 @@ def requested_models(run_config: dict[str, Any], specs: dict[str, ModelSpec]) ->
     return names
 
 
+def model_training_plan(run_config: dict[str, Any], model: str) -> dict[str, Any]:
+    """The model's local-training keys (:data:`clients.messages.MODEL_TRAINING_KEYS`), read
+    from its run-config table (``<model>.<key>``) and checked before any site sees them."""
+    plan = {}
+    for key in wire.MODEL_TRAINING_KEYS:
+        name = f"{model}.{key}"
+        if name not in run_config:
+            raise ValueError(f"run config lacks '{name}' ([tool.flwr.app.config.{model}])")
+        plan[key] = run_config[name]
+    if plan[wire.OPTIMIZER] not in OPTIMIZERS:
+        raise ValueError(
+            f"run config '{model}.{wire.OPTIMIZER}' must be one of {sorted(OPTIMIZERS)}, "
+            f"got {plan[wire.OPTIMIZER]!r}"
+        )
+    for key in (wire.LOCAL_EPOCHS, wire.BATCH_SIZE, wire.LEARNING_RATE, wire.MAX_GRAD_NORM):
+        if not (isinstance(plan[key], int | float) and plan[key] > 0):
+            raise ValueError(f"run config '{model}.{key}' must be > 0, got {plan[key]!r}")
+    return plan
+
+
 def run_federation(
     grid: Grid, run_config: dict[str, Any], specs: dict[str, ModelSpec] | None = None
 ) -> Checkpoint:
@@ -111,6 +137,7 @@ def run_federation(
     total_rounds = int(run_config.get("num-server-rounds", 3))
     models = requested_models(run_config, specs)
     settings = StrategySettings.from_run_config(run_config)
+    plans = {model: model_training_plan(run_config, model) for model in models}  # fail early
     _write_json(run_dir / RESOLVED_CONFIG, dict(run_config))
 
     checkpoint = latest_checkpoint(run_dir) or Checkpoint({}, [], dict(run_config))
@@ -130,7 +157,8 @@ def run_federation(
         model_config = {wire.MODEL: model, **specs[model].message_config(run_config)}
         train_config = ConfigRecord(
             {
-                **{key: run_config[key] for key in wire.TRAINING_PLAN_KEYS if key in run_config},
+                **plans[model],
+                wire.EPSILON_BUDGET: float(run_config.get(wire.EPSILON_BUDGET, 0.0)),
                 **model_config,
                 wire.PLANNED_ROUNDS: total_rounds,
             }

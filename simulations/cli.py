@@ -314,15 +314,15 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--models", help="comma-separated: churn, recommender")
     group.add_argument("--rounds", type=positive_int, help="federated rounds per model")
     group.add_argument("--epsilon", type=float, help="ε budget per site and model (≤ 0: no DP)")
-    group.add_argument("--local-epochs", type=positive_int)
-    group.add_argument("--batch-size", type=positive_int)
-    group.add_argument("--learning-rate", type=float)
     group.add_argument(
         "--set",
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="any other key of [tool.flwr.app.config] (value in TOML: 0.5, true, 'text')",
+        help=(
+            "any other key of [tool.flwr.app.config] (value in TOML: 0.5, true, 'text'), "
+            "e.g. recommender.learning-rate=1.0"
+        ),
     )
     group.add_argument(
         "--client-cpus",
@@ -344,9 +344,6 @@ def training_config(args: argparse.Namespace, defaults: dict[str, Any]) -> dict[
         ("models", "models"),
         ("rounds", "num-server-rounds"),
         ("epsilon", "epsilon"),
-        ("local_epochs", "local-epochs"),
-        ("batch_size", "batch-size"),
-        ("learning_rate", "learning-rate"),
     ):
         if getattr(args, option) is not None:
             config[key] = getattr(args, option)

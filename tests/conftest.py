@@ -95,7 +95,7 @@ def synthetic_run(tmp_path_factory: pytest.TempPathFactory) -> SimulationRun:
         *("--synthetic-customers", "150", "--synthetic-items", "80", "--seed", "3"),
         *("--out", str(run_dir), "--models", "churn,recommender"),
         *("--rounds", str(SIMULATION_ROUNDS), "--epsilon", str(SIMULATION_EPSILON)),
-        *("--batch-size", "32"),
+        *("--set", "churn.batch-size=32"),
     ]
     result = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
     return SimulationRun(run_dir, result)

@@ -15,7 +15,8 @@ from clients.site_data import SiteDataError, load_orders, locate_site, storefron
 from clients.site_task import LEDGER_FILE, plan_dp, reserve_round
 from privacy.accountant import epsilon_for
 from privacy.ledger import PrivacyLedger, Reservation
-from server.server_app import MODEL_SPECS
+from server.server_app import MODEL_SPECS, model_training_plan
+from simulations.runner import app_run_config
 from simulations.storefronts import prepare_storefronts
 from simulations.synthetic import generate_orders
 
@@ -115,12 +116,11 @@ def site_round(tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("site")
     split = write_split(tmp_path, names=("storefront-a", "storefront-b"))
     run_config = {
+        **app_run_config(),
         "storefronts-dir": str(split),
         "run-dir": str(tmp_path / "run"),
-        "local-epochs": 1,
-        "learning-rate": 0.05,
-        "batch-size": 16,
-        "max-grad-norm": 1.0,
+        "recommender.batch-size": 16,
+        "churn.batch-size": 16,
     }
     spec = MODEL_SPECS["recommender"]
     arrays = ArrayRecord({k: Array(v) for k, v in spec.initial_weights(run_config).items()})
@@ -131,7 +131,7 @@ def site_round(tmp_path_factory):
 
 def train_message(site_round, epsilon: float) -> Message:
     _, run_config, arrays, model_config, _ = site_round
-    config = {key: run_config[key] for key in wire.TRAINING_PLAN_KEYS if key in run_config}
+    config = model_training_plan(run_config, "recommender")
     config.update(model_config)
     config.update({wire.EPSILON_BUDGET: epsilon, wire.PLANNED_ROUNDS: 2, wire.SERVER_ROUND: 1})
     return site_message(RecordDict({"arrays": arrays, "config": ConfigRecord(config)}), "train")
@@ -191,7 +191,7 @@ def test_churn_trains_under_dp_and_evaluates_into_score_histograms(site_round):
     context = Context(1, 3, {"partition-id": 0, "num-partitions": 2}, RecordDict(), run_config)
     weights = MODEL_SPECS["churn"].initial_weights(run_config)
     arrays = ArrayRecord({k: Array(v) for k, v in weights.items()})
-    config = {key: run_config[key] for key in wire.TRAINING_PLAN_KEYS if key in run_config}
+    config = model_training_plan(run_config, "churn")
     shared = MODEL_SPECS["churn"].message_config(run_config)
     config.update({wire.MODEL: "churn", **shared, wire.EPSILON_BUDGET: 1.0})
     config.update({wire.PLANNED_ROUNDS: 2, wire.SERVER_ROUND: 1})
@@ -215,3 +215,28 @@ def test_churn_trains_under_dp_and_evaluates_into_score_histograms(site_round):
     counted = sum(evaluation[wire.SCORE_BINS_POSITIVE]) + sum(evaluation[wire.SCORE_BINS_NEGATIVE])
     assert counted == evaluation[wire.NUM_EXAMPLES] > 0
     assert 0 <= evaluation[wire.BRIER_SUM] <= evaluation[wire.NUM_EXAMPLES]
+
+
+def test_fedprox_mu_from_the_server_keeps_the_local_model_near_the_global_one(site_round):
+    _, run_config, _, _, _ = site_round
+    weights = MODEL_SPECS["churn"].initial_weights(run_config)
+    arrays = ArrayRecord({k: Array(v) for k, v in weights.items()})
+    shared = MODEL_SPECS["churn"].message_config(run_config)
+
+    def distance_travelled(extra: dict) -> float:
+        context = Context(1, 4, {"partition-id": 0, "num-partitions": 2}, RecordDict(), run_config)
+        config = model_training_plan(run_config, "churn")
+        config.update({wire.MODEL: "churn", **shared, wire.EPSILON_BUDGET: 0.0, **extra})
+        config.update({wire.PLANNED_ROUNDS: 1, wire.SERVER_ROUND: 1})
+        message = RecordDict({"arrays": arrays, "config": ConfigRecord(config)})
+        reply = client_app.train(site_message(message, "train"), context).content
+        return float(
+            np.sqrt(
+                sum(((reply[wire.ARRAYS][k].numpy() - v) ** 2).sum() for k, v in weights.items())
+            )
+        )
+
+    free = distance_travelled({})
+    held = distance_travelled({wire.PROXIMAL_MU: 10.0})  # lr 0.05 x mu 10 = half-way back
+    assert free > 0
+    assert held < 0.7 * free

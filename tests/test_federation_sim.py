@@ -21,6 +21,7 @@ from clients.site_task import LEDGER_FILE
 from privacy.accountant import RDP_ORDERS, DPSegment
 from privacy.ledger import PrivacyLedger
 from server.server_app import run_federation
+from simulations.runner import app_run_config
 from simulations.storefronts import prepare_storefronts
 from simulations.synthetic import generate_orders
 
@@ -40,16 +41,18 @@ def storefronts(tmp_path_factory):
 
 def run_config_for(storefronts, run_dir, **overrides):
     return {
+        **app_run_config(),
         "models": MODEL,
         "storefronts-dir": str(storefronts),
         "run-dir": str(run_dir),
         "num-server-rounds": 2,
-        "local-epochs": 1,
-        "learning-rate": 0.05,
-        "batch-size": 32,
         "epsilon": 3.0,
-        "max-grad-norm": 1.0,
         "min-sites": 2,
+        f"{MODEL}.local-epochs": 1,
+        f"{MODEL}.optimizer": "adam",
+        f"{MODEL}.learning-rate": 0.05,
+        f"{MODEL}.batch-size": 32,
+        f"{MODEL}.max-grad-norm": 1.0,
         **overrides,
     }
 

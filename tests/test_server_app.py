@@ -26,6 +26,16 @@ FEATURES = 4
 POISONED_PARTITION = 2
 
 
+LINEAR_TRAINING = {
+    "local-epochs": 1,
+    "optimizer": "sgd",
+    "learning-rate": 0.1,
+    "batch-size": 8,
+    "max-grad-norm": 1.0,
+}
+"""The per-model run-config table the server reads (the linear sites ignore it)."""
+
+
 def initial_weights(run_config):
     return {"coef": np.zeros(FEATURES, dtype=np.float32)}
 
@@ -148,6 +158,7 @@ def test_killed_server_resumes_without_lost_or_repeated_rounds(tmp_path):
         "num-server-rounds": 4,
         "run-dir": str(tmp_path / "run"),
         "min-sites": 3,
+        **{f"linear.{key}": value for key, value in LINEAR_TRAINING.items()},
     }
     simulate(run_config, str(tmp_path), die_after=2)
     assert latest_checkpoint(tmp_path / "run").rounds_done("linear") == 2
