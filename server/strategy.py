@@ -4,8 +4,10 @@ Each round's train replies go through three stages, in this order:
 
 1. **Screening** (:class:`ValidatedAggregation`): error replies are logged (declined
    sites with their reason code, failures separately); each content reply is checked
-   by :func:`server.update_validation.validate_updates`; every rejection is logged
-   with the node id and storefront. If fewer than ``min_accepted`` updates survive,
+   by :func:`server.update_validation.validate_updates`, its norm judged per unit of
+   the local training the round's train config asked of a site of its size
+   (:class:`server.update_validation.RoundPlan`); every rejection is logged with the
+   node id and storefront. If fewer than ``min_accepted`` updates survive,
    the round keeps the previous global model and says so.
 2. **Aggregation rule** (:class:`RobustAggregation`): weighted FedAvg over
    ``num-examples`` (McMahan et al. 2017), coordinate-wise trimmed mean or
@@ -35,7 +37,13 @@ from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 from flwr.supercore import log
 
 from clients import messages as wire
-from server.update_validation import Rejection, SiteUpdate, ValidationPolicy, validate_updates
+from server.update_validation import (
+    Rejection,
+    RoundPlan,
+    SiteUpdate,
+    ValidationPolicy,
+    validate_updates,
+)
 
 AGGREGATIONS = ("weighted-mean", "trimmed-mean", "median")
 SERVER_OPTIMIZERS = ("fedavg", "fedprox", "fedadam")
@@ -147,6 +155,7 @@ class ValidatedAggregation(FedAvg):
         self.round_reports: dict[int, RoundReport] = {}
         self.storefront_of_node: dict[int, str] = {}
         self._global_weights: dict[str, np.ndarray] = {}
+        self._round_plan: RoundPlan | None = None
 
     def summary(self) -> None:
         """Log the screening settings, then Flower's summary."""
@@ -157,8 +166,14 @@ class ValidatedAggregation(FedAvg):
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        """Remember the global weights sent this round and number the round absolutely."""
+        """Remember the global weights and plan sent this round; number the round absolutely."""
         self._global_weights = {k: v.numpy() for k, v in arrays.items()}
+        self._round_plan = RoundPlan.from_train_config(config, self._global_weights)
+        if self._round_plan is None:
+            log(
+                INFO,
+                "Train config has no full training plan: screening compares plain update norms",
+            )
         config[wire.ROUND_OFFSET] = self.round_offset
         return super().configure_train(server_round + self.round_offset, arrays, config, grid)
 
@@ -193,7 +208,9 @@ class ValidatedAggregation(FedAvg):
                     if key in update.metrics
                 }
                 updates.append(update)
-        accepted, rejections = validate_updates(self._global_weights, updates, self.policy)
+        accepted, rejections = validate_updates(
+            self._global_weights, updates, self.policy, self._round_plan
+        )
         report.rejected.extend(rejections)
         report.accepted = [u.storefront for u in accepted]
         for rejection in report.rejected:
