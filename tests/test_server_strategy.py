@@ -16,6 +16,7 @@ from server.strategy import (
     StrategySettings,
     build_strategy,
 )
+from server.update_validation import ValidationPolicy
 
 
 @pytest.fixture(autouse=True)
@@ -32,11 +33,13 @@ def site_weights(value: float) -> dict[str, np.ndarray]:
     return {k: np.full(v.shape, value, dtype=np.float32) for k, v in GLOBAL.items()}
 
 
-def start_round(strategy, server_round: int = 1, nodes=(1, 2, 3, 4, 5)):
+def start_round(strategy, server_round: int = 1, nodes=(1, 2, 3, 4, 5), config=None):
     """Run configure_train as strategy.start would, returning the sent messages."""
     arrays = ArrayRecord({k: Array(v) for k, v in GLOBAL.items()})
     return list(
-        strategy.configure_train(server_round, arrays, ConfigRecord(), NodeList(list(nodes)))
+        strategy.configure_train(
+            server_round, arrays, ConfigRecord(config or {}), NodeList(list(nodes))
+        )
     )
 
 
@@ -90,6 +93,40 @@ def test_robust_means_resist_one_poisoned_site_without_screening(aggregation):
     start_round(plain)
     plain_arrays, _ = plain.aggregate_train(1, honest_and_poisoned())
     assert aggregated(plain_arrays)["w"].min() > 100  # the plain mean is dragged away
+
+
+NON_PRIVATE_PLAN = {
+    wire.LOCAL_EPOCHS: 1,
+    wire.BATCH_SIZE: 16,
+    wire.EPSILON_BUDGET: 0.0,
+    wire.PLANNED_ROUNDS: 3,
+}
+
+
+def test_screening_judges_norms_per_step_scale_of_the_plan_it_sent(caplog):
+    # A big site (1,600 customers: 100 steps of batch 16) moves 8x the 1-step sites; per
+    # step scale √100 that is 0.8x, honest. The same update from a 1-step site is not.
+    def round_replies(big_site_examples: int):
+        small = [reply(i, site_weights(0.1), metrics=train_metrics(16)) for i in (1, 2, 3)]
+        big = reply(4, site_weights(0.8), metrics=train_metrics(big_site_examples))
+        return [*small, big]
+
+    planned = build_strategy(StrategySettings(policy=ValidationPolicy(max_norm_ratio=5.0)))
+    start_round(planned, nodes=(1, 2, 3, 4), config=NON_PRIVATE_PLAN)
+    planned.aggregate_train(1, round_replies(1600))
+    assert planned.round_reports[1].rejected == []
+    start_round(planned, server_round=2, nodes=(1, 2, 3, 4), config=NON_PRIVATE_PLAN)
+    planned.aggregate_train(2, round_replies(16))
+    assert [(r.node_id, r.reason) for r in planned.round_reports[2].rejected] == [
+        (4, "norm-outlier")
+    ]
+
+    unplanned = build_strategy(StrategySettings(policy=ValidationPolicy(max_norm_ratio=5.0)))
+    with caplog.at_level(logging.INFO, logger="flwr"):
+        start_round(unplanned, nodes=(1, 2, 3, 4))
+    assert "screening compares plain update norms" in caplog.text
+    unplanned.aggregate_train(1, round_replies(1600))
+    assert [r.node_id for r in unplanned.round_reports[1].rejected] == [4]
 
 
 def test_malformed_and_nonfinite_replies_do_not_abort_the_round():

@@ -1,15 +1,29 @@
-"""Update screening: malformed, non-finite and outsized updates are rejected, by site."""
+"""Update screening: malformed, non-finite and outsized updates are rejected, by site.
+
+The size-aware rule is checked on real local training (the site's own churn task and DP
+plan) of one big and four small synthetic storefronts.
+"""
+
+import math
 
 import numpy as np
 import pytest
+import torch
 
 from clients import messages as wire
+from clients.model_tasks import CHURN, LocalTraining
+from clients.site_task import plan_dp
+from models.churn_protocol import churn_cutoff, churn_data
+from privacy.accountant import opacus_sample_rate
 from server.update_validation import (
+    RoundPlan,
     SiteUpdate,
     ValidationPolicy,
+    step_scale,
     update_norm,
     validate_updates,
 )
+from simulations.synthetic import generate_orders
 
 GLOBAL = {"w": np.zeros((4, 3), dtype=np.float32), "b": np.zeros(3, dtype=np.float32)}
 
@@ -93,14 +107,17 @@ def test_metrics_outside_the_contract_or_bad_weight_are_rejected():
     zero_weight.metrics[wire.NUM_EXAMPLES] = 0
     nan_weight = honest(4, seed=4)
     nan_weight.metrics[wire.NUM_EXAMPLES] = float("nan")
+    fractional = honest(5, seed=5)
+    fractional.metrics[wire.NUM_EXAMPLES] = 12.5
     accepted, rejections = validate_updates(
-        GLOBAL, [honest(1, seed=1), leaky, zero_weight, nan_weight]
+        GLOBAL, [honest(1, seed=1), leaky, zero_weight, nan_weight, fractional]
     )
     assert [u.node_id for u in accepted] == [1]
     assert reasons(rejections) == {
         2: "wrong-metric-keys",
         3: "bad-num-examples",
         4: "bad-num-examples",
+        5: "bad-num-examples",
     }
 
 
@@ -147,3 +164,139 @@ def test_policy_rejects_meaningless_thresholds():
         ValidationPolicy(min_replies_for_median=2)
     with pytest.raises(ValueError, match="max_update_norm"):
         ValidationPolicy(max_update_norm=0.0)
+
+
+def test_step_scale_is_a_random_walk_of_signal_plus_noise():
+    assert step_scale(16, 0.0, 1.0, 1000) == pytest.approx(4.0)  # no DP: √s
+    # d σ² / b² = 100 * 4 / 4 = 100: noise dominates a tiny batch.
+    assert step_scale(4, 2.0, 2.0, 100) == pytest.approx(math.sqrt(4 * 101))
+
+
+def test_round_plan_reads_the_train_config_and_scales_each_site_like_its_training():
+    config = {
+        wire.LOCAL_EPOCHS: 2,
+        wire.BATCH_SIZE: 64,
+        wire.EPSILON_BUDGET: 0.0,
+        wire.PLANNED_ROUNDS: 3,
+    }
+    plan = RoundPlan.from_train_config(config, GLOBAL)
+    assert plan == RoundPlan(2, 64, 0.0, 3, num_parameters=15)
+    assert plan.site_scale(640) == pytest.approx(math.sqrt(2 * 10))  # 10 batches, 2 epochs
+    private = RoundPlan.from_train_config({**config, wire.EPSILON_BUDGET: 8.0}, GLOBAL)
+    dp = plan_dp(
+        n_customers=20, batch_size=64, local_epochs=2, planned_rounds=3, epsilon_budget=8.0
+    )
+    expected_batch = 20 * opacus_sample_rate(20, 64)
+    assert private.site_scale(20) == pytest.approx(
+        step_scale(dp.steps_per_round, dp.noise_multiplier, expected_batch, 15)
+    )
+    for key in config:
+        partial = {k: v for k, v in config.items() if k != key}
+        assert RoundPlan.from_train_config(partial, GLOBAL) is None
+
+
+def test_site_size_no_honest_site_could_train_at_is_rejected():
+    # At ε = 1e-9 no noise multiplier reaches the budget: an honest site declines.
+    plan = RoundPlan(1, 64, 1e-9, 3, num_parameters=15)
+    updates = [honest(i, seed=i) for i in (1, 2, 3)]
+    accepted, rejections = validate_updates(GLOBAL, updates, plan=plan)
+    assert accepted == []
+    assert set(reasons(rejections).values()) == {"bad-num-examples"}
+    assert "unreachable" in rejections[0].detail
+
+
+# --- Real local training: one big storefront and four small ones ---------------------
+
+SITE_SIZES = (400, 20, 20, 20, 20)
+BATCH_SIZE = 16
+PLANNED_ROUNDS = 3
+
+
+@pytest.fixture(scope="module")
+def storefront_splits():
+    """Churn training splits of five synthetic storefronts, the first 20x the others."""
+    orders = generate_orders(n_storefronts=1, n_customers=800, n_items=40, seed=3)
+    cutoff = churn_cutoff(orders)
+    population = churn_data(orders, cutoff=cutoff).labels.index.to_numpy()
+    customers = np.random.default_rng(0).permutation(population)
+    config = {wire.CHURN_CUTOFF: cutoff.isoformat()}
+    edges = np.cumsum((0, *SITE_SIZES))
+    splits = []
+    for start, stop in zip(edges[:-1], edges[1:], strict=True):
+        site_orders = orders[orders["customer"].isin(customers[start:stop])]
+        splits.append(CHURN.prepare(site_orders, config))
+    return config, splits
+
+
+def trained_round(storefront_splits, epsilon: float):
+    """One round of real local churn training at every site, as ``train_round`` plans it."""
+    config, splits = storefront_splits
+    torch.manual_seed(0)
+    start = CHURN.build(config).state_dict()
+    global_weights = {k: v.numpy().copy() for k, v in start.items()}
+    updates = []
+    for node_id, split in enumerate(splits, start=1):
+        n = len(split.train)
+        sigma = None
+        if epsilon > 0:
+            sigma = plan_dp(
+                n_customers=n,
+                batch_size=BATCH_SIZE,
+                local_epochs=1,
+                planned_rounds=PLANNED_ROUNDS,
+                epsilon_budget=epsilon,
+            ).noise_multiplier
+        module = CHURN.build(config)
+        module.load_state_dict(start)
+        local = LocalTraining(
+            epochs=1,
+            batch_size=BATCH_SIZE,
+            optimizer="sgd",
+            learning_rate=0.05,
+            proximal_mu=0.0,
+            max_grad_norm=1.0,
+            noise_multiplier=sigma,
+            seed=node_id,
+        )
+        CHURN.train(module, split.train, local)
+        weights = {k: v.detach().numpy().copy() for k, v in module.state_dict().items()}
+        updates.append(SiteUpdate(node_id, f"store-{node_id}", weights, metrics(n)))
+    plan = RoundPlan(1, BATCH_SIZE, epsilon, PLANNED_ROUNDS, num_parameters=89)
+    return global_weights, updates, plan
+
+
+def amplified(global_weights, update: SiteUpdate, factor: float) -> SiteUpdate:
+    """The update an attacker sends: its honest update times ``factor`` (< 0: flipped)."""
+    weights = {
+        k: (global_weights[k] + factor * (v - global_weights[k])).astype(v.dtype)
+        for k, v in update.weights.items()
+    }
+    return SiteUpdate(update.node_id, update.storefront, weights, dict(update.metrics))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("epsilon", [0.0, 8.0], ids=["non-private", "dp-eps-8"])
+def test_size_aware_rule_accepts_a_big_honest_site_and_rejects_boosted_updates(
+    storefront_splits, epsilon
+):
+    global_weights, updates, plan = trained_round(storefront_splits, epsilon)
+    sizes = [int(u.num_examples) for u in updates]
+    assert sizes[0] >= 15 * max(sizes[1:])  # the big site really is big
+    norms = np.array([update_norm(global_weights, u.weights) for u in updates])
+    if epsilon == 0:
+        # Signal-dominated: the plain rule would throw the big honest site away.
+        assert norms[0] > 10 * np.median(norms)
+        _, plain = validate_updates(global_weights, updates)
+        assert reasons(plain) == {1: "norm-outlier"}
+
+    accepted, rejections = validate_updates(global_weights, updates, plan=plan)
+    assert rejections == []
+    assert [u.node_id for u in accepted] == [1, 2, 3, 4, 5]
+
+    for attacker, factor in ((0, 50.0), (0, -20.0), (2, 50.0)):
+        attacked = list(updates)
+        attacked[attacker] = amplified(global_weights, updates[attacker], factor)
+        accepted, rejections = validate_updates(global_weights, attacked, plan=plan)
+        node = attacker + 1
+        assert reasons(rejections) == {node: "norm-outlier"}, (factor, node)
+        assert node not in [u.node_id for u in accepted]
