@@ -1,7 +1,8 @@
 """The fedshop ClientApp: a storefront's answer to the server's train and evaluate messages.
 
 Thin on purpose: the work of a round (data, privacy gate, DP training, the reply) is in
-:mod:`clients.site_task`; the wire contract is in :mod:`clients.messages`.
+:mod:`clients.site_task`; the wire contract is in :mod:`clients.messages`. Under secure
+aggregation a train message is a SecAgg+ stage, answered by :mod:`clients.secure_training`.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import logging
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
+from clients.secure_training import is_secure_aggregation_message, train_with_secure_aggregation
 from clients.site_task import evaluate_round, train_round
 
 app = ClientApp()
@@ -21,6 +23,8 @@ def train(msg: Message, context: Context) -> Message:
     """Train the global model on this site's customers under user-level DP."""
     # Opacus adds a root log handler on import; keep flwr's lines single.
     logging.getLogger("flwr").propagate = False
+    if is_secure_aggregation_message(msg):
+        return train_with_secure_aggregation(msg, context)
     return train_round(msg, context)
 
 
