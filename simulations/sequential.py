@@ -1,0 +1,127 @@
+"""Federated averaging in one process over the sites' own code: the cost reference.
+
+:func:`run_sequential_federation` does for each model what a simulated federation does —
+the server's initial weights, training plan and message config
+(:data:`server.server_app.MODEL_SPECS`, :func:`server.server_app.model_training_plan`),
+every site's real train and evaluate answers (:func:`clients.site_task.train_round` and
+:func:`clients.site_task.evaluate_round`, DP planning and privacy ledgers included),
+weighted FedAvg of the replies and the server's pooled evaluation — but site after site
+in the calling process: no SuperLink, no Ray workers, no messages between processes.
+
+It is the denominator of the federation-cost benchmark
+(``python -m simulations.benchmarks.federation_cost``) and a quick loop for tuning. It
+does not screen updates, checkpoint or write a run directory: those are the server's
+work, not local training.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
+from flwr.app.metadata import Metadata
+from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
+
+from clients import messages as wire
+from clients.site_task import evaluate_round, train_round
+from server.server_app import MODEL_SPECS, model_training_plan, requested_models
+from simulations.progress import SILENT, Progress
+from simulations.runner import app_run_config, storefront_slugs
+
+
+@dataclass
+class SequentialResult:
+    """What :func:`run_sequential_federation` measured."""
+
+    seconds: float
+    """Wall time of the whole training and evaluation."""
+    metrics: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    """Per model, the pooled evaluation after each round (same keys as the server's)."""
+    declined: dict[str, list[str]] = field(default_factory=dict)
+    """Per model, ``"<round>: <reason>"`` of every declined or failed site reply."""
+
+
+def run_sequential_federation(
+    storefronts_dir: Path,
+    run_dir: Path,
+    run_config: Mapping[str, Any],
+    *,
+    progress: Progress = SILENT,
+) -> SequentialResult:
+    """Train the run config's models on every storefront of the split, in this process.
+
+    Args:
+        storefronts_dir: a split written by :mod:`simulations.storefronts`.
+        run_dir: where the simulated sites keep their privacy ledgers.
+        run_config: overrides of the app's ``[tool.flwr.app.config]``.
+    """
+    config = {
+        **app_run_config(),
+        **run_config,
+        "storefronts-dir": str(Path(storefronts_dir).resolve()),
+        "run-dir": str(Path(run_dir).resolve()),
+    }
+    slugs = storefront_slugs(Path(storefronts_dir))
+    contexts = [
+        Context(0, node, {"partition-id": node, "num-partitions": len(slugs)}, RecordDict(), config)
+        for node in range(len(slugs))
+    ]
+    rounds = int(config["num-server-rounds"])
+    result = SequentialResult(seconds=0.0)
+    started = time.perf_counter()
+    for model in requested_models(config, MODEL_SPECS):
+        spec = MODEL_SPECS[model]
+        model_config = {wire.MODEL: model, **spec.message_config(config)}
+        train_config = {
+            **model_training_plan(config, model),
+            wire.EPSILON_BUDGET: float(config[wire.EPSILON_BUDGET]),
+            **model_config,
+            wire.PLANNED_ROUNDS: rounds,
+        }
+        arrays = ArrayRecord({k: Array(v) for k, v in spec.initial_weights(config).items()})
+        result.metrics[model], result.declined[model] = [], []
+        for server_round in range(1, rounds + 1):
+            with progress.step(f"{model} round {server_round}/{rounds}"):
+                round_config = {**train_config, wire.SERVER_ROUND: server_round}
+                replies = _ask_sites(contexts, "train", arrays, round_config)
+                trained = [reply.content for reply in replies if not reply.has_error()]
+                result.declined[model] += [
+                    f"{server_round}: {reply.error.reason}"
+                    for reply in replies
+                    if reply.has_error()
+                ]
+                if trained:
+                    arrays = aggregate_arrayrecords(trained, wire.NUM_EXAMPLES)
+                evaluations = _ask_sites(contexts, "evaluate", arrays, model_config)
+                pooled = spec.aggregate_evaluation([r.content for r in evaluations], "")
+                result.metrics[model].append(dict(pooled))
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def _ask_sites(
+    contexts: list[Context], kind: str, arrays: ArrayRecord, config: dict[str, Any]
+) -> list[Message]:
+    answer = train_round if kind == "train" else evaluate_round
+    content = RecordDict({wire.ARRAYS: arrays, wire.CONFIG: ConfigRecord(config)})
+    return [answer(_instruction(content, kind, context.node_id), context) for context in contexts]
+
+
+def _instruction(content: RecordDict, kind: str, node_id: int) -> Message:
+    """A server message as a site receives it (metadata filled in as the runtime would)."""
+    metadata = Metadata(
+        run_id=0,
+        message_id=f"{kind}-{node_id}-{time.monotonic_ns()}",
+        src_node_id=0,
+        dst_node_id=node_id,
+        reply_to_message_id="",
+        group_id="",
+        created_at=time.time(),
+        ttl=3600.0,
+        message_type=kind,
+    )
+    return Message(content=content, metadata=metadata)
