@@ -215,8 +215,8 @@ class SecureFedAvg(LegacyFedAvg):
         absolute_round = server_round + self.screened.round_offset
         report = RoundReport()
         self.screened.round_reports[absolute_round] = report
-        for failure in failures:
-            _record_failure(report, failure)
+        for error in _distinct_errors(failures):
+            _record_failure(report, error)
         site_metrics = []
         for proxy, fitres in results:
             metrics = dict(fitres.metrics)
@@ -283,13 +283,21 @@ class SecureFedAvg(LegacyFedAvg):
         }
 
 
-def _record_failure(
-    report: RoundReport, failure: tuple[ClientProxy, FitRes] | BaseException
-) -> None:
-    """Sort a SecAgg+ failure into declined (the site's decline codes) or failed."""
-    error = failure.args[0] if isinstance(failure, BaseException) and failure.args else None
+def _distinct_errors(failures: list[tuple[ClientProxy, FitRes] | BaseException]) -> list[Any]:
+    """Each failed reply's error once: flwr 1.42's SecAgg+ workflow lists an error reply of
+    the masked-vector stage twice (once when summing, once when building FitRes)."""
+    distinct: dict[int, Any] = {}
+    for failure in failures:
+        is_wrapped = isinstance(failure, BaseException) and failure.args
+        error = failure.args[0] if is_wrapped else failure
+        distinct.setdefault(id(error), error)
+    return list(distinct.values())
+
+
+def _record_failure(report: RoundReport, error: Any) -> None:
+    """Sort a failed reply's error into declined (the site's decline codes) or failed."""
     code = getattr(error, "code", None)
-    reason = getattr(error, "reason", None) or str(failure)
+    reason = getattr(error, "reason", None) or str(error)
     if code in wire.DECLINE_REASONS:
         report.declined.append(f"a site: {reason}")
         log(INFO, "A site declined the secure round: %s", reason)

@@ -22,6 +22,7 @@ import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from logging import INFO
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,7 @@ from privacy.atomic_files import atomic_write
 from server.bundle import export_bundle
 from server.checkpoint import Checkpoint, ModelProgress, latest_checkpoint, save_checkpoint
 from server.evaluation import EVALUATION_AGGREGATORS
+from server.secure_aggregation import SecureAggregationSettings, start_secure_aggregation
 from server.shared_facts import catalogue_items, churn_cutoff_for
 from server.strategy import StrategySettings, ValidatedAggregation, build_strategy
 
@@ -137,6 +139,7 @@ def run_federation(
     total_rounds = int(run_config.get("num-server-rounds", 3))
     models = requested_models(run_config, specs)
     settings = StrategySettings.from_run_config(run_config)
+    secure = SecureAggregationSettings.from_run_config(run_config)
     plans = {model: model_training_plan(run_config, model) for model in models}  # fail early
     _write_json(run_dir / RESOLVED_CONFIG, dict(run_config))
 
@@ -164,7 +167,10 @@ def run_federation(
             }
         )
 
-        strategy.start(
+        start = strategy.start
+        if secure.enabled:  # same rounds, but the server sees only the sum of the updates
+            start = partial(start_secure_aggregation, secure, strategy)
+        start(
             grid=grid,
             initial_arrays=ArrayRecord({k: Array(np.asarray(v)) for k, v in weights.items()}),
             num_rounds=total_rounds - done,
