@@ -83,11 +83,14 @@ class SecureAggregationSettings:
     quantization_range: int = 2**30
     """``T``: levels per value; the largest that Flower's int32 rounding holds."""
     modulus_range: int = 2**40
-    """``M``: sums are taken mod ``M``; ``M / T`` bounds the sites and the total weight."""
+    """``M``: sums are taken mod ``M``; ``M / T`` bounds the sites and the total weight.
+    Flower's docstring asks for at most 2**32, but its masking arithmetic is int64 and
+    2**40 leaves room for 1,023 sites at ``T = 2**30`` (checked by the tests' real runs)."""
     max_weight: int = 2**14
-    """``W``: a site's weight is ``num-examples / W``. A power of two no larger than ``T``,
-    so weights quantise exactly; a site of ``n > W`` customers may change a value by at
-    most ``C W / n`` (16,384 customers: no limit below ``C``; 100,000: 1.3)."""
+    """``W``: a site's weight is ``num-examples / W``; a power of two no larger than ``T``,
+    so weights quantise exactly. A site of up to ``W`` customers may change a value by up
+    to ``C``, a bigger one by up to ``C W / n`` (100,000 customers: 1.3); Flower's mod
+    logs a "potential overflow" warning for those, the site's own check is what counts."""
 
     @property
     def max_sites(self) -> int:
@@ -98,8 +101,13 @@ class SecureAggregationSettings:
     def from_run_config(cls, run_config: dict[str, Any]) -> SecureAggregationSettings:
         """Read ``secure-aggregation`` and the share settings; refuse incompatible options."""
         default = cls()
+        enabled = run_config.get("secure-aggregation", default.enabled)
+        if not isinstance(enabled, bool):
+            raise ValueError(
+                f"run config 'secure-aggregation' must be true or false, got {enabled!r}"
+            )
         settings = cls(
-            enabled=bool(run_config.get("secure-aggregation", default.enabled)),
+            enabled=enabled,
             num_shares=int(run_config.get("secagg-num-shares", default.num_shares)),
             reconstruction_threshold=int(
                 run_config.get("secagg-reconstruction-threshold", default.reconstruction_threshold)

@@ -82,6 +82,7 @@ def test_settings_read_the_switch_and_refuse_what_needs_individual_updates():
         ({"server-optimizer": "fedadam"}, "server-optimizer"),
         ({"min-sites": 1}, "min-sites"),
         ({"secagg-reconstruction-threshold": 5}, "reconstruction_threshold"),
+        ({"secure-aggregation": "false"}, "true or false"),
     ):
         with pytest.raises(ValueError, match=message):
             SecureAggregationSettings.from_run_config({**on, **conflict})
