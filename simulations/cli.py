@@ -3,10 +3,11 @@ federated simulation runs with their report, the main run).
 
 Every subcommand is a :class:`Command` in ``COMMANDS``: a name, a help line, a function
 declaring its arguments and a handler ``(args) -> int``. To add one, write those two
-functions (in any module) and append a :class:`Command`. The ``main`` subcommand runs the
-stages in ``MAIN_STAGES`` in order on one :class:`MainRun`: the bundled data's storefront
-split, then the stages of ``SIMULATION_STAGES`` (federated DP training through ``flwr
-run``, the privacy report, ``report.html``), which ``run`` also uses on any split.
+functions (in any module) and append a :class:`Command`. Commands that train (``main``,
+``run``, ``compare``) have a :class:`DeferredHandler`, so their module, and
+the torch/Flower/matplotlib stack it imports, loads only when such a command runs:
+``--help``, ``synth`` and ``storefronts`` start without it. ``main`` and ``run`` are the
+staged jobs of :mod:`simulations.jobs`.
 
 A handler stops on bad input by raising :class:`CommandError` (or one of
 ``USER_ERRORS``); :func:`main` prints it as one line ``fedshop-sim: error: ...`` and
@@ -16,12 +17,11 @@ returns exit code 2, never a traceback. Progress lines go to stderr, results to 
 from __future__ import annotations
 
 import argparse
-import json
-import shutil
+import importlib
 import sys
 import tomllib
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,32 +30,10 @@ import pandas as pd
 from clients.command_line import run_handler
 from clients.errors import IngestError
 from privacy.pseudonymise import KeyFileError
-from server.bundle import BUNDLE_DIR
-from server.checkpoint import CHECKPOINT_DIR
-from server.server_app import RESOLVED_CONFIG, ROUNDS_LOG
-from simulations.compare import add_compare_arguments, run_compare
-from simulations.privacy_report import (
-    PRIVACY_REPORT,
-    SITES_DIR,
-    PrivacyReportError,
-    write_privacy_report,
-)
+from simulations.compare_options import add_compare_arguments
+from simulations.errors import PrivacyReportError
 from simulations.progress import Progress
-from simulations.report import (
-    PLOTS_DIR,
-    REPORT_FILE,
-    format_value,
-    load_run,
-    overall_metrics,
-    write_report,
-)
-from simulations.runner import (
-    DEFAULT_CLIENT_CPUS,
-    FLWR_HOME_DIR,
-    RUN_LOG,
-    SimulationError,
-    run_simulation_job,
-)
+from simulations.runner import DEFAULT_CLIENT_CPUS, SimulationError
 from simulations.storefronts import (
     DEFAULT_MIN_CUSTOMERS,
     StorefrontError,
@@ -67,8 +45,6 @@ from simulations.synthetic import generate_orders
 
 PROG = "fedshop-sim"
 DEFAULT_MAIN_OUT = Path("runs/main")
-STOREFRONTS_DIR = "storefronts"
-"""Subdirectory of a main run that holds its storefront split."""
 
 
 class CommandError(Exception):
@@ -94,6 +70,20 @@ class Command:
     help: str
     add_arguments: Callable[[argparse.ArgumentParser], None]
     handler: Callable[[argparse.Namespace], int]
+
+
+@dataclass(frozen=True)
+class DeferredHandler:
+    """A handler whose module is imported only when its command runs: the training stack
+    such a module imports (torch, Flower, matplotlib) costs seconds that ``--help`` and
+    the light commands should not pay."""
+
+    module: str
+    function: str
+
+    def __call__(self, args: argparse.Namespace) -> int:
+        """Import ``module`` and run its ``function`` on ``args``."""
+        return getattr(importlib.import_module(self.module), self.function)(args)
 
 
 def positive_int(text: str) -> int:
@@ -210,104 +200,6 @@ whole main job 277 s wall, within the 10-minute budget; the same training alone 
 0.747, the centralized reference."""
 
 
-@dataclass
-class MainRun:
-    """State of one ``fedshop-sim main`` (or ``run``) job, passed from stage to stage."""
-
-    out_dir: Path
-    min_customers: int
-    progress: Progress
-    run_config: dict[str, Any] = field(default_factory=lambda: dict(MAIN_RUN_CONFIG))
-    """Overrides of the app's ``[tool.flwr.app.config]`` for the federated run."""
-    client_cpus: int = DEFAULT_CLIENT_CPUS
-    resume: bool = False
-    sweep_dir: Path | None = None
-    storefronts_dir: Path | None = None
-    storefront_summary: pd.DataFrame | None = None
-    outputs: list[Path] = field(default_factory=list)
-
-
-def prepare_storefronts_stage(run: MainRun) -> None:
-    """Stage 1: the bundled data split into storefronts under ``<out>/storefronts``."""
-    split_dir = run.out_dir / STOREFRONTS_DIR
-    run.storefront_summary = prepare_bundled_storefronts(
-        split_dir, min_customers=run.min_customers, progress=run.progress
-    )
-    run.storefronts_dir = split_dir
-    run.outputs.append(split_dir)
-    print(f"Storefronts of the bundled data (at least {run.min_customers} customers each):")
-    print(format_summary(run.storefront_summary))
-
-
-def federated_training_stage(run: MainRun) -> None:
-    """Federated DP training of the models on the split, through ``flwr run``."""
-    if run.storefronts_dir is None:
-        raise CommandError("no storefront split to train on")
-    config = run.run_config
-    description = (
-        f"federated training of {config.get('models', 'the default models')} "
-        f"(epsilon {config.get('epsilon', 'default')}, "
-        f"{config.get('num-server-rounds', 'default')} rounds) with flwr run"
-    )
-    with run.progress.step(description):
-        run_simulation_job(
-            run.storefronts_dir,
-            run.out_dir,
-            run_config=config,
-            client_cpus=run.client_cpus,
-            resume=run.resume,
-        )
-    run.outputs += [run.out_dir / name for name in (RESOLVED_CONFIG, ROUNDS_LOG, BUNDLE_DIR)]
-
-
-def privacy_report_stage(run: MainRun) -> None:
-    """ε, δ and steps per site and model, recomputed from the ledgers and checked."""
-    with run.progress.step("privacy report (epsilon recomputed from the sites' ledgers)"):
-        path = write_privacy_report(run.out_dir)
-    run.outputs.append(path)
-    rows = pd.DataFrame(json.loads(path.read_text())["sites"])
-    print("Privacy spent per site (RDP accountant, from the ledgers):")
-    shown = rows[["model", "storefront", "epsilon", "delta", "dp_steps", "check"]]
-    print(shown.to_string(index=False, float_format=lambda value: f"{value:.4g}"))
-
-
-def report_stage(run: MainRun) -> None:
-    """``report.html`` with its plots."""
-    with run.progress.step("report.html and plots"):
-        path = write_report(run.out_dir, sweep_dir=run.sweep_dir)
-    run.outputs.append(path)
-    results = load_run(run.out_dir)
-    print("Final metrics (pooled over all storefronts' held-out customers):")
-    for model in results.rounds:
-        metrics = overall_metrics(results.final(model))
-        print(f"  {model}: " + ", ".join(f"{k} {format_value(v)}" for k, v in metrics.items()))
-
-
-def training_outcome_stage(run: MainRun) -> None:
-    """Fail the job if a model never took an update: the report is written, but a run in
-    which every site failed in every round did not train that model."""
-    results = load_run(run.out_dir)
-    for model, records in results.rounds.items():
-        if not any(record.get("accepted") for record in records):
-            failures = sorted({f for record in records for f in record.get("failed", [])})
-            raise CommandError(
-                f"{model}: no site update was accepted in any of {len(records)} rounds "
-                f"(failed: {'; '.join(failures) or 'none'}); see {run.out_dir / RUN_LOG}"
-            )
-
-
-SIMULATION_STAGES: list[Callable[[MainRun], None]] = [
-    federated_training_stage,
-    privacy_report_stage,
-    report_stage,
-    training_outcome_stage,
-]
-"""What ``run`` (and ``main``, after the split) does with a storefront split."""
-
-MAIN_STAGES: list[Callable[[MainRun], None]] = [prepare_storefronts_stage, *SIMULATION_STAGES]
-"""The stages of ``fedshop-sim main``, run in order."""
-
-
 def add_training_arguments(parser: argparse.ArgumentParser) -> None:
     """Declare the federated-training options shared by ``run`` and ``main``."""
     group = parser.add_argument_group("federated training")
@@ -380,44 +272,6 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     add_training_arguments(parser)
 
 
-def run_run(args: argparse.Namespace) -> int:
-    """Prepare or take a split, train on it federatedly, write the privacy report and
-    ``report.html``."""
-    run = MainRun(
-        out_dir=args.out,
-        min_customers=args.min_customers,
-        progress=Progress(PROG),
-        run_config=training_config(args, {}),
-        client_cpus=args.client_cpus,
-        resume=args.resume,
-        sweep_dir=args.sweep_dir,
-    )
-    split_dir = args.out / STOREFRONTS_DIR
-    if args.storefronts is not None:
-        run.storefronts_dir = args.storefronts
-    elif args.resume and split_dir.is_dir():
-        run.storefronts_dir = split_dir  # the split the run started with
-    elif args.bundled:
-        prepare_storefronts_stage(run)
-    else:
-        summary = write_synthetic_split(
-            split_dir,
-            storefronts=args.synthetic_storefronts,
-            customers=args.synthetic_customers,
-            items=args.synthetic_items,
-            order_lines=None,
-            seed=args.seed,
-            progress=run.progress,
-        )
-        run.storefronts_dir = split_dir
-        run.outputs.append(split_dir)
-        print(format_summary(summary))
-    for stage in SIMULATION_STAGES:
-        stage(run)
-    print("Outputs: " + ", ".join(str(path) for path in run.outputs))
-    return 0
-
-
 def add_main_arguments(parser: argparse.ArgumentParser) -> None:
     """Declare ``main [--out DIR] [--min-customers N] [training options]``."""
     parser.add_argument(
@@ -430,62 +284,19 @@ def add_main_arguments(parser: argparse.ArgumentParser) -> None:
     add_training_arguments(parser)
 
 
-def run_main(args: argparse.Namespace) -> int:
-    """Run every stage of ``MAIN_STAGES`` on the bundled data."""
-    run = MainRun(
-        out_dir=args.out,
-        min_customers=args.min_customers,
-        progress=Progress(PROG),
-        run_config=training_config(args, MAIN_RUN_CONFIG),
-        client_cpus=args.client_cpus,
-        sweep_dir=args.sweep_dir,
-    )
-    clear_previous_run(run.out_dir)
-    for stage in MAIN_STAGES:
-        stage(run)
-    print("Outputs: " + ", ".join(str(path) for path in run.outputs))
-    return 0
-
-
-def clear_previous_run(run_dir: Path) -> None:
-    """Remove what an earlier simulation job left in ``run_dir`` (the split is replaced by
-    its own stage), so that ``main`` always starts a fresh run with fresh site budgets."""
-    for name in PREVIOUS_RUN_OUTPUTS:
-        path = run_dir / name
-        if path.is_dir():
-            shutil.rmtree(path)
-        else:
-            path.unlink(missing_ok=True)
-
-
-PREVIOUS_RUN_OUTPUTS = (
-    RESOLVED_CONFIG,
-    ROUNDS_LOG,
-    CHECKPOINT_DIR,
-    BUNDLE_DIR,
-    SITES_DIR,
-    FLWR_HOME_DIR,
-    RUN_LOG,
-    PRIVACY_REPORT,
-    REPORT_FILE,
-    PLOTS_DIR,
-)
-"""Everything a simulation job writes into its run directory besides the split."""
-
-
 COMMANDS: list[Command] = [
     Command(
         "main",
         "the main job: bundled data -> storefronts -> federated DP training -> report.html",
         add_main_arguments,
-        run_main,
+        DeferredHandler("simulations.jobs", "run_main"),
     ),
     Command(
         "run",
         "federated DP simulation of the Flower app on storefronts, with privacy report"
         " and report.html",
         add_run_arguments,
-        run_run,
+        DeferredHandler("simulations.jobs", "run_run"),
     ),
     Command(
         "storefronts",
@@ -498,7 +309,7 @@ COMMANDS: list[Command] = [
         "centralized (plain and DP) and storefront-alone training on the bundled data,"
         " side by side with the baselines",
         add_compare_arguments,
-        run_compare,
+        DeferredHandler("simulations.compare", "run_compare"),
     ),
     Command(
         "synth",

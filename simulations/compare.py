@@ -69,12 +69,12 @@ from privacy.accountant import (
 )
 from privacy.atomic_files import atomic_write
 from privacy.pseudonymise import generate_key, load_key
+from simulations.compare_options import DEFAULT_EPSILONS
 from simulations.progress import SILENT, Progress
 from simulations.storefronts import BUNDLED_DATA, DEFAULT_MIN_CUSTOMERS, assign_storefronts
 
 COMPARISON_JSON = "comparison.json"
 COMPARISON_MARKDOWN = "comparison.md"
-DEFAULT_EPSILONS: tuple[float, ...] = (1.0, 3.0, 8.0)
 CENTRALIZED = "centralized"
 STOREFRONT_ALONE = "storefront-alone"
 RECOMMENDER_METRICS = ("hr@10", "recall@10", "ndcg@10")
@@ -419,32 +419,6 @@ def _privacy_table(result: dict[str, Any]) -> str:
                     f"{p['steps']} |"
                 )
     return "\n".join(lines) + "\n"
-
-
-def epsilon_list(text: str) -> tuple[float, ...]:
-    """An argparse type: comma-separated ε targets, each finite and > 0 (``1,3,8``)."""
-    try:
-        values = tuple(float(part) for part in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"not a comma-separated list of numbers: {text!r}"
-        ) from None
-    if not all(0 < value < float("inf") for value in values):
-        raise argparse.ArgumentTypeError(f"every ε must be finite and > 0, got {text!r}")
-    return values
-
-
-def add_compare_arguments(parser: argparse.ArgumentParser) -> None:
-    """Declare ``compare --out DIR [--epsilons 1,3,8] [--seed 0] [--quick]``."""
-    parser.add_argument("--out", type=Path, required=True, help="directory for the results")
-    parser.add_argument(
-        "--epsilons",
-        type=epsilon_list,
-        default=DEFAULT_EPSILONS,
-        help="target ε of the centralized DP runs (default 1,3,8)",
-    )
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--quick", action="store_true", help="few epochs (smoke test)")
 
 
 def run_compare(args: argparse.Namespace) -> int:

@@ -29,6 +29,7 @@ from privacy.accountant import RDP_ORDERS, epsilon_for
 from privacy.atomic_files import atomic_write
 from privacy.ledger import PrivacyLedger
 from server.server_app import RESOLVED_CONFIG, ROUNDS_LOG, site_privacy
+from simulations.errors import PrivacyReportError
 from simulations.storefronts import INDEX_FILE
 
 PRIVACY_REPORT = "privacy_report.json"
@@ -38,10 +39,6 @@ ACCOUNTANT = (
     f"integer orders {RDP_ORDERS[0]}..{RDP_ORDERS[-1]}), privacy.accountant.epsilon_for"
 )
 RELATIVE_TOLERANCE = 1e-9
-
-
-class PrivacyReportError(Exception):
-    """The ledgers contradict what the sites reported; ``str()`` names the sites."""
 
 
 @dataclass(frozen=True)

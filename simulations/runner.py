@@ -29,8 +29,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TextIO
 
-from flwr.common.config import flatten_dict
-
 from clients.flower_process import flower_environment
 from clients.ingest import ORDERS_FILE
 from server.checkpoint import CHECKPOINT_DIR
@@ -63,6 +61,10 @@ class SimulationError(Exception):
 def app_run_config(app_dir: Path = APP_DIR) -> dict[str, Any]:
     """The app's default run config: ``[tool.flwr.app.config]`` of its ``pyproject.toml``,
     flattened as Flower does (``recommender.learning-rate`` for a per-model table)."""
+    # Imported here, not at the top: fedshop-sim's parser reads this module's settings,
+    # and Flower's import costs seconds that light commands (--help, synth) do not need.
+    from flwr.common.config import flatten_dict
+
     with open(Path(app_dir) / "pyproject.toml", "rb") as file:
         return flatten_dict(tomllib.load(file)["tool"]["flwr"]["app"]["config"])
 

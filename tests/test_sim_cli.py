@@ -15,7 +15,7 @@ import pytest
 
 from clients.ingest import REPORT_FILE
 from models import schema
-from simulations import cli
+from simulations import cli, jobs
 from simulations.storefronts import INDEX_FILE, KEY_FILE, SUMMARY_FILE
 
 FEDSHOP_SIM = Path(sys.executable).parent / "fedshop-sim"
@@ -71,7 +71,7 @@ def test_main_prepares_the_bundled_storefronts(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Only main's first stage: the federated stages are tested in tests/test_runner.py.
-    monkeypatch.setattr(cli, "MAIN_STAGES", [cli.prepare_storefronts_stage])
+    monkeypatch.setattr(jobs, "MAIN_STAGES", [jobs.prepare_storefronts_stage])
     run_dir = tmp_path / "run"
     assert cli.main(["main", "--out", str(run_dir)]) == 0
     result = capsys.readouterr()

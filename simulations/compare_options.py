@@ -1,0 +1,35 @@
+"""The options of ``fedshop-sim compare``, declared apart from :mod:`simulations.compare`
+so that building the command line does not import the training stack."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+DEFAULT_EPSILONS: tuple[float, ...] = (1.0, 3.0, 8.0)
+
+
+def epsilon_list(text: str) -> tuple[float, ...]:
+    """An argparse type: comma-separated ε targets, each finite and > 0 (``1,3,8``)."""
+    try:
+        values = tuple(float(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"not a comma-separated list of numbers: {text!r}"
+        ) from None
+    if not all(0 < value < float("inf") for value in values):
+        raise argparse.ArgumentTypeError(f"every ε must be finite and > 0, got {text!r}")
+    return values
+
+
+def add_compare_arguments(parser: argparse.ArgumentParser) -> None:
+    """Declare ``compare --out DIR [--epsilons 1,3,8] [--seed 0] [--quick]``."""
+    parser.add_argument("--out", type=Path, required=True, help="directory for the results")
+    parser.add_argument(
+        "--epsilons",
+        type=epsilon_list,
+        default=DEFAULT_EPSILONS,
+        help="target ε of the centralized DP runs (default 1,3,8)",
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--quick", action="store_true", help="few epochs (smoke test)")

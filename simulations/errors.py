@@ -1,0 +1,9 @@
+"""Errors of a simulation job that ``fedshop-sim`` reports as one line, defined apart from
+the modules that raise them so the command line can name them without importing torch or
+Flower (see :mod:`simulations.cli`)."""
+
+from __future__ import annotations
+
+
+class PrivacyReportError(Exception):
+    """The ledgers contradict what the sites reported; ``str()`` names the sites."""

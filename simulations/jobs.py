@@ -1,0 +1,226 @@
+"""The simulation jobs behind ``fedshop-sim main`` and ``fedshop-sim run``: stages run in order
+on one :class:`MainRun`.
+
+``main`` runs ``MAIN_STAGES``: the bundled data's storefront split, then the stages of
+``SIMULATION_STAGES`` (federated DP training through ``flwr run``, the privacy report,
+``report.html``), which ``run`` also uses on any split. This module imports the training
+stack (torch, Flower, matplotlib); :mod:`simulations.cli` imports it only when one of
+these commands runs, so the light commands start fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from server.bundle import BUNDLE_DIR
+from server.checkpoint import CHECKPOINT_DIR
+from server.server_app import RESOLVED_CONFIG, ROUNDS_LOG
+from simulations.cli import (
+    MAIN_RUN_CONFIG,
+    PROG,
+    CommandError,
+    training_config,
+    write_synthetic_split,
+)
+from simulations.privacy_report import PRIVACY_REPORT, SITES_DIR, write_privacy_report
+from simulations.progress import Progress
+from simulations.report import (
+    PLOTS_DIR,
+    REPORT_FILE,
+    format_value,
+    load_run,
+    overall_metrics,
+    write_report,
+)
+from simulations.runner import DEFAULT_CLIENT_CPUS, FLWR_HOME_DIR, RUN_LOG, run_simulation_job
+from simulations.storefronts import format_summary, prepare_bundled_storefronts
+
+STOREFRONTS_DIR = "storefronts"
+"""Subdirectory of a main run that holds its storefront split."""
+
+
+@dataclass
+class MainRun:
+    """State of one ``fedshop-sim main`` (or ``run``) job, passed from stage to stage."""
+
+    out_dir: Path
+    min_customers: int
+    progress: Progress
+    run_config: dict[str, Any] = field(default_factory=lambda: dict(MAIN_RUN_CONFIG))
+    """Overrides of the app's ``[tool.flwr.app.config]`` for the federated run."""
+    client_cpus: int = DEFAULT_CLIENT_CPUS
+    resume: bool = False
+    sweep_dir: Path | None = None
+    storefronts_dir: Path | None = None
+    storefront_summary: pd.DataFrame | None = None
+    outputs: list[Path] = field(default_factory=list)
+
+
+def prepare_storefronts_stage(run: MainRun) -> None:
+    """Stage 1: the bundled data split into storefronts under ``<out>/storefronts``."""
+    split_dir = run.out_dir / STOREFRONTS_DIR
+    run.storefront_summary = prepare_bundled_storefronts(
+        split_dir, min_customers=run.min_customers, progress=run.progress
+    )
+    run.storefronts_dir = split_dir
+    run.outputs.append(split_dir)
+    print(f"Storefronts of the bundled data (at least {run.min_customers} customers each):")
+    print(format_summary(run.storefront_summary))
+
+
+def federated_training_stage(run: MainRun) -> None:
+    """Federated DP training of the models on the split, through ``flwr run``."""
+    if run.storefronts_dir is None:
+        raise CommandError("no storefront split to train on")
+    config = run.run_config
+    description = (
+        f"federated training of {config.get('models', 'the default models')} "
+        f"(epsilon {config.get('epsilon', 'default')}, "
+        f"{config.get('num-server-rounds', 'default')} rounds) with flwr run"
+    )
+    with run.progress.step(description):
+        run_simulation_job(
+            run.storefronts_dir,
+            run.out_dir,
+            run_config=config,
+            client_cpus=run.client_cpus,
+            resume=run.resume,
+        )
+    run.outputs += [run.out_dir / name for name in (RESOLVED_CONFIG, ROUNDS_LOG, BUNDLE_DIR)]
+
+
+def privacy_report_stage(run: MainRun) -> None:
+    """ε, δ and steps per site and model, recomputed from the ledgers and checked."""
+    with run.progress.step("privacy report (epsilon recomputed from the sites' ledgers)"):
+        path = write_privacy_report(run.out_dir)
+    run.outputs.append(path)
+    rows = pd.DataFrame(json.loads(path.read_text())["sites"])
+    print("Privacy spent per site (RDP accountant, from the ledgers):")
+    shown = rows[["model", "storefront", "epsilon", "delta", "dp_steps", "check"]]
+    print(shown.to_string(index=False, float_format=lambda value: f"{value:.4g}"))
+
+
+def report_stage(run: MainRun) -> None:
+    """``report.html`` with its plots."""
+    with run.progress.step("report.html and plots"):
+        path = write_report(run.out_dir, sweep_dir=run.sweep_dir)
+    run.outputs.append(path)
+    results = load_run(run.out_dir)
+    print("Final metrics (pooled over all storefronts' held-out customers):")
+    for model in results.rounds:
+        metrics = overall_metrics(results.final(model))
+        print(f"  {model}: " + ", ".join(f"{k} {format_value(v)}" for k, v in metrics.items()))
+
+
+def training_outcome_stage(run: MainRun) -> None:
+    """Fail the job if a model never took an update: the report is written, but a run in
+    which every site failed in every round did not train that model."""
+    results = load_run(run.out_dir)
+    for model, records in results.rounds.items():
+        if not any(record.get("accepted") for record in records):
+            failures = sorted({f for record in records for f in record.get("failed", [])})
+            raise CommandError(
+                f"{model}: no site update was accepted in any of {len(records)} rounds "
+                f"(failed: {'; '.join(failures) or 'none'}); see {run.out_dir / RUN_LOG}"
+            )
+
+
+SIMULATION_STAGES: list[Callable[[MainRun], None]] = [
+    federated_training_stage,
+    privacy_report_stage,
+    report_stage,
+    training_outcome_stage,
+]
+"""What ``run`` (and ``main``, after the split) does with a storefront split."""
+
+MAIN_STAGES: list[Callable[[MainRun], None]] = [prepare_storefronts_stage, *SIMULATION_STAGES]
+"""The stages of ``fedshop-sim main``, run in order."""
+
+
+def run_run(args: argparse.Namespace) -> int:
+    """Prepare or take a split, train on it federatedly, write the privacy report and
+    ``report.html``."""
+    run = MainRun(
+        out_dir=args.out,
+        min_customers=args.min_customers,
+        progress=Progress(PROG),
+        run_config=training_config(args, {}),
+        client_cpus=args.client_cpus,
+        resume=args.resume,
+        sweep_dir=args.sweep_dir,
+    )
+    split_dir = args.out / STOREFRONTS_DIR
+    if args.storefronts is not None:
+        run.storefronts_dir = args.storefronts
+    elif args.resume and split_dir.is_dir():
+        run.storefronts_dir = split_dir  # the split the run started with
+    elif args.bundled:
+        prepare_storefronts_stage(run)
+    else:
+        summary = write_synthetic_split(
+            split_dir,
+            storefronts=args.synthetic_storefronts,
+            customers=args.synthetic_customers,
+            items=args.synthetic_items,
+            order_lines=None,
+            seed=args.seed,
+            progress=run.progress,
+        )
+        run.storefronts_dir = split_dir
+        run.outputs.append(split_dir)
+        print(format_summary(summary))
+    for stage in SIMULATION_STAGES:
+        stage(run)
+    print("Outputs: " + ", ".join(str(path) for path in run.outputs))
+    return 0
+
+
+def run_main(args: argparse.Namespace) -> int:
+    """Run every stage of ``MAIN_STAGES`` on the bundled data."""
+    run = MainRun(
+        out_dir=args.out,
+        min_customers=args.min_customers,
+        progress=Progress(PROG),
+        run_config=training_config(args, MAIN_RUN_CONFIG),
+        client_cpus=args.client_cpus,
+        sweep_dir=args.sweep_dir,
+    )
+    clear_previous_run(run.out_dir)
+    for stage in MAIN_STAGES:
+        stage(run)
+    print("Outputs: " + ", ".join(str(path) for path in run.outputs))
+    return 0
+
+
+def clear_previous_run(run_dir: Path) -> None:
+    """Remove what an earlier simulation job left in ``run_dir`` (the split is replaced by
+    its own stage), so that ``main`` always starts a fresh run with fresh site budgets."""
+    for name in PREVIOUS_RUN_OUTPUTS:
+        path = run_dir / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+
+
+PREVIOUS_RUN_OUTPUTS = (
+    RESOLVED_CONFIG,
+    ROUNDS_LOG,
+    CHECKPOINT_DIR,
+    BUNDLE_DIR,
+    SITES_DIR,
+    FLWR_HOME_DIR,
+    RUN_LOG,
+    PRIVACY_REPORT,
+    REPORT_FILE,
+    PLOTS_DIR,
+)
+"""Everything a simulation job writes into its run directory besides the split."""
