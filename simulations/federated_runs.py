@@ -1,0 +1,116 @@
+"""The federated runs of the comparison: non-private, and with DP at each target ε.
+
+Each run is a real simulation of the Flower app (:func:`simulations.runner.run_simulation_job`:
+``flwr run``, one SuperNode per storefront) on a storefront split of the bundled data,
+with the run configs below; its final round's pooled evaluation becomes rows of the
+comparison tables (:mod:`simulations.compare`) in the same shape as the centralized and
+storefront-alone runs: ``overall``, ``outside United Kingdom`` (recommender: the per-
+storefront sums pooled; churn: not available, as the server keeps no per-site score
+histograms) and one row per storefront.
+
+:data:`DP_RUN_CONFIG` is also the main job's configuration (``fedshop-sim main``).
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+from pathlib import Path
+from typing import Any
+
+from models.baselines import OUTSIDE_UK, UK
+from models.metrics import OVERALL
+from simulations.progress import SILENT, Progress
+from simulations.report import load_run, overall_metrics, storefront_metrics
+from simulations.runner import DEFAULT_CLIENT_CPUS, run_simulation_job
+
+FEDERATED = "federated"
+"""Name of the non-private federated run."""
+
+DP_RUN_CONFIG: dict[str, Any] = {
+    "models": "churn,recommender",
+    "epsilon": 8.0,
+    "num-server-rounds": 4,
+    "churn.local-epochs": 2,
+    "recommender.local-epochs": 5,
+}
+"""Federated DP training of both models at ε = 8 per site and model: 4 rounds; the
+per-model settings of ``pyproject.toml`` (recommender: momentum SGD, lr 3, batch 500,
+clip 0.1; churn: SGD, lr 0.05, batch 64, clip 1) with 5 and 2 local epochs."""
+
+PLAIN_RUN_CONFIG: dict[str, Any] = {
+    **DP_RUN_CONFIG,
+    "epsilon": 0.0,
+    "recommender.optimizer": "adam",
+    "recommender.learning-rate": 0.01,
+    "recommender.batch-size": 64,
+}
+"""Non-private federated training: the recommender with the centralized non-private
+reference's Adam settings, otherwise as :data:`DP_RUN_CONFIG`."""
+
+_METRIC_NAMES = {"num-customers": "customers"}
+"""Federated metric names that the comparison tables call otherwise."""
+_POOLED_MEANS = ("hr@10", "recall@10", "ndcg@10")
+"""Per-customer means, which pool across storefronts weighted by their test customers."""
+
+
+def federated_dp_run_name(epsilon: float) -> str:
+    """``federated-dp-eps-8`` (integers without a decimal point)."""
+    return f"{FEDERATED}-dp-eps-{epsilon:g}"
+
+
+def federated_references(
+    storefronts_dir: Path,
+    out_dir: Path,
+    epsilons: list[float],
+    *,
+    client_cpus: int = DEFAULT_CLIENT_CPUS,
+    progress: Progress = SILENT,
+) -> dict[str, dict[str, Any]]:
+    """Run the non-private and each DP federated simulation into ``out_dir/<run name>``.
+
+    Returns:
+        model -> run name -> ``{"training": run config, "metrics": rows by group}``.
+    """
+    configs = {FEDERATED: PLAIN_RUN_CONFIG}
+    configs.update({federated_dp_run_name(e): {**DP_RUN_CONFIG, "epsilon": e} for e in epsilons})
+    runs: dict[str, dict[str, Any]] = {}
+    for name, run_config in configs.items():
+        run_dir = out_dir / name
+        if run_dir.is_dir():
+            shutil.rmtree(run_dir)  # an earlier comparison's run: train afresh
+        with progress.step(f"{name}: flwr run on {storefronts_dir.name}"):
+            run_simulation_job(
+                storefronts_dir, run_dir, run_config=run_config, client_cpus=client_cpus
+            )
+        results = load_run(run_dir)
+        for model in results.rounds:
+            runs.setdefault(model, {})[name] = {
+                "training": run_config,
+                "metrics": federated_rows(results.final(model), model),
+            }
+    return runs
+
+
+def federated_rows(final: dict[str, Any], model: str) -> dict[str, dict[str, float | None]]:
+    """Rows by group (overall, outside the UK for the recommender, each storefront) from a
+    run's final pooled evaluation (``<metric>`` and ``<storefront>/<metric>`` keys)."""
+    per_storefront = storefront_metrics(final)
+    rows = {OVERALL: _renamed(overall_metrics(final))}
+    if model == "recommender":
+        outside = {s: m for s, m in per_storefront.items() if s != UK}
+        customers = sum(m["num-customers"] for m in outside.values())
+        if customers:
+            rows[OUTSIDE_UK] = {"customers": float(customers)} | {
+                name: sum(m[name] * m["num-customers"] for m in outside.values()) / customers
+                for name in _POOLED_MEANS
+            }
+    rows.update({s: _renamed(m) for s, m in sorted(per_storefront.items())})
+    return rows
+
+
+def _renamed(metrics: dict[str, Any]) -> dict[str, float | None]:
+    return {
+        _METRIC_NAMES.get(name, name): None if math.isnan(float(value)) else float(value)
+        for name, value in metrics.items()
+    }
