@@ -65,6 +65,9 @@ SERVER_ROUND = "server-round"
 ROUND_OFFSET = "round-offset"
 PLANNED_ROUNDS = "planned-rounds"
 PROXIMAL_MU = "proximal-mu"
+ARRAY_NAMES = "array-names"
+"""Train-config key of secure-aggregation rounds: the model's array names, in the order of
+the legacy FitIns arrays (the legacy layout has no names)."""
 
 # Error codes for declined rounds; above Flower's own ErrorCode range.
 DECLINED_BUDGET_EXHAUSTED = 1001

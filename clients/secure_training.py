@@ -9,7 +9,7 @@ to the site's one train round, :func:`clients.site_task.train_round`:
 
 1. the legacy FitIns layout (unnamed arrays ``fitins.parameters``, ``fitins.config``) becomes
    the train message of :mod:`clients.messages`; the array names come in the config under
-   :data:`ARRAY_NAMES`;
+   :data:`clients.messages.ARRAY_NAMES`;
 2. ``train_round`` runs unchanged: the privacy gate, user-level DP-SGD (per-customer
    clipping and noise happen *during* local training, on the site) and the ledger commit.
    So the update is already privatised before it is masked;
@@ -43,9 +43,6 @@ from flwr.compat.common.recorddict_compat import arrayrecord_to_parameters, fitr
 from clients import messages as wire
 from clients.site_task import train_round
 
-ARRAY_NAMES = "array-names"
-"""Train-config key of secure rounds: the model's array names, in the order of the legacy
-FitIns arrays (the legacy layout has no names)."""
 FITINS_PARAMETERS = "fitins.parameters"
 FITINS_CONFIG = "fitins.config"
 
@@ -82,7 +79,7 @@ def masked_train_round(msg: Message, context: Context) -> Message:
         UnmaskableUpdate: the update is non-finite or outside SecAgg+'s quantisation range.
     """
     config = dict(msg.content.config_records[FITINS_CONFIG])
-    names = [str(name) for name in config.pop(ARRAY_NAMES)]
+    names = [str(name) for name in config.pop(wire.ARRAY_NAMES)]
     legacy_arrays = msg.content.array_records[FITINS_PARAMETERS]
     global_arrays = parameters_to_ndarrays(arrayrecord_to_parameters(legacy_arrays, True))
     global_weights = dict(zip(names, global_arrays, strict=True))

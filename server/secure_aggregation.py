@@ -63,7 +63,6 @@ from flwr.serverapp import Grid
 from flwr.supercore import log
 
 from clients import messages as wire
-from clients.secure_training import ARRAY_NAMES
 from server.strategy import RoundReport, ValidatedAggregation, aggregate_train_metrics
 from server.update_validation import Rejection
 
@@ -205,7 +204,7 @@ class SecureFedAvg(LegacyFedAvg):
         proxies = client_manager.all()
         instructions = []
         for msg in messages:
-            config = {**dict(msg.content[wire.CONFIG]), ARRAY_NAMES: self.names}
+            config = {**dict(msg.content[wire.CONFIG]), wire.ARRAY_NAMES: self.names}
             proxy = proxies.get(str(msg.metadata.dst_node_id))
             if proxy is None:
                 log(WARNING, "Node %d is not registered yet; left out", msg.metadata.dst_node_id)
