@@ -37,7 +37,6 @@ from flwr.supercore.task_identity import TaskIdentity
 from clients import client_app
 from clients import messages as wire
 from clients.secure_training import (
-    ARRAY_NAMES,
     UnmaskableUpdate,
     check_maskable,
     is_secure_aggregation_message,
@@ -142,7 +141,7 @@ def test_secure_rounds_send_the_plain_paths_train_config_to_the_same_sample():
     assert sorted(proxy.node_id for proxy, _ in instructions) == [1, 2, 3]
     for _, fitins in instructions:
         config = dict(fitins.config)
-        assert config.pop(ARRAY_NAMES) == list(GLOBAL)
+        assert config.pop(wire.ARRAY_NAMES) == list(GLOBAL)
         assert config == expected
         sent = parameters_to_ndarrays(fitins.parameters)
         assert all(np.array_equal(a, b) for a, b in zip(sent, GLOBAL.values(), strict=True))
