@@ -1,7 +1,7 @@
 """Centralized and storefront-alone reference runs that federated training is judged against.
 
 :func:`run_comparison` trains both models (next-basket recommender, churn MLP) on one
-order-line frame in three ways and evaluates each on the models' fixed protocols:
+order-line frame in several ways and evaluates each on the models' fixed protocols:
 
 * ``centralized``: every customer's data pooled, non-private;
 * ``centralized-dp-eps-<ε>``: pooled, user-level DP-SGD (one example per customer) at
@@ -9,6 +9,9 @@ order-line frame in three ways and evaluates each on the models' fixed protocols
   customers and σ calibrated once for the whole planned training at the sample rate
   Opacus really uses; the ε recorded is recomputed from the DP segment the training
   really ran (:func:`privacy.accountant.epsilon_for`);
+* ``federated`` and ``federated-dp-eps-<ε>`` (with ``federated=True``; the command's
+  default): real simulations of the Flower app on the same storefronts, non-private and
+  at each target ε per site (:mod:`simulations.federated_runs`);
 * ``storefront-alone``: one non-private model per storefront
   (:func:`simulations.storefronts.assign_storefronts`), trained on that storefront's
   customers only and scored on that storefront's test customers only.
@@ -70,11 +73,20 @@ from privacy.accountant import (
 from privacy.atomic_files import atomic_write
 from privacy.pseudonymise import generate_key, load_key
 from simulations.compare_options import DEFAULT_EPSILONS
+from simulations.federated_runs import QUICK_OVERRIDES, federated_references
 from simulations.progress import SILENT, Progress
-from simulations.storefronts import BUNDLED_DATA, DEFAULT_MIN_CUSTOMERS, assign_storefronts
+from simulations.runner import DEFAULT_CLIENT_CPUS
+from simulations.storefronts import (
+    BUNDLED_DATA,
+    DEFAULT_MIN_CUSTOMERS,
+    assign_storefronts,
+    prepare_storefronts,
+)
 
 COMPARISON_JSON = "comparison.json"
 COMPARISON_MARKDOWN = "comparison.md"
+FEDERATED_SPLIT = "storefronts"
+"""Subdirectory of the comparison's output holding the federated runs' storefront split."""
 CENTRALIZED = "centralized"
 STOREFRONT_ALONE = "storefront-alone"
 RECOMMENDER_METRICS = ("hr@10", "recall@10", "ndcg@10")
@@ -118,6 +130,8 @@ def run_comparison(
     seed: int = 0,
     quick: bool = False,
     min_customers: int = DEFAULT_MIN_CUSTOMERS,
+    federated: bool = False,
+    client_cpus: int = DEFAULT_CLIENT_CPUS,
     progress: Progress = SILENT,
 ) -> dict[str, Any]:
     """Train and evaluate every run (module docstring) and write the JSON and Markdown.
@@ -129,6 +143,10 @@ def run_comparison(
         seed: seeds weights, sampling, target draws and DP noise.
         quick: :data:`QUICK_EPOCHS` epochs for every epoch-based run (tests, smoke runs).
         min_customers: storefront threshold of :func:`assign_storefronts`.
+        federated: also run the federated simulations of
+            :func:`simulations.federated_runs.federated_references` (non-private and each
+            ε) on the same storefronts, written under ``out_dir`` (minutes each).
+        client_cpus: CPUs per simulated ClientApp of the federated runs.
         progress: reports each training and evaluation with its wall time.
 
     Returns:
@@ -149,9 +167,29 @@ def run_comparison(
         "churn": compare_churn(assigned, epsilons, seed, quick, progress),
     }
     out_dir.mkdir(parents=True, exist_ok=True)
+    if federated:
+        split = out_dir / FEDERATED_SPLIT
+        with progress.step(f"write the storefront split to {split}"):
+            prepare_storefronts(assigned, split, metadata={"min-customers": min_customers})
+        runs = federated_references(
+            split,
+            out_dir,
+            list(epsilons),
+            overrides=QUICK_OVERRIDES if quick else None,
+            client_cpus=client_cpus,
+            progress=progress,
+        )
+        for model, federated_runs in runs.items():
+            result[model]["runs"] = _before_storefront_alone(result[model]["runs"], federated_runs)
     atomic_write(out_dir / COMPARISON_JSON, json.dumps(result, indent=2, allow_nan=False) + "\n")
     atomic_write(out_dir / COMPARISON_MARKDOWN, comparison_markdown(result))
     return result
+
+
+def _before_storefront_alone(runs: dict[str, Any], inserted: dict[str, Any]) -> dict[str, Any]:
+    """``runs`` with ``inserted`` placed before the storefront-alone column."""
+    ordered = {name: run for name, run in runs.items() if name != STOREFRONT_ALONE}
+    return {**ordered, **inserted, STOREFRONT_ALONE: runs[STOREFRONT_ALONE]}
 
 
 def compare_recommender(
@@ -441,6 +479,8 @@ def run_compare(args: argparse.Namespace) -> int:
         epsilons=args.epsilons,
         seed=args.seed,
         quick=args.quick,
+        federated=args.federated,
+        client_cpus=args.client_cpus,
         progress=progress,
     )
     print((args.out / COMPARISON_MARKDOWN).read_text(), end="")

@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from simulations.runner import DEFAULT_CLIENT_CPUS
+
 DEFAULT_EPSILONS: tuple[float, ...] = (1.0, 3.0, 8.0)
 
 
@@ -23,7 +25,7 @@ def epsilon_list(text: str) -> tuple[float, ...]:
 
 
 def add_compare_arguments(parser: argparse.ArgumentParser) -> None:
-    """Declare ``compare --out DIR [--epsilons 1,3,8] [--seed 0] [--quick]``."""
+    """Declare ``compare --out DIR [--epsilons 1,3,8] [--seed 0] [--quick] [--no-federated]``."""
     parser.add_argument("--out", type=Path, required=True, help="directory for the results")
     parser.add_argument(
         "--epsilons",
@@ -33,3 +35,16 @@ def add_compare_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="few epochs (smoke test)")
+    parser.add_argument(
+        "--federated",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also run the federated simulations, non-private and at each ε (default: yes; "
+        "each is a real flwr run of a few minutes)",
+    )
+    parser.add_argument(
+        "--client-cpus",
+        type=int,
+        default=DEFAULT_CLIENT_CPUS,
+        help=f"CPUs per simulated ClientApp of the federated runs (default {DEFAULT_CLIENT_CPUS})",
+    )

@@ -48,6 +48,13 @@ PLAIN_RUN_CONFIG: dict[str, Any] = {
 """Non-private federated training: the recommender with the centralized non-private
 reference's Adam settings, otherwise as :data:`DP_RUN_CONFIG`."""
 
+QUICK_OVERRIDES: dict[str, Any] = {
+    "num-server-rounds": 1,
+    "churn.local-epochs": 1,
+    "recommender.local-epochs": 1,
+}
+"""One round of one local epoch per model (smoke tests)."""
+
 _METRIC_NAMES = {"num-customers": "customers"}
 """Federated metric names that the comparison tables call otherwise."""
 _POOLED_MEANS = ("hr@10", "recall@10", "ndcg@10")
@@ -64,16 +71,21 @@ def federated_references(
     out_dir: Path,
     epsilons: list[float],
     *,
+    overrides: dict[str, Any] | None = None,
     client_cpus: int = DEFAULT_CLIENT_CPUS,
     progress: Progress = SILENT,
 ) -> dict[str, dict[str, Any]]:
     """Run the non-private and each DP federated simulation into ``out_dir/<run name>``.
 
+    ``overrides`` change every run's config (e.g. :data:`QUICK_OVERRIDES`).
+
     Returns:
         model -> run name -> ``{"training": run config, "metrics": rows by group}``.
     """
-    configs = {FEDERATED: PLAIN_RUN_CONFIG}
-    configs.update({federated_dp_run_name(e): {**DP_RUN_CONFIG, "epsilon": e} for e in epsilons})
+    configs = {FEDERATED: {**PLAIN_RUN_CONFIG, **(overrides or {})}}
+    for epsilon in epsilons:
+        dp_config = {**DP_RUN_CONFIG, **(overrides or {}), "epsilon": epsilon}
+        configs[federated_dp_run_name(epsilon)] = dp_config
     runs: dict[str, dict[str, Any]] = {}
     for name, run_config in configs.items():
         run_dir = out_dir / name

@@ -20,6 +20,7 @@ from simulations.compare import (
     dp_run_name,
     run_comparison,
 )
+from simulations.federated_runs import FEDERATED, federated_dp_run_name
 from simulations.storefronts import assign_storefronts
 from simulations.synthetic import generate_orders
 
@@ -105,3 +106,31 @@ def test_command_refuses_bad_epsilons(epsilons: str, tmp_path: Path, capsys) -> 
     assert stopped.value.code == EXIT_USAGE
     assert "--epsilons" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())
+
+
+def test_federated_columns_come_from_real_simulations_of_the_same_storefronts(tmp_path) -> None:
+    frame = generate_orders(n_storefronts=3, n_customers=150, n_items=50, seed=1)
+    result = run_comparison(frame, tmp_path, epsilons=(8.0,), quick=True, federated=True)
+    federated = [FEDERATED, federated_dp_run_name(8.0)]
+    for model in ("recommender", "churn"):
+        assert list(result[model]["runs"]) == [
+            CENTRALIZED,
+            dp_run_name(8.0),
+            *federated,
+            STOREFRONT_ALONE,
+        ]
+    storefronts = set(assign_storefronts(frame)[schema.STOREFRONT])
+    for name in federated:
+        rows = result["recommender"]["runs"][name]["metrics"]
+        assert storefronts <= set(rows)
+        assert 0 < rows[metrics.OVERALL]["ndcg@10"] <= 1
+        centralized = result["recommender"]["runs"][CENTRALIZED]["metrics"][metrics.OVERALL]
+        assert rows[metrics.OVERALL]["customers"] == centralized["customers"]
+        churn = result["churn"]["runs"][name]["metrics"][metrics.OVERALL]
+        assert 0 <= churn["roc-auc"] <= 1
+        assert (tmp_path / name / "rounds.jsonl").is_file()
+    ledgers = list((tmp_path / federated_dp_run_name(8.0) / "sites").glob("*/*.sqlite"))
+    assert len(ledgers) == len(storefronts)
+    assert not list((tmp_path / FEDERATED / "sites").glob("*/*.sqlite"))  # non-private
+    header = (tmp_path / COMPARISON_MARKDOWN).read_text().splitlines()
+    assert any(f"| {FEDERATED} | {federated_dp_run_name(8.0)} |" in line for line in header)
