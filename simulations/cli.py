@@ -186,20 +186,6 @@ def write_synthetic_split(
         return prepare_storefronts(frame, out, metadata=metadata)
 
 
-MAIN_RUN_CONFIG: dict[str, Any] = {
-    "models": "churn,recommender",
-    "epsilon": 8.0,
-    "num-server-rounds": 6,
-    "local-epochs": 1,
-    "batch-size": 64,
-}
-"""What ``main`` trains: both models under DP at ε = 8 per site, 6 rounds of one local
-epoch at batch 64. Measured on 2 cores shared with other jobs (load average 3-8): the
-whole main job 277 s wall, within the 10-minute budget; the same training alone took
-130 s at load 3. With 3 rounds the churn model's ROC-AUC was still 0.34; with 6 it is
-0.747, the centralized reference."""
-
-
 def add_training_arguments(parser: argparse.ArgumentParser) -> None:
     """Declare the federated-training options shared by ``run`` and ``main``."""
     group = parser.add_argument_group("federated training")

@@ -73,8 +73,9 @@ from privacy.accountant import (
 from privacy.atomic_files import atomic_write
 from privacy.pseudonymise import generate_key, load_key
 from simulations.compare_options import DEFAULT_EPSILONS
-from simulations.federated_runs import QUICK_OVERRIDES, federated_references
+from simulations.federated_runs import federated_references
 from simulations.progress import SILENT, Progress
+from simulations.run_configs import QUICK_OVERRIDES
 from simulations.runner import DEFAULT_CLIENT_CPUS
 from simulations.storefronts import (
     BUNDLED_DATA,

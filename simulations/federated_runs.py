@@ -8,7 +8,7 @@ storefront-alone runs: ``overall``, ``outside United Kingdom`` (recommender: the
 storefront sums pooled; churn: not available, as the server keeps no per-site score
 histograms) and one row per storefront.
 
-:data:`DP_RUN_CONFIG` is also the main job's configuration (``fedshop-sim main``).
+The run configs are those of :mod:`simulations.run_configs`.
 """
 
 from __future__ import annotations
@@ -22,38 +22,11 @@ from models.baselines import OUTSIDE_UK, UK
 from models.metrics import OVERALL
 from simulations.progress import SILENT, Progress
 from simulations.report import load_run, overall_metrics, storefront_metrics
+from simulations.run_configs import MAIN_RUN_CONFIG, PLAIN_RUN_CONFIG
 from simulations.runner import DEFAULT_CLIENT_CPUS, run_simulation_job
 
 FEDERATED = "federated"
 """Name of the non-private federated run."""
-
-DP_RUN_CONFIG: dict[str, Any] = {
-    "models": "churn,recommender",
-    "epsilon": 8.0,
-    "num-server-rounds": 4,
-    "churn.local-epochs": 2,
-    "recommender.local-epochs": 5,
-}
-"""Federated DP training of both models at ε = 8 per site and model: 4 rounds; the
-per-model settings of ``pyproject.toml`` (recommender: momentum SGD, lr 3, batch 500,
-clip 0.1; churn: SGD, lr 0.05, batch 64, clip 1) with 5 and 2 local epochs."""
-
-PLAIN_RUN_CONFIG: dict[str, Any] = {
-    **DP_RUN_CONFIG,
-    "epsilon": 0.0,
-    "recommender.optimizer": "adam",
-    "recommender.learning-rate": 0.01,
-    "recommender.batch-size": 64,
-}
-"""Non-private federated training: the recommender with the centralized non-private
-reference's Adam settings, otherwise as :data:`DP_RUN_CONFIG`."""
-
-QUICK_OVERRIDES: dict[str, Any] = {
-    "num-server-rounds": 1,
-    "churn.local-epochs": 1,
-    "recommender.local-epochs": 1,
-}
-"""One round of one local epoch per model (smoke tests)."""
 
 _METRIC_NAMES = {"num-customers": "customers"}
 """Federated metric names that the comparison tables call otherwise."""
@@ -77,14 +50,14 @@ def federated_references(
 ) -> dict[str, dict[str, Any]]:
     """Run the non-private and each DP federated simulation into ``out_dir/<run name>``.
 
-    ``overrides`` change every run's config (e.g. :data:`QUICK_OVERRIDES`).
+    ``overrides`` change every run's config (e.g. :data:`simulations.run_configs.QUICK_OVERRIDES`).
 
     Returns:
         model -> run name -> ``{"training": run config, "metrics": rows by group}``.
     """
     configs = {FEDERATED: {**PLAIN_RUN_CONFIG, **(overrides or {})}}
     for epsilon in epsilons:
-        dp_config = {**DP_RUN_CONFIG, **(overrides or {}), "epsilon": epsilon}
+        dp_config = {**MAIN_RUN_CONFIG, **(overrides or {}), "epsilon": epsilon}
         configs[federated_dp_run_name(epsilon)] = dp_config
     runs: dict[str, dict[str, Any]] = {}
     for name, run_config in configs.items():

@@ -24,7 +24,6 @@ from server.bundle import BUNDLE_DIR
 from server.checkpoint import CHECKPOINT_DIR
 from server.server_app import RESOLVED_CONFIG, ROUNDS_LOG
 from simulations.cli import (
-    MAIN_RUN_CONFIG,
     PROG,
     CommandError,
     training_config,
@@ -40,6 +39,7 @@ from simulations.report import (
     overall_metrics,
     write_report,
 )
+from simulations.run_configs import MAIN_RUN_CONFIG
 from simulations.runner import DEFAULT_CLIENT_CPUS, FLWR_HOME_DIR, RUN_LOG, run_simulation_job
 from simulations.storefronts import format_summary, prepare_bundled_storefronts
 

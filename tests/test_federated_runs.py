@@ -4,12 +4,8 @@ import pytest
 
 from models.baselines import OUTSIDE_UK, UK
 from models.metrics import OVERALL
-from simulations.federated_runs import (
-    DP_RUN_CONFIG,
-    PLAIN_RUN_CONFIG,
-    federated_dp_run_name,
-    federated_rows,
-)
+from simulations.federated_runs import federated_dp_run_name, federated_rows
+from simulations.run_configs import MAIN_RUN_CONFIG, PLAIN_RUN_CONFIG, QUICK_OVERRIDES
 from simulations.runner import app_run_config
 
 
@@ -48,7 +44,8 @@ def test_churn_rows_have_no_outside_uk_row_and_no_nan():
 
 def test_run_configs_name_only_keys_of_the_app_and_differ_in_privacy():
     keys = set(app_run_config())
-    assert set(DP_RUN_CONFIG) <= keys and set(PLAIN_RUN_CONFIG) <= keys
-    assert DP_RUN_CONFIG["epsilon"] > 0 >= PLAIN_RUN_CONFIG["epsilon"]
+    for config in (MAIN_RUN_CONFIG, PLAIN_RUN_CONFIG, QUICK_OVERRIDES):
+        assert set(config) <= keys
+    assert MAIN_RUN_CONFIG["epsilon"] > 0 >= PLAIN_RUN_CONFIG["epsilon"]
     assert federated_dp_run_name(8.0) == "federated-dp-eps-8"
     assert federated_dp_run_name(0.5) == "federated-dp-eps-0.5"

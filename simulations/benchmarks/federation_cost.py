@@ -2,7 +2,7 @@
 
 Run ``python -m simulations.benchmarks.federation_cost``; it prints a Markdown section
 for BENCHMARKS.md. Both sides train the same models with the same run config (default:
-the main job's, :data:`simulations.cli.MAIN_RUN_CONFIG`) on the same storefront split of
+the main job's, :data:`simulations.run_configs.MAIN_RUN_CONFIG`) on the same storefront split of
 the bundled data, with the same per-site seeds:
 
 - ``federated``: :func:`simulations.runner.run_simulation_job` — the real ``flwr run``
@@ -28,8 +28,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from simulations.cli import MAIN_RUN_CONFIG
 from simulations.report import load_run
+from simulations.run_configs import MAIN_RUN_CONFIG
 from simulations.runner import DEFAULT_CLIENT_CPUS, run_simulation_job
 from simulations.sequential import run_sequential_federation
 from simulations.storefronts import DEFAULT_MIN_CUSTOMERS, prepare_bundled_storefronts
