@@ -13,25 +13,17 @@ The run configs are those of :mod:`simulations.run_configs`.
 
 from __future__ import annotations
 
-import math
 import shutil
 from pathlib import Path
 from typing import Any
 
-from models.baselines import OUTSIDE_UK, UK
-from models.metrics import OVERALL
 from simulations.progress import SILENT, Progress
-from simulations.report import load_run, overall_metrics, storefront_metrics
 from simulations.run_configs import MAIN_RUN_CONFIG, PLAIN_RUN_CONFIG
+from simulations.run_results import final_rows, load_run
 from simulations.runner import DEFAULT_CLIENT_CPUS, run_simulation_job
 
 FEDERATED = "federated"
 """Name of the non-private federated run."""
-
-_METRIC_NAMES = {"num-customers": "customers"}
-"""Federated metric names that the comparison tables call otherwise."""
-_POOLED_MEANS = ("hr@10", "recall@10", "ndcg@10")
-"""Per-customer means, which pool across storefronts weighted by their test customers."""
 
 
 def federated_dp_run_name(epsilon: float) -> str:
@@ -72,30 +64,6 @@ def federated_references(
         for model in results.rounds:
             runs.setdefault(model, {})[name] = {
                 "training": run_config,
-                "metrics": federated_rows(results.final(model), model),
+                "metrics": final_rows(results.final(model), model),
             }
     return runs
-
-
-def federated_rows(final: dict[str, Any], model: str) -> dict[str, dict[str, float | None]]:
-    """Rows by group (overall, outside the UK for the recommender, each storefront) from a
-    run's final pooled evaluation (``<metric>`` and ``<storefront>/<metric>`` keys)."""
-    per_storefront = storefront_metrics(final)
-    rows = {OVERALL: _renamed(overall_metrics(final))}
-    if model == "recommender":
-        outside = {s: m for s, m in per_storefront.items() if s != UK}
-        customers = sum(m["num-customers"] for m in outside.values())
-        if customers:
-            rows[OUTSIDE_UK] = {"customers": float(customers)} | {
-                name: sum(m[name] * m["num-customers"] for m in outside.values()) / customers
-                for name in _POOLED_MEANS
-            }
-    rows.update({s: _renamed(m) for s, m in sorted(per_storefront.items())})
-    return rows
-
-
-def _renamed(metrics: dict[str, Any]) -> dict[str, float | None]:
-    return {
-        _METRIC_NAMES.get(name, name): None if math.isnan(float(value)) else float(value)
-        for name, value in metrics.items()
-    }

@@ -31,15 +31,9 @@ from simulations.cli import (
 )
 from simulations.privacy_report import PRIVACY_REPORT, SITES_DIR, write_privacy_report
 from simulations.progress import Progress
-from simulations.report import (
-    PLOTS_DIR,
-    REPORT_FILE,
-    format_value,
-    load_run,
-    overall_metrics,
-    write_report,
-)
+from simulations.report import PLOTS_DIR, REPORT_FILE, format_value, write_report
 from simulations.run_configs import MAIN_RUN_CONFIG
+from simulations.run_results import load_run, overall_metrics
 from simulations.runner import DEFAULT_CLIENT_CPUS, FLWR_HOME_DIR, RUN_LOG, run_simulation_job
 from simulations.storefronts import format_summary, prepare_bundled_storefronts
 

@@ -26,7 +26,6 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -45,14 +44,20 @@ from simulations.privacy_report import (  # noqa: E402
     SitePrivacy,
     privacy_report,
 )
+from simulations.run_results import (  # noqa: E402
+    STOREFRONT_SEPARATOR,
+    RunResults,
+    headline_metric,
+    load_run,
+    overall_metrics,
+    storefront_metrics,
+)
 from simulations.storefronts import SUMMARY_FILE  # noqa: E402
 
 REPORT_FILE = "report.html"
 PLOTS_DIR = "plots"
 INGEST_REPORT = "ingest_report.json"
 
-HEADLINE_METRICS = {"recommender": "ndcg@10", "churn": "roc-auc"}
-"""The metric each model's plots show (the protocols' main number)."""
 METRIC_LABELS = {
     "ndcg@10": "NDCG@10",
     "hr@10": "HR@10",
@@ -62,65 +67,6 @@ METRIC_LABELS = {
     "churn-rate": "churn rate",
     "num-customers": "test customers",
 }
-_PER_STOREFRONT_SEPARATOR = "/"
-
-
-@dataclass(frozen=True)
-class RunResults:
-    """The evaluation history of one run, per model."""
-
-    run_dir: Path
-    config: dict[str, Any]
-    rounds: dict[str, list[dict[str, Any]]]
-    """model -> its round records (``rounds.jsonl``), in round order."""
-
-    @property
-    def epsilon(self) -> float:
-        """The run's per-site ε budget (≤ 0: non-private)."""
-        return float(self.config.get("epsilon", 0.0))
-
-    def final(self, model: str) -> dict[str, Any]:
-        """The last round's pooled evaluation metrics of ``model`` ({} if none)."""
-        records = self.rounds.get(model, [])
-        return records[-1].get("evaluate-metrics", {}) if records else {}
-
-
-def load_run(run_dir: Path) -> RunResults:
-    """The config and per-model round records of ``run_dir``."""
-    run_dir = Path(run_dir)
-    config = json.loads((run_dir / RESOLVED_CONFIG).read_text())
-    rounds: dict[str, list[dict[str, Any]]] = {}
-    log = run_dir / ROUNDS_LOG
-    lines = log.read_text().splitlines() if log.is_file() else []
-    for record in (json.loads(line) for line in lines if line.strip()):
-        rounds.setdefault(record["model"], []).append(record)
-    for records in rounds.values():
-        records.sort(key=lambda record: record["round"])
-    return RunResults(run_dir, config, rounds)
-
-
-def overall_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
-    """The pooled metrics without the per-storefront ``<storefront>/<metric>`` entries."""
-    return {k: v for k, v in metrics.items() if _PER_STOREFRONT_SEPARATOR not in k}
-
-
-def storefront_metrics(metrics: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """storefront -> metric -> value, from the ``<storefront>/<metric>`` entries."""
-    per_storefront: dict[str, dict[str, Any]] = {}
-    for key, value in metrics.items():
-        storefront, separator, metric = key.rpartition(_PER_STOREFRONT_SEPARATOR)
-        if separator:
-            per_storefront.setdefault(storefront, {})[metric] = value
-    return per_storefront
-
-
-def headline_metric(model: str, metrics: dict[str, Any]) -> str:
-    """The metric shown for ``model``: its protocol's main number, else its first metric."""
-    overall = overall_metrics(metrics)
-    preferred = HEADLINE_METRICS.get(model)
-    if preferred in overall:
-        return preferred
-    return next((k for k in sorted(overall) if k != "num-customers"), "num-customers")
 
 
 def write_report(run_dir: Path, *, sweep_dir: Path | None = None) -> Path:
@@ -179,7 +125,7 @@ def _plot_rounds(run: RunResults, path: Path) -> Path | None:
         records = run.rounds[model]
         rounds = [r["round"] for r in records]
         for storefront in storefront_metrics(run.final(model)):
-            key = f"{storefront}{_PER_STOREFRONT_SEPARATOR}{metric}"
+            key = f"{storefront}{STOREFRONT_SEPARATOR}{metric}"
             values = [r.get("evaluate-metrics", {}).get(key, math.nan) for r in records]
             axis.plot(rounds, values, linewidth=0.8, alpha=0.6, label=storefront)
         overall = [r.get("evaluate-metrics", {}).get(metric, math.nan) for r in records]

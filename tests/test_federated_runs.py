@@ -4,8 +4,9 @@ import pytest
 
 from models.baselines import OUTSIDE_UK, UK
 from models.metrics import OVERALL
-from simulations.federated_runs import federated_dp_run_name, federated_rows
+from simulations.federated_runs import federated_dp_run_name
 from simulations.run_configs import MAIN_RUN_CONFIG, PLAIN_RUN_CONFIG, QUICK_OVERRIDES
+from simulations.run_results import final_rows
 from simulations.runner import app_run_config
 
 
@@ -22,7 +23,7 @@ def recommender_final() -> dict:
 
 
 def test_recommender_rows_pool_the_storefronts_outside_the_uk_by_their_customers():
-    rows = federated_rows(recommender_final(), "recommender")
+    rows = final_rows(recommender_final(), "recommender")
     assert list(rows) == [OVERALL, OUTSIDE_UK, "France", "Spain", UK]
     assert rows[OVERALL]["ndcg@10"] == 0.28 and rows[OVERALL]["customers"] == 100
     outside = rows[OUTSIDE_UK]
@@ -37,7 +38,7 @@ def test_recommender_rows_pool_the_storefronts_outside_the_uk_by_their_customers
 def test_churn_rows_have_no_outside_uk_row_and_no_nan():
     final = {"roc-auc": 0.75, "num-customers": 20, "Belgium/roc-auc": math.nan}
     final |= {"Belgium/num-customers": 4}
-    rows = federated_rows(final, "churn")
+    rows = final_rows(final, "churn")
     assert OUTSIDE_UK not in rows
     assert rows["Belgium"] == {"roc-auc": None, "customers": 4.0}
 

@@ -19,13 +19,8 @@ from models import schema
 from privacy.accountant import RDP_ORDERS
 from privacy.ledger import PrivacyLedger
 from simulations.privacy_report import PrivacyReportError, privacy_report, write_privacy_report
-from simulations.report import (
-    format_value,
-    headline_metric,
-    overall_metrics,
-    storefront_metrics,
-    write_report,
-)
+from simulations.report import format_value, write_report
+from simulations.run_results import headline_metric, overall_metrics, storefront_metrics
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

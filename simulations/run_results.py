@@ -1,0 +1,114 @@
+"""What a run directory says about a run's results: rounds, final metrics, rows by group.
+
+A run's per-round log (``rounds.jsonl``) holds, per model and round, the server's pooled
+evaluation: overall metrics under their own names and each storefront's as
+``<storefront>/<metric>``. :func:`load_run` reads it with the resolved config;
+:func:`final_rows` turns the final round into rows by group (overall, outside the UK,
+storefronts) as the comparison tables have them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from models.baselines import OUTSIDE_UK, UK
+from models.metrics import OVERALL
+from server.server_app import RESOLVED_CONFIG, ROUNDS_LOG
+
+HEADLINE_METRICS = {"recommender": "ndcg@10", "churn": "roc-auc"}
+"""The metric each model's plots show (the protocols' main number)."""
+STOREFRONT_SEPARATOR = "/"
+"""Separates storefront and metric in per-storefront metric names."""
+
+
+@dataclass(frozen=True)
+class RunResults:
+    """The evaluation history of one run, per model."""
+
+    run_dir: Path
+    config: dict[str, Any]
+    rounds: dict[str, list[dict[str, Any]]]
+    """model -> its round records (``rounds.jsonl``), in round order."""
+
+    @property
+    def epsilon(self) -> float:
+        """The run's per-site ε budget (≤ 0: non-private)."""
+        return float(self.config.get("epsilon", 0.0))
+
+    def final(self, model: str) -> dict[str, Any]:
+        """The last round's pooled evaluation metrics of ``model`` ({} if none)."""
+        records = self.rounds.get(model, [])
+        return records[-1].get("evaluate-metrics", {}) if records else {}
+
+
+def load_run(run_dir: Path) -> RunResults:
+    """The config and per-model round records of ``run_dir``."""
+    run_dir = Path(run_dir)
+    config = json.loads((run_dir / RESOLVED_CONFIG).read_text())
+    rounds: dict[str, list[dict[str, Any]]] = {}
+    log = run_dir / ROUNDS_LOG
+    lines = log.read_text().splitlines() if log.is_file() else []
+    for record in (json.loads(line) for line in lines if line.strip()):
+        rounds.setdefault(record["model"], []).append(record)
+    for records in rounds.values():
+        records.sort(key=lambda record: record["round"])
+    return RunResults(run_dir, config, rounds)
+
+
+def overall_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
+    """The pooled metrics without the per-storefront ``<storefront>/<metric>`` entries."""
+    return {k: v for k, v in metrics.items() if STOREFRONT_SEPARATOR not in k}
+
+
+def storefront_metrics(metrics: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """storefront -> metric -> value, from the ``<storefront>/<metric>`` entries."""
+    per_storefront: dict[str, dict[str, Any]] = {}
+    for key, value in metrics.items():
+        storefront, separator, metric = key.rpartition(STOREFRONT_SEPARATOR)
+        if separator:
+            per_storefront.setdefault(storefront, {})[metric] = value
+    return per_storefront
+
+
+def headline_metric(model: str, metrics: dict[str, Any]) -> str:
+    """The metric shown for ``model``: its protocol's main number, else its first metric."""
+    overall = overall_metrics(metrics)
+    preferred = HEADLINE_METRICS.get(model)
+    if preferred in overall:
+        return preferred
+    return next((k for k in sorted(overall) if k != "num-customers"), "num-customers")
+
+
+_METRIC_NAMES = {"num-customers": "customers"}
+"""Federated metric names that the comparison tables call otherwise."""
+_POOLED_MEANS = ("hr@10", "recall@10", "ndcg@10")
+"""Per-customer means, which pool across storefronts weighted by their test customers."""
+
+
+def final_rows(final: dict[str, Any], model: str) -> dict[str, dict[str, float | None]]:
+    """Rows by group (overall, outside the UK for the recommender, each storefront) from a
+    run's final pooled evaluation (``<metric>`` and ``<storefront>/<metric>`` keys), named
+    as the comparison tables of :mod:`simulations.compare` name theirs."""
+    per_storefront = storefront_metrics(final)
+    rows = {OVERALL: _renamed(overall_metrics(final))}
+    if model == "recommender":
+        outside = {s: m for s, m in per_storefront.items() if s != UK}
+        customers = sum(m["num-customers"] for m in outside.values())
+        if customers:
+            rows[OUTSIDE_UK] = {"customers": float(customers)} | {
+                name: sum(m[name] * m["num-customers"] for m in outside.values()) / customers
+                for name in _POOLED_MEANS
+            }
+    rows.update({s: _renamed(m) for s, m in sorted(per_storefront.items())})
+    return rows
+
+
+def _renamed(metrics: dict[str, Any]) -> dict[str, float | None]:
+    return {
+        _METRIC_NAMES.get(name, name): None if math.isnan(float(value)) else float(value)
+        for name, value in metrics.items()
+    }
