@@ -31,7 +31,7 @@ from clients.command_line import run_handler
 from clients.errors import IngestError
 from privacy.pseudonymise import KeyFileError
 from simulations.compare_options import add_compare_arguments
-from simulations.errors import PrivacyReportError
+from simulations.errors import PrivacyReportError, ReportError
 from simulations.progress import Progress
 from simulations.runner import DEFAULT_CLIENT_CPUS, SimulationError
 from simulations.storefronts import (
@@ -45,6 +45,8 @@ from simulations.synthetic import generate_orders
 
 PROG = "fedshop-sim"
 DEFAULT_MAIN_OUT = Path("runs/main")
+BUNDLED_REFERENCE = Path(__file__).parent / "data" / "reference-comparison.json"
+"""``fedshop-sim compare`` on the bundled data, shown beside the main job's results."""
 
 
 class CommandError(Exception):
@@ -58,6 +60,7 @@ USER_ERRORS: tuple[type[Exception], ...] = (
     StorefrontError,
     SimulationError,
     PrivacyReportError,
+    ReportError,
 )
 """Exceptions that mean bad input, not a bug: shown as one line with exit code 2."""
 
@@ -249,6 +252,11 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     source.add_argument("--synthetic", action="store_true", help="generate synthetic data")
     parser.add_argument("--out", type=Path, required=True, help="the run directory")
     parser.add_argument("--resume", action="store_true", help="continue the run already in --out")
+    parser.add_argument(
+        "--reference",
+        type=Path,
+        help="a comparison.json of `fedshop-sim compare` on the same data, shown in the report",
+    )
     _add_min_customers(parser)
     synthetic = parser.add_argument_group("synthetic data (with --synthetic)")
     synthetic.add_argument("--synthetic-storefronts", type=positive_int, default=3)
@@ -265,6 +273,13 @@ def add_main_arguments(parser: argparse.ArgumentParser) -> None:
         type=Path,
         default=DEFAULT_MAIN_OUT,
         help=f"run directory, replaced on every main run (default {DEFAULT_MAIN_OUT})",
+    )
+    parser.add_argument(
+        "--reference",
+        type=Path,
+        default=BUNDLED_REFERENCE,
+        help="a comparison.json of `fedshop-sim compare` shown beside the results in the "
+        "report (default: the one made on the bundled data, shipped with fedshop)",
     )
     _add_min_customers(parser)
     add_training_arguments(parser)

@@ -20,6 +20,8 @@ from typing import Any
 
 import pandas as pd
 
+from models.baselines import OUTSIDE_UK
+from models.metrics import OVERALL
 from server.bundle import BUNDLE_DIR
 from server.checkpoint import CHECKPOINT_DIR
 from server.server_app import RESOLVED_CONFIG, ROUNDS_LOG
@@ -31,9 +33,16 @@ from simulations.cli import (
 )
 from simulations.privacy_report import PRIVACY_REPORT, SITES_DIR, write_privacy_report
 from simulations.progress import Progress
-from simulations.report import PLOTS_DIR, REPORT_FILE, format_value, write_report
+from simulations.report import (
+    PLOTS_DIR,
+    REPORT_FILE,
+    format_value,
+    load_comparison,
+    reference_frame,
+    write_report,
+)
 from simulations.run_configs import MAIN_RUN_CONFIG
-from simulations.run_results import load_run, overall_metrics
+from simulations.run_results import HEADLINE_METRICS, load_run, overall_metrics
 from simulations.runner import DEFAULT_CLIENT_CPUS, FLWR_HOME_DIR, RUN_LOG, run_simulation_job
 from simulations.storefronts import format_summary, prepare_bundled_storefronts
 
@@ -53,6 +62,8 @@ class MainRun:
     client_cpus: int = DEFAULT_CLIENT_CPUS
     resume: bool = False
     sweep_dir: Path | None = None
+    reference: Path | None = None
+    """A ``comparison.json`` shown beside the run's results in the report."""
     storefronts_dir: Path | None = None
     storefront_summary: pd.DataFrame | None = None
     outputs: list[Path] = field(default_factory=list)
@@ -105,13 +116,21 @@ def privacy_report_stage(run: MainRun) -> None:
 def report_stage(run: MainRun) -> None:
     """``report.html`` with its plots."""
     with run.progress.step("report.html and plots"):
-        path = write_report(run.out_dir, sweep_dir=run.sweep_dir)
+        path = write_report(run.out_dir, sweep_dir=run.sweep_dir, reference=run.reference)
     run.outputs.append(path)
     results = load_run(run.out_dir)
     print("Final metrics (pooled over all storefronts' held-out customers):")
     for model in results.rounds:
         metrics = overall_metrics(results.final(model))
         print(f"  {model}: " + ", ".join(f"{k} {format_value(v)}" for k, v in metrics.items()))
+    if run.reference is not None:
+        comparison = load_comparison(run.reference)
+        print(f"Beside the reference runs of {run.reference} (overall and outside the UK):")
+        for model in results.rounds:
+            frame = reference_frame(results, model, comparison)
+            shown = frame[frame["group"].isin([OVERALL, OUTSIDE_UK])].set_index("group").T
+            print(f"  {model} {HEADLINE_METRICS[model]}:")
+            print(shown.to_string(float_format=lambda value: f"{value:.3f}", na_rep="—"))
 
 
 def training_outcome_stage(run: MainRun) -> None:
@@ -150,6 +169,7 @@ def run_run(args: argparse.Namespace) -> int:
         client_cpus=args.client_cpus,
         resume=args.resume,
         sweep_dir=args.sweep_dir,
+        reference=args.reference,
     )
     split_dir = args.out / STOREFRONTS_DIR
     if args.storefronts is not None:
@@ -186,6 +206,7 @@ def run_main(args: argparse.Namespace) -> int:
         run_config=training_config(args, MAIN_RUN_CONFIG),
         client_cpus=args.client_cpus,
         sweep_dir=args.sweep_dir,
+        reference=args.reference,
     )
     clear_previous_run(run.out_dir)
     for stage in MAIN_STAGES:

@@ -38,6 +38,7 @@ from matplotlib.ticker import ScalarFormatter  # noqa: E402
 
 from privacy.atomic_files import atomic_write  # noqa: E402
 from server.server_app import RESOLVED_CONFIG, ROUNDS_LOG  # noqa: E402
+from simulations.errors import ReportError  # noqa: E402
 from simulations.privacy_report import (  # noqa: E402
     ACCOUNTANT,
     PRIVACY_REPORT,
@@ -45,8 +46,10 @@ from simulations.privacy_report import (  # noqa: E402
     privacy_report,
 )
 from simulations.run_results import (  # noqa: E402
+    HEADLINE_METRICS,
     STOREFRONT_SEPARATOR,
     RunResults,
+    final_rows,
     headline_metric,
     load_run,
     overall_metrics,
@@ -69,15 +72,23 @@ METRIC_LABELS = {
 }
 
 
-def write_report(run_dir: Path, *, sweep_dir: Path | None = None) -> Path:
+def write_report(
+    run_dir: Path, *, sweep_dir: Path | None = None, reference: Path | None = None
+) -> Path:
     """Write ``report.html`` and its plots for ``run_dir``; returns the HTML's path.
 
     Args:
         run_dir: a run directory written by the ServerApp (``config.json``, ``rounds.jsonl``).
         sweep_dir: optional directory of sibling runs (e.g. other ε) for the
             privacy–utility curve.
+        reference: optional ``comparison.json`` of ``fedshop-sim compare`` on the same
+            data: its runs and baselines are tabulated beside this run's final metrics.
+
+    Raises:
+        ReportError: ``reference`` cannot be read as a comparison; nothing is written.
     """
     run_dir = Path(run_dir)
+    comparison = load_comparison(reference) if reference is not None else None
     run = load_run(run_dir)
     privacy = _load_privacy(run_dir)
     sweep = [run, *(r for r in _sweep_runs(sweep_dir) if r.run_dir.resolve() != run_dir.resolve())]
@@ -93,7 +104,9 @@ def write_report(run_dir: Path, *, sweep_dir: Path | None = None) -> Path:
             ),
             ("Privacy–utility", _plot_privacy_utility(sweep, plots / "privacy-utility.png")),
         ]
-        page = _html_page(run, privacy, sweep, [(t, p) for t, p in figures if p is not None])
+        beside = [] if comparison is None else _reference_sections(run, comparison, reference)
+        shown = [(t, p) for t, p in figures if p is not None]
+        page = _html_page(run, privacy, sweep, shown, beside)
         _replace(staging / PLOTS_DIR, run_dir / PLOTS_DIR)
         atomic_write(run_dir / REPORT_FILE, page, mode=0o644)
     finally:
@@ -219,6 +232,7 @@ def _html_page(
     privacy: list[SitePrivacy],
     sweep: list[RunResults],
     figures: list[tuple[str, Path]],
+    beside_references: list[str],
 ) -> str:
     config = run.config
     title = f"fedshop run report: {run.run_dir.name}"
@@ -232,6 +246,7 @@ def _html_page(
         ),
         "<h2>Final metrics, overall</h2>",
         _table(_final_overall(run), "final-overall"),
+        *beside_references,
         "<h2>Final metrics per storefront</h2>",
         *(
             f"<h3>{_e(model)}</h3>" + _table(frame, f"final-{model}")
@@ -264,6 +279,50 @@ def _html_page(
         + "\n".join(sections)
         + "\n</body></html>\n"
     )
+
+
+def load_comparison(path: Path) -> dict[str, Any]:
+    """A ``comparison.json`` of ``fedshop-sim compare``, checked for the report's needs."""
+    try:
+        comparison = json.loads(Path(path).read_text())
+        for model in ("recommender", "churn"):
+            if not isinstance(comparison[model]["runs"], dict):
+                raise TypeError(f"{model}.runs is not an object")
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise ReportError(f"{path}: not a comparison of fedshop-sim compare ({error})") from None
+    return comparison
+
+
+def reference_frame(run: RunResults, model: str, comparison: dict[str, Any]) -> pd.DataFrame:
+    """The model's headline metric by group (this run's: overall, outside the UK,
+    storefronts): this run's final round beside every run and baseline of ``comparison``."""
+    metric = HEADLINE_METRICS[model]
+    this_run = final_rows(run.final(model), model)
+    columns = {f"this run ({run.run_dir.name})": this_run}
+    for name, reference in comparison[model]["runs"].items():
+        columns[name] = reference["metrics"]
+    for name, by_group in comparison[model].get("baselines", {}).items():
+        columns[f"baseline: {name}"] = by_group
+    table = []
+    for group in this_run:
+        cells = {name: by_group.get(group, {}).get(metric) for name, by_group in columns.items()}
+        table.append({"group": group, **cells})
+    return pd.DataFrame(table)
+
+
+def _reference_sections(run: RunResults, comparison: dict[str, Any], path: Path) -> list[str]:
+    sections = [
+        "<h2>Beside the reference runs</h2>",
+        f"<p>Reference runs and baselines on the same data from <code>{_e(str(path))}</code> "
+        "(<code>fedshop-sim compare</code>): centralized, centralized with DP, federated "
+        "and each storefront training alone. Each cell is the model's headline metric.</p>",
+    ]
+    for model in run.rounds:
+        if model in comparison and model in HEADLINE_METRICS:
+            label = _label(HEADLINE_METRICS[model])
+            sections.append(f"<h3>{_e(model)}: {_e(label)}</h3>")
+            sections.append(_table(reference_frame(run, model, comparison), f"reference-{model}"))
+    return sections
 
 
 def _final_overall(run: RunResults) -> pd.DataFrame:

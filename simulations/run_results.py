@@ -96,13 +96,14 @@ def final_rows(final: dict[str, Any], model: str) -> dict[str, dict[str, float |
     per_storefront = storefront_metrics(final)
     rows = {OVERALL: _renamed(overall_metrics(final))}
     if model == "recommender":
-        outside = {s: m for s, m in per_storefront.items() if s != UK}
-        customers = sum(m["num-customers"] for m in outside.values())
+        outside = [m for s, m in per_storefront.items() if s != UK and m.get("num-customers")]
+        customers = sum(m["num-customers"] for m in outside)
         if customers:
-            rows[OUTSIDE_UK] = {"customers": float(customers)} | {
-                name: sum(m[name] * m["num-customers"] for m in outside.values()) / customers
-                for name in _POOLED_MEANS
-            }
+            pooled = {"customers": float(customers)}
+            for name in _POOLED_MEANS:
+                if all(name in m for m in outside):
+                    pooled[name] = sum(m[name] * m["num-customers"] for m in outside) / customers
+            rows[OUTSIDE_UK] = pooled
     rows.update({s: _renamed(m) for s, m in sorted(per_storefront.items())})
     return rows
 

@@ -18,6 +18,7 @@ from clients.site_task import LEDGER_FILE
 from models import schema
 from privacy.accountant import RDP_ORDERS
 from privacy.ledger import PrivacyLedger
+from simulations.errors import ReportError
 from simulations.privacy_report import PrivacyReportError, privacy_report, write_privacy_report
 from simulations.report import format_value, write_report
 from simulations.run_results import headline_metric, overall_metrics, storefront_metrics
@@ -227,3 +228,43 @@ def test_rewriting_a_report_replaces_its_plots(tmp_path):
         "storefronts-recommender.png",
     ]
     assert [p.name for p in run_dir.iterdir() if p.name.startswith(".")] == []
+
+
+def test_report_shows_the_run_beside_the_reference_comparison(tmp_path):
+    run_dir = tmp_path / "run"
+    write_run(run_dir, 8.0, 0.21, tmp_path / "no-split")
+    group = {"overall": {"ndcg@10": 0.29}, "a": {"ndcg@10": 0.27}}
+    comparison = {
+        "recommender": {
+            "runs": {
+                "centralized": {"metrics": group},
+                "storefront-alone": {"metrics": {"a": {"ndcg@10": 0.2}}},
+            },
+            "baselines": {"repeat-buy": {"overall": {"ndcg@10": 0.27}}},
+        },
+        "churn": {"runs": {}},
+    }
+    reference = tmp_path / "comparison.json"
+    reference.write_text(json.dumps(comparison))
+
+    page = Tables(write_report(run_dir, reference=reference).read_text(encoding="utf-8"))
+
+    rows = {row["group"]: row for row in page.records("reference-recommender")}
+    assert rows["overall"] == {
+        "group": "overall",
+        "this run (run)": "0.2100",
+        "centralized": "0.2900",
+        "storefront-alone": "—",
+        "baseline: repeat-buy": "0.2700",
+    }
+    assert (rows["a"]["this run (run)"], rows["a"]["storefront-alone"]) == ("0.2100", "0.2000")
+
+
+def test_an_unreadable_reference_stops_the_report_before_anything_is_written(tmp_path):
+    run_dir = tmp_path / "run"
+    write_run(run_dir, 8.0, 0.21, tmp_path / "no-split")
+    reference = tmp_path / "comparison.json"
+    reference.write_text(json.dumps({"recommender": {}}))
+    with pytest.raises(ReportError, match=f"{reference}: not a comparison"):
+        write_report(run_dir, reference=reference)
+    assert not (run_dir / "report.html").exists() and not (run_dir / "plots").exists()
