@@ -130,6 +130,21 @@ def model_training_plan(run_config: dict[str, Any], model: str) -> dict[str, Any
     return plan
 
 
+def message_configs(
+    run_config: dict[str, Any], model: str, spec: ModelSpec
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The config of the model's evaluate messages (model name and shared facts) and of
+    its train messages (that, the training plan, the ε budget and the planned rounds)."""
+    evaluate_config = {wire.MODEL: model, **spec.message_config(run_config)}
+    train_config = {
+        **model_training_plan(run_config, model),
+        wire.EPSILON_BUDGET: float(run_config.get(wire.EPSILON_BUDGET, 0.0)),
+        **evaluate_config,
+        wire.PLANNED_ROUNDS: int(run_config.get("num-server-rounds", 3)),
+    }
+    return evaluate_config, train_config
+
+
 def run_federation(
     grid: Grid, run_config: dict[str, Any], specs: dict[str, ModelSpec] | None = None
 ) -> Checkpoint:
@@ -140,7 +155,8 @@ def run_federation(
     models = requested_models(run_config, specs)
     settings = StrategySettings.from_run_config(run_config)
     secure = SecureAggregationSettings.from_run_config(run_config)
-    plans = {model: model_training_plan(run_config, model) for model in models}  # fail early
+    for model in models:  # a bad training plan stops the run before any round
+        model_training_plan(run_config, model)
     _write_json(run_dir / RESOLVED_CONFIG, dict(run_config))
 
     checkpoint = latest_checkpoint(run_dir) or Checkpoint({}, [], dict(run_config))
@@ -157,15 +173,7 @@ def run_federation(
             strategy.load_optimizer_state(checkpoint.models[model].optimizer_state)
         else:
             weights = specs[model].initial_weights(run_config)
-        model_config = {wire.MODEL: model, **specs[model].message_config(run_config)}
-        train_config = ConfigRecord(
-            {
-                **plans[model],
-                wire.EPSILON_BUDGET: float(run_config.get(wire.EPSILON_BUDGET, 0.0)),
-                **model_config,
-                wire.PLANNED_ROUNDS: total_rounds,
-            }
-        )
+        evaluate_config, train_config = message_configs(run_config, model, specs[model])
 
         start = strategy.start
         if secure.enabled:  # same rounds, but the server sees only the sum of the updates
@@ -175,8 +183,8 @@ def run_federation(
             initial_arrays=ArrayRecord({k: Array(np.asarray(v)) for k, v in weights.items()}),
             num_rounds=total_rounds - done,
             timeout=float(run_config.get("round-timeout", 3600.0)),
-            train_config=train_config,
-            evaluate_config=ConfigRecord(model_config),
+            train_config=ConfigRecord(train_config),
+            evaluate_config=ConfigRecord(evaluate_config),
             evaluate_fn=checkpoint_hook(strategy, model, checkpoint, run_dir),
         )
 

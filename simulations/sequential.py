@@ -28,7 +28,7 @@ from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 
 from clients import messages as wire
 from clients.site_task import evaluate_round, train_round
-from server.server_app import MODEL_SPECS, model_training_plan, requested_models
+from server.server_app import MODEL_SPECS, message_configs, requested_models
 from simulations.progress import SILENT, Progress
 from simulations.runner import app_run_config, storefront_slugs
 
@@ -75,13 +75,7 @@ def run_sequential_federation(
     started = time.perf_counter()
     for model in requested_models(config, MODEL_SPECS):
         spec = MODEL_SPECS[model]
-        model_config = {wire.MODEL: model, **spec.message_config(config)}
-        train_config = {
-            **model_training_plan(config, model),
-            wire.EPSILON_BUDGET: float(config[wire.EPSILON_BUDGET]),
-            **model_config,
-            wire.PLANNED_ROUNDS: rounds,
-        }
+        model_config, train_config = message_configs(config, model, spec)
         arrays = ArrayRecord({k: Array(v) for k, v in spec.initial_weights(config).items()})
         result.metrics[model], result.declined[model] = [], []
         for server_round in range(1, rounds + 1):

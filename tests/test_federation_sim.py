@@ -22,6 +22,7 @@ from privacy.accountant import RDP_ORDERS, DPSegment
 from privacy.ledger import PrivacyLedger
 from server.server_app import run_federation
 from simulations.runner import app_run_config
+from simulations.sequential import run_sequential_federation
 from simulations.storefronts import prepare_storefronts
 from simulations.synthetic import generate_orders
 
@@ -151,3 +152,22 @@ def test_sites_train_under_dp_report_their_ledger_epsilon_and_a_spent_site_is_de
 
     manifest = json.loads((run_dir / "bundle" / "manifest.json").read_text())
     assert manifest["models"][MODEL]["rounds-done"] == 2
+
+
+def test_the_sequential_reference_trains_what_the_simulation_trains(
+    storefronts, tmp_path, monkeypatch
+):
+    # The federation-cost benchmark divides by this one-process run: it must be the same work.
+    monkeypatch.setenv("FLWR_HOME", str(tmp_path / "flwr"))
+    config = run_config_for(storefronts, tmp_path / "simulated", **{"num-server-rounds": 1})
+    simulate(config)
+    simulated = read_rounds(tmp_path / "simulated")[-1]["evaluate-metrics"]
+
+    result = run_sequential_federation(storefronts, tmp_path / "sequential", config)
+
+    [sequential] = result.metrics[MODEL]
+    assert result.declined[MODEL] == []
+    assert sequential["num-customers"] == simulated["num-customers"]
+    for metric in ("hr@10", "recall@10", "ndcg@10"):
+        assert sequential[metric] == pytest.approx(simulated[metric], abs=1e-3)
+    assert result.seconds > 0
