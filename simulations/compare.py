@@ -1,4 +1,4 @@
-"""Centralized and storefront-alone reference runs that federated training is judged against.
+"""The comparison: centralized, federated and storefront-alone runs of both models.
 
 :func:`run_comparison` trains both models (next-basket recommender, churn MLP) on one
 order-line frame in several ways and evaluates each on the models' fixed protocols:
@@ -415,7 +415,7 @@ def _clean(row: dict[str, Any]) -> dict[str, float | None]:
 def comparison_markdown(result: dict[str, Any]) -> str:
     """Tables side by side, one per model and metric: groups (overall, outside UK,
     storefronts) down, runs and baselines across; ``—`` where a run has no such row."""
-    sections = ["# Centralized, DP and storefront-alone reference runs\n"]
+    sections = ["# Centralized, federated and storefront-alone runs, with and without DP\n"]
     for model, names in (("recommender", RECOMMENDER_METRICS), ("churn", CHURN_METRICS)):
         columns = {**result[model]["runs"], **result[model]["baselines"]}
         groups: list[str] = []

@@ -11,12 +11,8 @@ import json
 import dp_accounting
 import pytest
 from dp_accounting.rdp import RdpAccountant
-from flwr.app import Context, Message
-from flwr.clientapp import ClientApp
-from flwr.serverapp import Grid, ServerApp
-from flwr.simulation import run_simulation
+from in_process import simulate_federation
 
-from clients import client_app
 from clients.site_task import LEDGER_FILE
 from privacy.accountant import RDP_ORDERS, DPSegment
 from privacy.ledger import PrivacyLedger
@@ -59,33 +55,7 @@ def run_config_for(storefronts, run_dir, **overrides):
 
 
 def simulate(run_config: dict) -> None:
-    server = ServerApp()
-
-    @server.main()
-    def main(grid: Grid, context: Context) -> None:
-        run_federation(grid, run_config)
-
-    client = ClientApp()
-
-    def with_run_config(context: Context) -> Context:
-        return Context(
-            context.run_id, context.node_id, context.node_config, context.state, run_config
-        )
-
-    @client.train()
-    def train(msg: Message, context: Context) -> Message:
-        return client_app.train(msg, with_run_config(context))
-
-    @client.evaluate()
-    def evaluate(msg: Message, context: Context) -> Message:
-        return client_app.evaluate(msg, with_run_config(context))
-
-    run_simulation(
-        server_app=server,
-        client_app=client,
-        num_supernodes=SITES,
-        backend_config={"client_resources": {"num_cpus": 1}, "init_args": {"num_cpus": 2}},
-    )
+    simulate_federation(lambda grid, _: run_federation(grid, run_config), run_config, SITES)
 
 
 def independent_epsilon(segments: list[DPSegment], delta: float) -> float:

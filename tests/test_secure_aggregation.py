@@ -26,15 +26,13 @@ from dp_accounting.rdp import RdpAccountant
 from flower_replies import NodeList, train_metrics
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Error, Message, RecordDict
 from flwr.app.metadata import Metadata
-from flwr.clientapp import ClientApp
 from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
 from flwr.server import SimpleClientManager
 from flwr.server.compat.grid_client_proxy import GridClientProxy
-from flwr.serverapp import Grid, ServerApp
-from flwr.simulation import run_simulation
+from flwr.serverapp import Grid
 from flwr.supercore.task_identity import TaskIdentity
+from in_process import simulate_federation
 
-from clients import client_app
 from clients import messages as wire
 from clients.secure_training import (
     UnmaskableUpdate,
@@ -296,9 +294,6 @@ def federations(tmp_path_factory):
     ]
     errors: list[str] = []
 
-    server = ServerApp()
-
-    @server.main()
     def main(grid: Grid, context: Context) -> None:
         for run_config in configs:
             try:
@@ -307,27 +302,7 @@ def federations(tmp_path_factory):
                 errors.append(traceback.format_exc())
                 raise
 
-    client = ClientApp()
-
-    def with_run_config(context: Context) -> Context:
-        return Context(
-            context.run_id, context.node_id, context.node_config, context.state, configs[-1]
-        )
-
-    @client.train()
-    def train(msg: Message, context: Context) -> Message:
-        return client_app.train(msg, with_run_config(context))
-
-    @client.evaluate()
-    def evaluate(msg: Message, context: Context) -> Message:
-        return client_app.evaluate(msg, with_run_config(context))
-
-    run_simulation(
-        server_app=server,
-        client_app=client,
-        num_supernodes=SITES,
-        backend_config={"client_resources": {"num_cpus": 1}, "init_args": {"num_cpus": 2}},
-    )
+    simulate_federation(main, configs[-1], SITES)
     assert not errors, errors[0]
     return runs, spent
 
