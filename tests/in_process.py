@@ -7,7 +7,9 @@ config the test chose (as ``flwr run`` would from ``--run-config``).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from flwr.app import Context, Message
@@ -46,3 +48,8 @@ def simulate_federation(
         num_supernodes=sites,
         backend_config={"client_resources": {"num_cpus": 1}, "init_args": {"num_cpus": 2}},
     )
+
+
+def read_rounds(run_dir: Path) -> list[dict[str, Any]]:
+    """The round records of a run directory's ``rounds.jsonl``, in file order."""
+    return [json.loads(line) for line in (Path(run_dir) / "rounds.jsonl").read_text().splitlines()]

@@ -8,13 +8,12 @@ node's Context — everything else is what ``flwr run`` executes.
 
 import json
 
-import dp_accounting
 import pytest
-from dp_accounting.rdp import RdpAccountant
-from in_process import simulate_federation
+from in_process import read_rounds, simulate_federation
+from independent_accounting import independent_epsilon
 
 from clients.site_task import LEDGER_FILE
-from privacy.accountant import RDP_ORDERS, DPSegment
+from privacy.accountant import DPSegment
 from privacy.ledger import PrivacyLedger
 from server.server_app import run_federation
 from simulations.runner import app_run_config
@@ -56,21 +55,6 @@ def run_config_for(storefronts, run_dir, **overrides):
 
 def simulate(run_config: dict) -> None:
     simulate_federation(lambda grid, _: run_federation(grid, run_config), run_config, SITES)
-
-
-def independent_epsilon(segments: list[DPSegment], delta: float) -> float:
-    """ε by Google's dp_accounting from the ledger's (sample rate, σ, steps) rows."""
-    accountant = RdpAccountant(orders=RDP_ORDERS)
-    for segment in segments:
-        event = dp_accounting.PoissonSampledDpEvent(
-            segment.sample_rate, dp_accounting.GaussianDpEvent(segment.noise_multiplier)
-        )
-        accountant.compose(event, segment.steps)
-    return accountant.get_epsilon(delta)
-
-
-def read_rounds(run_dir):
-    return [json.loads(line) for line in (run_dir / "rounds.jsonl").read_text().splitlines()]
 
 
 def test_sites_train_under_dp_report_their_ledger_epsilon_and_a_spent_site_is_declined(

@@ -19,10 +19,8 @@ import json
 import time
 import traceback
 
-import dp_accounting
 import numpy as np
 import pytest
-from dp_accounting.rdp import RdpAccountant
 from flower_replies import NodeList, train_metrics
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Error, Message, RecordDict
 from flwr.app.metadata import Metadata
@@ -31,7 +29,8 @@ from flwr.server import SimpleClientManager
 from flwr.server.compat.grid_client_proxy import GridClientProxy
 from flwr.serverapp import Grid
 from flwr.supercore.task_identity import TaskIdentity
-from in_process import simulate_federation
+from in_process import read_rounds, simulate_federation
+from independent_accounting import independent_epsilon
 
 from clients import messages as wire
 from clients.secure_training import (
@@ -40,7 +39,7 @@ from clients.secure_training import (
     is_secure_aggregation_message,
 )
 from clients.site_task import LEDGER_FILE
-from privacy.accountant import RDP_ORDERS, DPSegment
+from privacy.accountant import DPSegment
 from privacy.ledger import PrivacyLedger
 from server.checkpoint import CHECKPOINT_DIR, load_checkpoint
 from server.secure_aggregation import (
@@ -307,10 +306,6 @@ def federations(tmp_path_factory):
     return runs, spent
 
 
-def read_rounds(run_dir):
-    return [json.loads(line) for line in (run_dir / "rounds.jsonl").read_text().splitlines()]
-
-
 def weights_after(run_dir, rounds_done):
     path = run_dir / CHECKPOINT_DIR / f"checkpoint-{rounds_done:06d}.npz"
     return load_checkpoint(path).models[MODEL].weights
@@ -358,17 +353,6 @@ def test_secure_run_resumes_from_its_checkpoint(federations):
     assert max(np.abs(second[k] - first[k]).max() for k in first) > 1e-4
     manifest = json.loads((runs["secure"] / "bundle" / "manifest.json").read_text())
     assert manifest["models"][MODEL]["rounds-done"] == 2
-
-
-def independent_epsilon(segments: list[DPSegment], delta: float) -> float:
-    """ε by Google's dp_accounting from the ledger's (sample rate, σ, steps) rows."""
-    accountant = RdpAccountant(orders=RDP_ORDERS)
-    for segment in segments:
-        event = dp_accounting.PoissonSampledDpEvent(
-            segment.sample_rate, dp_accounting.GaussianDpEvent(segment.noise_multiplier)
-        )
-        accountant.compose(event, segment.steps)
-    return accountant.get_epsilon(delta)
 
 
 @pytest.mark.slow

@@ -25,6 +25,7 @@ import logging
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     logging.getLogger("flwr").propagate = False
+    # Opacus warns on every DP step that the recommender's inputs need no gradient (by design).
+    warnings.filterwarnings("ignore", message="Full backward hook is firing")
     run_config = dict(MAIN_RUN_CONFIG)
     with tempfile.TemporaryDirectory(prefix="federation-cost-") as temporary:
         work = Path(temporary)
@@ -87,7 +90,8 @@ def main(argv: list[str] | None = None) -> int:
         f"({', '.join(f'{k}={v}' for k, v in run_config.items())}); bundled storefronts; "
         "both runs back to back on the same machine.\n"
     )
-    print("| run | wall s | " + " | ".join(f"{m} {HEADLINE[m]}" for m in result["sequential"]))
+    headers = [f"{m} {HEADLINE[m]}" for m in result["sequential"]]
+    print("| run | wall s | " + " | ".join(headers) + " |")
     print("|---|---:|" + "---:|" * len(result["sequential"]))
     for side in ("federated", "sequential"):
         values = " | ".join(f"{result[side][m]:.3f}" for m in result["sequential"])
