@@ -319,7 +319,8 @@ class ScreenedFedAvg(ValidatedAggregation, RobustAggregation):
 
 
 class ScreenedFedProx(ValidatedAggregation, FedProx, RobustAggregation):
-    """FedProx over screened updates: clients add ``mu/2 ||w - w_global||^2`` to their loss."""
+    """FedProx over screened updates: sites pull their weights towards the global ones after
+    every local step (``proximal-mu``; :mod:`models.optimizers`)."""
 
 
 class ScreenedFedAdam(ValidatedAggregation, FedAdam, RobustAggregation):
