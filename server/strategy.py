@@ -156,6 +156,7 @@ class ValidatedAggregation(FedAvg):
         self.storefront_of_node: dict[int, str] = {}
         self._global_weights: dict[str, np.ndarray] = {}
         self._round_plan: RoundPlan | None = None
+        self._sent_train: list[Message] = []
 
     def summary(self) -> None:
         """Log the screening settings, then Flower's summary."""
@@ -175,7 +176,12 @@ class ValidatedAggregation(FedAvg):
                 "Train config has no full training plan: screening compares plain update norms",
             )
         config[wire.ROUND_OFFSET] = self.round_offset
-        return super().configure_train(server_round + self.round_offset, arrays, config, grid)
+        # Kept so replies can be traced to their node: the Grid sets each message's id in
+        # place when it pushes it (see _replying_node).
+        self._sent_train = list(
+            super().configure_train(server_round + self.round_offset, arrays, config, grid)
+        )
+        return self._sent_train
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -192,7 +198,7 @@ class ValidatedAggregation(FedAvg):
         self.round_reports[absolute_round] = report
         updates: list[SiteUpdate] = []
         for msg in replies:
-            node_id = msg.metadata.src_node_id
+            node_id = self._replying_node(msg)
             site = self.storefront_of_node.get(node_id, "unknown storefront")
             if msg.has_error():
                 self._log_error_reply(report, node_id, site, msg)
@@ -271,6 +277,18 @@ class ValidatedAggregation(FedAvg):
             if name not in ("m_t", "v_t") or not hasattr(self, name):
                 raise ValueError(f"{type(self).__name__} has no optimizer state {name!r}")
             setattr(self, name, {k: np.asarray(v) for k, v in arrays.items()})
+
+    def _replying_node(self, msg: Message) -> int:
+        """The node a reply answers for. When a node stops sending heartbeats (killed,
+        unplugged), the SuperLink replies in its place with error NODE_UNAVAILABLE from its
+        own id (SUPERLINK_NODE_ID); the message it answers names the node that went away."""
+        for sent in self._sent_train:
+            if (
+                sent.metadata.message_id
+                and sent.metadata.message_id == msg.metadata.reply_to_message_id
+            ):
+                return sent.metadata.dst_node_id
+        return msg.metadata.src_node_id
 
     def _log_error_reply(self, report: RoundReport, node_id: int, site: str, msg: Message) -> None:
         reason = msg.error.reason or ""
