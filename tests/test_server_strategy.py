@@ -213,3 +213,23 @@ def test_settings_from_run_config_and_bad_names():
         build_strategy(StrategySettings(server_optimizer="sgd"))
     with pytest.raises(ValueError, match="aggregation"):
         build_strategy(StrategySettings(aggregation="mode"))
+
+
+def test_a_stand_in_reply_of_the_superlink_is_charged_to_the_node_that_went_away():
+    # A SIGKILLed node is answered for by the SuperLink (error NODE_UNAVAILABLE, sent from
+    # the SuperLink's own id 1); the reply names the instruction it answers.
+    strategy = build_strategy(StrategySettings(min_sites=1))
+    to_three, to_four = start_round(strategy, nodes=(3, 4))
+    # The Grid stamps each message's id when it pushes it, as Flower does here:
+    to_three.metadata.__dict__["_message_id"] = "instruction-3"
+    to_four.metadata.__dict__["_message_id"] = "instruction-1"
+    replies = [
+        reply(3, site_weights(1.0), storefront="Germany"),
+        reply(1, error=Error(code=5, reason="node unavailable")),
+    ]
+    arrays, _ = strategy.aggregate_train(1, replies)
+    np.testing.assert_allclose(aggregated(arrays)["w"], 1.0)
+    report = strategy.round_reports[1]
+    assert [f for f in report.failed if "node 4" in f] and not [
+        f for f in report.failed if "node 1 " in f
+    ]
