@@ -197,8 +197,10 @@ class ValidatedAggregation(FedAvg):
         report = RoundReport()
         self.round_reports[absolute_round] = report
         updates: list[SiteUpdate] = []
+        answered: set[int] = set()
         for msg in replies:
             node_id = self._replying_node(msg)
+            answered.add(node_id)
             site = self.storefront_of_node.get(node_id, "unknown storefront")
             if msg.has_error():
                 self._log_error_reply(report, node_id, site, msg)
@@ -214,6 +216,7 @@ class ValidatedAggregation(FedAvg):
                     if key in update.metrics
                 }
                 updates.append(update)
+        self._record_silent_nodes(report, answered)
         accepted, rejections = validate_updates(
             self._global_weights, updates, self.policy, self._round_plan
         )
@@ -289,6 +292,16 @@ class ValidatedAggregation(FedAvg):
             ):
                 return sent.metadata.dst_node_id
         return msg.metadata.src_node_id
+
+    def _record_silent_nodes(self, report: RoundReport, answered: set[int]) -> None:
+        """Count as failed every node sent a train message that did not answer before the
+        round timeout (e.g. still training, or gone before the SuperLink noticed)."""
+        for sent in self._sent_train:
+            node_id = sent.metadata.dst_node_id
+            if node_id not in answered:
+                site = self.storefront_of_node.get(node_id, "unknown storefront")
+                report.failed.append(f"node {node_id} ({site}): no reply within the round timeout")
+                log(WARNING, "Node %d (%s) did not reply within the round timeout", node_id, site)
 
     def _log_error_reply(self, report: RoundReport, node_id: int, site: str, msg: Message) -> None:
         reason = msg.error.reason or ""

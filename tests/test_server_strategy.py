@@ -219,17 +219,24 @@ def test_a_stand_in_reply_of_the_superlink_is_charged_to_the_node_that_went_away
     # A SIGKILLed node is answered for by the SuperLink (error NODE_UNAVAILABLE, sent from
     # the SuperLink's own id 1); the reply names the instruction it answers.
     strategy = build_strategy(StrategySettings(min_sites=1))
-    to_three, to_four = start_round(strategy, nodes=(3, 4))
+    sent = {msg.metadata.dst_node_id: msg for msg in start_round(strategy, nodes=(3, 4))}
     # The Grid stamps each message's id when it pushes it, as Flower does here:
-    to_three.metadata.__dict__["_message_id"] = "instruction-3"
-    to_four.metadata.__dict__["_message_id"] = "instruction-1"
+    sent[3].metadata.__dict__["_message_id"] = "instruction-3"
+    sent[4].metadata.__dict__["_message_id"] = "instruction-1"
     replies = [
         reply(3, site_weights(1.0), storefront="Germany"),
         reply(1, error=Error(code=5, reason="node unavailable")),
     ]
     arrays, _ = strategy.aggregate_train(1, replies)
     np.testing.assert_allclose(aggregated(arrays)["w"], 1.0)
-    report = strategy.round_reports[1]
-    assert [f for f in report.failed if "node 4" in f] and not [
-        f for f in report.failed if "node 1 " in f
+    assert strategy.round_reports[1].failed == ["node 4 (unknown storefront): error 5"]
+
+
+def test_a_node_that_never_replies_is_named_failed():
+    strategy = build_strategy(StrategySettings(min_sites=1))
+    start_round(strategy, nodes=(1, 2))
+    arrays, _ = strategy.aggregate_train(1, [reply(1, site_weights(1.0), storefront="France")])
+    np.testing.assert_allclose(aggregated(arrays)["w"], 1.0)
+    assert strategy.round_reports[1].failed == [
+        "node 2 (unknown storefront): no reply within the round timeout"
     ]
