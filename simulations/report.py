@@ -34,8 +34,9 @@ import matplotlib
 matplotlib.use("Agg")  # files only; never a display
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
 import pandas as pd  # noqa: E402
-from matplotlib.ticker import ScalarFormatter  # noqa: E402
+from matplotlib.ticker import NullFormatter, ScalarFormatter  # noqa: E402
 
+from models.metrics import OVERALL  # noqa: E402
 from privacy.atomic_files import atomic_write  # noqa: E402
 from server.server_app import RESOLVED_CONFIG, ROUNDS_LOG  # noqa: E402
 from simulations.errors import ReportError  # noqa: E402
@@ -102,7 +103,10 @@ def write_report(
                 (f"Per storefront, final round: {model}", path)
                 for model, path in _plot_storefronts(run, plots).items()
             ),
-            ("Privacy–utility", _plot_privacy_utility(sweep, plots / "privacy-utility.png")),
+            (
+                "Privacy–utility",
+                _plot_privacy_utility(sweep, plots / "privacy-utility.png", comparison),
+            ),
         ]
         beside = [] if comparison is None else _reference_sections(run, comparison, reference)
         shown = [(t, p) for t, p in figures if p is not None]
@@ -170,9 +174,12 @@ def _plot_storefronts(run: RunResults, plots: Path) -> dict[str, Path]:
     return paths
 
 
-def _plot_privacy_utility(runs: list[RunResults], path: Path) -> Path | None:
+def _plot_privacy_utility(
+    runs: list[RunResults], path: Path, comparison: dict[str, Any] | None = None
+) -> Path | None:
     """Final metric against ε over the runs; this run (``runs[0]``) also round by round,
-    at the largest ε any site had spent after that round."""
+    at the largest ε any site had spent after that round; and the reference runs of
+    ``comparison`` (:func:`reference_points`), dotted."""
     models = sorted({m for run in runs for m in run.rounds if run.final(m)})
     if not models:
         return None
@@ -197,12 +204,45 @@ def _plot_privacy_utility(runs: list[RunResults], path: Path) -> Path | None:
         for run in runs:
             if run.epsilon <= 0 and metric in run.final(model):
                 axis.axhline(run.final(model)[metric], linestyle="--", label="no DP, final round")
+        curves, levels = reference_points(comparison or {}, model, metric)
+        for family, points in curves.items():
+            axis.plot(*zip(*points, strict=True), marker="s", linestyle=":", label=f"{family} DP")
+        for name, value in levels.items():
+            axis.axhline(value, linestyle=":", linewidth=1, color="tab:gray", alpha=0.6)
+            axis.annotate(
+                f"{name}, no DP", (1.0, value), xycoords=("axes fraction", "data"), fontsize=7
+            )
         axis.set(title=model, xlabel="ε per site", ylabel=_label(metric))
         axis.set_xscale("log")
-        for formatter in (axis.xaxis.set_major_formatter, axis.xaxis.set_minor_formatter):
-            formatter(ScalarFormatter())  # "3" and "8", not "3×10⁰"
+        budgets = sorted({e for e, _ in finals} | {e for p in curves.values() for e, _ in p})
+        if budgets:  # tick the ε budgets themselves: "1", "3", "8", not "3×10⁰"
+            axis.set_xticks(budgets)
+            axis.xaxis.set_minor_formatter(NullFormatter())
+        axis.xaxis.set_major_formatter(ScalarFormatter())
         axis.legend(fontsize=8)
     return _save(figure, path)
+
+
+def reference_points(
+    comparison: dict[str, Any], model: str, metric: str
+) -> tuple[dict[str, list[tuple[float, float]]], dict[str, float]]:
+    """The comparison's overall ``metric`` of ``model``: DP runs as (ε, value) curves by
+    family (``centralized``, ``federated``), non-private runs as levels by run name."""
+    curves: dict[str, list[tuple[float, float]]] = {}
+    levels: dict[str, float] = {}
+    for name, run in comparison.get(model, {}).get("runs", {}).items():
+        value = run.get("metrics", {}).get(OVERALL, {}).get(metric)
+        if value is None:
+            continue
+        if "privacy" in run:  # centralized DP: the target ε its σ was calibrated to
+            epsilon = float(run["privacy"]["target_epsilon"])
+        else:  # federated runs carry their run config; ε ≤ 0 there means no DP
+            epsilon = float(run.get("training", {}).get("epsilon", 0.0))
+        if epsilon > 0:
+            curves.setdefault(name.split("-dp-eps-")[0], []).append((epsilon, float(value)))
+        else:
+            levels[name] = float(value)
+    return {family: sorted(points) for family, points in curves.items()}, levels
 
 
 def _round_points(run: RunResults, model: str, metric: str) -> list[tuple[float, float]]:

@@ -20,7 +20,7 @@ from privacy.accountant import RDP_ORDERS
 from privacy.ledger import PrivacyLedger
 from simulations.errors import ReportError
 from simulations.privacy_report import PrivacyReportError, privacy_report, write_privacy_report
-from simulations.report import format_value, write_report
+from simulations.report import format_value, reference_points, write_report
 from simulations.run_results import headline_metric, overall_metrics, storefront_metrics
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -268,3 +268,27 @@ def test_an_unreadable_reference_stops_the_report_before_anything_is_written(tmp
     with pytest.raises(ReportError, match=f"{reference}: not a comparison"):
         write_report(run_dir, reference=reference)
     assert not (run_dir / "report.html").exists() and not (run_dir / "plots").exists()
+
+
+def overall(value: float) -> dict:
+    """A comparison run entry with only an overall NDCG@10."""
+    return {"metrics": {"overall": {"ndcg@10": value}}}
+
+
+def test_reference_points_split_dp_curves_from_non_private_levels():
+    comparison = {
+        "recommender": {
+            "runs": {
+                "centralized": overall(0.29),
+                "centralized-dp-eps-8": {**overall(0.28), "privacy": {"target_epsilon": 8}},
+                "centralized-dp-eps-1": {**overall(0.25), "privacy": {"target_epsilon": 1}},
+                "federated": {**overall(0.289), "training": {"epsilon": 0.0}},
+                "federated-dp-eps-3": {**overall(0.27), "training": {"epsilon": 3.0}},
+                "storefront-alone": {"metrics": {"a": {"ndcg@10": 0.2}}},
+            }
+        }
+    }
+    curves, levels = reference_points(comparison, "recommender", "ndcg@10")
+    assert curves == {"centralized": [(1.0, 0.25), (8.0, 0.28)], "federated": [(3.0, 0.27)]}
+    assert levels == {"centralized": 0.29, "federated": 0.289}
+    assert reference_points({}, "churn", "roc-auc") == ({}, {})
