@@ -1,0 +1,115 @@
+"""Benchmark: bytes on the wire per site and round, against the dense float32 parameters.
+
+Run ``python -m simulations.benchmarks.wire_bytes``; it prints a Markdown section for
+BENCHMARKS.md. For each model it builds the server's real train instruction (global
+weights, training plan, shared facts such as the recommender's catalogue) and one site's
+real reply (:func:`clients.site_task.train_round` on a storefront of the bundled data,
+DP at ε = 8, so weights plus the fixed metric keys), and measures both as Flower
+serialises them (``flwr.common.serde.message_to_proto``), next to ``4 x d`` bytes for
+the model's ``d`` parameters. Gzip of the serialised bytes shows how compressible they are.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import logging
+import sys
+import tempfile
+import warnings
+from pathlib import Path
+
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
+from flwr.app.metadata import Metadata
+from flwr.common.serde import message_to_proto
+
+from clients import messages as wire
+from clients.site_task import train_round
+from server.server_app import MODEL_SPECS, message_configs
+from simulations.run_configs import MAIN_RUN_CONFIG
+from simulations.runner import app_run_config, storefront_slugs
+from simulations.storefronts import prepare_bundled_storefronts
+
+
+def serialised_bytes(message: Message) -> tuple[int, int]:
+    """Size of ``message`` as Flower serialises it, and of that gzip-compressed."""
+    raw = message_to_proto(message).SerializeToString()
+    return len(raw), len(gzip.compress(raw))
+
+
+def instruction(content: RecordDict, node_id: int) -> Message:
+    """A train message as the server sends it to ``node_id``."""
+    metadata = Metadata(
+        run_id=1,
+        message_id=f"train-{node_id}",
+        src_node_id=1,
+        dst_node_id=node_id,
+        reply_to_message_id="",
+        group_id="1",
+        created_at=0.0,
+        ttl=3600.0,
+        message_type="train",
+    )
+    return Message(content=content, metadata=metadata)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Measure one round of each model at one storefront and print the Markdown section."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--storefront", default="germany", help="storefront directory name")
+    args = parser.parse_args(argv)
+    logging.getLogger("flwr").propagate = False
+    warnings.filterwarnings("ignore", message="Full backward hook is firing")
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="wire-bytes-") as temporary:
+        split = Path(temporary) / "storefronts"
+        prepare_bundled_storefronts(split)
+        slugs = storefront_slugs(split)
+        if args.storefront not in slugs:
+            parser.error(f"--storefront must be one of {slugs}")
+        config = {
+            **app_run_config(),
+            **MAIN_RUN_CONFIG,
+            "storefronts-dir": str(split),
+            "run-dir": str(Path(temporary) / "run"),
+        }
+        node = slugs.index(args.storefront)
+        context = Context(1, node, {"partition-id": node}, RecordDict(), config)
+        for model, spec in MODEL_SPECS.items():
+            _, train_config = message_configs(config, model, spec)
+            weights = spec.initial_weights(config)
+            arrays = ArrayRecord({k: Array(v) for k, v in weights.items()})
+            parameters = sum(v.size for v in weights.values())
+            sent = instruction(
+                RecordDict(
+                    {
+                        wire.ARRAYS: arrays,
+                        wire.CONFIG: ConfigRecord({**train_config, wire.SERVER_ROUND: 1}),
+                    }
+                ),
+                node,
+            )
+            reply = train_round(sent, context)
+            if reply.has_error():
+                raise SystemExit(f"{model}: the site declined: {reply.error.reason}")
+            for direction, message in (("server → site", sent), ("site → server", reply)):
+                raw, compressed = serialised_bytes(message)
+                rows.append((model, parameters, direction, raw, compressed))
+    command = " ".join(["python -m simulations.benchmarks.wire_bytes", *(argv or sys.argv[1:])])
+    print("## Bytes per site and round (train messages)\n")
+    print(
+        f"Command: `{command.strip()}`; storefront `{args.storefront}` of the bundled data, "
+        "main job's run config (DP at ε = 8), round 1; Flower's protobuf serialisation.\n"
+    )
+    print("| model | parameters d | direction | bytes | ÷ 4d (dense float32) | gzip bytes |")
+    print("|---|---:|---|---:|---:|---:|")
+    for model, parameters, direction, raw, compressed in rows:
+        print(
+            f"| {model} | {parameters:,} | {direction} | {raw:,} | "
+            f"{raw / (4 * parameters):.2f}× | {compressed:,} |"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
