@@ -102,10 +102,10 @@ def _ask_sites(
 ) -> list[Message]:
     answer = train_round if kind == "train" else evaluate_round
     content = RecordDict({wire.ARRAYS: arrays, wire.CONFIG: ConfigRecord(config)})
-    return [answer(_instruction(content, kind, context.node_id), context) for context in contexts]
+    return [answer(server_message(content, kind, context.node_id), context) for context in contexts]
 
 
-def _instruction(content: RecordDict, kind: str, node_id: int) -> Message:
+def server_message(content: RecordDict, kind: str, node_id: int) -> Message:
     """A server message as a site receives it (metadata filled in as the runtime would)."""
     metadata = Metadata(
         run_id=0,

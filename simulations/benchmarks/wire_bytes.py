@@ -20,7 +20,6 @@ import warnings
 from pathlib import Path
 
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
-from flwr.app.metadata import Metadata
 from flwr.common.serde import message_to_proto
 
 from clients import messages as wire
@@ -28,6 +27,7 @@ from clients.site_task import train_round
 from server.server_app import MODEL_SPECS, message_configs
 from simulations.run_configs import MAIN_RUN_CONFIG
 from simulations.runner import app_run_config, storefront_slugs
+from simulations.sequential import server_message
 from simulations.storefronts import prepare_bundled_storefronts
 
 
@@ -35,22 +35,6 @@ def serialised_bytes(message: Message) -> tuple[int, int]:
     """Size of ``message`` as Flower serialises it, and of that gzip-compressed."""
     raw = message_to_proto(message).SerializeToString()
     return len(raw), len(gzip.compress(raw))
-
-
-def instruction(content: RecordDict, node_id: int) -> Message:
-    """A train message as the server sends it to ``node_id``."""
-    metadata = Metadata(
-        run_id=1,
-        message_id=f"train-{node_id}",
-        src_node_id=1,
-        dst_node_id=node_id,
-        reply_to_message_id="",
-        group_id="1",
-        created_at=0.0,
-        ttl=3600.0,
-        message_type="train",
-    )
-    return Message(content=content, metadata=metadata)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -80,13 +64,14 @@ def main(argv: list[str] | None = None) -> int:
             weights = spec.initial_weights(config)
             arrays = ArrayRecord({k: Array(v) for k, v in weights.items()})
             parameters = sum(v.size for v in weights.values())
-            sent = instruction(
+            sent = server_message(
                 RecordDict(
                     {
                         wire.ARRAYS: arrays,
                         wire.CONFIG: ConfigRecord({**train_config, wire.SERVER_ROUND: 1}),
                     }
                 ),
+                "train",
                 node,
             )
             reply = train_round(sent, context)
