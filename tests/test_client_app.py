@@ -1,13 +1,11 @@
 """The site side: locating the data, the privacy gate, and the real ClientApp handlers."""
 
 import math
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Error, Message, RecordDict
-from flwr.app.metadata import Metadata
 
 from clients import client_app
 from clients import messages as wire
@@ -17,6 +15,7 @@ from privacy.accountant import epsilon_for
 from privacy.ledger import PrivacyLedger, Reservation
 from server.server_app import MODEL_SPECS, model_training_plan
 from simulations.runner import app_run_config
+from simulations.sequential import server_message
 from simulations.storefronts import prepare_storefronts
 from simulations.synthetic import generate_orders
 
@@ -95,21 +94,6 @@ def test_a_node_without_data_location_is_told_how_to_start(tmp_path):
         locate_site({"partition-id": 0}, {"storefronts-dir": ""})
 
 
-def site_message(content: RecordDict, kind: str) -> Message:
-    metadata = Metadata(
-        run_id=1,
-        message_id=f"{kind}-1",
-        src_node_id=0,
-        dst_node_id=1,
-        reply_to_message_id="",
-        group_id="",
-        created_at=time.time(),
-        ttl=60.0,
-        message_type=kind,
-    )
-    return Message(content=content, metadata=metadata)
-
-
 @pytest.fixture(scope="module")
 def site_round(tmp_path_factory):
     """A simulated site (partition 1) and the server's round-1 messages for the recommender."""
@@ -134,7 +118,8 @@ def train_message(site_round, epsilon: float) -> Message:
     config = model_training_plan(run_config, "recommender")
     config.update(model_config)
     config.update({wire.EPSILON_BUDGET: epsilon, wire.PLANNED_ROUNDS: 2, wire.SERVER_ROUND: 1})
-    return site_message(RecordDict({"arrays": arrays, "config": ConfigRecord(config)}), "train")
+    content = RecordDict({"arrays": arrays, "config": ConfigRecord(config)})
+    return server_message(content, "train", 1)
 
 
 def wire_text(content: RecordDict) -> bytes:
@@ -160,9 +145,10 @@ def test_replies_carry_exactly_the_documented_keys_and_no_customer_token(site_ro
     assert content[wire.METRICS][wire.DP_STEPS] > 0
 
     evaluation = client_app.evaluate(
-        site_message(
+        server_message(
             RecordDict({"arrays": content[wire.ARRAYS], "config": ConfigRecord(model_config)}),
             "evaluate",
+            1,
         ),
         context,
     ).content
@@ -196,7 +182,7 @@ def test_churn_trains_under_dp_and_evaluates_into_score_histograms(site_round):
     config.update({wire.MODEL: "churn", **shared, wire.EPSILON_BUDGET: 1.0})
     config.update({wire.PLANNED_ROUNDS: 2, wire.SERVER_ROUND: 1})
     message = RecordDict({"arrays": arrays, "config": ConfigRecord(config)})
-    reply = client_app.train(site_message(message, "train"), context).content
+    reply = client_app.train(server_message(message, "train", 1), context).content
     metrics = reply[wire.METRICS]
     assert set(metrics) == wire.TRAIN_METRIC_KEYS and metrics[wire.DP_STEPS] > 0
     ledger_path = Path(run_config["run-dir"]) / "sites" / "storefront-a" / LEDGER_FILE
@@ -208,7 +194,7 @@ def test_churn_trains_under_dp_and_evaluates_into_score_histograms(site_round):
     request = RecordDict(
         {"arrays": reply[wire.ARRAYS], "config": ConfigRecord({wire.MODEL: "churn", **shared})}
     )
-    evaluation = client_app.evaluate(site_message(request, "evaluate"), context).content[
+    evaluation = client_app.evaluate(server_message(request, "evaluate", 1), context).content[
         wire.METRICS
     ]
     assert set(evaluation) == wire.EVALUATE_METRIC_KEYS["churn"]
@@ -229,7 +215,7 @@ def test_fedprox_mu_from_the_server_keeps_the_local_model_near_the_global_one(si
         config.update({wire.MODEL: "churn", **shared, wire.EPSILON_BUDGET: 0.0, **extra})
         config.update({wire.PLANNED_ROUNDS: 1, wire.SERVER_ROUND: 1})
         message = RecordDict({"arrays": arrays, "config": ConfigRecord(config)})
-        reply = client_app.train(site_message(message, "train"), context).content
+        reply = client_app.train(server_message(message, "train", 1), context).content
         return float(
             np.sqrt(
                 sum(((reply[wire.ARRAYS][k].numpy() - v) ** 2).sum() for k, v in weights.items())

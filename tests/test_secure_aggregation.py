@@ -16,14 +16,12 @@ run directory; the non-private federations write none.
 """
 
 import json
-import time
 import traceback
 
 import numpy as np
 import pytest
 from flower_replies import NodeList, train_metrics
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Error, Message, RecordDict
-from flwr.app.metadata import Metadata
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Error, RecordDict
 from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
 from flwr.server import SimpleClientManager
 from flwr.server.compat.grid_client_proxy import GridClientProxy
@@ -50,6 +48,7 @@ from server.secure_aggregation import (
 from server.server_app import MODEL_SPECS, run_federation
 from server.strategy import StrategySettings, build_strategy
 from simulations.runner import app_run_config
+from simulations.sequential import server_message
 from simulations.storefronts import prepare_storefronts
 from simulations.synthetic import generate_orders
 
@@ -230,26 +229,11 @@ def test_site_refuses_updates_secagg_would_clip_or_corrupt(largest_change, num_e
             check_maskable(update, num_examples, **limits)
 
 
-def train_message(content: RecordDict) -> Message:
-    metadata = Metadata(
-        run_id=1,
-        message_id="m",
-        src_node_id=0,
-        dst_node_id=1,
-        reply_to_message_id="",
-        group_id="1",
-        created_at=time.time(),
-        ttl=60.0,
-        message_type="train",
-    )
-    return Message(content=content, metadata=metadata)
-
-
 def test_only_secagg_stages_take_the_secure_path():
     plain = RecordDict({wire.ARRAYS: ArrayRecord(), wire.CONFIG: ConfigRecord({"a": 1})})
     stage = RecordDict({"secaggplus_configs": ConfigRecord({"stage": "setup"})})
-    assert not is_secure_aggregation_message(train_message(plain))
-    assert is_secure_aggregation_message(train_message(stage))
+    assert not is_secure_aggregation_message(server_message(plain, "train", 1))
+    assert is_secure_aggregation_message(server_message(stage, "train", 1))
 
 
 # --- real federations in one Flower simulation ---------------------------------------
