@@ -30,12 +30,11 @@ from pathlib import Path
 from typing import Any
 
 from simulations.run_configs import MAIN_RUN_CONFIG
-from simulations.run_results import load_run
+from simulations.run_results import HEADLINE_METRICS, load_run
 from simulations.runner import DEFAULT_CLIENT_CPUS, run_simulation_job
 from simulations.sequential import run_sequential_federation
 from simulations.storefronts import DEFAULT_MIN_CUSTOMERS, prepare_bundled_storefronts
 
-HEADLINE = {"churn": "roc-auc", "recommender": "ndcg@10"}
 TARGET_RATIO = 1.25
 
 
@@ -57,8 +56,8 @@ def measure(
     return {
         "federated-seconds": federated_seconds,
         "sequential-seconds": sequential.seconds,
-        "federated": {m: federated.final(m)[HEADLINE[m]] for m in federated.rounds},
-        "sequential": {m: rows[-1][HEADLINE[m]] for m, rows in sequential.metrics.items()},
+        "federated": {m: federated.final(m)[HEADLINE_METRICS[m]] for m in federated.rounds},
+        "sequential": {m: rows[-1][HEADLINE_METRICS[m]] for m, rows in sequential.metrics.items()},
     }
 
 
@@ -90,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         f"({', '.join(f'{k}={v}' for k, v in run_config.items())}); bundled storefronts; "
         "both runs back to back on the same machine.\n"
     )
-    headers = [f"{m} {HEADLINE[m]}" for m in result["sequential"]]
+    headers = [f"{m} {HEADLINE_METRICS[m]}" for m in result["sequential"]]
     print("| run | wall s | " + " | ".join(headers) + " |")
     print("|---|---:|" + "---:|" * len(result["sequential"]))
     for side in ("federated", "sequential"):
