@@ -18,9 +18,9 @@ from pathlib import Path
 
 from clients import join
 from clients.adapters import ADAPTERS, ColumnMapping, load_mapping
-from clients.command_line import run_handler
 from clients.errors import IngestError
 from clients.ingest import ORDERS_FILE, REPORT_FILE, IngestReport, prepare_export
+from privacy.console_errors import run_handler
 from privacy.pseudonymise import KeyFileError, generate_key
 
 PROG = "fedshop-site"

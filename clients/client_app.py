@@ -1,7 +1,7 @@
 """The fedshop ClientApp: a storefront's answer to the server's train and evaluate messages.
 
 Thin on purpose: the work of a round (data, privacy gate, DP training, the reply) is in
-:mod:`clients.site_task`; the wire contract is in :mod:`clients.messages`. Under secure
+:mod:`clients.site_task`; the wire contract is in :mod:`privacy.wire`. Under secure
 aggregation a train message is a SecAgg+ stage, answered by :mod:`clients.secure_training`.
 """
 

@@ -40,6 +40,7 @@ from clients.adapters import ADAPTERS, ColumnMapping, load_mapping
 from clients.errors import IngestError
 from clients.table_reader import read_table
 from models import schema
+from models.schema import ORDERS_FILE
 from privacy.atomic_files import atomic_output
 from privacy.pseudonymise import canonical_ids, load_key, pseudonymise_customers
 
@@ -55,7 +56,6 @@ __all__ = [
     "write_prepared",
 ]
 
-ORDERS_FILE = "orders.parquet"
 REPORT_FILE = "ingest_report.json"
 
 _PERSONAL_FRAGMENTS = (

@@ -33,9 +33,8 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_ssh_private_key
 
-from clients import flower_process
-from clients.ingest import ORDERS_FILE
-from models.schema import ARROW_SCHEMA
+from models.schema import ARROW_SCHEMA, ORDERS_FILE
+from privacy import flower_processes
 
 DEFAULT_PORT = 9094
 DEFAULT_MAX_RETRIES = 30
@@ -134,17 +133,17 @@ def run_supernode(command: list[str], flwr_home: Path, out: IO[str] | None = Non
         SuperNode's own exit code (1 on a Flower error, e.g. a key the SuperLink refuses).
     """
     out = sys.stdout if out is None else out
-    process = flower_process.spawn(command, flwr_home, stdout=subprocess.PIPE, text=True)
+    process = flower_processes.spawn(command, flwr_home, stdout=subprocess.PIPE, text=True)
     gave_up, stop_requested = threading.Event(), threading.Event()
     # a reader thread, because the pipe stays open while the SuperExec child outlives its node
     echo = threading.Thread(target=_echo, args=(process.stdout, out, gave_up), daemon=True)
     echo.start()
     try:
-        with flower_process.on_termination(stop_requested.set):
+        with flower_processes.on_termination(stop_requested.set):
             while process.poll() is None and not (gave_up.is_set() or stop_requested.is_set()):
                 time.sleep(0.2)
     finally:
-        flower_process.stop(process)
+        flower_processes.stop(process)
         echo.join(timeout=5)
     if gave_up.is_set():
         print(

@@ -8,8 +8,8 @@ collect-masked-vectors stage only, calls the site's training. This module adapts
 to the site's one train round, :func:`clients.site_task.train_round`:
 
 1. the legacy FitIns layout (unnamed arrays ``fitins.parameters``, ``fitins.config``) becomes
-   the train message of :mod:`clients.messages`; the array names come in the config under
-   :data:`clients.messages.ARRAY_NAMES`;
+   the train message of :mod:`privacy.wire`; the array names come in the config under
+   :data:`privacy.wire.ARRAY_NAMES`, the shared facts as ``facts.<key>`` entries;
 2. ``train_round`` runs unchanged: the privacy gate, user-level DP-SGD (per-customer
    clipping and noise happen *during* local training, on the site) and the ledger commit.
    So the update is already privatised before it is masked;
@@ -40,8 +40,8 @@ from flwr.common.secure_aggregation.secaggplus_constants import (
 )
 from flwr.compat.common.recorddict_compat import arrayrecord_to_parameters, fitres_to_recorddict
 
-from clients import messages as wire
 from clients.site_task import train_round
+from privacy import wire
 
 FITINS_PARAMETERS = "fitins.parameters"
 FITINS_CONFIG = "fitins.config"
@@ -80,6 +80,12 @@ def masked_train_round(msg: Message, context: Context) -> Message:
     """
     config = dict(msg.content.config_records[FITINS_CONFIG])
     names = [str(name) for name in config.pop(wire.ARRAY_NAMES)]
+    fact_prefix = f"{wire.FACTS}."
+    facts = {
+        k.removeprefix(fact_prefix): config.pop(k)
+        for k in list(config)
+        if k.startswith(fact_prefix)
+    }
     legacy_arrays = msg.content.array_records[FITINS_PARAMETERS]
     global_arrays = parameters_to_ndarrays(arrayrecord_to_parameters(legacy_arrays, True))
     global_weights = dict(zip(names, global_arrays, strict=True))
@@ -89,6 +95,7 @@ def masked_train_round(msg: Message, context: Context) -> Message:
         {
             wire.ARRAYS: ArrayRecord({k: Array(v) for k, v in global_weights.items()}),
             wire.CONFIG: ConfigRecord(config),
+            wire.FACTS: ConfigRecord(facts),
         }
     )
     reply = train_round(train_msg, context)

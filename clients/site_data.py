@@ -23,8 +23,8 @@ from typing import Any
 import pandas as pd
 import pyarrow.parquet as pq
 
-from clients.ingest import ORDERS_FILE
 from models import schema
+from models.schema import ORDERS_FILE
 
 DATA_PATH = "data-path"
 STOREFRONT_NAME = "storefront"

@@ -1,4 +1,6 @@
-"""The churn model: a small torch MLP on the nine protocol features, its training and evaluation.
+"""The churn model, whole: a small torch MLP on the nine protocol features, its training,
+evaluation and scoring, and :class:`Churn`, the model as the federation knows it
+(``MODEL``, found by name in :mod:`models.registry`).
 
 Input is the raw feature vector of :data:`models.churn_protocol.FEATURES` (one example per
 customer, as user-level DP needs). The model scales it itself: ``log1p`` (the features are
@@ -14,22 +16,31 @@ The network has no BatchNorm (its batch statistics would mix customers, which pe
 DP clipping cannot account for): ``Linear -> ReLU -> Linear`` to one logit.
 :func:`per_example_loss` is the unreduced loss both :func:`train_churn` and DP-SGD
 (:class:`privacy.dp.DPTrainingSession`) use.
+
+Federated, each site sends the sums of :attr:`Churn.evaluate_metric_keys` over its
+held-out customers, and the server pools them into one ROC-AUC over all of them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import math
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
 from torch import nn
 from torch.nn import functional as F
-from torch.utils.data import TensorDataset
+from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-from models import metrics
-from models.churn_protocol import FEATURES, ChurnData
-from privacy.accountant import DPSegment
+from models import metrics, schema
+from models.churn_protocol import FEATURES, ChurnData, churn_cutoff, churn_data, churn_features
+from models.optimizers import build_optimizer
+from models.registry import Facts, FederatedModel, SiteData
+from models.training import LocalResult, LocalTraining, TrainingSettings, mean_finite
+from privacy import wire
+from privacy.accountants import DPSegment
 
 LOG_FEATURE_MEAN: tuple[float, ...] = (4.0, 5.0, 1.2, 6.4, 3.4, 3.6, 5.6, 0.3, 0.6)
 """Shift of log1p(feature), in the order of :data:`models.churn_protocol.FEATURES`."""
@@ -197,3 +208,130 @@ def _churn_metrics(probabilities: np.ndarray, labels: np.ndarray) -> dict[str, f
         "pr-auc": metrics.pr_auc(probabilities, labels) if labels.any() else float("nan"),
         "brier": metrics.brier(probabilities, labels),
     }
+
+
+CUTOFF = "cutoff"
+"""Shared fact (and run-config key ``churn.cutoff``): the churn protocol's cutoff,
+ISO-8601 in UTC. One date for all sites so labels mean the same everywhere: a site's own
+last timestamp would move the cutoff at small storefronts and change their labels."""
+SCORE_BINS_POSITIVE = "score-bins-positive"
+SCORE_BINS_NEGATIVE = "score-bins-negative"
+BRIER_SUM = "brier-sum"
+
+
+class Churn(FederatedModel):
+    """The churn model as a federated model (see :mod:`models.registry`)."""
+
+    name = "churn"
+    evaluate_metric_keys = frozenset(
+        {wire.NUM_EXAMPLES, SCORE_BINS_POSITIVE, SCORE_BINS_NEGATIVE, BRIER_SUM}
+    )
+    headline_metric = "roc-auc"
+    default_training = TrainingSettings(
+        local_epochs=1, optimizer="sgd", learning_rate=0.05, batch_size=64, max_grad_norm=1.0
+    )
+    shared_fact_keys = (CUTOFF,)
+
+    def shared_facts(
+        self, declared: Mapping[str, Any], whole_split: Callable[[], pd.DataFrame]
+    ) -> dict[str, Any]:
+        """The cutoff ``churn.cutoff`` (deployment; a zone-less time is UTC), else the
+        whole split's last timestamp − 90 days (simulation)."""
+        text = str(declared.get(CUTOFF, "")).strip()
+        if not text:
+            return {CUTOFF: churn_cutoff(whole_split()).isoformat()}
+        try:
+            cutoff = pd.Timestamp(text)
+        except ValueError:
+            raise ValueError(f"churn.{CUTOFF}: {text!r} is not an ISO-8601 timestamp") from None
+        cutoff = cutoff.tz_localize("UTC") if cutoff.tzinfo is None else cutoff.tz_convert("UTC")
+        return {CUTOFF: cutoff.isoformat()}
+
+    def build(self, facts: Facts) -> ChurnModel:
+        """The churn MLP (its feature scaling is fixed in code, not exchanged)."""
+        del facts
+        return ChurnModel()
+
+    def site_data(self, orders: pd.DataFrame, facts: Facts) -> SiteData:
+        """Churn protocol on the site's customers at the shared cutoff: the training part
+        and the fixed 20 % holdout."""
+        if not facts.get(CUTOFF):
+            raise ValueError(f"the churn protocol needs the shared cutoff in '{CUTOFF}'")
+        data = churn_data(orders, cutoff=pd.Timestamp(facts[CUTOFF]))
+        return SiteData(train=churn_dataset(data.part(held_out=False)), evaluation=data.part(True))
+
+    def train(self, module: nn.Module, dataset: Dataset, plan: LocalTraining) -> LocalResult:
+        """The churn loss; DP-SGD (:func:`train_churn_private`) when σ is given."""
+        settings = plan.settings
+        optimizer = build_optimizer(
+            settings.optimizer,
+            module.parameters(),
+            settings.learning_rate,
+            proximal_mu=plan.proximal_mu,
+        )
+        if plan.noise_multiplier is None:
+            generator = torch.Generator().manual_seed(plan.seed) if plan.seed is not None else None
+            loader = DataLoader(
+                dataset, batch_size=settings.batch_size, shuffle=True, generator=generator
+            )
+            losses = train_churn(module, loader, optimizer, settings.local_epochs)
+            return LocalResult(mean_finite(losses), 0)
+        losses, segment = train_churn_private(
+            module,
+            dataset,
+            optimizer,
+            epochs=settings.local_epochs,
+            batch_size=settings.batch_size,
+            noise_multiplier=plan.noise_multiplier,
+            max_grad_norm=settings.max_grad_norm,
+            seed=plan.seed,
+        )
+        return LocalResult(mean_finite(losses), segment.steps)
+
+    def evaluate(self, module: nn.Module, evaluation: ChurnData) -> dict[str, Any]:
+        """Score histograms per label, the Brier sum and the count over the held-out
+        customers."""
+        labels = evaluation.labels.to_numpy()
+        probabilities = predict_churn(module, evaluation.features)
+        positives, negatives = metrics.binned_score_counts(probabilities, labels)
+        return {
+            wire.NUM_EXAMPLES: int(labels.size),
+            SCORE_BINS_POSITIVE: positives.tolist(),
+            SCORE_BINS_NEGATIVE: negatives.tolist(),
+            BRIER_SUM: float(np.sum((probabilities - labels) ** 2)),
+        }
+
+    def summarise(self, sums: list[Mapping[str, Any]]) -> dict[str, float]:
+        """ROC-AUC from the pooled score histograms (not an average of sites' AUCs), Brier
+        score, customer count and churn rate."""
+        positives = sum(np.asarray(site[SCORE_BINS_POSITIVE], dtype=np.int64) for site in sums)
+        negatives = sum(np.asarray(site[SCORE_BINS_NEGATIVE], dtype=np.int64) for site in sums)
+        count = int(positives.sum() + negatives.sum())
+        brier = sum(float(site[BRIER_SUM]) for site in sums)
+        return {
+            "roc-auc": float(metrics.auc_from_binned_counts(positives, negatives)),
+            "brier": brier / count if count else math.nan,
+            "num-customers": count,
+            "churn-rate": float(positives.sum()) / count if count else math.nan,
+        }
+
+    def artefacts(self, facts: Facts) -> dict[str, Any]:
+        """The feature names, the fixed feature scaling and the cutoff trained on."""
+        return {
+            "features": list(FEATURES),
+            "log-feature-mean": list(LOG_FEATURE_MEAN),
+            "log-feature-std": list(LOG_FEATURE_STD),
+            "churn-cutoff": facts[CUTOFF],
+        }
+
+    def score(self, module: nn.Module, orders: pd.DataFrame, facts: Facts) -> pd.DataFrame:
+        """Churn probability of every customer with a purchase in ``orders``, as of their
+        last timestamp, with the features behind it (index: customer token)."""
+        del facts
+        if orders.empty:
+            raise ValueError("no order lines to score")
+        features = churn_features(orders, orders[schema.TIMESTAMP].max())
+        return features.assign(probability=predict_churn(module, features))
+
+
+MODEL = Churn()

@@ -20,6 +20,7 @@ count) is the same either way.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -134,3 +135,27 @@ def split_next_basket(frame: pd.DataFrame) -> NextBasketSplit:
         home_storefront=customer_home_storefront(purchases),
         items=pd.Index(np.unique(purchases[schema.ITEM].to_numpy(dtype=str)), name=schema.ITEM),
     )
+
+
+def catalogue_of(frame: pd.DataFrame) -> list[str]:
+    """The protocol's catalogue of some order lines: the sorted distinct item ids of their
+    clean purchase lines (what the centralized protocol ranks)."""
+    return sorted(np.unique(clean_purchases(frame)[schema.ITEM].to_numpy(dtype=str)).tolist())
+
+
+def read_catalogue(path: str | Path) -> list[str]:
+    """A catalogue file: one item id per line (blank lines ignored), position = item index.
+
+    Raises:
+        ValueError: the file cannot be read, lists an item twice, or is empty.
+    """
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path}: cannot read the item catalogue ({error})") from None
+    items = [line.strip() for line in lines if line.strip()]
+    if len(set(items)) != len(items):
+        raise ValueError(f"{path}: the catalogue lists an item id twice")
+    if not items:
+        raise ValueError(f"{path}: the item catalogue is empty")
+    return items

@@ -1,4 +1,6 @@
-"""The next-basket recommender: model, training loop (plain or user-level DP) and evaluation.
+"""The next-basket recommender, whole: model, training loop (plain or user-level DP),
+evaluation and scoring, and :class:`Recommender`, the model as the federation knows it
+(``MODEL``, found by name in :mod:`models.registry`).
 
 Score of catalogue item ``i`` for a customer (a logit over the whole catalogue):
 
@@ -13,14 +15,16 @@ Why this shape: repeat buying dominates retail baskets, and the history is model
 not a parameter, so only ~270 MLP weights and one bias per item are learned — few
 parameters for DP noise to swamp. Under DP the per-example gradient of the bias is the logit
 gradient itself, and the MLP runs on packed history rows (no padding), with a grad sampler
-that sums row gradients per example (:mod:`privacy.grad_samplers`); no ``(B, V, hidden)``
+that sums row gradients per example (:mod:`models.recommender_layers`); no ``(B, V, hidden)``
 tensor is ever built. ``python -m simulations.benchmarks.dp_step`` measures the DP step cost.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -28,8 +32,10 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from models import metrics, schema
 from models.baselines import evaluate_next_basket
 from models.nextbasket_features import (
+    FEATURE_NAMES,
     NUM_FEATURES,
     EvaluationExamples,
     NextBasketBatch,
@@ -37,67 +43,19 @@ from models.nextbasket_features import (
     build_histories,
     collate_examples,
 )
-from models.nextbasket_protocol import NextBasketSplit
+from models.nextbasket_protocol import (
+    NextBasketSplit,
+    catalogue_of,
+    clean_purchases,
+    read_catalogue,
+    split_next_basket,
+)
 from models.optimizers import build_optimizer
-from privacy.accountant import DPSegment
-
-
-class ItemBias(nn.Module):
-    """Adds a learned per-item bias to catalogue-wide scores: ``scores + bias``.
-
-    Its own module so Opacus uses a dedicated grad sampler (the per-example gradient of the
-    bias is the per-example gradient of the output; :mod:`privacy.grad_samplers`).
-    """
-
-    def __init__(self, num_items: int) -> None:
-        super().__init__()
-        self.bias = nn.Parameter(torch.zeros(num_items))
-
-    def forward(self, scores: torch.Tensor) -> torch.Tensor:
-        """``scores + bias`` for ``(B, V)`` scores."""
-        return scores + self.bias
-
-
-class PersonalScorer(nn.Module):
-    """ReLU MLP ``g`` from the personal features of packed history rows to one score each.
-
-    The layers are this module's own parameters (``weight_l``, ``bias_l``; not ``nn.Linear``
-    children nor a ``ParameterList``, which are modules of their own), because a packed row
-    is not an example: Opacus must see the whole MLP as one layer whose grad sampler sums
-    row gradients per example
-    (:mod:`privacy.grad_samplers`). ``offsets`` is unused here but is the module's last input
-    so Opacus reads the batch size B from it (as for ``nn.EmbeddingBag``).
-
-    Args:
-        num_features: features per row.
-        hidden: widths of the hidden layers.
-    """
-
-    def __init__(self, num_features: int, hidden: Sequence[int]) -> None:
-        super().__init__()
-        widths = [num_features, *hidden, 1]
-        for depth, (fan_in, fan_out) in enumerate(zip(widths[:-1], widths[1:], strict=False)):
-            layer = nn.Linear(fan_in, fan_out)  # for its default initialisation only
-            self.register_parameter(f"weight_{depth}", layer.weight)
-            self.register_parameter(f"bias_{depth}", layer.bias)
-        self.depth = len(widths) - 1
-
-    def layer(self, depth: int) -> tuple[nn.Parameter, nn.Parameter]:
-        """``(weight, bias)`` of layer ``depth`` (0 = first)."""
-        return getattr(self, f"weight_{depth}"), getattr(self, f"bias_{depth}")
-
-    def pre_activations(self, features: torch.Tensor) -> list[torch.Tensor]:
-        """Every layer's input to its ReLU (the last one is the score), rows × width."""
-        outputs, inputs = [], features
-        for depth in range(self.depth):
-            weight, bias = self.layer(depth)
-            outputs.append(nn.functional.linear(inputs, weight, bias))
-            inputs = torch.relu(outputs[-1])
-        return outputs
-
-    def forward(self, features: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
-        """Scores ``(N,)`` of the ``N`` packed rows of a batch of ``len(offsets)`` examples."""
-        return self.pre_activations(features)[-1].squeeze(-1)
+from models.recommender_layers import ItemBias, PersonalScorer, register_grad_samplers
+from models.registry import Facts, FederatedModel, SiteData
+from models.training import LocalResult, LocalTraining, TrainingSettings, mean_finite
+from privacy import wire
+from privacy.accountants import DPSegment
 
 
 class NextBasketRecommender(nn.Module):
@@ -144,7 +102,7 @@ class DPConfig:
 
     Attributes:
         noise_multiplier: σ, calibrated by the caller for the whole planned training
-            (:func:`privacy.accountant.calibrate_noise_multiplier`).
+            (:func:`privacy.planning.plan_dp`).
         max_grad_norm: per-example clipping norm C.
         grad_sample_mode: Opacus mode, ``"hooks"`` (with this model's cheap grad samplers)
             or ``"ghost"``.
@@ -218,8 +176,9 @@ def train_recommender(
         return result
 
     # Imported here: privacy.dp pulls in Opacus, which plain training does not need.
-    import privacy.grad_samplers  # noqa: F401  (registers this model's grad samplers)
     from privacy.dp import DPTrainingSession
+
+    register_grad_samplers()
 
     with DPTrainingSession(
         model,
@@ -266,3 +225,135 @@ def evaluate_recommender(
     histories = build_histories(split.train, split.items)
     examples = EvaluationExamples(histories, split.test_baskets, split.items)
     return evaluate_next_basket(split, score_examples(model, examples), k)
+
+
+TOP_K = 10
+"""The protocol's cut-off: HR, Recall and NDCG at 10."""
+HIT_SUM = "hit-sum"
+RECALL_SUM = "recall-sum"
+NDCG_SUM = "ndcg-sum"
+CATALOGUE = "catalogue"
+"""Shared fact (and run-config key ``recommender.catalogue``): the item catalogue, a list
+of item ids (position = output index). Product data, not customer data; one catalogue
+makes every site build the same network. In the run config: a file with one id per line."""
+
+
+class Recommender(FederatedModel):
+    """The next-basket recommender as a federated model (see :mod:`models.registry`)."""
+
+    name = "recommender"
+    evaluate_metric_keys = frozenset({wire.NUM_EXAMPLES, HIT_SUM, RECALL_SUM, NDCG_SUM})
+    headline_metric = f"ndcg@{TOP_K}"
+    default_training = TrainingSettings(
+        local_epochs=2, optimizer="momentum", learning_rate=8.0, batch_size=500, max_grad_norm=0.1
+    )
+    shared_fact_keys = (CATALOGUE,)
+
+    def shared_facts(
+        self, declared: Mapping[str, Any], whole_split: Callable[[], pd.DataFrame]
+    ) -> dict[str, Any]:
+        """The catalogue file named by ``recommender.catalogue`` (deployment), else the
+        protocol's catalogue of the whole split (:func:`catalogue_of`, simulation)."""
+        path = str(declared.get(CATALOGUE, "")).strip()
+        items = read_catalogue(path) if path else catalogue_of(whole_split())
+        if not items:
+            raise ValueError("the item catalogue is empty")
+        return {CATALOGUE: items}
+
+    def build(self, facts: Facts) -> NextBasketRecommender:
+        """The recommender over the shared catalogue."""
+        return NextBasketRecommender(len(_catalogue(facts)))
+
+    def site_data(self, orders: pd.DataFrame, facts: Facts) -> SiteData:
+        """Next-basket protocol on the site's customers, over the shared catalogue."""
+        vocabulary = _catalogue(facts)
+        split = split_next_basket(orders)
+        histories = build_histories(split.train, vocabulary)
+        tested = {c: b for c, b in split.test_baskets.items() if c in histories}
+        return SiteData(
+            train=TrainingExamples(histories),
+            evaluation=EvaluationExamples(histories, tested, vocabulary),
+        )
+
+    def train(self, module: nn.Module, dataset: Dataset, plan: LocalTraining) -> LocalResult:
+        """:func:`train_recommender` with the round's settings (DP-SGD when σ is given)."""
+        settings = plan.settings
+        dp = None
+        if plan.noise_multiplier is not None:
+            dp = DPConfig(plan.noise_multiplier, settings.max_grad_norm, seed=plan.seed)
+        result = train_recommender(
+            module,
+            dataset,
+            epochs=settings.local_epochs,
+            batch_size=settings.batch_size,
+            lr=settings.learning_rate,
+            optimizer=settings.optimizer,
+            proximal_mu=plan.proximal_mu,
+            seed=plan.seed or 0,
+            dp=dp,
+        )
+        steps = result.dp_segment.steps if result.dp_segment is not None else 0
+        return LocalResult(mean_finite(result.epoch_losses), steps)
+
+    def evaluate(self, module: nn.Module, evaluation: EvaluationExamples) -> dict[str, Any]:
+        """Sums of HR@10, Recall@10 and NDCG@10 over the site's test customers, and their
+        count."""
+        if len(evaluation) == 0:
+            return {wire.NUM_EXAMPLES: 0, HIT_SUM: 0.0, RECALL_SUM: 0.0, NDCG_SUM: 0.0}
+        ranked = metrics.top_k_items(score_examples(module, evaluation), TOP_K)
+        targets = np.zeros((len(evaluation), module.num_items), dtype=bool)
+        for row in range(len(evaluation)):
+            targets[row, evaluation[row]["target_items"].numpy()] = True
+        scores = metrics.ranking_metrics(ranked, targets, k=TOP_K)
+        return {
+            wire.NUM_EXAMPLES: len(evaluation),
+            HIT_SUM: float(scores[f"hr@{TOP_K}"].sum()),
+            RECALL_SUM: float(scores[f"recall@{TOP_K}"].sum()),
+            NDCG_SUM: float(scores[f"ndcg@{TOP_K}"].sum()),
+        }
+
+    def summarise(self, sums: list[Mapping[str, Any]]) -> dict[str, float]:
+        """HR@10, Recall@10 and NDCG@10 as means over the test customers, and their count."""
+        count = sum(float(site[wire.NUM_EXAMPLES]) for site in sums)
+
+        def mean(key: str) -> float:
+            return sum(float(site[key]) for site in sums) / count if count > 0 else math.nan
+
+        return {
+            f"hr@{TOP_K}": mean(HIT_SUM),
+            f"recall@{TOP_K}": mean(RECALL_SUM),
+            f"ndcg@{TOP_K}": mean(NDCG_SUM),
+            "num-customers": int(count),
+        }
+
+    def artefacts(self, facts: Facts) -> dict[str, Any]:
+        """The item vocabulary and the names of the personal features."""
+        return {"item-vocabulary": _catalogue(facts), "personal-features": list(FEATURE_NAMES)}
+
+    def score(self, module: nn.Module, orders: pd.DataFrame, facts: Facts) -> pd.DataFrame:
+        """Top-10 items for every customer with a purchase in ``orders``, from their whole
+        purchase history: rows ``(customer, rank, item_id, score)``, rank 1 first."""
+        vocabulary = _catalogue(facts)
+        histories = build_histories(clean_purchases(orders), vocabulary)
+        examples = EvaluationExamples(histories, {c: [] for c in histories}, vocabulary)
+        scores = score_examples(module, examples)
+        ranked = metrics.top_k_items(scores, TOP_K)
+        rows = np.repeat(np.arange(len(examples)), ranked.shape[1])
+        return pd.DataFrame(
+            {
+                schema.CUSTOMER: np.asarray(examples.customers, dtype=object)[rows],
+                "rank": np.tile(np.arange(1, ranked.shape[1] + 1), len(examples)),
+                schema.ITEM: np.asarray(vocabulary, dtype=object)[ranked.reshape(-1)],
+                "score": scores[rows, ranked.reshape(-1)],
+            }
+        )
+
+
+def _catalogue(facts: Facts) -> list[str]:
+    items = facts.get(CATALOGUE)
+    if not items:
+        raise ValueError(f"the recommender needs the item catalogue in '{CATALOGUE}'")
+    return [str(item) for item in items]
+
+
+MODEL = Recommender()

@@ -40,4 +40,8 @@ ARROW_SCHEMA = pa.schema(
         pa.field(IS_RETURN, pa.bool_(), nullable=False),
     ]
 )
-"""Parquet schema of a prepared storefront file (``orders.parquet``)."""
+"""Parquet schema of a prepared storefront file (:data:`ORDERS_FILE`)."""
+
+ORDERS_FILE = "orders.parquet"
+"""The prepared order lines of one storefront, in a site's prepared directory or a
+simulation's storefront split."""

@@ -40,7 +40,7 @@ from opacus.utils.fast_gradient_clipping_utils import DPTensorFastGradientClippi
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from privacy.accountant import DPSegment
+from privacy.accountants import DPSegment
 
 PerExampleLoss = Callable[[nn.Module, Any], torch.Tensor]
 GRAD_SAMPLE_MODES = ("hooks", "ghost")
@@ -55,7 +55,7 @@ class DPTrainingSession:
         optimizer: an optimizer over ``module``'s parameters (e.g. ``torch.optim.SGD``).
         dataset: map-style dataset with exactly one example per customer (user-level DP).
         batch_size: nominal batch size B; the sampling rate is 1 / ⌈len(dataset) / B⌉.
-        noise_multiplier: σ from :func:`privacy.accountant.calibrate_noise_multiplier`.
+        noise_multiplier: σ from :func:`privacy.planning.plan_dp`.
         max_grad_norm: per-example clipping norm C.
         loss_fn: ``loss_fn(module, batch)`` returns a 1-D tensor with one loss per example
             in ``batch`` (no reduction). It is called with the plain module.
@@ -167,12 +167,16 @@ class DPTrainingSession:
                     f"loss_fn must return one loss per example, shape ({examples},); "
                     f"got {tuple(per_example_loss.shape)}"
                 )
-            if self.grad_sample_mode == "ghost":
-                DPTensorFastGradientClipping(
-                    self._wrapped, self.optimizer, per_example_loss, loss_reduction="mean"
-                ).backward()
-            else:
-                per_example_loss.mean().backward()
+            with warnings.catch_warnings():
+                # Opacus's hooks fire on module outputs when no input needs a gradient, and
+                # torch warns at every step; by design here (gradients are for weights only).
+                warnings.filterwarnings("ignore", message="Full backward hook is firing")
+                if self.grad_sample_mode == "ghost":
+                    DPTensorFastGradientClipping(
+                        self._wrapped, self.optimizer, per_example_loss, loss_reduction="mean"
+                    ).backward()
+                else:
+                    per_example_loss.mean().backward()
             loss = per_example_loss.detach().mean().item()
         self.optimizer.step()
         self.steps_taken += 1

@@ -7,10 +7,16 @@ finishes, crashes or is killed. :meth:`PrivacyLedger.commit` may afterwards lowe
 to the number really taken (never raise them). A crash therefore over-counts, never
 under-counts, and the update leaves the site only after its privacy cost is on disk.
 
-Reported ε is :func:`privacy.accountant.epsilon_for` over the ledger's segments (RDP
-accountant); an independent accountant given the same (sample rate, noise multiplier,
-steps) rows gets the same number. Any doubt about the file — unreadable, not a database,
-corrupt, unknown schema, an invalid row — raises :class:`LedgerError`: fail closed.
+Every segment names the accountant that planned it (:mod:`privacy.accountants`). A
+model's ε is computed by that accountant over all of the model's segments; should a
+model's segments name several accountants (a site changed its choice), each computes ε
+over all of them and the largest is reported, so a change of accountant can never lower
+the ε on record. An independent accountant given the same (sample rate, noise
+multiplier, steps) rows gets the same number. Ledgers of schema version 1 (before
+accountants were named) are upgraded in place: their segments were planned by RDP.
+
+Any doubt about the file — unreadable, not a database, corrupt, unknown schema, an invalid
+row — raises :class:`LedgerError`: fail closed.
 
 Durability and concurrency: WAL journal with ``synchronous=FULL`` (a committed transaction
 survives power loss), and the budget check plus insert run in one ``BEGIN IMMEDIATE``
@@ -27,9 +33,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from privacy.accountant import DPSegment, epsilon_for
+from privacy.accountants import ACCOUNTANTS, DPSegment, create_accountant
 
-_SCHEMA_VERSION = 1
+LEDGER_FILE = "privacy-ledger.sqlite"
+"""The ledger's file name in a site's directory."""
+
+_SCHEMA_VERSION = 2
 _SCHEMA = """
 CREATE TABLE segments (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -44,13 +53,16 @@ CREATE TABLE segments (
     delta REAL NOT NULL,
     status TEXT NOT NULL CHECK (status IN ('reserved', 'committed')),
     reserved_at TEXT NOT NULL,
-    committed_at TEXT
+    committed_at TEXT,
+    accountant TEXT NOT NULL DEFAULT 'rdp'
 );
 CREATE INDEX segments_by_model ON segments (model, id);
 """
+# Version 1 had no accountant column; its segments were all planned by RDP.
+_UPGRADE_FROM_VERSION_1 = "ALTER TABLE segments ADD COLUMN accountant TEXT NOT NULL DEFAULT 'rdp'"
 _COLUMNS = (
     "id, model, server_round, sample_rate, noise_multiplier, planned_steps, steps, "
-    "max_grad_norm, budget_epsilon, delta, status, reserved_at, committed_at"
+    "max_grad_norm, budget_epsilon, delta, status, reserved_at, committed_at, accountant"
 )
 _BUSY_TIMEOUT_SECONDS = 30.0
 
@@ -95,6 +107,8 @@ class LedgerEntry:
     status: str  # "reserved" (counted at planned steps) or "committed"
     reserved_at: str
     committed_at: str | None
+    accountant: str
+    """The accountant that planned the segment (:data:`privacy.accountants.ACCOUNTANTS`)."""
 
 
 @dataclass(frozen=True)
@@ -109,6 +123,7 @@ class Reservation:
     epsilon_after: float
     budget_epsilon: float
     delta: float
+    accountant: str
 
 
 @dataclass(frozen=True)
@@ -170,13 +185,16 @@ class PrivacyLedger:
         budget_epsilon: float,
         delta: float,
         max_grad_norm: float,
+        accountant: str,
         server_round: int | None = None,
     ) -> Reservation:
-        """Check the budget and record ``segment`` before training it.
+        """Check the budget and record ``segment``, planned by ``accountant``, before
+        training it.
 
         The check and the insert are one transaction: ε over all recorded segments of
-        ``model`` plus the planned one must not exceed ``budget_epsilon`` at ``delta``.
-        From this call on the segment counts at its planned steps, even if training crashes.
+        ``model`` plus the planned one (module docstring: by every accountant named) must
+        not exceed ``budget_epsilon`` at ``delta``. From this call on the segment counts at
+        its planned steps, even if training crashes.
 
         Raises:
             BudgetExceeded: the round would overspend; nothing is recorded.
@@ -190,16 +208,17 @@ class PrivacyLedger:
             raise ValueError(f"max_grad_norm must be finite and > 0, got {max_grad_norm!r}")
         if segment.steps < 1:
             raise ValueError("a reservation needs at least one planned step")
+        create_accountant(accountant)  # refuse an unknown name before anything is written
         with self._transaction("reserve") as connection:
-            recorded = [entry.segment for entry in self._entries(connection, model)]
-            epsilon_spent = epsilon_for(recorded, delta)
-            epsilon_after = epsilon_for([*recorded, segment], delta)
+            recorded = self._entries(connection, model)
+            epsilon_spent = ledger_epsilon(recorded, delta)
+            epsilon_after = ledger_epsilon(recorded, delta, planned=(segment, accountant))
             if epsilon_after > budget_epsilon:
                 raise BudgetExceeded(model, epsilon_spent, epsilon_after, budget_epsilon, delta)
             cursor = connection.execute(
                 "INSERT INTO segments (model, server_round, sample_rate, noise_multiplier, "
                 "planned_steps, steps, max_grad_norm, budget_epsilon, delta, status, "
-                "reserved_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'reserved', ?)",
+                "reserved_at, accountant) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'reserved', ?, ?)",
                 (
                     model,
                     server_round,
@@ -211,6 +230,7 @@ class PrivacyLedger:
                     budget_epsilon,
                     delta,
                     _now(),
+                    accountant,
                 ),
             )
         return Reservation(
@@ -222,6 +242,7 @@ class PrivacyLedger:
             epsilon_after=epsilon_after,
             budget_epsilon=budget_epsilon,
             delta=delta,
+            accountant=accountant,
         )
 
     def commit(self, reservation: Reservation, steps_taken: int | None = None) -> None:
@@ -267,15 +288,15 @@ class PrivacyLedger:
         return [entry.segment for entry in self.entries(model)]
 
     def epsilon(self, model: str, delta: float) -> float:
-        """ε spent so far by ``model`` at ``delta`` (RDP accountant over all segments)."""
-        return epsilon_for(self.segments(model), delta)
+        """ε spent so far by ``model`` at ``delta``, by the accountant(s) its segments name."""
+        return ledger_epsilon(self.entries(model), delta)
 
     def budget_status(self, model: str, budget_epsilon: float, delta: float) -> BudgetStatus:
         """ε spent by ``model`` against ``budget_epsilon``, with step and segment counts."""
         entries = self.entries(model)
         return BudgetStatus(
             model=model,
-            epsilon_spent=epsilon_for([entry.segment for entry in entries], delta),
+            epsilon_spent=ledger_epsilon(entries, delta),
             budget_epsilon=budget_epsilon,
             delta=delta,
             total_steps=sum(entry.segment.steps for entry in entries),
@@ -316,6 +337,9 @@ class PrivacyLedger:
                     if statement.strip():
                         connection.execute(statement)
                 connection.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
+            elif version == 1 and "segments" in tables:
+                connection.execute(_UPGRADE_FROM_VERSION_1)
+                connection.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
             elif version != _SCHEMA_VERSION or "segments" not in tables:
                 raise LedgerError(
                     f"{self.path} is not a fedshop privacy ledger (schema version {version}, "
@@ -330,10 +354,13 @@ class PrivacyLedger:
 
     def _entry(self, row: tuple) -> LedgerEntry:
         (entry_id, model, server_round, sample_rate, noise_multiplier, planned_steps, steps,
-         max_grad_norm, budget_epsilon, delta, status, reserved_at, committed_at) = row  # fmt: skip
+         max_grad_norm, budget_epsilon, delta, status, reserved_at, committed_at,
+         accountant) = row  # fmt: skip
         try:
             if status not in ("reserved", "committed"):
                 raise ValueError(f"unknown status {status!r}")
+            if accountant not in ACCOUNTANTS:
+                raise ValueError(f"unknown accountant {accountant!r}")
             if not (isinstance(planned_steps, int) and 0 <= steps <= planned_steps):
                 raise ValueError(f"steps {steps!r} outside 0..planned {planned_steps!r}")
             segment = DPSegment(sample_rate, noise_multiplier, steps)
@@ -354,6 +381,7 @@ class PrivacyLedger:
             status=status,
             reserved_at=reserved_at,
             committed_at=committed_at,
+            accountant=accountant,
         )
 
     @contextmanager
@@ -384,6 +412,21 @@ class PrivacyLedger:
                 f"privacy ledger {self.path}: cannot {action} ({error}); the file may be "
                 "unreadable or corrupt; refusing to train until it is restored"
             ) from error
+
+
+def ledger_epsilon(
+    entries: list[LedgerEntry], delta: float, planned: tuple[DPSegment, str] | None = None
+) -> float:
+    """ε of a model's ledger entries (plus a ``planned`` (segment, accountant)) at ``delta``:
+    the largest ε any accountant they name computes over all of them (0 without steps)."""
+    segments = [entry.segment for entry in entries]
+    names = {entry.accountant for entry in entries}
+    if planned is not None:
+        segments.append(planned[0])
+        names.add(planned[1])
+    return max(
+        (create_accountant(name).epsilon(segments, delta) for name in sorted(names)), default=0.0
+    )
 
 
 def _check_model(model: str) -> None:

@@ -11,7 +11,7 @@ State directory layout: ``superlink.db`` (runs, nodes, registrations; survives r
 restarted SuperLink keeps its SuperNodes) and ``flwr-home/`` (the SuperLink's own
 ``FLWR_HOME``: installed apps). The SuperLink runs with the state directory as its working
 directory, so relative paths written by the ServerApp land there too. Processes are started
-and stopped through :mod:`clients.flower_process`, shared with the site side.
+and stopped through :mod:`privacy.flower_processes`, shared with the site side.
 """
 
 from __future__ import annotations
@@ -31,9 +31,9 @@ from typing import IO
 
 import tomli_w
 
-from clients import flower_process
-from clients.flower_process import flower_environment
+from privacy import flower_processes
 from privacy.atomic_files import atomic_write
+from privacy.flower_processes import flower_environment
 from server.certificates import (
     check_private_key_file,
     credential_paths,
@@ -132,7 +132,7 @@ def superlink_command(settings: SuperLinkSettings) -> list[str]:
 def launch_superlink(settings: SuperLinkSettings, log: IO | None = None) -> subprocess.Popen:
     """Start ``flower-superlink`` in its own process group; its output goes to ``log``.
 
-    Stop it with :func:`clients.flower_process.stop`.
+    Stop it with :func:`privacy.flower_processes.stop`.
 
     Raises:
         DeploymentError: a credentials file is missing or the server key is readable by others.
@@ -147,7 +147,7 @@ def launch_superlink(settings: SuperLinkSettings, log: IO | None = None) -> subp
         check_private_key_file(paths.server_key)
     settings.state.mkdir(parents=True, exist_ok=True)
     command = superlink_command(settings)
-    return flower_process.spawn(command, settings.flwr_home, cwd=settings.state, stdout=log)
+    return flower_processes.spawn(command, settings.flwr_home, cwd=settings.state, stdout=log)
 
 
 def wait_until_listening(process: subprocess.Popen, address: str, timeout: float) -> None:
@@ -252,7 +252,7 @@ def serve(settings: SuperLinkSettings, flwr_home: Path, *, log: IO | None = None
         nonlocal stop_requested
         stop_requested = True
 
-    with flower_process.on_termination(request_stop):
+    with flower_processes.on_termination(request_stop):
         process = launch_superlink(settings, log)
         try:
             wait_until_listening(process, settings.local_address, READY_TIMEOUT)
@@ -266,7 +266,7 @@ def serve(settings: SuperLinkSettings, flwr_home: Path, *, log: IO | None = None
             while not stop_requested and process.poll() is None:
                 time.sleep(0.2)
         finally:
-            flower_process.stop(process)
+            flower_processes.stop(process)
     print(f"SuperLink stopped (exit code {process.returncode})", flush=True)
     return 0 if stop_requested else process.returncode
 

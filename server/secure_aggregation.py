@@ -5,7 +5,7 @@ Switched on by the run config's ``secure-aggregation = true`` (shares and thresh
 :func:`start_secure_aggregation` instead of the screened strategy's ``start``: same
 initial weights, same sampled sites and train config (the screened strategy of
 :mod:`server.strategy` still configures every round), same federated evaluation pooled by
-:data:`server.evaluation.EVALUATION_AGGREGATORS`, same checkpoint and ``rounds.jsonl``
+:func:`server.evaluation.evaluation_aggregator`, same checkpoint and ``rounds.jsonl``
 record after every round through the same end-of-round hook, hence the same bundle.
 
 In flwr 1.42 SecAgg+ exists only on the legacy path: :class:`SecureFedAvg` (a legacy
@@ -62,7 +62,7 @@ from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECOR
 from flwr.serverapp import Grid
 from flwr.supercore import log
 
-from clients import messages as wire
+from privacy import wire
 from server.strategy import RoundReport, ValidatedAggregation, aggregate_train_metrics
 from server.update_validation import Rejection
 
@@ -144,6 +144,11 @@ class SecureAggregationSettings:
         )
 
 
+def legacy_facts(facts: Any) -> dict[str, Any]:
+    """Shared facts as legacy FitIns config entries (one config only): ``facts.<key>``."""
+    return {f"{wire.FACTS}.{key}": value for key, value in dict(facts).items()}
+
+
 def quantisation_error_bound(
     settings: SecureAggregationSettings, num_sites: int, total_examples: int
 ) -> float:
@@ -204,7 +209,11 @@ class SecureFedAvg(LegacyFedAvg):
         proxies = client_manager.all()
         instructions = []
         for msg in messages:
-            config = {**dict(msg.content[wire.CONFIG]), wire.ARRAY_NAMES: self.names}
+            config = {
+                **dict(msg.content[wire.CONFIG]),
+                **legacy_facts(msg.content.config_records.get(wire.FACTS, {})),
+                wire.ARRAY_NAMES: self.names,
+            }
             proxy = proxies.get(str(msg.metadata.dst_node_id))
             if proxy is None:
                 log(WARNING, "Node %d is not registered yet; left out", msg.metadata.dst_node_id)

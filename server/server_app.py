@@ -7,13 +7,12 @@ per-round log ``rounds.jsonl``; started again with the same ``run-dir`` it conti
 at the next round of the model it was training. At the end it exports the model
 bundle (:mod:`server.bundle`).
 
-Each model has its own local-training settings (optimizer, learning rate, batch size,
-clipping norm, local epochs) in its run-config table, ``[tool.flwr.app.config.<model>]``
-(:func:`model_training_plan`): DP-SGD's best settings differ a lot between the
-recommender's thousands of item biases and the churn model's 89 weights.
-
-What each model needs on the server (initial weights, evaluation pooling, bundle
-artefacts) is a :class:`ModelSpec` in :data:`MODEL_SPECS`.
+Models are found by name in the registry (:mod:`models.registry`): each says what it
+needs on the server — its shared facts, initial weights, how its evaluation sums pool,
+its bundle artefacts — and has its own local-training settings, its defaults overridden
+by its run-config table ``[tool.flwr.app.config.<model>]`` (:func:`model_training_plan`):
+DP-SGD's best settings differ a lot between the recommender's thousands of item biases
+and the churn model's 89 weights.
 """
 
 from __future__ import annotations
@@ -28,152 +27,119 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, RecordDict
 from flwr.serverapp import Grid, ServerApp
 from flwr.supercore import log
 
-from clients import messages as wire
-from models.churn import LOG_FEATURE_MEAN, LOG_FEATURE_STD, ChurnModel
-from models.churn_protocol import FEATURES
-from models.nextbasket_features import FEATURE_NAMES
-from models.optimizers import OPTIMIZERS
-from models.recommender import NextBasketRecommender
+from models.registry import BUILTIN_MODELS, FederatedModel, get_model, model_names
+from models.training import TrainingSettings
+from privacy import wire
+from privacy.accountants import DEFAULT_ACCOUNTANT, create_accountant
 from privacy.atomic_files import atomic_write
+from server import progress
 from server.bundle import export_bundle
 from server.checkpoint import Checkpoint, ModelProgress, latest_checkpoint, save_checkpoint
-from server.evaluation import EVALUATION_AGGREGATORS
+from server.evaluation import evaluation_aggregator
 from server.secure_aggregation import SecureAggregationSettings, start_secure_aggregation
-from server.shared_facts import catalogue_items, churn_cutoff_for
+from server.shared_facts import shared_facts
 from server.strategy import StrategySettings, ValidatedAggregation, build_strategy
 
 ROUNDS_LOG = "rounds.jsonl"
 RESOLVED_CONFIG = "config.json"
 
 
-@dataclass(frozen=True)
-class ModelSpec:
-    """What the server needs to know about one model."""
+def model_training_plan(run_config: dict[str, Any], model: FederatedModel) -> TrainingSettings:
+    """The model's local-training settings: its run-config table (``<model>.<key>``) over
+    its defaults, checked before any site sees them.
 
-    initial_weights: Callable[[dict[str, Any]], dict[str, np.ndarray]]
-    """Fresh global weights from the run config (same seed -> same weights)."""
-    aggregate_evaluation: Callable[[list[RecordDict], str], MetricRecord]
-    """Pools the sites' evaluation replies into overall and per-storefront metrics."""
-    artefacts: Callable[[dict[str, Any]], dict[str, Any]]
-    """JSON-serialisable artefacts for the bundle (vocabulary, scaling constants)."""
-    message_config: Callable[[dict[str, Any]], dict[str, Any]] = lambda run_config: {}
-    """Extra config entries every train and evaluate message of the model carries."""
-
-
-def _recommender_weights(run_config: dict[str, Any]) -> dict[str, np.ndarray]:
-    torch.manual_seed(0)  # same run config, same initial weights
-    model = NextBasketRecommender(len(catalogue_items(run_config)))
-    return {name: value.numpy() for name, value in model.state_dict().items()}
-
-
-def _churn_weights(run_config: dict[str, Any]) -> dict[str, np.ndarray]:
-    del run_config
-    torch.manual_seed(0)
-    return {name: value.numpy() for name, value in ChurnModel().state_dict().items()}
-
-
-MODEL_SPECS: dict[str, ModelSpec] = {
-    "churn": ModelSpec(
-        initial_weights=_churn_weights,
-        aggregate_evaluation=EVALUATION_AGGREGATORS["churn"],
-        artefacts=lambda run_config: {
-            "features": list(FEATURES),
-            "log-feature-mean": list(LOG_FEATURE_MEAN),
-            "log-feature-std": list(LOG_FEATURE_STD),
-            "churn-cutoff": churn_cutoff_for(run_config),
-        },
-        message_config=lambda run_config: {wire.CHURN_CUTOFF: churn_cutoff_for(run_config)},
-    ),
-    "recommender": ModelSpec(
-        initial_weights=_recommender_weights,
-        aggregate_evaluation=EVALUATION_AGGREGATORS["recommender"],
-        artefacts=lambda run_config: {
-            "item-vocabulary": catalogue_items(run_config),
-            "personal-features": list(FEATURE_NAMES),
-        },
-        message_config=lambda run_config: {wire.CATALOGUE: catalogue_items(run_config)},
-    ),
-}
-
-
-def requested_models(run_config: dict[str, Any], specs: dict[str, ModelSpec]) -> list[str]:
-    """The models named in the ``models`` run-config key, validated, in order."""
-    names = [n.strip() for n in str(run_config.get("models", "churn")).split(",") if n.strip()]
-    unknown = [n for n in names if n not in specs]
-    if not names or unknown:
-        raise ValueError(f"run config 'models' must name some of {sorted(specs)}, got {names}")
-    return names
-
-
-def model_training_plan(run_config: dict[str, Any], model: str) -> dict[str, Any]:
-    """The model's local-training keys (:data:`clients.messages.MODEL_TRAINING_KEYS`), read
-    from its run-config table (``<model>.<key>``) and checked before any site sees them."""
-    plan = {}
-    for key in wire.MODEL_TRAINING_KEYS:
-        name = f"{model}.{key}"
-        if name not in run_config:
-            raise ValueError(f"run config lacks '{name}' ([tool.flwr.app.config.{model}])")
-        plan[key] = run_config[name]
-    if plan[wire.OPTIMIZER] not in OPTIMIZERS:
-        raise ValueError(
-            f"run config '{model}.{wire.OPTIMIZER}' must be one of {sorted(OPTIMIZERS)}, "
-            f"got {plan[wire.OPTIMIZER]!r}"
-        )
-    for key in (wire.LOCAL_EPOCHS, wire.BATCH_SIZE, wire.LEARNING_RATE, wire.MAX_GRAD_NORM):
-        if not (isinstance(plan[key], int | float) and plan[key] > 0):
-            raise ValueError(f"run config '{model}.{key}' must be > 0, got {plan[key]!r}")
-    return plan
+    Raises:
+        ValueError: a value is invalid; the message names the run-config key.
+    """
+    return TrainingSettings.from_config(
+        run_config, prefix=f"{model.name}.", defaults=model.default_training
+    )
 
 
 def message_configs(
-    run_config: dict[str, Any], model: str, spec: ModelSpec
+    run_config: dict[str, Any], model: FederatedModel
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The config of the model's evaluate messages (model name and shared facts) and of
-    its train messages (that, the training plan, the ε budget and the planned rounds)."""
-    evaluate_config = {wire.MODEL: model, **spec.message_config(run_config)}
+    """The config of the model's evaluate messages (the model's name) and of its train
+    messages (that, the training plan, the ε budget, the accountant and the planned
+    rounds). The shared facts travel in their own record (:data:`privacy.wire.FACTS`)."""
+    evaluate_config = {wire.MODEL: model.name}
     train_config = {
-        **model_training_plan(run_config, model),
+        **model_training_plan(run_config, model).to_config(),
         wire.EPSILON_BUDGET: float(run_config.get(wire.EPSILON_BUDGET, 0.0)),
+        wire.ACCOUNTANT: str(run_config.get(wire.ACCOUNTANT, DEFAULT_ACCOUNTANT)),
         **evaluate_config,
         wire.PLANNED_ROUNDS: int(run_config.get("num-server-rounds", 3)),
     }
     return evaluate_config, train_config
 
 
-def run_federation(
-    grid: Grid, run_config: dict[str, Any], specs: dict[str, ModelSpec] | None = None
-) -> Checkpoint:
+@dataclass(frozen=True)
+class ModelRun:
+    """One requested model of a run, with everything its messages carry."""
+
+    model: FederatedModel
+    facts: dict[str, Any]
+    evaluate_config: dict[str, Any]
+    train_config: dict[str, Any]
+
+    def content(self, arrays: ArrayRecord, config: dict[str, Any]) -> RecordDict:
+        """A train or evaluate message's content: weights, ``config`` and the facts."""
+        return RecordDict(
+            {
+                wire.ARRAYS: arrays,
+                wire.CONFIG: ConfigRecord(config),
+                wire.FACTS: ConfigRecord(self.facts),
+            }
+        )
+
+
+def plan_models(run_config: dict[str, Any]) -> list[ModelRun]:
+    """Every model the run config's ``models`` names, its shared facts and message configs,
+    in training order. Everything is checked here, before any round.
+
+    Raises:
+        ValueError: an unknown model or accountant, a bad training plan, a fact that can be
+            neither read nor derived.
+    """
+    create_accountant(str(run_config.get(wire.ACCOUNTANT, DEFAULT_ACCOUNTANT)))
+    runs = []
+    for name in model_names(run_config.get("models", ",".join(BUILTIN_MODELS))):
+        model = get_model(name)
+        facts = shared_facts(run_config, model)
+        runs.append(ModelRun(model, facts, *message_configs(run_config, model)))
+    return runs
+
+
+def run_federation(grid: Grid, run_config: dict[str, Any]) -> Checkpoint:
     """Train every requested model to ``num-server-rounds``, resuming from ``run-dir``."""
-    specs = MODEL_SPECS if specs is None else specs
     run_dir = Path(str(run_config.get("run-dir", "runs/latest"))).resolve()
     total_rounds = int(run_config.get("num-server-rounds", 3))
-    models = requested_models(run_config, specs)
     settings = StrategySettings.from_run_config(run_config)
     secure = SecureAggregationSettings.from_run_config(run_config)
-    for model in models:  # a bad training plan stops the run before any round
-        model_training_plan(run_config, model)
+    planned = plan_models(run_config)
     _write_json(run_dir / RESOLVED_CONFIG, dict(run_config))
 
     checkpoint = latest_checkpoint(run_dir) or Checkpoint({}, [], dict(run_config))
     if checkpoint.sequence:
         log(INFO, "Resuming from checkpoint: rounds done %s", _rounds_done(checkpoint))
-    for model in models:
-        done = checkpoint.rounds_done(model)
+    for run in planned:
+        model = run.model
+        done = checkpoint.rounds_done(model.name)
         if done >= total_rounds:
             continue
-        strategy = build_strategy(settings, specs[model].aggregate_evaluation)
+        strategy = build_strategy(settings, evaluation_aggregator(model))
         strategy.round_offset = done
-        if model in checkpoint.models:
-            weights = checkpoint.models[model].weights
-            strategy.load_optimizer_state(checkpoint.models[model].optimizer_state)
+        strategy.shared_facts = run.facts
+        strategy.model_name, strategy.total_rounds = model.name, total_rounds
+        if model.name in checkpoint.models:
+            weights = checkpoint.models[model.name].weights
+            strategy.load_optimizer_state(checkpoint.models[model.name].optimizer_state)
         else:
-            weights = specs[model].initial_weights(run_config)
-        evaluate_config, train_config = message_configs(run_config, model, specs[model])
+            weights = model.initial_weights(run.facts)
 
         start = strategy.start
         if secure.enabled:  # same rounds, but the server sees only the sum of the updates
@@ -183,40 +149,50 @@ def run_federation(
             initial_arrays=ArrayRecord({k: Array(np.asarray(v)) for k, v in weights.items()}),
             num_rounds=total_rounds - done,
             timeout=float(run_config.get("round-timeout", 3600.0)),
-            train_config=ConfigRecord(train_config),
-            evaluate_config=ConfigRecord(evaluate_config),
+            train_config=ConfigRecord(run.train_config),
+            evaluate_config=ConfigRecord(run.evaluate_config),
             evaluate_fn=checkpoint_hook(strategy, model, checkpoint, run_dir),
         )
 
     export_bundle(
         run_dir,
-        {m: checkpoint.models[m].weights for m in models},
+        {run.model.name: checkpoint.models[run.model.name].weights for run in planned},
         rounds_done=_rounds_done(checkpoint),
         privacy=site_privacy(checkpoint.round_records),
         run_config=dict(run_config),
-        artefacts={m: specs[m].artefacts(run_config) for m in models},
+        artefacts={run.model.name: run.model.artefacts(run.facts) for run in planned},
     )
     return checkpoint
 
 
 def checkpoint_hook(
-    strategy: ValidatedAggregation, model: str, checkpoint: Checkpoint, run_dir: Path
+    strategy: ValidatedAggregation, model: FederatedModel, checkpoint: Checkpoint, run_dir: Path
 ) -> Callable[[int, ArrayRecord], None]:
-    """The ``evaluate_fn`` Flower calls after each round: record it and checkpoint."""
+    """The ``evaluate_fn`` Flower calls after each round: record it, checkpoint, and report
+    the round's progress line."""
 
     def end_of_round(server_round: int, arrays: ArrayRecord) -> None:
         if server_round == 0:  # Flower's call before the first round
             return
         absolute_round = strategy.round_offset + server_round
         report = strategy.round_reports.get(absolute_round)
-        record = {"model": model, "round": absolute_round, **(report.to_json() if report else {})}
+        record = {
+            "model": model.name,
+            "round": absolute_round,
+            **(report.to_json() if report else {}),
+        }
         checkpoint.round_records.append(record)
-        checkpoint.models[model] = ModelProgress(
+        checkpoint.models[model.name] = ModelProgress(
             absolute_round, {k: v.numpy() for k, v in arrays.items()}, strategy.optimizer_state()
         )
         save_checkpoint(run_dir, checkpoint)
         _write_rounds_log(run_dir / ROUNDS_LOG, checkpoint.round_records)
-        log(INFO, "Checkpointed %s after round %d", model, absolute_round)
+        log(INFO, "Checkpointed %s after round %d", model.name, absolute_round)
+        progress.report(
+            progress.round_finished(
+                model.name, strategy.total_rounds, model.headline_metric, record
+            )
+        )
 
     return end_of_round
 

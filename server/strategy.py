@@ -36,7 +36,9 @@ from flwr.serverapp.strategy.fedtrimmedavg import trim_mean
 from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 from flwr.supercore import log
 
-from clients import messages as wire
+from privacy import wire
+from server import progress
+from server.progress import RoundEvent
 from server.update_validation import (
     Rejection,
     RoundPlan,
@@ -153,6 +155,11 @@ class ValidatedAggregation(FedAvg):
         self.trim_fraction = trim_fraction
         self.round_offset = round_offset
         self.round_reports: dict[int, RoundReport] = {}
+        self.shared_facts: dict[str, Any] = {}
+        """The model's shared facts, sent with every message in their own record."""
+        self.model_name = ""
+        self.total_rounds = 0
+        """For progress lines: the model trained and the run's rounds (absolute)."""
         self.storefront_of_node: dict[int, str] = {}
         self._global_weights: dict[str, np.ndarray] = {}
         self._round_plan: RoundPlan | None = None
@@ -178,16 +185,37 @@ class ValidatedAggregation(FedAvg):
         config[wire.ROUND_OFFSET] = self.round_offset
         # Kept so replies can be traced to their node: the Grid sets each message's id in
         # place when it pushes it (see _replying_node).
-        self._sent_train = list(
-            super().configure_train(server_round + self.round_offset, arrays, config, grid)
+        absolute_round = server_round + self.round_offset
+        self._sent_train = self._with_facts(
+            super().configure_train(absolute_round, arrays, config, grid)
         )
+        self._report_stage(absolute_round, "training", len(self._sent_train))
         return self._sent_train
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         """Number evaluation rounds absolutely, like training rounds."""
-        return super().configure_evaluate(server_round + self.round_offset, arrays, config, grid)
+        absolute_round = server_round + self.round_offset
+        messages = self._with_facts(
+            super().configure_evaluate(absolute_round, arrays, config, grid)
+        )
+        if messages:
+            self._report_stage(absolute_round, "evaluating", len(messages))
+        return messages
+
+    def _report_stage(self, absolute_round: int, stage: str, sites: int) -> None:
+        event = RoundEvent(self.model_name, absolute_round, self.total_rounds, stage, sites)
+        progress.report(event)
+
+    def _with_facts(self, messages: Iterable[Message]) -> list[Message]:
+        """``messages`` carrying the shared facts in their own record (not in the config,
+        which Flower logs)."""
+        messages = list(messages)
+        if self.shared_facts:
+            for msg in messages:
+                msg.content[wire.FACTS] = ConfigRecord(self.shared_facts)
+        return messages
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]

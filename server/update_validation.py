@@ -5,7 +5,7 @@ norm sense is ``client weights - global weights``. An update is rejected when
 
 - the reply is malformed: arrays that cannot be read, a key set that differs from the
   global model's, an array of the wrong shape or dtype, metric keys other than the
-  documented ones (:data:`clients.messages.TRAIN_METRIC_KEYS`), or a weight
+  documented ones (:data:`privacy.wire.TRAIN_METRIC_KEYS`), or a weight
   (``num-examples``) that is not a positive whole number;
 - any weight is NaN or infinite;
 - its norm *per unit of local training* is far above the round's median (size-aware
@@ -24,7 +24,7 @@ median norm: the plain rule threw away 90% of the federation's data. The server 
 what each site did: its reported ``num-examples`` n_i and the plan it sent (local
 epochs E, batch size B, ε budget, planned rounds) give the site's local steps
 s_i = E · ⌈n_i/B⌉ (as Opacus counts them), its noise multiplier σ_i (calibrated exactly as
-the site does, :func:`clients.site_task.plan_dp`) and its expected batch b_i = q_i · n_i.
+the site does, :func:`privacy.planning.plan_dp`) and its expected batch b_i = q_i · n_i.
 One DP-SGD step (Abadi et al. 2016) moves the weights by lr · (mean clipped gradient,
 norm ≤ C, + Gaussian noise of norm ≈ σ C √d / b) for d parameters, and s steps add up as
 a random walk, so an honest update is about lr · C · :func:`step_scale`
@@ -33,8 +33,9 @@ a tiny DP site (b = its 7 customers, noise-dominated) and the UK (b ≈ B, many 
 comparable; lr and C are common to all sites and cancel in the ratio.
 
 Measured on the bundled storefronts (7 sites, 7-2,427 training customers) with the
-site code, 3 FedAvg rounds each of churn (SGD lr 0.05, C 1) and the recommender
-(momentum lr 3, C 0.1, 2 local epochs), at ε = 8 and non-private, batch 64 and 500
+site code and RDP-planned noise (before PLD became the default accountant), 3 FedAvg
+rounds each of churn (SGD lr 0.05, C 1) and the recommender (momentum lr 3, C 0.1, 2
+local epochs), at ε = 8 and non-private, batch 64 and 500
 (24 rounds, 168 honest updates): the plain norm ratio of the honest UK update exceeded
 10 in 8 of the 24 rounds (up to 39.8: recommender, no DP, B 64). Per unit of scale the
 worst honest ratio is 8.4 (UK, recommender round 1, no DP, B 500; 3.7 under DP), so all
@@ -66,12 +67,14 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import lru_cache
 from typing import Any
 
 import numpy as np
 
-from clients.messages import (
+from privacy.accountants import DEFAULT_ACCOUNTANT
+from privacy.planning import opacus_steps_per_epoch, plan_dp
+from privacy.wire import (
+    ACCOUNTANT,
     BATCH_SIZE,
     EPSILON_BUDGET,
     LOCAL_EPOCHS,
@@ -79,8 +82,6 @@ from clients.messages import (
     PLANNED_ROUNDS,
     TRAIN_METRIC_KEYS,
 )
-from clients.site_task import plan_dp
-from privacy.accountant import opacus_steps_per_epoch
 
 Weights = Mapping[str, np.ndarray]
 
@@ -209,6 +210,8 @@ class RoundPlan:
     planned_rounds: int
     num_parameters: int
     """Floating-point parameters of the model (d)."""
+    accountant: str = DEFAULT_ACCOUNTANT
+    """The accountant the sites plan DP with."""
 
     @classmethod
     def from_train_config(
@@ -224,6 +227,7 @@ class RoundPlan:
             batch_size=int(config[BATCH_SIZE]),
             epsilon_budget=float(config[EPSILON_BUDGET]),
             planned_rounds=int(config[PLANNED_ROUNDS]),
+            accountant=str(config.get(ACCOUNTANT, DEFAULT_ACCOUNTANT)),
             num_parameters=sum(
                 int(array.size)
                 for array in global_weights.values()
@@ -238,24 +242,20 @@ class RoundPlan:
             ValueError: no noise multiplier reaches the ε budget at this size (an honest
                 site of this size declines the round instead of training).
         """
-        return _site_scale(self, num_examples)
-
-
-@lru_cache(maxsize=1024)
-def _site_scale(plan: RoundPlan, num_examples: int) -> float:
-    # Cached: calibrating σ takes ~0.2 s for a large site, and sizes repeat every round.
-    if plan.epsilon_budget <= 0:
-        steps = plan.local_epochs * opacus_steps_per_epoch(num_examples, plan.batch_size)
-        return step_scale(steps, 0.0, 1.0, plan.num_parameters)
-    dp = plan_dp(
-        n_customers=num_examples,
-        batch_size=plan.batch_size,
-        local_epochs=plan.local_epochs,
-        planned_rounds=plan.planned_rounds,
-        epsilon_budget=plan.epsilon_budget,
-    )
-    expected_batch = dp.sample_rate * num_examples
-    return step_scale(dp.steps_per_round, dp.noise_multiplier, expected_batch, plan.num_parameters)
+        if self.epsilon_budget <= 0:
+            steps = self.local_epochs * opacus_steps_per_epoch(num_examples, self.batch_size)
+            return step_scale(steps, 0.0, 1.0, self.num_parameters)
+        dp = plan_dp(  # cached: sizes repeat every round
+            n_customers=num_examples,
+            batch_size=self.batch_size,
+            local_epochs=self.local_epochs,
+            planned_rounds=self.planned_rounds,
+            epsilon_budget=self.epsilon_budget,
+            accountant=self.accountant,
+        )
+        return step_scale(
+            dp.steps_per_round, dp.noise_multiplier, dp.expected_batch_size, self.num_parameters
+        )
 
 
 def validate_updates(

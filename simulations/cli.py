@@ -27,8 +27,8 @@ from typing import Any
 
 import pandas as pd
 
-from clients.command_line import run_handler
 from clients.errors import IngestError
+from privacy.console_errors import run_handler
 from privacy.pseudonymise import KeyFileError
 from simulations.compare_options import add_compare_arguments
 from simulations.errors import PrivacyReportError, ReportError
@@ -215,6 +215,12 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
         "--sweep-dir",
         type=Path,
         help="directory of other runs (e.g. other ε) to draw on the privacy-utility curve",
+    )
+    group.add_argument(
+        "--verbose",
+        action="store_true",
+        help="show Flower's whole log live (by default it goes to <out>/flwr-run.log and the "
+        "console shows one line per round)",
     )
 
 

@@ -5,10 +5,10 @@ order-line frame in several ways and evaluates each on the models' fixed protoco
 
 * ``centralized``: every customer's data pooled, non-private;
 * ``centralized-dp-eps-<ε>``: pooled, user-level DP-SGD (one example per customer) at
-  each target ε, with δ = :func:`privacy.accountant.default_delta` of the training
+  each target ε, with δ = :func:`privacy.planning.default_delta` of the training
   customers and σ calibrated once for the whole planned training at the sample rate
-  Opacus really uses; the ε recorded is recomputed from the DP segment the training
-  really ran (:func:`privacy.accountant.epsilon_for`);
+  Opacus really uses (:func:`privacy.planning.plan_dp`, a one-round plan, by the default
+  accountant); the ε recorded is recomputed from the DP segment the training really ran;
 * ``federated`` and ``federated-dp-eps-<ε>`` (with ``federated=True``; the command's
   default): real simulations of the Flower app on the same storefronts, non-private and
   at each target ε per site (:mod:`simulations.federated_runs`);
@@ -26,9 +26,8 @@ import argparse
 import json
 import math
 import tempfile
-import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -39,12 +38,12 @@ import torch
 from clients.ingest import ingest_table
 from models import metrics, schema
 from models.baselines import NEXT_BASKET_BASELINES, churn_baselines, evaluate_next_basket
+from models.churn import MODEL as CHURN
 from models.churn import (
     ChurnModel,
     churn_dataset,
     evaluate_churn,
     train_centralized,
-    train_churn_private,
 )
 from models.churn_protocol import ChurnData, churn_data
 from models.nextbasket_features import (
@@ -54,23 +53,16 @@ from models.nextbasket_features import (
     build_histories,
 )
 from models.nextbasket_protocol import NextBasketSplit, split_next_basket
-from models.optimizers import build_optimizer
+from models.recommender import MODEL as RECOMMENDER
 from models.recommender import (
-    DPConfig,
     NextBasketRecommender,
     evaluate_recommender,
     score_examples,
-    train_recommender,
 )
-from privacy.accountant import (
-    DPSegment,
-    calibrate_noise_multiplier,
-    default_delta,
-    epsilon_for,
-    opacus_sample_rate,
-    opacus_steps_per_epoch,
-)
+from models.training import LocalTraining, TrainingSettings
+from privacy.accountants import DPSegment
 from privacy.atomic_files import atomic_write
+from privacy.planning import DPPlan, default_delta, plan_dp
 from privacy.pseudonymise import generate_key, load_key
 from simulations.compare_options import DEFAULT_EPSILONS
 from simulations.federated_runs import federated_references
@@ -94,30 +86,23 @@ RECOMMENDER_METRICS = ("hr@10", "recall@10", "ndcg@10")
 CHURN_METRICS = ("roc-auc", "pr-auc", "brier")
 
 
-@dataclass(frozen=True)
-class TrainingSettings:
-    """How one model is trained in one kind of run (``clip``/σ only matter under DP)."""
-
-    epochs: int
-    batch_size: int
-    lr: float
-    optimizer: str
-    max_grad_norm: float = 0.0
-
-
-RECOMMENDER_PLAIN = TrainingSettings(epochs=20, batch_size=64, lr=0.01, optimizer="adam")
-"""Non-private recommender (NDCG@10 ≈ 0.290 on the bundled data)."""
+RECOMMENDER_PLAIN = TrainingSettings(
+    local_epochs=20, optimizer="adam", learning_rate=0.01, batch_size=64, max_grad_norm=1.0
+)
+"""Non-private recommender (NDCG@10 ≈ 0.290 on the bundled data; no clipping without DP)."""
 RECOMMENDER_DP: dict[float, TrainingSettings] = {
     8.0: TrainingSettings(
-        epochs=20, batch_size=500, lr=3.0, optimizer="momentum", max_grad_norm=0.1
+        local_epochs=20, optimizer="momentum", learning_rate=3.0, batch_size=500, max_grad_norm=0.1
     ),
     3.0: TrainingSettings(
-        epochs=20, batch_size=500, lr=1.0, optimizer="momentum", max_grad_norm=0.3
+        local_epochs=20, optimizer="momentum", learning_rate=1.0, batch_size=500, max_grad_norm=0.3
     ),
 }
 """The best DP settings the recommender's tuning found, by target ε; any other ε uses the
 entry of the nearest tuned ε at or above it (or the largest)."""
-CHURN_DP = TrainingSettings(epochs=40, batch_size=256, lr=0.01, optimizer="adam", max_grad_norm=1.0)
+CHURN_DP = TrainingSettings(
+    local_epochs=40, optimizer="adam", learning_rate=0.01, batch_size=256, max_grad_norm=1.0
+)
 """DP churn training (Adam on the 89 weights; not tuned per ε)."""
 QUICK_EPOCHS = 2
 """Epochs of every epoch-based run in quick mode (tests)."""
@@ -203,7 +188,7 @@ def compare_recommender(
         dataset = TrainingExamples(histories, seed=seed)
     runs: dict[str, Any] = {}
     plain = _quick(RECOMMENDER_PLAIN, quick)
-    with progress.step(f"recommender: {CENTRALIZED} ({plain.epochs} epochs)"):
+    with progress.step(f"recommender: {CENTRALIZED} ({plain.local_epochs} epochs)"):
         model, _ = _fit_recommender(split, dataset, plain, seed)
         runs[CENTRALIZED] = {
             "training": _settings(plain, len(dataset)),
@@ -211,13 +196,14 @@ def compare_recommender(
         }
     for epsilon in epsilons:
         settings = _quick(recommender_dp_settings(epsilon), quick)
-        plan = plan_dp(epsilon, len(dataset), split.train[schema.CUSTOMER].nunique(), settings)
+        plan = centralized_dp_plan(
+            epsilon, len(dataset), split.train[schema.CUSTOMER].nunique(), settings
+        )
         with progress.step(f"recommender: {dp_run_name(epsilon)} (σ {plan.noise_multiplier:.3g})"):
-            dp = DPConfig(plan.noise_multiplier, settings.max_grad_norm, seed=seed)
-            model, segment = _fit_recommender(split, dataset, settings, seed, dp)
+            model, steps = _fit_recommender(split, dataset, settings, seed, plan.noise_multiplier)
             runs[dp_run_name(epsilon)] = {
                 "training": _settings(settings, len(dataset)),
-                "privacy": plan.spent(segment),
+                "privacy": privacy_spent(plan, steps),
                 "metrics": _rows(evaluate_recommender(model, split)),
             }
     runs[STOREFRONT_ALONE] = _recommender_storefront_alone(split, histories, plain, seed, progress)
@@ -266,22 +252,14 @@ def _fit_recommender(
     dataset: TrainingExamples,
     settings: TrainingSettings,
     seed: int,
-    dp: DPConfig | None = None,
-) -> tuple[NextBasketRecommender, DPSegment | None]:
-    """A fresh recommender trained on ``dataset``, and the DP segment it ran (or None)."""
+    noise_multiplier: float | None = None,
+) -> tuple[NextBasketRecommender, int]:
+    """A fresh recommender trained on ``dataset`` (DP-SGD at ``noise_multiplier`` if given)
+    by the model's own training, and the DP steps it took."""
     torch.manual_seed(seed)
     model = NextBasketRecommender(len(split.items))
-    result = train_recommender(
-        model,
-        dataset,
-        epochs=settings.epochs,
-        batch_size=settings.batch_size,
-        lr=settings.lr,
-        optimizer=settings.optimizer,
-        seed=seed,
-        dp=dp,
-    )
-    return model, result.dp_segment
+    plan = LocalTraining(settings, noise_multiplier=noise_multiplier, seed=seed)
+    return model, RECOMMENDER.train(model, dataset, plan).dp_steps
 
 
 def compare_churn(
@@ -300,12 +278,12 @@ def compare_churn(
         }
     settings = _quick(CHURN_DP, quick)
     for epsilon in epsilons:
-        plan = plan_dp(epsilon, len(train.labels), len(train.labels), settings)
+        plan = centralized_dp_plan(epsilon, len(train.labels), len(train.labels), settings)
         with progress.step(f"churn: {dp_run_name(epsilon)} (σ {plan.noise_multiplier:.3g})"):
-            model, segment = _fit_churn_dp(train, settings, plan.noise_multiplier, seed)
+            model, steps = _fit_churn_dp(train, settings, plan.noise_multiplier, seed)
             runs[dp_run_name(epsilon)] = {
                 "training": _settings(settings, len(train.labels)),
-                "privacy": plan.spent(segment),
+                "privacy": privacy_spent(plan, steps),
                 "metrics": _rows(evaluate_churn(model, held_out)),
             }
     alone: dict[str, Any] = {"training": {}, "metrics": {}}
@@ -329,54 +307,43 @@ def compare_churn(
 
 def _fit_churn_dp(
     train: ChurnData, settings: TrainingSettings, noise_multiplier: float, seed: int
-) -> tuple[ChurnModel, DPSegment]:
-    """A fresh churn model trained with DP-SGD on ``train``, and the segment it ran."""
+) -> tuple[ChurnModel, int]:
+    """A fresh churn model trained with DP-SGD on ``train`` by the model's own training,
+    and the DP steps it took."""
     torch.manual_seed(seed)
     model = ChurnModel()
-    optimizer = build_optimizer(settings.optimizer, model.parameters(), settings.lr)
-    _, segment = train_churn_private(
-        model,
-        churn_dataset(train),
-        optimizer,
-        epochs=settings.epochs,
-        batch_size=settings.batch_size,
-        noise_multiplier=noise_multiplier,
-        max_grad_norm=settings.max_grad_norm,
-        seed=seed,
-    )
-    return model, segment
+    plan = LocalTraining(settings, noise_multiplier=noise_multiplier, seed=seed)
+    return model, CHURN.train(model, churn_dataset(train), plan).dp_steps
 
 
-@dataclass(frozen=True)
-class DPPlan:
-    """User-level DP for one centralized run, calibrated before it starts."""
-
-    target_epsilon: float
-    delta: float
-    sample_rate: float
-    planned_steps: int
-    noise_multiplier: float
-
-    def spent(self, segment: DPSegment | None) -> dict[str, Any]:
-        """The plan with what the training really ran and the ε recomputed from it."""
-        if segment is None:
-            raise RuntimeError("a DP run returned no DP segment")
-        return {
-            **asdict(self),
-            "steps": segment.steps,
-            "epsilon": epsilon_for([segment], self.delta),
-        }
-
-
-def plan_dp(
+def centralized_dp_plan(
     target_epsilon: float, n_examples: int, n_customers: int, settings: TrainingSettings
 ) -> DPPlan:
-    """σ for ``settings.epochs`` epochs of Poisson batches at Opacus's real sample rate."""
-    delta = default_delta(n_customers)
-    rate = opacus_sample_rate(n_examples, settings.batch_size)
-    steps = settings.epochs * opacus_steps_per_epoch(n_examples, settings.batch_size)
-    sigma = calibrate_noise_multiplier(target_epsilon, delta, rate, steps)
-    return DPPlan(target_epsilon, delta, rate, steps, sigma)
+    """σ for ``settings.local_epochs`` epochs of Poisson batches over ``n_examples`` (one per
+    customer who can give one) at δ of all ``n_customers``: a one-round plan."""
+    return plan_dp(
+        n_customers=n_examples,
+        batch_size=settings.batch_size,
+        local_epochs=settings.local_epochs,
+        planned_rounds=1,
+        epsilon_budget=target_epsilon,
+        delta=default_delta(n_customers),
+    )
+
+
+def privacy_spent(plan: DPPlan, steps: int) -> dict[str, Any]:
+    """The plan with the steps the training really took and the ε recomputed from them."""
+    segment = DPSegment(plan.sample_rate, plan.noise_multiplier, steps)
+    return {
+        "target_epsilon": plan.epsilon_budget,
+        "delta": plan.delta,
+        "sample_rate": plan.sample_rate,
+        "planned_steps": plan.steps_per_round,
+        "noise_multiplier": plan.noise_multiplier,
+        "accountant": plan.accountant,
+        "steps": segment.steps,
+        "epsilon": plan.epsilon([segment]),
+    }
 
 
 def recommender_dp_settings(epsilon: float) -> TrainingSettings:
@@ -393,11 +360,11 @@ def dp_run_name(epsilon: float) -> str:
 def _quick(settings: TrainingSettings, quick: bool) -> TrainingSettings:
     if not quick:
         return settings
-    return TrainingSettings(**{**asdict(settings), "epochs": QUICK_EPOCHS})
+    return replace(settings, local_epochs=QUICK_EPOCHS)
 
 
 def _settings(settings: TrainingSettings, examples: int) -> dict[str, Any]:
-    return {**asdict(settings), "examples": examples}
+    return {**settings.to_config(), "examples": examples}
 
 
 def _rows(table: pd.DataFrame) -> dict[str, dict[str, float | None]]:
@@ -465,9 +432,6 @@ def run_compare(args: argparse.Namespace) -> int:
     bundled data; print the Markdown tables."""
     # One thread: these small models gain nothing from a second one on a shared 2-core box.
     torch.set_num_threads(1)
-    # Opacus's hooks warn on every DP step that the recommender's inputs need no gradient,
-    # which is by design (grads are per-example weights only); keep stderr to progress.
-    warnings.filterwarnings("ignore", message="Full backward hook is firing")
     progress = Progress()
     with tempfile.TemporaryDirectory() as key_dir, progress.step(f"ingest {BUNDLED_DATA.name}"):
         # A throwaway key: the comparison needs pseudonymous tokens, never a stable mapping.

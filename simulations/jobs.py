@@ -42,7 +42,7 @@ from simulations.report import (
     write_report,
 )
 from simulations.run_configs import MAIN_RUN_CONFIG
-from simulations.run_results import HEADLINE_METRICS, load_run, overall_metrics
+from simulations.run_results import headline_metric, load_run, overall_metrics
 from simulations.runner import DEFAULT_CLIENT_CPUS, FLWR_HOME_DIR, RUN_LOG, run_simulation_job
 from simulations.storefronts import format_summary, prepare_bundled_storefronts
 
@@ -60,6 +60,8 @@ class MainRun:
     run_config: dict[str, Any] = field(default_factory=lambda: dict(MAIN_RUN_CONFIG))
     """Overrides of the app's ``[tool.flwr.app.config]`` for the federated run."""
     client_cpus: int = DEFAULT_CLIENT_CPUS
+    verbose: bool = False
+    """Show Flower's whole log live instead of one line per round."""
     resume: bool = False
     sweep_dir: Path | None = None
     reference: Path | None = None
@@ -98,6 +100,7 @@ def federated_training_stage(run: MainRun) -> None:
             run_config=config,
             client_cpus=run.client_cpus,
             resume=run.resume,
+            verbose=run.verbose,
         )
     run.outputs += [run.out_dir / name for name in (RESOLVED_CONFIG, ROUNDS_LOG, BUNDLE_DIR)]
 
@@ -107,10 +110,26 @@ def privacy_report_stage(run: MainRun) -> None:
     with run.progress.step("privacy report (epsilon recomputed from the sites' ledgers)"):
         path = write_privacy_report(run.out_dir)
     run.outputs.append(path)
-    rows = pd.DataFrame(json.loads(path.read_text())["sites"])
-    print("Privacy spent per site (RDP accountant, from the ledgers):")
-    shown = rows[["model", "storefront", "epsilon", "delta", "dp_steps", "check"]]
-    print(shown.to_string(index=False, float_format=lambda value: f"{value:.4g}"))
+    print(f"Privacy spent per site and model (recomputed from the ledgers; every site in {path}):")
+    for line in privacy_summary(json.loads(path.read_text())["sites"]):
+        print(f"  {line}")
+
+
+def privacy_summary(sites: list[dict[str, Any]]) -> list[str]:
+    """One line per model: the range of ε over its sites, δ, accountant and the checks."""
+    lines = []
+    for model, rows in pd.DataFrame(sites).groupby("model", sort=False):
+        trained = rows[rows["dp_steps"] > 0]
+        if trained.empty:
+            lines.append(f"{model}: no DP step at any site")
+            continue
+        checks = ", ".join(f"{n} {check}" for check, n in rows["check"].value_counts().items())
+        lines.append(
+            f"{model}: ε {trained['epsilon'].min():.3f}–{trained['epsilon'].max():.3f} at "
+            f"δ ≤ {trained['delta'].max():.2g} over {len(trained)} of {len(rows)} sites "
+            f"({', '.join(sorted(set(trained['accountant'])))}); ledger vs report: {checks}"
+        )
+    return lines
 
 
 def report_stage(run: MainRun) -> None:
@@ -125,12 +144,26 @@ def report_stage(run: MainRun) -> None:
         print(f"  {model}: " + ", ".join(f"{k} {format_value(v)}" for k, v in metrics.items()))
     if run.reference is not None:
         comparison = load_comparison(run.reference)
-        print(f"Beside the reference runs of {run.reference} (overall and outside the UK):")
+        print(f"Beside the reference runs of {run.reference.name} (all runs in report.html):")
         for model in results.rounds:
             frame = reference_frame(results, model, comparison)
             shown = frame[frame["group"].isin([OVERALL, OUTSIDE_UK])].set_index("group").T
-            print(f"  {model} {HEADLINE_METRICS[model]}:")
+            shown = shown.loc[[_key_reference(name, results.epsilon) for name in shown.index]]
+            print(f"  {model} {headline_metric(model)}:")
             print(shown.to_string(float_format=lambda value: f"{value:.3f}", na_rep="—"))
+
+
+def _key_reference(column: str, epsilon: float) -> bool:
+    """Whether a reference column is shown on the console: this run, the non-private
+    runs, the DP runs at this run's ε, storefront-alone and the strongest baselines."""
+    if column.startswith(("this run", "storefront-alone")) or column in (
+        "centralized",
+        "federated",
+    ):
+        return True
+    if column.endswith(f"-dp-eps-{epsilon:g}"):
+        return True
+    return column in ("baseline: own history", "baseline: logistic regression (log1p)")
 
 
 def training_outcome_stage(run: MainRun) -> None:
@@ -167,6 +200,7 @@ def run_run(args: argparse.Namespace) -> int:
         progress=Progress(PROG),
         run_config=training_config(args, {}),
         client_cpus=args.client_cpus,
+        verbose=args.verbose,
         resume=args.resume,
         sweep_dir=args.sweep_dir,
         reference=args.reference,
@@ -193,7 +227,7 @@ def run_run(args: argparse.Namespace) -> int:
         print(format_summary(summary))
     for stage in SIMULATION_STAGES:
         stage(run)
-    print("Outputs: " + ", ".join(str(path) for path in run.outputs))
+    print(outputs_line(run))
     return 0
 
 
@@ -205,14 +239,24 @@ def run_main(args: argparse.Namespace) -> int:
         progress=Progress(PROG),
         run_config=training_config(args, MAIN_RUN_CONFIG),
         client_cpus=args.client_cpus,
+        verbose=args.verbose,
         sweep_dir=args.sweep_dir,
         reference=args.reference,
     )
     clear_previous_run(run.out_dir)
     for stage in MAIN_STAGES:
         stage(run)
-    print("Outputs: " + ", ".join(str(path) for path in run.outputs))
+    print(outputs_line(run))
     return 0
+
+
+def outputs_line(run: MainRun) -> str:
+    """``Outputs in <out>: name, name, ...`` (paths outside the run directory in full)."""
+    names = [
+        str(path.relative_to(run.out_dir)) if path.is_relative_to(run.out_dir) else str(path)
+        for path in run.outputs
+    ]
+    return f"Outputs in {run.out_dir}: {', '.join(names)}"
 
 
 def clear_previous_run(run_dir: Path) -> None:

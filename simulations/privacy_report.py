@@ -2,8 +2,8 @@
 
 ε is recomputed here, independently of what the sites reported, from each simulated site's
 privacy ledger (``<run-dir>/sites/<slug>/privacy-ledger.sqlite``): the ledger's
-(sampling rate, noise multiplier, steps) segments go through the RDP accountant of
-:func:`privacy.accountant.epsilon_for` at the δ the site recorded. The result is checked
+(sampling rate, noise multiplier, steps) segments go through the accountant each segment
+names (:func:`privacy.ledger.ledger_epsilon`) at the δ the site recorded. The result is checked
 against the ε and steps the site last reported to the server (``rounds.jsonl``):
 
 - ``match``: ledger and report agree (to rounding).
@@ -24,20 +24,15 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from clients.site_task import LEDGER_FILE
-from privacy.accountant import RDP_ORDERS, epsilon_for
+from privacy.accountants import create_accountant
 from privacy.atomic_files import atomic_write
-from privacy.ledger import PrivacyLedger
+from privacy.ledger import LEDGER_FILE, PrivacyLedger, ledger_epsilon
 from server.server_app import RESOLVED_CONFIG, ROUNDS_LOG, site_privacy
 from simulations.errors import PrivacyReportError
 from simulations.storefronts import INDEX_FILE
 
 PRIVACY_REPORT = "privacy_report.json"
 SITES_DIR = "sites"
-ACCOUNTANT = (
-    "RDP (Rényi DP of the Poisson-subsampled Gaussian mechanism, Mironov et al. 2019; "
-    f"integer orders {RDP_ORDERS[0]}..{RDP_ORDERS[-1]}), privacy.accountant.epsilon_for"
-)
 RELATIVE_TOLERANCE = 1e-9
 
 
@@ -49,7 +44,9 @@ class SitePrivacy:
     storefront: str
     slug: str
     epsilon: float
-    """ε recomputed from the ledger's segments (RDP)."""
+    """ε recomputed from the ledger's segments, by the accountant(s) they name."""
+    accountant: str
+    """The accountant(s) named by the segments, comma-separated ("" without any)."""
     delta: float
     dp_steps: int
     rounds: int
@@ -88,7 +85,9 @@ def write_privacy_report(run_dir: Path) -> Path:
     """
     rows = privacy_report(run_dir)
     path = Path(run_dir) / PRIVACY_REPORT
-    payload = {"accountant": ACCOUNTANT, "sites": [asdict(row) for row in rows]}
+    used = sorted({name for row in rows for name in row.accountant.split(",") if name})
+    accountants = {name: create_accountant(name).description for name in used}
+    payload = {"accountants": accountants, "sites": [asdict(row) for row in rows]}
     atomic_write(path, json.dumps(payload, indent=2) + "\n")
     bad = [f"{row.storefront} ({row.model})" for row in rows if row.check == "mismatch"]
     if bad:
@@ -112,7 +111,7 @@ def _site_privacy(
         raise PrivacyReportError(f"{ledger_file}: entries for {model} use several δ {deltas}")
     delta = deltas.pop() if deltas else float(report["delta"]) if report else math.nan
     segments = [entry.segment for entry in entries]
-    epsilon = epsilon_for(segments, delta) if segments else 0.0
+    epsilon = ledger_epsilon(entries, delta)
     steps = sum(segment.steps for segment in segments)
     uncommitted = sum(entry.status != "committed" for entry in entries)
     last = entries[-1] if entries else None
@@ -123,6 +122,7 @@ def _site_privacy(
         storefront=name,
         slug=slug,
         epsilon=epsilon,
+        accountant=",".join(sorted({entry.accountant for entry in entries})),
         delta=delta,
         dp_steps=steps,
         rounds=len(entries),

@@ -37,17 +37,16 @@ import pandas as pd  # noqa: E402
 from matplotlib.ticker import NullFormatter, ScalarFormatter  # noqa: E402
 
 from models.metrics import OVERALL  # noqa: E402
+from privacy.accountants import create_accountant  # noqa: E402
 from privacy.atomic_files import atomic_write  # noqa: E402
 from server.server_app import RESOLVED_CONFIG, ROUNDS_LOG  # noqa: E402
 from simulations.errors import ReportError  # noqa: E402
 from simulations.privacy_report import (  # noqa: E402
-    ACCOUNTANT,
     PRIVACY_REPORT,
     SitePrivacy,
     privacy_report,
 )
 from simulations.run_results import (  # noqa: E402
-    HEADLINE_METRICS,
     STOREFRONT_SEPARATOR,
     RunResults,
     final_rows,
@@ -296,8 +295,9 @@ def _html_page(
         _table(_participation_frame(run), "participation"),
         *(f"<h2>{_e(t)}</h2><img src='{PLOTS_DIR}/{p.name}' alt='{_e(t)}'>" for t, p in figures),
         "<h2>Privacy report</h2>",
-        f"<p>Accountant: {_e(ACCOUNTANT)}. ε is recomputed from each site's privacy ledger "
-        "and checked against what the site reported.</p>",
+        f"<p>Accountants: {_e(_accountants(privacy))}. ε is recomputed from each site's privacy "
+        "ledger, by the accountant that planned its steps, and checked against what the site "
+        "reported.</p>",
         _table(_privacy_frame(privacy), "privacy"),
     ]
     if len(sweep) > 1:
@@ -336,7 +336,7 @@ def load_comparison(path: Path) -> dict[str, Any]:
 def reference_frame(run: RunResults, model: str, comparison: dict[str, Any]) -> pd.DataFrame:
     """The model's headline metric by group (this run's: overall, outside the UK,
     storefronts): this run's final round beside every run and baseline of ``comparison``."""
-    metric = HEADLINE_METRICS[model]
+    metric = headline_metric(model)
     this_run = final_rows(run.final(model), model)
     columns = {f"this run ({run.run_dir.name})": this_run}
     for name, reference in comparison[model]["runs"].items():
@@ -358,8 +358,8 @@ def _reference_sections(run: RunResults, comparison: dict[str, Any], path: Path)
         "and each storefront training alone. Each cell is the model's headline metric.</p>",
     ]
     for model in run.rounds:
-        if model in comparison and model in HEADLINE_METRICS:
-            label = _label(HEADLINE_METRICS[model])
+        if model in comparison:
+            label = _label(headline_metric(model))
             sections.append(f"<h3>{_e(model)}: {_e(label)}</h3>")
             sections.append(_table(reference_frame(run, model, comparison), f"reference-{model}"))
     return sections
@@ -405,12 +405,19 @@ def _participation_frame(run: RunResults) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _accountants(privacy: list[SitePrivacy]) -> str:
+    """The accountants the ledgers name, each with its description ("none" if no DP)."""
+    names = sorted({name for p in privacy for name in p.accountant.split(",") if name})
+    return "; ".join(f"{name}: {create_accountant(name).description}" for name in names) or "none"
+
+
 def _privacy_frame(privacy: list[SitePrivacy]) -> pd.DataFrame:
     rows = [
         {
             "model": p.model,
             "storefront": p.storefront,
-            "ε (ledger, RDP)": p.epsilon,
+            "ε (ledger)": p.epsilon,
+            "accountant": p.accountant,
             "ε reported": p.reported_epsilon,
             "δ": p.delta,
             "DP steps": p.dp_steps,

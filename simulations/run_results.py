@@ -17,10 +17,9 @@ from typing import Any
 
 from models.baselines import OUTSIDE_UK, UK
 from models.metrics import OVERALL
+from models.registry import get_model
 from server.server_app import RESOLVED_CONFIG, ROUNDS_LOG
 
-HEADLINE_METRICS = {"recommender": "ndcg@10", "churn": "roc-auc"}
-"""The metric each model's plots show (the protocols' main number)."""
 STOREFRONT_SEPARATOR = "/"
 """Separates storefront and metric in per-storefront metric names."""
 
@@ -74,11 +73,15 @@ def storefront_metrics(metrics: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return per_storefront
 
 
-def headline_metric(model: str, metrics: dict[str, Any]) -> str:
-    """The metric shown for ``model``: its protocol's main number, else its first metric."""
-    overall = overall_metrics(metrics)
-    preferred = HEADLINE_METRICS.get(model)
-    if preferred in overall:
+def headline_metric(model: str, metrics: dict[str, Any] | None = None) -> str:
+    """The metric shown for ``model``: the registered model's headline metric (its
+    protocol's main number), else the first of ``metrics``."""
+    try:
+        preferred = get_model(model).headline_metric
+    except ValueError:  # a run of a plug-in model that is not installed here
+        preferred = None
+    overall = overall_metrics(metrics or {})
+    if preferred is not None and (metrics is None or preferred in overall):
         return preferred
     return next((k for k in sorted(overall) if k != "num-customers"), "num-customers")
 

@@ -11,7 +11,9 @@ per-run dependency installation. The SuperLink ``flwr`` leaves running (and the 
 below it) is stopped by pid when the job ends, however it ends
 (:mod:`simulations.local_superlink`).
 
-What the job leaves in the run directory besides the ServerApp's outputs::
+The console shows one line per round and model, and a ticker on a terminal
+(:class:`RunConsole`); with ``verbose``, the whole log live. What the job leaves in the
+run directory besides the ServerApp's outputs::
 
     <run-dir>/flwr-run.log       everything ``flwr run --stream`` printed
     <run-dir>/flwr-home/         the job's FLWR_HOME: SuperLink state and log, installed app
@@ -24,13 +26,17 @@ import re
 import socket
 import subprocess
 import sys
+import threading
+import time
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TextIO
 
-from clients.flower_process import flower_environment
-from clients.ingest import ORDERS_FILE
+from models.schema import ORDERS_FILE
+from privacy.flower_processes import flower_environment
+from server import progress
 from server.checkpoint import CHECKPOINT_DIR
 from simulations.local_superlink import find_local_superlink, stop_processes
 
@@ -43,8 +49,6 @@ COMPLETED = "finished:completed"
 DEFAULT_CLIENT_CPUS = 1
 """CPUs Ray reserves per simulated ClientApp: on a 2-core machine two sites train at once."""
 
-ECHO_LINE_LIMIT = 400
-"""Longer progress lines (the recommender's catalogue in the strategy summary) are cut."""
 SUPERLINK_START_ATTEMPTS = 3
 """``flwr`` gives its managed SuperLink 15 s to start (not configurable); on a busy machine
 that can fail, and the job tries again."""
@@ -84,6 +88,7 @@ def run_simulation_job(
     resume: bool = False,
     app_dir: Path = APP_DIR,
     out: TextIO | None = None,
+    verbose: bool = False,
 ) -> Path:
     """Run the federated simulation of the app on a storefront split; returns ``run_dir``.
 
@@ -98,7 +103,8 @@ def run_simulation_job(
         resume: continue a run directory that already holds checkpoints (otherwise such
             a directory is refused, so a finished run is never silently extended).
         app_dir: the Flower app to run.
-        out: where ``flwr``'s progress lines go (default: stderr).
+        out: where the progress lines go (default: stderr).
+        verbose: show ``flwr run``'s whole output live instead of one line per round.
 
     Raises:
         SimulationError: bad arguments, ``flwr`` failed, or the run did not complete.
@@ -144,9 +150,10 @@ def run_simulation_job(
         f"num-supernodes={supernodes} client-resources-num-cpus={client_cpus}",
     ]
     (run_dir / RUN_LOG).unlink(missing_ok=True)
+    console = RunConsole(out, verbose=verbose)
     try:
         for attempt in range(1, SUPERLINK_START_ATTEMPTS + 1):
-            run_id = _run_streaming(command, env, run_dir / RUN_LOG, out)
+            run_id = _run_streaming(command, env, run_dir / RUN_LOG, console)
             if run_id is not None or attempt == SUPERLINK_START_ATTEMPTS:
                 break
             print(
@@ -183,9 +190,11 @@ def _supernodes(storefronts_dir: Path, requested: int | None) -> int:
     return requested
 
 
-def _run_streaming(command: list[str], env: dict[str, str], log: Path, out: TextIO) -> int | None:
-    """Run ``flwr run --stream``, echoing and logging its lines; return the run id, or None
-    if the managed SuperLink failed to start."""
+def _run_streaming(
+    command: list[str], env: dict[str, str], log: Path, console: RunConsole
+) -> int | None:
+    """Run ``flwr run --stream``, logging its lines and showing them on ``console``; return
+    the run id, or None if the managed SuperLink failed to start."""
     run_id = None
     superlink_failed = False
     with (
@@ -193,13 +202,14 @@ def _run_streaming(command: list[str], env: dict[str, str], log: Path, out: Text
         subprocess.Popen(
             command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
         ) as process,
+        console.ticking(),
     ):
         try:
             for line in process.stdout:
                 line = _ANSI_ESCAPE.sub("", line)
                 log_file.write(line)
-                out.write(_shortened(line))
-                out.flush()
+                log_file.flush()
+                console.show(line)
                 started = _RUN_STARTED.search(line)
                 if started and run_id is None:
                     run_id = int(started.group(1))
@@ -217,11 +227,71 @@ def _run_streaming(command: list[str], env: dict[str, str], log: Path, out: Text
     return run_id
 
 
-def _shortened(line: str) -> str:
-    """``line`` cut to :data:`ECHO_LINE_LIMIT` characters (the log keeps it whole)."""
-    if len(line) <= ECHO_LINE_LIMIT:
-        return line
-    return f"{line[:ECHO_LINE_LIMIT]} ... ({len(line):,} characters; whole line in {RUN_LOG})\n"
+class RunConsole:
+    """What the console shows of a running ``flwr run``.
+
+    By default, one line per round and model (:func:`server.progress.round_line`) and, on
+    a terminal, a ticker naming the stage under way with its elapsed seconds; Flower's,
+    Ray's and Opacus's own output goes to the run's log only. ``verbose`` shows every line
+    of the log live instead.
+    """
+
+    def __init__(self, out: TextIO, *, verbose: bool = False, prog: str = "fedshop-sim") -> None:
+        self.out, self.verbose, self.prog = out, verbose, prog
+        self._status = ""
+        self._round_started = time.monotonic()
+        self._lock = threading.Lock()
+        self._ticker_width = 0
+
+    def show(self, line: str) -> None:
+        """Take one line of ``flwr run``'s output."""
+        if self.verbose:
+            self._write(line)
+            return
+        event = progress.parse(line)
+        if event is None:
+            return
+        if event.stage == "done":
+            seconds = time.monotonic() - self._round_started
+            self._status = ""
+            self._write(f"[{self.prog}] {progress.round_line(event, seconds)}\n")
+        else:
+            if event.stage == "training":
+                self._round_started = time.monotonic()
+            self._status = progress.stage_line(event)
+
+    @contextmanager
+    def ticking(self) -> Iterator[None]:
+        """Inside the block, refresh the ticker every second (on a terminal only)."""
+        if self.verbose or not self.out.isatty():
+            yield
+            return
+        stop = threading.Event()
+
+        def tick() -> None:
+            while not stop.wait(1.0):
+                if self._status:
+                    elapsed = time.monotonic() - self._round_started
+                    self._write(f"[{self.prog}] {self._status} · {elapsed:.0f} s", ticker=True)
+
+        thread = threading.Thread(target=tick, daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join()
+            self._write("")
+
+    def _write(self, text: str, *, ticker: bool = False) -> None:
+        with self._lock:
+            if self._ticker_width:  # clear the ticker line before anything else
+                self.out.write("\r" + " " * self._ticker_width + "\r")
+                self._ticker_width = 0
+            self.out.write(text)
+            if ticker:
+                self._ticker_width = len(text)
+            self.out.flush()
 
 
 def _run_status(env: dict[str, str], run_id: int) -> str:

@@ -2,7 +2,7 @@
 
 :func:`run_sequential_federation` does for each model what a simulated federation does —
 the server's initial weights, training plan and message config
-(:data:`server.server_app.MODEL_SPECS`, :func:`server.server_app.model_training_plan`),
+(:func:`server.server_app.plan_models`),
 every site's real train and evaluate answers (:func:`clients.site_task.train_round` and
 :func:`clients.site_task.evaluate_round`, DP planning and privacy ledgers included),
 weighted FedAvg of the replies and the server's pooled evaluation — but site after site
@@ -22,13 +22,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
+from flwr.app import Array, ArrayRecord, Context, Message, RecordDict
 from flwr.app.metadata import Metadata
 from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 
-from clients import messages as wire
 from clients.site_task import evaluate_round, train_round
-from server.server_app import MODEL_SPECS, message_configs, requested_models
+from privacy import wire
+from server.evaluation import evaluation_aggregator
+from server.server_app import plan_models
 from simulations.progress import SILENT, Progress
 from simulations.runner import app_run_config, storefront_slugs
 
@@ -73,15 +74,15 @@ def run_sequential_federation(
     rounds = int(config["num-server-rounds"])
     result = SequentialResult(seconds=0.0)
     started = time.perf_counter()
-    for model in requested_models(config, MODEL_SPECS):
-        spec = MODEL_SPECS[model]
-        model_config, train_config = message_configs(config, model, spec)
-        arrays = ArrayRecord({k: Array(v) for k, v in spec.initial_weights(config).items()})
+    for run in plan_models(config):
+        model = run.model.name
+        pool = evaluation_aggregator(run.model)
+        arrays = ArrayRecord({k: Array(v) for k, v in run.model.initial_weights(run.facts).items()})
         result.metrics[model], result.declined[model] = [], []
         for server_round in range(1, rounds + 1):
             with progress.step(f"{model} round {server_round}/{rounds}"):
-                round_config = {**train_config, wire.SERVER_ROUND: server_round}
-                replies = _ask_sites(contexts, "train", arrays, round_config)
+                round_config = {**run.train_config, wire.SERVER_ROUND: server_round}
+                replies = _ask_sites(contexts, "train", run.content(arrays, round_config))
                 trained = [reply.content for reply in replies if not reply.has_error()]
                 result.declined[model] += [
                     f"{server_round}: {reply.error.reason}"
@@ -90,18 +91,17 @@ def run_sequential_federation(
                 ]
                 if trained:
                     arrays = aggregate_arrayrecords(trained, wire.NUM_EXAMPLES)
-                evaluations = _ask_sites(contexts, "evaluate", arrays, model_config)
-                pooled = spec.aggregate_evaluation([r.content for r in evaluations], "")
+                evaluations = _ask_sites(
+                    contexts, "evaluate", run.content(arrays, run.evaluate_config)
+                )
+                pooled = pool([r.content for r in evaluations], "")
                 result.metrics[model].append(dict(pooled))
     result.seconds = time.perf_counter() - started
     return result
 
 
-def _ask_sites(
-    contexts: list[Context], kind: str, arrays: ArrayRecord, config: dict[str, Any]
-) -> list[Message]:
+def _ask_sites(contexts: list[Context], kind: str, content: RecordDict) -> list[Message]:
     answer = train_round if kind == "train" else evaluate_round
-    content = RecordDict({wire.ARRAYS: arrays, wire.CONFIG: ConfigRecord(config)})
     return [answer(server_message(content, kind, context.node_id), context) for context in contexts]
 
 

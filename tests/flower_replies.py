@@ -8,7 +8,7 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
 from flwr.app.metadata import Metadata
 
-from clients import messages as wire
+from privacy import wire
 
 
 def train_metrics(num_examples: int = 100, loss: float = 0.5) -> dict[str, float]:

@@ -1,18 +1,19 @@
-"""The RDP accountant agrees with Google's dp_accounting, and calibration lands just below ε."""
+"""Both accountants agree with independent ones (RDP: Google's dp_accounting; PLD: Opacus's
+PRV accountant), PLD is the tighter, and calibration lands just below ε."""
 
 import math
 
 import pytest
-from independent_accounting import independent_epsilon
+from independent_accounting import PLD_TOLERANCE, independent_epsilon
 
-from privacy.accountant import (
-    DPSegment,
-    calibrate_noise_multiplier,
-    default_delta,
-    epsilon_for,
-    opacus_sample_rate,
-    opacus_steps_per_epoch,
-)
+from privacy.accountants import DEFAULT_ACCOUNTANT, DPSegment, create_accountant
+from privacy.accountants.pld import MIN_NOISE_MULTIPLIER
+from privacy.planning import default_delta, opacus_sample_rate, opacus_steps_per_epoch
+
+RDP = create_accountant("rdp")
+PLD = create_accountant("pld")
+epsilon_for = RDP.epsilon
+calibrate_noise_multiplier = RDP.calibrate_noise_multiplier
 
 
 @pytest.mark.parametrize(
@@ -156,3 +157,55 @@ def test_opacus_sample_rate_is_one_over_batch_count() -> None:
     assert opacus_steps_per_epoch(930, 10) == 92
     with pytest.raises(ValueError):
         opacus_sample_rate(0, 32)
+
+
+PLD_CASES = [
+    DPSegment(1 / 8, 1.0, 160),  # the UK recommender's schedule, ε ≈ 11
+    DPSegment(1 / 38, 1.0, 304),
+    DPSegment(1 / 157, 0.8, 3000),
+    DPSegment(0.5, 3.0, 40),
+    DPSegment(0.01, 0.6, 1000),
+    DPSegment(1.0, 5.0, 10),
+]
+
+
+@pytest.mark.parametrize("segment", PLD_CASES)
+def test_pld_matches_the_prv_oracle_and_is_tighter_than_rdp(segment: DPSegment) -> None:
+    ours = PLD.epsilon([segment], 1e-5)
+    assert ours == pytest.approx(independent_epsilon([segment], 1e-5, "pld"), abs=PLD_TOLERANCE)
+    assert ours < RDP.epsilon([segment], 1e-5)
+
+
+def test_pld_composes_mixed_segments_like_the_oracle() -> None:
+    segments = [DPSegment(0.02, 1.1, 500), DPSegment(0.05, 0.9, 100), DPSegment(0.02, 1.1, 250)]
+    for delta in (1e-5, 1e-7):
+        ours = PLD.epsilon(segments, delta)
+        assert ours == pytest.approx(independent_epsilon(segments, delta, "pld"), abs=PLD_TOLERANCE)
+    assert PLD.epsilon(segments, 1e-5) == PLD.epsilon(
+        [DPSegment(0.02, 1.1, 750), DPSegment(0.05, 0.9, 100)], 1e-5
+    )
+
+
+def test_pld_falls_back_to_rdp_below_its_noise_floor() -> None:
+    tiny_noise = [DPSegment(0.1, MIN_NOISE_MULTIPLIER / 2, 50), DPSegment(0.1, 1.0, 50)]
+    assert PLD.epsilon(tiny_noise, 1e-5) == RDP.epsilon(tiny_noise, 1e-5)
+    assert PLD.epsilon([DPSegment(0.1, 0.0, 1)], 1e-5) == math.inf
+    assert PLD.epsilon([], 1e-5) == 0.0
+
+
+@pytest.mark.parametrize("target", [1.0, 3.0, 8.0])
+def test_pld_calibration_needs_less_noise_than_rdp(target: float) -> None:
+    sample_rate, steps = 1 / 38, 304  # the UK churn schedule of the main job
+    sigma = PLD.calibrate_noise_multiplier(target, 1e-5, sample_rate, steps)
+    achieved = PLD.epsilon([DPSegment(sample_rate, sigma, steps)], 1e-5)
+    assert 0.99 * target <= achieved <= target
+    oracle = independent_epsilon([DPSegment(sample_rate, sigma, steps)], 1e-5, "pld")
+    assert oracle <= target + PLD_TOLERANCE
+    assert sigma < RDP.calibrate_noise_multiplier(target, 1e-5, sample_rate, steps)
+
+
+def test_accountants_by_name() -> None:
+    assert DEFAULT_ACCOUNTANT == "pld"
+    assert {create_accountant(name).name for name in ("rdp", "pld")} == {"rdp", "pld"}
+    with pytest.raises(ValueError, match="unknown privacy accountant 'prv'"):
+        create_accountant("prv")

@@ -5,15 +5,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Error, Message, RecordDict
+from flwr.app import Array, ArrayRecord, Context, Error, Message, RecordDict
 
 from clients import client_app
-from clients import messages as wire
 from clients.site_data import SiteDataError, load_orders, locate_site, storefront_of
-from clients.site_task import LEDGER_FILE, plan_dp, reserve_round
-from privacy.accountant import epsilon_for
+from clients.site_task import LEDGER_FILE, reserve_round
+from models import churn
+from privacy import wire
 from privacy.ledger import PrivacyLedger, Reservation
-from server.server_app import MODEL_SPECS, model_training_plan
+from privacy.planning import plan_dp
+from server.server_app import ModelRun, plan_models
 from simulations.runner import app_run_config
 from simulations.sequential import server_message
 from simulations.storefronts import prepare_storefronts
@@ -30,7 +31,7 @@ def test_plan_spends_the_budget_in_exactly_the_planned_rounds(tmp_path):
         reserve_round(tmp_path, "churn", plan, max_grad_norm=1.0, server_round=r) for r in (1, 2, 3)
     ]
     assert all(isinstance(r, Reservation) for r in reservations)
-    spent = epsilon_for([plan.round_segment] * 3, plan.delta)
+    spent = plan.epsilon([plan.round_segment] * 3)
     assert 0.99 * 3.0 <= spent <= 3.0
     with PrivacyLedger(tmp_path / LEDGER_FILE) as ledger:
         assert ledger.epsilon("churn", plan.delta) == spent  # the ledger is the source of truth
@@ -106,20 +107,29 @@ def site_round(tmp_path_factory):
         "recommender.batch-size": 16,
         "churn.batch-size": 16,
     }
-    spec = MODEL_SPECS["recommender"]
-    arrays = ArrayRecord({k: Array(v) for k, v in spec.initial_weights(run_config).items()})
-    model_config = {wire.MODEL: "recommender", **spec.message_config(run_config)}
+    runs = {run.model.name: run for run in plan_models(run_config)}
+    arrays = initial_arrays(runs["recommender"])
+    model_config = runs["recommender"].evaluate_config
     context = Context(1, 1, {"partition-id": 1, "num-partitions": 2}, RecordDict(), run_config)
-    return split, run_config, arrays, model_config, context
+    return split, run_config, arrays, model_config, context, runs
 
 
-def train_message(site_round, epsilon: float) -> Message:
-    _, run_config, arrays, model_config, _ = site_round
-    config = model_training_plan(run_config, "recommender")
-    config.update(model_config)
-    config.update({wire.EPSILON_BUDGET: epsilon, wire.PLANNED_ROUNDS: 2, wire.SERVER_ROUND: 1})
-    content = RecordDict({"arrays": arrays, "config": ConfigRecord(config)})
-    return server_message(content, "train", 1)
+def initial_arrays(run: ModelRun) -> ArrayRecord:
+    weights = run.model.initial_weights(run.facts)
+    return ArrayRecord({k: Array(v) for k, v in weights.items()})
+
+
+def train_message(
+    run: ModelRun, arrays: ArrayRecord, epsilon: float, planned_rounds: int = 2, **extra
+) -> Message:
+    config = {
+        **run.train_config,
+        wire.EPSILON_BUDGET: epsilon,
+        wire.PLANNED_ROUNDS: planned_rounds,
+        wire.SERVER_ROUND: 1,
+        **extra,
+    }
+    return server_message(run.content(arrays, config), "train", 1)
 
 
 def wire_text(content: RecordDict) -> bytes:
@@ -132,8 +142,8 @@ def wire_text(content: RecordDict) -> bytes:
 
 
 def test_replies_carry_exactly_the_documented_keys_and_no_customer_token(site_round):
-    split, _, arrays, model_config, context = site_round
-    reply = client_app.train(train_message(site_round, epsilon=3.0), context)
+    split, _, arrays, model_config, context, runs = site_round
+    reply = client_app.train(train_message(runs["recommender"], arrays, epsilon=3.0), context)
     assert not reply.has_error()
     content = reply.content
     assert set(content.array_records) == {wire.ARRAYS}
@@ -146,14 +156,12 @@ def test_replies_carry_exactly_the_documented_keys_and_no_customer_token(site_ro
 
     evaluation = client_app.evaluate(
         server_message(
-            RecordDict({"arrays": content[wire.ARRAYS], "config": ConfigRecord(model_config)}),
-            "evaluate",
-            1,
+            runs["recommender"].content(content[wire.ARRAYS], model_config), "evaluate", 1
         ),
         context,
     ).content
     assert set(evaluation.metric_records) == {wire.METRICS}
-    assert set(evaluation[wire.METRICS]) == wire.EVALUATE_METRIC_KEYS["recommender"]
+    assert set(evaluation[wire.METRICS]) == runs["recommender"].model.evaluate_metric_keys
     assert set(evaluation.array_records) == set()
 
     tokens = set(load_orders(locate_site(context.node_config, context.run_config))["customer"])
@@ -163,9 +171,9 @@ def test_replies_carry_exactly_the_documented_keys_and_no_customer_token(site_ro
 
 
 def test_a_non_private_round_spends_nothing_and_reports_infinite_epsilon(site_round):
-    _, run_config, _, _, _ = site_round
+    _, run_config, arrays, _, _, runs = site_round
     context = Context(1, 2, {"partition-id": 0, "num-partitions": 2}, RecordDict(), run_config)
-    reply = client_app.train(train_message(site_round, epsilon=0.0), context)
+    reply = client_app.train(train_message(runs["recommender"], arrays, epsilon=0.0), context)
     metrics = reply.content[wire.METRICS]
     assert math.isinf(metrics[wire.EPSILON])
     assert metrics[wire.DELTA] == 0.0 and metrics[wire.DP_STEPS] == 0
@@ -173,16 +181,11 @@ def test_a_non_private_round_spends_nothing_and_reports_infinite_epsilon(site_ro
 
 
 def test_churn_trains_under_dp_and_evaluates_into_score_histograms(site_round):
-    _, run_config, _, _, _ = site_round
+    _, run_config, _, _, _, runs = site_round
     context = Context(1, 3, {"partition-id": 0, "num-partitions": 2}, RecordDict(), run_config)
-    weights = MODEL_SPECS["churn"].initial_weights(run_config)
-    arrays = ArrayRecord({k: Array(v) for k, v in weights.items()})
-    config = model_training_plan(run_config, "churn")
-    shared = MODEL_SPECS["churn"].message_config(run_config)
-    config.update({wire.MODEL: "churn", **shared, wire.EPSILON_BUDGET: 1.0})
-    config.update({wire.PLANNED_ROUNDS: 2, wire.SERVER_ROUND: 1})
-    message = RecordDict({"arrays": arrays, "config": ConfigRecord(config)})
-    reply = client_app.train(server_message(message, "train", 1), context).content
+    run = runs["churn"]
+    weights = run.model.initial_weights(run.facts)
+    reply = client_app.train(train_message(run, initial_arrays(run), epsilon=1.0), context).content
     metrics = reply[wire.METRICS]
     assert set(metrics) == wire.TRAIN_METRIC_KEYS and metrics[wire.DP_STEPS] > 0
     ledger_path = Path(run_config["run-dir"]) / "sites" / "storefront-a" / LEDGER_FILE
@@ -191,31 +194,28 @@ def test_churn_trains_under_dp_and_evaluates_into_score_histograms(site_round):
     assert 0 < metrics[wire.EPSILON] < 1.0  # one of two planned rounds
     assert any(not np.array_equal(reply[wire.ARRAYS][k].numpy(), v) for k, v in weights.items())
 
-    request = RecordDict(
-        {"arrays": reply[wire.ARRAYS], "config": ConfigRecord({wire.MODEL: "churn", **shared})}
-    )
+    request = run.content(reply[wire.ARRAYS], run.evaluate_config)
     evaluation = client_app.evaluate(server_message(request, "evaluate", 1), context).content[
         wire.METRICS
     ]
-    assert set(evaluation) == wire.EVALUATE_METRIC_KEYS["churn"]
-    counted = sum(evaluation[wire.SCORE_BINS_POSITIVE]) + sum(evaluation[wire.SCORE_BINS_NEGATIVE])
+    assert set(evaluation) == run.model.evaluate_metric_keys
+    counted = sum(evaluation[churn.SCORE_BINS_POSITIVE]) + sum(
+        evaluation[churn.SCORE_BINS_NEGATIVE]
+    )
     assert counted == evaluation[wire.NUM_EXAMPLES] > 0
-    assert 0 <= evaluation[wire.BRIER_SUM] <= evaluation[wire.NUM_EXAMPLES]
+    assert 0 <= evaluation[churn.BRIER_SUM] <= evaluation[wire.NUM_EXAMPLES]
 
 
 def test_fedprox_mu_from_the_server_keeps_the_local_model_near_the_global_one(site_round):
-    _, run_config, _, _, _ = site_round
-    weights = MODEL_SPECS["churn"].initial_weights(run_config)
-    arrays = ArrayRecord({k: Array(v) for k, v in weights.items()})
-    shared = MODEL_SPECS["churn"].message_config(run_config)
+    _, run_config, _, _, _, runs = site_round
+    run = runs["churn"]
+    weights = run.model.initial_weights(run.facts)
+    arrays = initial_arrays(run)
 
     def distance_travelled(extra: dict) -> float:
         context = Context(1, 4, {"partition-id": 0, "num-partitions": 2}, RecordDict(), run_config)
-        config = model_training_plan(run_config, "churn")
-        config.update({wire.MODEL: "churn", **shared, wire.EPSILON_BUDGET: 0.0, **extra})
-        config.update({wire.PLANNED_ROUNDS: 1, wire.SERVER_ROUND: 1})
-        message = RecordDict({"arrays": arrays, "config": ConfigRecord(config)})
-        reply = client_app.train(server_message(message, "train", 1), context).content
+        message = train_message(run, arrays, epsilon=0.0, planned_rounds=1, **extra)
+        reply = client_app.train(message, context).content
         return float(
             np.sqrt(
                 sum(((reply[wire.ARRAYS][k].numpy() - v) ** 2).sum() for k, v in weights.items())

@@ -6,7 +6,7 @@ import argparse
 
 import pytest
 
-from clients.command_line import EXIT_INTERNAL, EXIT_USAGE, run_handler
+from privacy.console_errors import EXIT_INTERNAL, EXIT_USAGE, run_handler
 
 
 class BadInput(Exception):

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from clients.command_line import EXIT_USAGE
 from models import metrics, schema
 from models.baselines import NEXT_BASKET_BASELINES, OUTSIDE_UK
+from privacy.console_errors import EXIT_USAGE
 from simulations import cli
 from simulations.compare import (
     CENTRALIZED,

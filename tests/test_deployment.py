@@ -27,10 +27,8 @@ import pyarrow.parquet as pq
 import pytest
 from flwr.common.constant import ErrorCode
 from in_process import read_rounds
-from independent_accounting import independent_epsilon
+from independent_accounting import matches_ledger_oracle
 
-from clients import flower_process
-from clients import messages as wire
 from clients.join import (
     EXIT_GAVE_UP,
     JoinError,
@@ -38,8 +36,8 @@ from clients.join import (
     check_site_ready,
     supernode_command,
 )
-from clients.site_task import LEDGER_FILE
-from privacy.ledger import LedgerEntry, PrivacyLedger
+from privacy import flower_processes, wire
+from privacy.ledger import LEDGER_FILE, LedgerEntry, PrivacyLedger
 from server.certificates import issue_credentials, site_key_pair, write_new_file
 from server.cli import main as server_main
 from server.deployment import CONNECTION, SuperLinkSettings, write_connection
@@ -68,13 +66,13 @@ class Processes:
         """Start ``command`` with output to ``<root>/<name>.log``; returns (process, log)."""
         log_path = self.root / f"{name}.log"
         with log_path.open("wb") as log:
-            process = flower_process.spawn(command, self.root / f"{name}-home", stdout=log)
+            process = flower_processes.spawn(command, self.root / f"{name}-home", stdout=log)
         self.started.append(process)
         return process, log_path
 
     def stop_all(self) -> None:
         for process in reversed(self.started):
-            flower_process.stop(process, timeout=15)
+            flower_processes.stop(process, timeout=15)
 
 
 @pytest.fixture
@@ -207,7 +205,7 @@ def test_tls_federation_runs_two_rounds_and_refuses_an_unregistered_node(
     # the server never reads site data: it has the catalogue file; sites read their data-path
     run_config = f"num-server-rounds={ROUNDS} models='recommender' epsilon={EPSILON} min-sites=3"
     run_config += " fraction-evaluate=0.0"  # every message spawns a ClientApp: train only
-    run_config += f" catalogue='{catalogue}'"
+    run_config += f" recommender.catalogue='{catalogue}'"
     submit = _submit_run(processes, federation, run_config, tmp_path / "run")
     rounds = _finished_rounds(*submit, tmp_path / "run")
     assert [(r["model"], r["round"]) for r in rounds] == [("recommender", 1), ("recommender", 2)]
@@ -277,7 +275,7 @@ def test_a_site_killed_mid_round_is_left_out_and_the_run_completes(
     # NODE_UNAVAILABLE and the round ends. A round-timeout below that detection plus a
     # healthy site's round (ClientApp start-up + DP training, ~30 s on 2 busy cores) drops
     # the healthy sites' replies too (measured: 30 s lost every reply of both rounds).
-    run_config += f" round-timeout={ROUND_TIMEOUT} catalogue='{catalogue}'"
+    run_config += f" round-timeout={ROUND_TIMEOUT} recommender.catalogue='{catalogue}'"
     submit = _submit_run(processes, federation, run_config, run_dir)
     # "training started": the site reserves the round in its ledger just before DP-SGD
     _wait_for(lambda: bool(_ledger_entries(victim_data)), 180, "the victim's reservation")
@@ -311,17 +309,16 @@ def test_a_site_killed_mid_round_is_left_out_and_the_run_completes(
         status = ledger.budget_status("recommender", EPSILON, entry.delta)
     assert (entry.server_round, entry.segment.steps) == (1, entry.planned_steps)
     assert status.uncommitted == 1 and 0 < status.epsilon_spent <= EPSILON
-    assert status.epsilon_spent == pytest.approx(independent_epsilon([entry.segment], entry.delta))
+    assert matches_ledger_oracle(status.epsilon_spent, [entry], entry.delta)
     # each survivor's reported ε and steps are what its ledger holds after that round
     for data in survivor_data:
         entries = _ledger_entries(data)
         assert [(e.server_round, e.status) for e in entries] == [(1, "committed"), (2, "committed")]
         for done, record in enumerate(rounds, start=1):
             reported = record["privacy"][data.name]
-            segments = [e.segment for e in entries[:done]]
-            assert reported[wire.DP_STEPS] == sum(segment.steps for segment in segments)
-            assert reported[wire.EPSILON] == pytest.approx(
-                independent_epsilon(segments, reported[wire.DELTA])
+            assert reported[wire.DP_STEPS] == sum(e.segment.steps for e in entries[:done])
+            assert matches_ledger_oracle(
+                reported[wire.EPSILON], entries[:done], reported[wire.DELTA]
             )
 
 
@@ -450,7 +447,7 @@ def test_start_refuses_missing_credentials_and_ambiguous_mode(
 
 
 def test_processes_are_started_with_isolated_flower_settings(tmp_path: Path) -> None:
-    env = flower_process.flower_environment(tmp_path / "home", base={"PATH": "/usr/bin"})
+    env = flower_processes.flower_environment(tmp_path / "home", base={"PATH": "/usr/bin"})
     assert env["FLWR_HOME"] == str((tmp_path / "home").resolve())
     assert env["FLWR_TELEMETRY_ENABLED"] == "0" and env["FLWR_DISABLE_UPDATE_CHECK"] == "1"
     assert env["FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION"] == "1"

@@ -6,8 +6,9 @@ from torch import nn
 from torch.nn import functional
 from torch.utils.data import TensorDataset
 
-from privacy.accountant import DPSegment, opacus_sample_rate, opacus_steps_per_epoch
+from privacy.accountants import DPSegment
 from privacy.dp import DPTrainingSession
+from privacy.planning import opacus_sample_rate, opacus_steps_per_epoch
 
 MODES = ["hooks", "ghost"]
 

@@ -6,18 +6,23 @@ import numpy as np
 import pytest
 from flwr.app import ConfigRecord, MetricRecord, RecordDict
 
-from clients import messages as wire
+from models import churn, recommender
 from models.metrics import binned_score_counts, brier, roc_auc
-from server.evaluation import aggregate_churn, aggregate_recommender
+from models.registry import get_model
+from privacy import wire
+from server.evaluation import evaluation_aggregator
+
+aggregate_churn = evaluation_aggregator(get_model("churn"))
+aggregate_recommender = evaluation_aggregator(get_model("recommender"))
 
 
 def churn_reply(storefront: str, scores: np.ndarray, labels: np.ndarray) -> RecordDict:
     positives, negatives = binned_score_counts(scores, labels)
     metrics = {
         wire.NUM_EXAMPLES: len(scores),
-        wire.SCORE_BINS_POSITIVE: positives.tolist(),
-        wire.SCORE_BINS_NEGATIVE: negatives.tolist(),
-        wire.BRIER_SUM: float(np.sum((scores - labels) ** 2)),
+        churn.SCORE_BINS_POSITIVE: positives.tolist(),
+        churn.SCORE_BINS_NEGATIVE: negatives.tolist(),
+        churn.BRIER_SUM: float(np.sum((scores - labels) ** 2)),
     }
     return RecordDict(
         {
@@ -59,8 +64,8 @@ def test_a_reply_with_undocumented_or_mismatched_metrics_is_left_out():
     leaky = churn_reply("Leaky", *site_scores(rng, 100, (0.0, 0.6), (0.4, 1.0)))
     leaky[wire.METRICS]["customer-scores"] = [0.1, 0.9]
     coarse = churn_reply("Coarse", *site_scores(rng, 100, (0.0, 0.6), (0.4, 1.0)))
-    coarse[wire.METRICS][wire.SCORE_BINS_POSITIVE] = [1, 2]
-    coarse[wire.METRICS][wire.SCORE_BINS_NEGATIVE] = [3, 4]
+    coarse[wire.METRICS][churn.SCORE_BINS_POSITIVE] = [1, 2]
+    coarse[wire.METRICS][churn.SCORE_BINS_NEGATIVE] = [3, 4]
     pooled = aggregate_churn([good, leaky, coarse], "")
     assert pooled["num-customers"] == 100
     assert {key.split("/")[0] for key in pooled if "/" in key} == {"Good"}
@@ -69,9 +74,9 @@ def test_a_reply_with_undocumented_or_mismatched_metrics_is_left_out():
 def recommender_reply(storefront: str, hits, recall, ndcg) -> RecordDict:
     metrics = {
         wire.NUM_EXAMPLES: len(hits),
-        wire.HIT_SUM: float(np.sum(hits)),
-        wire.RECALL_SUM: float(np.sum(recall)),
-        wire.NDCG_SUM: float(np.sum(ndcg)),
+        recommender.HIT_SUM: float(np.sum(hits)),
+        recommender.RECALL_SUM: float(np.sum(recall)),
+        recommender.NDCG_SUM: float(np.sum(ndcg)),
     }
     return RecordDict(
         {

@@ -8,16 +8,16 @@ import sys
 import textwrap
 from pathlib import Path
 
-import dp_accounting
 import pytest
-from dp_accounting.rdp import RdpAccountant
+from independent_accounting import independent_epsilon
 
-from privacy.accountant import RDP_ORDERS, DPSegment, epsilon_for
+from privacy.accountants import DPSegment, create_accountant
 from privacy.ledger import BudgetExceeded, LedgerError, PrivacyLedger
 
 ROOT = Path(__file__).resolve().parents[1]
 DELTA = 1e-5
 ROUND = DPSegment(sample_rate=0.05, noise_multiplier=1.5, steps=60)
+epsilon_for = create_accountant("rdp").epsilon
 
 
 def reserve_round(ledger: PrivacyLedger, budget: float, server_round: int | None = None):
@@ -27,24 +27,22 @@ def reserve_round(ledger: PrivacyLedger, budget: float, server_round: int | None
         budget_epsilon=budget,
         delta=DELTA,
         max_grad_norm=1.0,
+        accountant="rdp",
         server_round=server_round,
     )
 
 
 def independent_epsilon_from_file(path: Path, model: str) -> float:
-    """Read the rows with plain sqlite3 and account them with Google's dp_accounting."""
+    """Read the rows with plain sqlite3 and account them with the independent accountant
+    of the one accountant they name."""
     with sqlite3.connect(path) as connection:
         rows = connection.execute(
-            "SELECT sample_rate, noise_multiplier, steps FROM segments WHERE model = ?", (model,)
+            "SELECT sample_rate, noise_multiplier, steps, accountant FROM segments WHERE model = ?",
+            (model,),
         ).fetchall()
-    accountant = RdpAccountant(orders=RDP_ORDERS)
-    for sample_rate, noise_multiplier, steps in rows:
-        if steps:
-            event = dp_accounting.PoissonSampledDpEvent(
-                sample_rate, dp_accounting.GaussianDpEvent(noise_multiplier)
-            )
-            accountant.compose(event, steps)
-    return accountant.get_epsilon(DELTA)
+    [accountant] = {row[3] for row in rows}
+    segments = [DPSegment(*row[:3]) for row in rows]
+    return independent_epsilon(segments, DELTA, accountant)
 
 
 def run_python(code: str, **kwargs) -> subprocess.Popen:
@@ -89,7 +87,12 @@ def test_models_are_accounted_separately(tmp_path: Path) -> None:
     with PrivacyLedger(tmp_path / "ledger.sqlite") as ledger:
         reserve_round(ledger, budget=10.0)
         ledger.reserve(
-            "churn", DPSegment(0.1, 2.0, 20), budget_epsilon=2.0, delta=DELTA, max_grad_norm=0.5
+            "churn",
+            DPSegment(0.1, 2.0, 20),
+            budget_epsilon=2.0,
+            delta=DELTA,
+            max_grad_norm=0.5,
+            accountant="rdp",
         )
         assert ledger.models() == ["churn", "recommender"]
         assert ledger.epsilon("recommender", DELTA) == epsilon_for([ROUND], DELTA)
@@ -125,11 +128,12 @@ def test_process_killed_after_reserve_still_counts_the_round(tmp_path: Path) -> 
     trainer = run_python(
         f"""
         import time
-        from privacy.accountant import DPSegment
+        from privacy.accountants import DPSegment
         from privacy.ledger import PrivacyLedger
         ledger = PrivacyLedger({str(path)!r})
         ledger.reserve("recommender", DPSegment(0.05, 1.5, 60), budget_epsilon=10.0,
-                       delta={DELTA!r}, max_grad_norm=1.0, server_round=2)
+                       delta={DELTA!r}, max_grad_norm=1.0, server_round=2,
+                       accountant="rdp")
         print("reserved", flush=True)
         time.sleep(120)  # "training": killed before it can commit
         """
@@ -190,11 +194,18 @@ def test_invalid_reservations_are_rejected(tmp_path: Path) -> None:
             {"max_grad_norm": 0.0},
             {"delta": 1.0},
         ):
-            arguments = {"budget_epsilon": 3.0, "delta": DELTA, "max_grad_norm": 1.0} | bad
+            arguments = {
+                "budget_epsilon": 3.0,
+                "delta": DELTA,
+                "max_grad_norm": 1.0,
+                "accountant": "rdp",
+            } | bad
             with pytest.raises(ValueError):
                 ledger.reserve("recommender", ROUND, **arguments)
         with pytest.raises(ValueError, match="model"):
-            ledger.reserve("", ROUND, budget_epsilon=3.0, delta=DELTA, max_grad_norm=1.0)
+            ledger.reserve(
+                "", ROUND, budget_epsilon=3.0, delta=DELTA, max_grad_norm=1.0, accountant="rdp"
+            )
         with pytest.raises(ValueError, match="at least one"):
             ledger.reserve(
                 "churn",
@@ -202,6 +213,7 @@ def test_invalid_reservations_are_rejected(tmp_path: Path) -> None:
                 budget_epsilon=3.0,
                 delta=DELTA,
                 max_grad_norm=1.0,
+                accountant="rdp",
             )
         # No noise means ε = ∞: always over budget.
         with pytest.raises(BudgetExceeded):
@@ -211,6 +223,7 @@ def test_invalid_reservations_are_rejected(tmp_path: Path) -> None:
                 budget_epsilon=1e9,
                 delta=DELTA,
                 max_grad_norm=1.0,
+                accountant="rdp",
             )
         assert ledger.models() == []
 
@@ -233,14 +246,15 @@ def test_concurrent_processes_cannot_overspend(tmp_path: Path) -> None:
         run_python(
             f"""
             import sys
-            from privacy.accountant import DPSegment
+            from privacy.accountants import DPSegment
             from privacy.ledger import BudgetExceeded, PrivacyLedger
             with PrivacyLedger({str(path)!r}) as ledger:
                 print("ready", flush=True)
                 sys.stdin.readline()  # start together
                 try:
                     ledger.reserve("recommender", DPSegment(0.05, 1.5, 60),
-                                   budget_epsilon={budget!r}, delta={DELTA!r}, max_grad_norm=1.0)
+                                   budget_epsilon={budget!r}, delta={DELTA!r}, max_grad_norm=1.0,
+                                   accountant="rdp")
                     print("reserved")
                 except BudgetExceeded:
                     print("refused")
@@ -319,3 +333,87 @@ def test_row_with_a_non_numeric_value_fails_closed_naming_the_row(tmp_path: Path
             ledger.epsilon("recommender", DELTA)
         with pytest.raises(LedgerError, match="refusing to train"):
             reserve_round(ledger, budget=10.0)
+
+
+def test_each_segment_names_its_accountant_and_epsilon_is_that_accountants(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "ledger.sqlite"
+    pld = create_accountant("pld")
+    with PrivacyLedger(path) as ledger:
+        for server_round in (1, 2, 3):
+            reservation = ledger.reserve(
+                "churn",
+                ROUND,
+                budget_epsilon=10.0,
+                delta=DELTA,
+                max_grad_norm=1.0,
+                accountant="pld",
+                server_round=server_round,
+            )
+            ledger.commit(reservation)
+        assert [entry.accountant for entry in ledger.entries("churn")] == ["pld"] * 3
+        assert ledger.epsilon("churn", DELTA) == pld.epsilon([ROUND] * 3, DELTA)
+    # An independent PLD-grade accountant (Opacus's PRV) agrees with what the ledger holds.
+    assert ledger_epsilon_of(path) == pytest.approx(
+        independent_epsilon_from_file(path, "churn"), abs=0.02
+    )
+    assert ledger_epsilon_of(path) < epsilon_for([ROUND] * 3, DELTA)  # PLD is the tighter
+
+
+def ledger_epsilon_of(path: Path) -> float:
+    with PrivacyLedger(path) as ledger:
+        return ledger.epsilon("churn", DELTA)
+
+
+def test_a_model_whose_segments_name_two_accountants_reports_the_larger_epsilon(
+    tmp_path: Path,
+) -> None:
+    with PrivacyLedger(tmp_path / "ledger.sqlite") as ledger:
+        for accountant in ("pld", "rdp"):
+            ledger.reserve(
+                "churn",
+                ROUND,
+                budget_epsilon=10.0,
+                delta=DELTA,
+                max_grad_norm=1.0,
+                accountant=accountant,
+            )
+        # Switching accountant can never lower the ε on record: the looser one counts.
+        assert ledger.epsilon("churn", DELTA) == epsilon_for([ROUND, ROUND], DELTA)
+        with pytest.raises(ValueError, match="unknown privacy accountant"):
+            ledger.reserve(
+                "churn", ROUND, budget_epsilon=10.0, delta=DELTA, max_grad_norm=1.0, accountant="x"
+            )
+
+
+def test_a_version_1_ledger_is_upgraded_and_its_segments_count_as_rdp(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.sqlite"
+    with sqlite3.connect(path) as connection:  # the schema before accountants were named
+        connection.executescript(
+            """
+            CREATE TABLE segments (
+                id INTEGER PRIMARY KEY AUTOINCREMENT, model TEXT NOT NULL, server_round INTEGER,
+                sample_rate REAL NOT NULL, noise_multiplier REAL NOT NULL,
+                planned_steps INTEGER NOT NULL, steps INTEGER NOT NULL,
+                max_grad_norm REAL NOT NULL, budget_epsilon REAL NOT NULL, delta REAL NOT NULL,
+                status TEXT NOT NULL, reserved_at TEXT NOT NULL, committed_at TEXT);
+            INSERT INTO segments VALUES (1, 'churn', 1, 0.05, 1.5, 60, 60, 1.0, 8.0, 1e-5,
+                                         'committed', '2026-01-01', '2026-01-01');
+            PRAGMA user_version = 1;
+            """
+        )
+    with PrivacyLedger(path) as ledger:
+        [entry] = ledger.entries("churn")
+        assert entry.accountant == "rdp"
+        assert ledger.epsilon("churn", DELTA) == epsilon_for([ROUND], DELTA)
+
+
+def test_a_row_naming_an_unknown_accountant_fails_closed(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.sqlite"
+    with PrivacyLedger(path) as ledger:
+        reserve_round(ledger, budget=10.0)
+    with sqlite3.connect(path) as connection:
+        connection.execute("UPDATE segments SET accountant = 'guesswork'")
+    with PrivacyLedger(path) as ledger, pytest.raises(LedgerError, match="unknown accountant"):
+        ledger.epsilon("recommender", DELTA)

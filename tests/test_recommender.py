@@ -9,7 +9,6 @@ import pytest
 import torch
 from opacus import GradSampleModule
 
-import privacy.grad_samplers  # noqa: F401  (registers the recommender's grad samplers)
 from models.nextbasket_features import TrainingExamples, build_histories, collate_examples
 from models.nextbasket_protocol import split_next_basket
 from models.recommender import (
@@ -19,7 +18,8 @@ from models.recommender import (
     evaluate_recommender,
     train_recommender,
 )
-from privacy.accountant import opacus_sample_rate, opacus_steps_per_epoch
+from models.recommender_layers import register_grad_samplers
+from privacy.planning import opacus_sample_rate, opacus_steps_per_epoch
 
 REPEAT_BUY_BASELINE_NDCG = 0.270  # DESIGN.md: customer's own most-bought items
 
@@ -65,6 +65,7 @@ def test_custom_grad_samplers_give_exact_per_example_gradients(small_examples):
         basket_loss(model, collate_examples([example])).sum().backward()
         for name, parameter in model.named_parameters():
             expected[name].append(parameter.grad.clone())
+    register_grad_samplers()
     wrapped = GradSampleModule(model, loss_reduction="sum")
     basket_loss(wrapped, collate_examples(examples)).sum().backward()
     for name, parameter in model.named_parameters():

@@ -7,17 +7,15 @@ import shutil
 from html.parser import HTMLParser
 from pathlib import Path
 
-import dp_accounting
 import matplotlib.image
 import pandas as pd
 import pytest
 from conftest import SIMULATION_EPSILON as EPSILON
-from dp_accounting.rdp import RdpAccountant
+from independent_accounting import matches_ledger_oracle
 
-from clients.site_task import LEDGER_FILE
 from models import schema
-from privacy.accountant import RDP_ORDERS
-from privacy.ledger import PrivacyLedger
+from privacy.accountants import DEFAULT_ACCOUNTANT
+from privacy.ledger import LEDGER_FILE, PrivacyLedger
 from simulations.errors import ReportError
 from simulations.privacy_report import PrivacyReportError, privacy_report, write_privacy_report
 from simulations.report import format_value, reference_points, write_report
@@ -127,7 +125,8 @@ def test_report_privacy_table_is_the_ledgers_epsilon_and_what_sites_reported(rep
     for row in rows:
         reported = final[row["model"]]["privacy"][row["storefront"]]
         assert row["ε reported"] == format_value(reported["epsilon"])
-        assert row["ε (ledger, RDP)"] == row["ε reported"]
+        assert row["ε (ledger)"] == row["ε reported"]
+        assert row["accountant"] == "pld"
         assert row["DP steps"] == str(int(reported["dp-steps"]))
         assert row["check"] == "match"
     storefronts = pd.read_csv(run_dir / "storefronts" / "summary.csv")
@@ -154,14 +153,9 @@ def test_privacy_report_epsilon_is_an_independent_accountants(synthetic_run):
     for site in privacy_report(synthetic_run.run_dir):
         ledger_file = synthetic_run.run_dir / "sites" / site.slug / LEDGER_FILE
         with PrivacyLedger(ledger_file) as ledger:
-            segments = ledger.segments(site.model)
-        accountant = RdpAccountant(orders=RDP_ORDERS)
-        for segment in segments:
-            event = dp_accounting.PoissonSampledDpEvent(
-                segment.sample_rate, dp_accounting.GaussianDpEvent(segment.noise_multiplier)
-            )
-            accountant.compose(event, segment.steps)
-        assert site.epsilon == pytest.approx(accountant.get_epsilon(site.delta), rel=1e-6)
+            entries = ledger.entries(site.model)
+        assert site.accountant == DEFAULT_ACCOUNTANT == entries[0].accountant
+        assert matches_ledger_oracle(site.epsilon, entries, site.delta)
         assert site.epsilon <= EPSILON
 
 
@@ -193,7 +187,7 @@ def write_run(run_dir: Path, epsilon: float, ndcg: float, storefronts: Path) -> 
     metrics = {"ndcg@10": ndcg, "hr@10": 0.5, "num-customers": 10, "a/ndcg@10": ndcg}
     record = {"model": "recommender", "round": 1, "evaluate-metrics": metrics, "privacy": {}}
     (run_dir / "rounds.jsonl").write_text(json.dumps(record) + "\n")
-    (run_dir / "privacy_report.json").write_text(json.dumps({"accountant": "RDP", "sites": []}))
+    (run_dir / "privacy_report.json").write_text(json.dumps({"accountants": {}, "sites": []}))
 
 
 def test_privacy_utility_curve_takes_every_run_of_a_sweep(tmp_path):

@@ -17,7 +17,7 @@ from conftest import SIMULATION_EPSILON as EPSILON
 from conftest import SIMULATION_ROUNDS as ROUNDS
 from conftest import SIMULATION_STOREFRONTS as STOREFRONTS
 
-from clients.flower_process import flower_environment
+from privacy.flower_processes import flower_environment
 from server.bundle import load_bundle
 from server.checkpoint import CHECKPOINT_DIR
 from simulations.local_superlink import SUPERLINK_LOG, find_local_superlink, stop_processes
@@ -100,7 +100,9 @@ def test_fedshop_sim_run_writes_the_run_directory_of_the_design(synthetic_run):
         assert metrics["num-customers"] == sum(metrics[f"{n}/num-customers"] for n in names)
 
     privacy = json.loads((run_dir / "privacy_report.json").read_text())
-    assert privacy["accountant"].startswith("RDP")
+    assert list(privacy["accountants"]) == ["pld"]
+    assert privacy["accountants"]["pld"].startswith("PLD")
+    assert {s["accountant"] for s in privacy["sites"]} == {"pld"}
     assert {(s["model"], s["storefront"]) for s in privacy["sites"]} == {
         (m, n) for m in MODELS for n in names
     }
@@ -208,3 +210,23 @@ def test_only_the_jobs_own_superlink_is_found_and_stopped(tmp_path):
         for process in started.values():
             process.kill()
             process.wait(timeout=30)
+
+
+@pytest.mark.slow
+def test_the_console_shows_one_line_per_round_and_model_and_no_library_output(synthetic_run):
+    result = synthetic_run.result
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = (result.stdout + result.stderr).splitlines()
+    rounds = [line for line in lines if re.search(r"\] \w+ round \d+/\d+: ", line)]
+    assert [re.search(r"\] (\w+) round (\d+)/", line).groups() for line in rounds] == [
+        (model, str(number)) for model in MODELS for number in range(1, ROUNDS + 1)
+    ]
+    for line in rounds:
+        assert f"{STOREFRONTS} sites accepted, 0 declined, 0 failed" in line
+        assert re.search(r"ε ≤ \d", line) and re.search(r"(roc-auc|ndcg@10) 0\.\d{4}", line)
+    # Flower's, Ray's and Opacus's own lines went to the log, not the console.
+    assert not [line for line in lines if re.search(r"INFO|WARNING|Warning|backward hook", line)]
+    longest = max(lines, key=len)
+    assert len(longest) <= 200, longest
+    log = (synthetic_run.run_dir / RUN_LOG).read_text()
+    assert "Starting ScreenedFedAvg strategy" in log and "fedshop-progress" in log

@@ -1,9 +1,11 @@
 """The ServerApp loop in Flower's simulation: screening, checkpoints, resume, bundle.
 
-The sites here train a tiny least-squares model on their own random data (the real
-site task is exercised in test_client_app.py); the server code under test is the real
-``run_federation`` inside a real Flower simulation. A "kill" is the ServerApp process
-dying right after a round's checkpoint; the next start must resume at the next round.
+The model is the plug-in ``tests.plugin_model`` (a linear layer), found by the server
+through the registry; the sites here train it on their own random data by plain least
+squares (the real site task is exercised in test_client_app.py); the server code under
+test is the real ``run_federation`` inside a real Flower simulation. A "kill" is the
+ServerApp process dying right after a round's checkpoint; the next start must resume at
+the next round.
 """
 
 import json
@@ -15,40 +17,17 @@ from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 from flwr.simulation import run_simulation
 
-from clients import messages as wire
+from privacy import wire
 from server.bundle import load_bundle
 from server.checkpoint import latest_checkpoint
-from server.server_app import ModelSpec, run_federation
+from server.server_app import run_federation
+from tests.plugin_model import SQUARED_ERROR_SUM
 
 pytestmark = pytest.mark.slow
 
-FEATURES = 4
+MODEL = "tests.plugin_model"
+FEATURES = 3
 POISONED_PARTITION = 2
-
-
-LINEAR_TRAINING = {
-    "local-epochs": 1,
-    "optimizer": "sgd",
-    "learning-rate": 0.1,
-    "batch-size": 8,
-    "max-grad-norm": 1.0,
-}
-"""The per-model run-config table the server reads (the linear sites ignore it)."""
-
-
-def initial_weights(run_config):
-    return {"coef": np.zeros(FEATURES, dtype=np.float32)}
-
-
-def aggregate_evaluation(records, weighted_by_key):
-    losses = [r[wire.METRICS]["squared-error-sum"] for r in records]
-    counts = [r[wire.METRICS][wire.NUM_EXAMPLES] for r in records]
-    return MetricRecord({"mse": float(sum(losses) / sum(counts))})
-
-
-SPECS = {
-    "linear": ModelSpec(initial_weights, aggregate_evaluation, lambda cfg: {"features": FEATURES})
-}
 TRUE_COEF = np.arange(1, FEATURES + 1, dtype=np.float32)
 
 
@@ -64,10 +43,13 @@ site = ClientApp()
 @site.train()
 def train(msg: Message, context: Context, log_dir: str = "") -> Message:
     partition = int(context.node_config["partition-id"])
-    coef = msg.content[wire.ARRAYS]["coef"].numpy()
+    coef = msg.content[wire.ARRAYS]["weight"].numpy()[0]
+    bias = msg.content[wire.ARRAYS]["bias"].numpy()
     x, y = site_data(partition)
     for _ in range(20):
-        coef = coef - 0.05 * (2 / len(y)) * x.T @ (x @ coef - y)
+        residual = x @ coef + bias - y
+        coef = coef - 0.05 * (2 / len(y)) * x.T @ residual
+        bias = bias - 0.05 * 2 * residual.mean()
     if partition == POISONED_PARTITION:
         coef = coef * 1000
     config = msg.content[wire.CONFIG]
@@ -76,11 +58,16 @@ def train(msg: Message, context: Context, log_dir: str = "") -> Message:
     return Message(
         RecordDict(
             {
-                wire.ARRAYS: ArrayRecord({"coef": Array(coef.astype(np.float32))}),
+                wire.ARRAYS: ArrayRecord(
+                    {
+                        "weight": Array(coef[None, :].astype(np.float32)),
+                        "bias": Array(np.asarray(bias, dtype=np.float32)),
+                    }
+                ),
                 wire.METRICS: MetricRecord(
                     {
                         wire.NUM_EXAMPLES: len(y),
-                        wire.TRAIN_LOSS: float(np.mean((x @ coef - y) ** 2)),
+                        wire.TRAIN_LOSS: float(np.mean((x @ coef + bias - y) ** 2)),
                         wire.EPSILON: 0.0,
                         wire.DELTA: 0.0,
                         wire.DP_STEPS: 0,
@@ -95,9 +82,13 @@ def train(msg: Message, context: Context, log_dir: str = "") -> Message:
 
 @site.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
-    coef = msg.content[wire.ARRAYS]["coef"].numpy()
+    coef = msg.content[wire.ARRAYS]["weight"].numpy()[0]
+    bias = msg.content[wire.ARRAYS]["bias"].numpy()
     x, y = site_data(int(context.node_config["partition-id"]) + 100)
-    metrics = {wire.NUM_EXAMPLES: len(y), "squared-error-sum": float(np.sum((x @ coef - y) ** 2))}
+    metrics = {
+        wire.NUM_EXAMPLES: len(y),
+        SQUARED_ERROR_SUM: float(np.sum((x @ coef + bias - y) ** 2)),
+    }
     return Message(RecordDict({wire.METRICS: MetricRecord(metrics)}), reply_to=msg)
 
 
@@ -130,7 +121,7 @@ def simulate(run_config: dict, log_dir: str, die_after: int | None = None) -> No
     def main(grid: Grid, context: Context) -> None:
         run_grid = grid if die_after is None else DiesAfterRounds(grid, die_after)
         try:
-            run_federation(run_grid, run_config, SPECS)
+            run_federation(run_grid, run_config)
         except ServerKilled:
             pass
 
@@ -154,14 +145,13 @@ def simulate(run_config: dict, log_dir: str, die_after: int | None = None) -> No
 
 def test_killed_server_resumes_without_lost_or_repeated_rounds(tmp_path):
     run_config = {
-        "models": "linear",
+        "models": MODEL,
         "num-server-rounds": 4,
         "run-dir": str(tmp_path / "run"),
         "min-sites": 3,
-        **{f"linear.{key}": value for key, value in LINEAR_TRAINING.items()},
     }
     simulate(run_config, str(tmp_path), die_after=2)
-    assert latest_checkpoint(tmp_path / "run").rounds_done("linear") == 2
+    assert latest_checkpoint(tmp_path / "run").rounds_done(MODEL) == 2
     assert not (tmp_path / "run" / "bundle").exists()
 
     simulate(run_config, str(tmp_path))
@@ -183,13 +173,13 @@ def test_killed_server_resumes_without_lost_or_repeated_rounds(tmp_path):
     assert len(seen) == 4 * 3  # every site trained each round exactly once
 
     manifest, weights = load_bundle(tmp_path / "run" / "bundle")
-    assert manifest["models"]["linear"]["rounds-done"] == 4
-    assert manifest["models"]["linear"]["artefacts"] == {"features": FEATURES}
-    assert set(manifest["models"]["linear"]["privacy-per-storefront"]) == {
+    assert manifest["models"][MODEL]["rounds-done"] == 4
+    assert manifest["models"][MODEL]["artefacts"] == {}
+    assert set(manifest["models"][MODEL]["privacy-per-storefront"]) == {
         "store-0",
         "store-1",
         "store-2",
     }
     # Honest sites fit y = x @ [1, 2, 3, 4]; the poisoned one had no say.
-    np.testing.assert_allclose(weights["linear"]["coef"], TRUE_COEF, atol=0.3)
+    np.testing.assert_allclose(weights[MODEL]["weight"][0], TRUE_COEF, atol=0.3)
     assert rounds[-1]["evaluate-metrics"]["mse"] < rounds[0]["evaluate-metrics"]["mse"]

@@ -9,9 +9,14 @@ import pytest
 
 from models import schema
 from models.churn_protocol import HORIZON
-from server.shared_facts import churn_cutoff_for
+from models.nextbasket_protocol import catalogue_of
+from models.registry import get_model
+from server.shared_facts import shared_facts
 from simulations.storefronts import prepare_storefronts
 from simulations.synthetic import generate_orders
+
+CHURN = get_model("churn")
+RECOMMENDER = get_model("recommender")
 
 
 def test_simulated_cutoff_is_the_whole_splits_last_timestamp_minus_the_horizon(
@@ -19,17 +24,33 @@ def test_simulated_cutoff_is_the_whole_splits_last_timestamp_minus_the_horizon(
 ) -> None:
     frame = generate_orders(n_storefronts=3, n_customers=120, n_items=50, seed=3)
     prepare_storefronts(frame, tmp_path / "split")
-    cutoff = pd.Timestamp(churn_cutoff_for({"storefronts-dir": str(tmp_path / "split")}))
+    facts = shared_facts({"storefronts-dir": str(tmp_path / "split")}, CHURN)
+    cutoff = pd.Timestamp(facts["cutoff"])
     assert cutoff == frame[schema.TIMESTAMP].max() - HORIZON
     # a small storefront's own last purchase is earlier: its own cutoff would differ
     per_storefront_last = frame.groupby(schema.STOREFRONT)[schema.TIMESTAMP].max()
     assert (per_storefront_last - HORIZON).min() < cutoff
+    # the simulated catalogue is the whole split's, as the centralized protocol ranks it
+    catalogue = shared_facts({"storefronts-dir": str(tmp_path / "split")}, RECOMMENDER)
+    assert catalogue == {"catalogue": catalogue_of(frame)}
 
 
 def test_declared_cutoff_is_normalised_to_utc_and_bad_values_are_refused() -> None:
-    declared = churn_cutoff_for({"churn-cutoff": "2011-09-10T13:50:00+01:00"})
+    declared = shared_facts({"churn.cutoff": "2011-09-10T13:50:00+01:00"}, CHURN)["cutoff"]
     assert pd.Timestamp(declared) == pd.Timestamp("2011-09-10 12:50", tz="UTC")
-    with pytest.raises(ValueError, match="churn-cutoff.*not an ISO-8601"):
-        churn_cutoff_for({"churn-cutoff": "last tuesday"})
-    with pytest.raises(ValueError, match="no 'churn-cutoff'.*storefronts-dir"):
-        churn_cutoff_for({})
+    with pytest.raises(ValueError, match="churn.cutoff.*not an ISO-8601"):
+        shared_facts({"churn.cutoff": "last tuesday"}, CHURN)
+    with pytest.raises(ValueError, match="no churn.cutoff.*storefronts-dir"):
+        shared_facts({}, CHURN)
+
+
+def test_declared_catalogue_file_is_read_and_a_bad_one_refused(tmp_path: Path) -> None:
+    path = tmp_path / "catalogue.txt"
+    path.write_text("20725\n\n84879\n22423\n")
+    facts = shared_facts({"recommender.catalogue": str(path)}, RECOMMENDER)
+    assert facts == {"catalogue": ["20725", "84879", "22423"]}  # file order = output index
+    path.write_text("20725\n20725\n")
+    with pytest.raises(ValueError, match="lists an item id twice"):
+        shared_facts({"recommender.catalogue": str(path)}, RECOMMENDER)
+    with pytest.raises(ValueError, match="cannot read the item catalogue"):
+        shared_facts({"recommender.catalogue": str(tmp_path / "missing.txt")}, RECOMMENDER)

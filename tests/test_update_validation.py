@@ -5,16 +5,18 @@ plan) of one big and four small synthetic storefronts.
 """
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
 
-from clients import messages as wire
-from clients.model_tasks import CHURN, LocalTraining
-from clients.site_task import plan_dp
+from models.churn import CUTOFF
 from models.churn_protocol import churn_cutoff, churn_data
-from privacy.accountant import opacus_sample_rate
+from models.registry import get_model
+from models.training import LocalTraining
+from privacy import wire
+from privacy.planning import opacus_sample_rate, plan_dp
 from server.update_validation import (
     RoundPlan,
     SiteUpdate,
@@ -25,6 +27,7 @@ from server.update_validation import (
 )
 from simulations.synthetic import generate_orders
 
+CHURN = get_model("churn")
 GLOBAL = {"w": np.zeros((4, 3), dtype=np.float32), "b": np.zeros(3, dtype=np.float32)}
 
 
@@ -219,12 +222,12 @@ def storefront_splits():
     cutoff = churn_cutoff(orders)
     population = churn_data(orders, cutoff=cutoff).labels.index.to_numpy()
     customers = np.random.default_rng(0).permutation(population)
-    config = {wire.CHURN_CUTOFF: cutoff.isoformat()}
+    config = {CUTOFF: cutoff.isoformat()}
     edges = np.cumsum((0, *SITE_SIZES))
     splits = []
     for start, stop in zip(edges[:-1], edges[1:], strict=True):
         site_orders = orders[orders["customer"].isin(customers[start:stop])]
-        splits.append(CHURN.prepare(site_orders, config))
+        splits.append(CHURN.site_data(site_orders, config))
     return config, splits
 
 
@@ -248,16 +251,8 @@ def trained_round(storefront_splits, epsilon: float):
             ).noise_multiplier
         module = CHURN.build(config)
         module.load_state_dict(start)
-        local = LocalTraining(
-            epochs=1,
-            batch_size=BATCH_SIZE,
-            optimizer="sgd",
-            learning_rate=0.05,
-            proximal_mu=0.0,
-            max_grad_norm=1.0,
-            noise_multiplier=sigma,
-            seed=node_id,
-        )
+        settings = replace(CHURN.default_training, local_epochs=1, batch_size=BATCH_SIZE)
+        local = LocalTraining(settings, noise_multiplier=sigma, seed=node_id)
         CHURN.train(module, split.train, local)
         weights = {k: v.detach().numpy().copy() for k, v in module.state_dict().items()}
         updates.append(SiteUpdate(node_id, f"store-{node_id}", weights, metrics(n)))

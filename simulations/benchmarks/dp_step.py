@@ -10,7 +10,7 @@ Modes:
 
 - ``non-private``: forward, backward, optimizer step;
 - ``dp-hooks``: Opacus per-example gradients with this project's grad samplers
-  (:mod:`privacy.grad_samplers`), clipping, noise — what training uses;
+  (:mod:`models.recommender_layers`), clipping, noise — what training uses;
 - ``dp-ghost``: Opacus ghost clipping (two backward passes) with this project's norm
   samplers.
 """
@@ -27,7 +27,6 @@ from pathlib import Path
 
 import torch
 
-import privacy.grad_samplers  # noqa: F401  (registers the recommender's grad samplers)
 from clients.ingest import ingest_table
 from models.nextbasket_features import (
     NextBasketBatch,
@@ -37,6 +36,7 @@ from models.nextbasket_features import (
 )
 from models.nextbasket_protocol import split_next_basket
 from models.recommender import NextBasketRecommender, basket_loss
+from models.recommender_layers import register_grad_samplers
 from privacy.dp import DPTrainingSession
 from privacy.pseudonymise import generate_key, load_key
 
@@ -59,6 +59,7 @@ def stepper(
     mode: str, dataset: TrainingExamples, num_items: int, batch_size: int
 ) -> Callable[[NextBasketBatch], None]:
     """One training step of a fresh model in ``mode`` (see the module docstring)."""
+    register_grad_samplers()
     model = NextBasketRecommender(num_items)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     if mode == "non-private":

@@ -25,12 +25,11 @@ import logging
 import sys
 import tempfile
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
 from simulations.run_configs import MAIN_RUN_CONFIG
-from simulations.run_results import HEADLINE_METRICS, load_run
+from simulations.run_results import headline_metric, load_run
 from simulations.runner import DEFAULT_CLIENT_CPUS, run_simulation_job
 from simulations.sequential import run_sequential_federation
 from simulations.storefronts import DEFAULT_MIN_CUSTOMERS, prepare_bundled_storefronts
@@ -56,8 +55,8 @@ def measure(
     return {
         "federated-seconds": federated_seconds,
         "sequential-seconds": sequential.seconds,
-        "federated": {m: federated.final(m)[HEADLINE_METRICS[m]] for m in federated.rounds},
-        "sequential": {m: rows[-1][HEADLINE_METRICS[m]] for m, rows in sequential.metrics.items()},
+        "federated": {m: federated.final(m)[headline_metric(m)] for m in federated.rounds},
+        "sequential": {m: rows[-1][headline_metric(m)] for m, rows in sequential.metrics.items()},
     }
 
 
@@ -72,8 +71,6 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     logging.getLogger("flwr").propagate = False
-    # Opacus warns on every DP step that the recommender's inputs need no gradient (by design).
-    warnings.filterwarnings("ignore", message="Full backward hook is firing")
     run_config = dict(MAIN_RUN_CONFIG)
     with tempfile.TemporaryDirectory(prefix="federation-cost-") as temporary:
         work = Path(temporary)
@@ -89,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         f"({', '.join(f'{k}={v}' for k, v in run_config.items())}); bundled storefronts; "
         "both runs back to back on the same machine.\n"
     )
-    headers = [f"{m} {HEADLINE_METRICS[m]}" for m in result["sequential"]]
+    headers = [f"{m} {headline_metric(m)}" for m in result["sequential"]]
     print("| run | wall s | " + " | ".join(headers) + " |")
     print("|---|---:|" + "---:|" * len(result["sequential"]))
     for side in ("federated", "sequential"):

@@ -16,15 +16,14 @@ import gzip
 import logging
 import sys
 import tempfile
-import warnings
 from pathlib import Path
 
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
+from flwr.app import Array, ArrayRecord, Context, Message, RecordDict
 from flwr.common.serde import message_to_proto
 
-from clients import messages as wire
 from clients.site_task import train_round
-from server.server_app import MODEL_SPECS, message_configs
+from privacy import wire
+from server.server_app import plan_models
 from simulations.run_configs import MAIN_RUN_CONFIG
 from simulations.runner import app_run_config, storefront_slugs
 from simulations.sequential import server_message
@@ -43,7 +42,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--storefront", default="germany", help="storefront directory name")
     args = parser.parse_args(argv)
     logging.getLogger("flwr").propagate = False
-    warnings.filterwarnings("ignore", message="Full backward hook is firing")
     rows = []
     with tempfile.TemporaryDirectory(prefix="wire-bytes-") as temporary:
         split = Path(temporary) / "storefronts"
@@ -59,21 +57,13 @@ def main(argv: list[str] | None = None) -> int:
         }
         node = slugs.index(args.storefront)
         context = Context(1, node, {"partition-id": node}, RecordDict(), config)
-        for model, spec in MODEL_SPECS.items():
-            _, train_config = message_configs(config, model, spec)
-            weights = spec.initial_weights(config)
+        for run in plan_models(config):
+            model, train_config = run.model.name, run.train_config
+            weights = run.model.initial_weights(run.facts)
             arrays = ArrayRecord({k: Array(v) for k, v in weights.items()})
             parameters = sum(v.size for v in weights.values())
-            sent = server_message(
-                RecordDict(
-                    {
-                        wire.ARRAYS: arrays,
-                        wire.CONFIG: ConfigRecord({**train_config, wire.SERVER_ROUND: 1}),
-                    }
-                ),
-                "train",
-                node,
-            )
+            content = run.content(arrays, {**train_config, wire.SERVER_ROUND: 1})
+            sent = server_message(content, "train", node)
             reply = train_round(sent, context)
             if reply.has_error():
                 raise SystemExit(f"{model}: the site declined: {reply.error.reason}")

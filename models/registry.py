@@ -1,0 +1,164 @@
+"""The model registry: every model fedshop trains is one :class:`FederatedModel`, found by name.
+
+A federated model owns everything about itself that the server, the sites and the
+simulations need, so none of them names a model:
+
+- the **facts** every site must share to build the same network and labels (the
+  recommender's item catalogue, the churn cutoff): non-private, decided by the server from
+  the run config or, in simulation, from the whole storefront split;
+- its **examples** from a site's orders: one training example per customer (user-level DP)
+  and the held-out evaluation data, by the model's fixed protocol;
+- the **torch module**, its plain and DP-SGD **training** (DP through :mod:`privacy.dp`);
+- **evaluation**: the sums and counts a site sends (exactly
+  :attr:`FederatedModel.evaluate_metric_keys`, nothing per customer) and how the server
+  pools several sites' sums into metrics;
+- its **default local-training settings**, the **artefacts** its bundle carries, and
+  **scoring** for use at the site.
+
+Names: a built-in model ``<name>`` is the module ``models/<name>.py`` and its ``MODEL``;
+any other importable module with a ``MODEL`` is a model named by its dotted module path
+(a plug-in: ``models = "churn,my_package.my_model"`` in the run config). Adding a model
+is one module, plus its table ``[tool.flwr.app.config.<name>]`` to override its defaults.
+"""
+
+from __future__ import annotations
+
+import importlib
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from models.training import LocalResult, LocalTraining, TrainingSettings
+
+BUILTIN_MODELS: tuple[str, ...] = ("churn", "recommender")
+"""The models shipped in this package, in the order a run trains them by default."""
+
+Facts = Mapping[str, Any]
+"""A model's shared facts by key (JSON-serialisable values)."""
+
+
+@dataclass(frozen=True)
+class SiteData:
+    """One site's data for one model, split by the model's fixed protocol."""
+
+    train: Dataset
+    """Exactly one example per training customer (user-level DP)."""
+    evaluation: Any
+    """The held-out customers, in whatever form the model's :meth:`evaluate` reads."""
+
+
+class FederatedModel(ABC):
+    """One model as fedshop trains it across storefronts (see the module docstring)."""
+
+    name: str
+    """The registry name: ``models/<name>.py`` for a built-in model, else the module path."""
+    evaluate_metric_keys: frozenset[str]
+    """The only keys a site's evaluate reply for this model may carry (sums and counts)."""
+    headline_metric: str
+    """The metric reports and the console show for the model (e.g. ``ndcg@10``)."""
+    default_training: TrainingSettings
+    """Local-training settings when the run config's table does not say otherwise."""
+    shared_fact_keys: tuple[str, ...] = ()
+    """Keys of :meth:`shared_facts`; each is also a key of the model's run-config table."""
+
+    def shared_facts(
+        self, declared: Mapping[str, Any], whole_split: Callable[[], pd.DataFrame]
+    ) -> dict[str, Any]:
+        """The facts every site needs, from the run config's values (``declared``: the
+        model's table, keys of :attr:`shared_fact_keys`) or, where a value is empty (in
+        simulation), derived from ``whole_split()``, all storefronts' order lines.
+
+        Raises:
+            ValueError: a declared value is invalid, or a fact can be neither read nor derived.
+        """
+        del declared, whole_split
+        return {}
+
+    @abstractmethod
+    def build(self, facts: Facts) -> nn.Module:
+        """A fresh plain torch module with the global architecture."""
+
+    def initial_weights(self, facts: Facts, seed: int = 0) -> dict[str, np.ndarray]:
+        """The global weights before round 1 (same facts and seed, same weights)."""
+        torch.manual_seed(seed)
+        return {name: value.numpy() for name, value in self.build(facts).state_dict().items()}
+
+    @abstractmethod
+    def site_data(self, orders: pd.DataFrame, facts: Facts) -> SiteData:
+        """A site's order lines (canonical schema) -> training examples and held-out data."""
+
+    @abstractmethod
+    def train(self, module: nn.Module, dataset: Dataset, plan: LocalTraining) -> LocalResult:
+        """Train ``module`` in place on one-example-per-customer ``dataset``: plain, or
+        DP-SGD at ``plan.noise_multiplier`` (Opacus, :mod:`privacy.dp`)."""
+
+    @abstractmethod
+    def evaluate(self, module: nn.Module, evaluation: Any) -> dict[str, Any]:
+        """Held-out data -> exactly :attr:`evaluate_metric_keys`: sums and counts a server
+        can pool, no per-customer value."""
+
+    @abstractmethod
+    def summarise(self, sums: list[Mapping[str, Any]]) -> dict[str, float]:
+        """Metrics over all the held-out customers of the sites whose :meth:`evaluate`
+        sums are given (one site: that storefront's metrics)."""
+
+    def artefacts(self, facts: Facts) -> dict[str, Any]:
+        """JSON-serialisable artefacts the model bundle carries (default: the facts)."""
+        return dict(facts)
+
+    @abstractmethod
+    def score(self, module: nn.Module, orders: pd.DataFrame, facts: Facts) -> pd.DataFrame:
+        """Use at the site: one row per customer of ``orders`` (indexed by pseudonymous
+        token) with the model's output for that customer."""
+
+
+_LOADED: dict[str, FederatedModel] = {}
+
+
+def get_model(name: str) -> FederatedModel:
+    """The model called ``name`` (see the module docstring), imported on first use.
+
+    Raises:
+        ValueError: no such module, or it has no ``MODEL`` of that name.
+    """
+    if name not in _LOADED:
+        module_name = f"models.{name}" if name in BUILTIN_MODELS else name
+        if "." not in module_name:
+            raise ValueError(
+                f"unknown model {name!r}: the built-in models are {list(BUILTIN_MODELS)}; "
+                "a plug-in model is named by its dotted module path"
+            )
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as error:
+            raise ValueError(f"model {name!r}: cannot import {module_name} ({error})") from None
+        model = getattr(module, "MODEL", None)
+        if not isinstance(model, FederatedModel) or model.name != name:
+            raise ValueError(
+                f"model {name!r}: {module_name} must define MODEL, a FederatedModel named {name!r}"
+            )
+        _LOADED[name] = model
+    return _LOADED[name]
+
+
+def model_names(text: str) -> list[str]:
+    """The model names of a comma-separated list (run config ``models``), each registered.
+
+    Raises:
+        ValueError: the list is empty, repeats a name, or names an unknown model.
+    """
+    names = [name.strip() for name in str(text).split(",") if name.strip()]
+    if not names:
+        raise ValueError(f"name at least one model, e.g. {','.join(BUILTIN_MODELS)}")
+    if len(set(names)) != len(names):
+        raise ValueError(f"a model is named twice in {names}")
+    for name in names:
+        get_model(name)
+    return names

@@ -1,0 +1,142 @@
+"""A small model that plugs into fedshop through the registry only: ``tests.plugin_model``.
+
+It predicts a customer's log spend from their activity (invoices, order lines, distinct
+items) with one linear layer. Nothing in ``server/``, ``clients/`` or ``simulations/``
+names it: a run config with ``models = "tests.plugin_model"`` is all it takes for the
+server to plan it and the sites to train it (with user-level DP through
+:class:`privacy.dp.DPTrainingSession`) and evaluate it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, TensorDataset
+
+from models import schema
+from models.optimizers import build_optimizer
+from models.registry import Facts, FederatedModel, SiteData
+from models.training import LocalResult, LocalTraining, TrainingSettings, mean_finite
+from privacy import wire
+
+SQUARED_ERROR_SUM = "squared-error-sum"
+HELD_OUT_EVERY = 5
+"""Every fifth customer (in token order) is held out for evaluation."""
+
+
+def customer_activity(orders: pd.DataFrame) -> tuple[pd.DataFrame, pd.Series]:
+    """Per customer: log1p of invoices, lines and distinct items, and log1p of spend."""
+    purchases = orders[~orders[schema.IS_RETURN].to_numpy(dtype=bool)]
+    spend = purchases[schema.QUANTITY] * purchases[schema.UNIT_PRICE]
+    by_customer = purchases.assign(spend=spend).groupby(schema.CUSTOMER)
+    features = np.log1p(
+        pd.DataFrame(
+            {
+                "invoices": by_customer[schema.ORDER].nunique(),
+                "lines": by_customer.size(),
+                "items": by_customer[schema.ITEM].nunique(),
+            }
+        )
+    )
+    return features.sort_index(), np.log1p(by_customer["spend"].sum().clip(lower=0)).sort_index()
+
+
+def _dataset(features: pd.DataFrame, target: pd.Series) -> TensorDataset:
+    return TensorDataset(
+        torch.tensor(features.to_numpy(), dtype=torch.float32),
+        torch.tensor(target.to_numpy(), dtype=torch.float32),
+    )
+
+
+def squared_errors(module: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """One squared error per example (the per-example loss DP-SGD clips)."""
+    features, target = batch
+    return (module(features).squeeze(-1) - target) ** 2
+
+
+class SpendModel(FederatedModel):
+    """Linear regression of log spend on activity, as a federated model."""
+
+    name = __name__
+    evaluate_metric_keys = frozenset({wire.NUM_EXAMPLES, SQUARED_ERROR_SUM})
+    headline_metric = "mse"
+    default_training = TrainingSettings(
+        local_epochs=3, optimizer="sgd", learning_rate=0.05, batch_size=16, max_grad_norm=2.0
+    )
+
+    def build(self, facts: Facts) -> nn.Module:
+        """One linear layer over the three activity features."""
+        del facts
+        return nn.Linear(3, 1)
+
+    def site_data(self, orders: pd.DataFrame, facts: Facts) -> SiteData:
+        """Every customer is one example; every fifth (token order) is held out."""
+        del facts
+        features, target = customer_activity(orders)
+        held_out = np.arange(len(target)) % HELD_OUT_EVERY == 0
+        return SiteData(
+            train=_dataset(features[~held_out], target[~held_out]),
+            evaluation=_dataset(features[held_out], target[held_out]),
+        )
+
+    def train(self, module: nn.Module, dataset: Dataset, plan: LocalTraining) -> LocalResult:
+        """Mean squared error by SGD, or DP-SGD when the plan carries a noise multiplier."""
+        settings = plan.settings
+        optimizer = build_optimizer(settings.optimizer, module.parameters(), settings.learning_rate)
+        if plan.noise_multiplier is None:
+            losses = []
+            for _ in range(settings.local_epochs):
+                for batch in DataLoader(dataset, batch_size=settings.batch_size, shuffle=True):
+                    optimizer.zero_grad()
+                    loss = squared_errors(module, batch).mean()
+                    loss.backward()
+                    optimizer.step()
+                    losses.append(loss.item())
+            return LocalResult(mean_finite(losses), 0)
+        from privacy.dp import DPTrainingSession
+
+        with DPTrainingSession(
+            module,
+            optimizer,
+            dataset,
+            batch_size=settings.batch_size,
+            noise_multiplier=plan.noise_multiplier,
+            max_grad_norm=settings.max_grad_norm,
+            loss_fn=squared_errors,
+            seed=plan.seed,
+        ) as session:
+            losses = [session.run_epoch() for _ in range(settings.local_epochs)]
+            steps = session.steps_taken
+            trained = session.state_dict()
+        module.load_state_dict(trained)
+        return LocalResult(mean_finite(losses), steps)
+
+    def evaluate(self, module: nn.Module, evaluation: TensorDataset) -> dict[str, Any]:
+        """The sum of squared errors over the held-out customers, and their count."""
+        with torch.no_grad():
+            errors = squared_errors(module, evaluation.tensors)
+        return {wire.NUM_EXAMPLES: len(errors), SQUARED_ERROR_SUM: float(errors.sum())}
+
+    def summarise(self, sums: list[Mapping[str, Any]]) -> dict[str, float]:
+        """Mean squared error over all the held-out customers."""
+        count = sum(int(site[wire.NUM_EXAMPLES]) for site in sums)
+        total = sum(float(site[SQUARED_ERROR_SUM]) for site in sums)
+        return {"mse": total / count if count else math.nan, "num-customers": count}
+
+    def score(self, module: nn.Module, orders: pd.DataFrame, facts: Facts) -> pd.DataFrame:
+        """Predicted log spend per customer."""
+        del facts
+        features, _ = customer_activity(orders)
+        with torch.no_grad():
+            inputs = torch.tensor(features.to_numpy(), dtype=torch.float32)
+            predicted = module(inputs).squeeze(-1).numpy()
+        return features.assign(predicted_log_spend=predicted)
+
+
+MODEL = SpendModel()

@@ -1,0 +1,133 @@
+"""Dependencies point one way: the package layout of DESIGN.md, checked on the source.
+
+``privacy`` (and nothing but the standard library and third-party packages below it);
+``models`` over ``privacy``; ``clients``, ``server`` and ``simulations`` over both. No
+Flower (nor Ray) in ``models`` or ``privacy``; the server never imports the site's code;
+the site never imports the server's; and no two project modules import each other, not
+even through an import inside a function.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("privacy", "models", "clients", "server", "simulations")
+FORBIDDEN = {
+    "privacy": {"flwr", "ray", "models", "clients", "server", "simulations"},
+    "models": {"flwr", "ray", "clients", "server", "simulations"},
+    "clients": {"server", "simulations"},
+    "server": {"clients", "simulations"},
+}
+
+
+def project_modules() -> dict[str, Path]:
+    """Dotted module name -> file, for every module of the five packages."""
+    modules = {}
+    for package in PACKAGES:
+        for path in sorted((ROOT / package).rglob("*.py")):
+            parts = path.relative_to(ROOT).with_suffix("").parts
+            name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+            modules[name] = path
+    return modules
+
+
+def imports_of(path: Path) -> set[str]:
+    """Every module ``path`` imports, at the top or inside a function (absolute names)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+            found.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return found
+
+
+MODULES = project_modules()
+
+
+@pytest.mark.parametrize("package", sorted(FORBIDDEN))
+def test_a_package_imports_only_what_lies_below_it(package: str) -> None:
+    offences = [
+        f"{name} imports {imported}"
+        for name, path in MODULES.items()
+        if name.split(".")[0] == package
+        for imported in sorted(imports_of(path))
+        if imported.split(".")[0] in FORBIDDEN[package]
+    ]
+    assert offences == []
+
+
+def test_no_two_project_modules_import_each_other() -> None:
+    graph = {
+        name: {imported for imported in imports_of(path) if imported in MODULES} - {name}
+        for name, path in MODULES.items()
+    }
+    cycles = []
+    state: dict[str, str] = {}
+
+    def visit(name: str, trail: list[str]) -> None:
+        state[name] = "open"
+        for imported in sorted(graph[name]):
+            if state.get(imported) == "open":
+                cycles.append([*trail[trail.index(imported) :], imported])
+            elif imported not in state:
+                visit(imported, [*trail, imported])
+        state[name] = "done"
+
+    for name in sorted(graph):
+        if name not in state:
+            visit(name, [name])
+    # A package's __init__ naming its own submodules is not a cycle between modules.
+    cycles = [c for c in cycles if not any(c[0].startswith(f"{m}.") for m in c[1:])]
+    assert cycles == []
+
+
+def test_the_checker_sees_function_level_and_from_imports(tmp_path: Path) -> None:
+    source = tmp_path / "module.py"
+    source.write_text("import a.b\nfrom c import d\n\ndef f():\n    from flwr.app import Message\n")
+    assert imports_of(source) == {"a.b", "c", "c.d", "flwr.app", "flwr.app.Message"}
+
+
+def code_words(path: Path) -> list[tuple[int, str]]:
+    """(line, text) of every identifier, attribute, imported name and string constant in
+    ``path``'s code: docstrings and comments are prose, not references."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    docstrings = {
+        id(body[0].value)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef)
+        and (body := node.body)
+        and isinstance(body[0], ast.Expr)
+        and isinstance(body[0].value, ast.Constant)
+        and isinstance(body[0].value.value, str)
+    }
+    words = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str):
+            if id(node) not in docstrings:
+                words.append((node.lineno, node.value))
+        elif isinstance(node, ast.Name):
+            words.append((node.lineno, node.id))
+        elif isinstance(node, ast.Attribute):
+            words.append((node.lineno, node.attr))
+        elif isinstance(node, ast.alias):
+            words.append((node.lineno, node.name))
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            words.append((node.lineno, node.module))
+    return words
+
+
+def test_server_and_clients_find_the_real_models_only_through_the_registry() -> None:
+    named = [
+        f"{path.relative_to(ROOT)}:{line}: {word!r}"
+        for package in ("server", "clients")
+        for path in sorted((ROOT / package).rglob("*.py"))
+        for line, word in code_words(path)
+        if any(model in word.lower() for model in ("recommender", "churn", "nextbasket"))
+    ]
+    assert named == []
