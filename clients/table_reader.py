@@ -128,7 +128,9 @@ def _read_csv(path: Path, data: bytes, delimiter: str | None, encoding: str | No
         data = _transcode_to_utf8(path, data, encoding)
     nul = data.find(b"\x00")
     if nul >= 0:
-        row, column = _locate_byte(data, nul)
+        # a row and column only where the file starts as a text table: in binary data
+        # neither means anything, and its "header" is no column name
+        row, column = _locate_byte(data, nul) if _text_header(data) else (None, None)
         raise IngestError(
             path,
             "not a CSV or Parquet table: the file holds binary data (a NUL byte);"
@@ -200,6 +202,12 @@ def _check_utf8(path: Path, data: bytes) -> None:
     try:
         codecs.decode(data, "utf-8")
     except UnicodeDecodeError as error:
+        if not _text_header(data):
+            raise IngestError(
+                path,
+                "not a CSV or Parquet table: the file starts with binary data, not a text "
+                "header; if it is text in another encoding, pass --encoding (e.g. cp1252)",
+            ) from None
         row, column = _locate_byte(data, error.start)
         raise IngestError(
             path,
@@ -254,9 +262,19 @@ def _locate_byte(
     # delimiters inside closed quotes do not count; an open quote runs to ``offset``
     before = re.sub(r'"[^"]*"', "", before).split('"', 1)[0]
     position = before.count(delimiter)
-    names = next(csv.reader([header], delimiter=delimiter), [])
+    names = _fields(header, delimiter)
     column = names[position].strip() if position < len(names) else None
     return line, column
+
+
+def _text_header(data: bytes) -> bool:
+    """Whether the first line is printable UTF-8 text (a header, not binary data)."""
+    end = data.find(b"\n")
+    try:
+        line = data[: end if end >= 0 else len(data)].rstrip(b"\r").decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return line.removeprefix("\ufeff").isprintable()
 
 
 def _first_line(data: bytes) -> str:
@@ -266,11 +284,16 @@ def _first_line(data: bytes) -> str:
 
 def _sniff_delimiter(header_line: str) -> str:
     """Pick the delimiter that splits the header into the most fields (ties: list order)."""
-    counts = {
-        delimiter: len(next(csv.reader([header_line], delimiter=delimiter), []))
-        for delimiter in DELIMITERS
-    }
+    counts = {delimiter: len(_fields(header_line, delimiter)) for delimiter in DELIMITERS}
     return max(DELIMITERS, key=lambda delimiter: counts[delimiter])
+
+
+def _fields(line: str, delimiter: str) -> list[str]:
+    """The CSV fields of one line; none if the line is not CSV at all (binary data)."""
+    try:
+        return next(csv.reader([line], delimiter=delimiter), [])
+    except csv.Error:
+        return []
 
 
 def _header_names(path: Path, header_line: str, delimiter: str) -> list[str]:

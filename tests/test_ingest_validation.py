@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 
 from clients.ingest import ADAPTERS, IngestError, ingest_table, prepare_export
+from clients.table_reader import read_table
 from privacy.pseudonymise import generate_key
 from tests.conftest import RETAIL_HEADER, RETAIL_ROWS
 
@@ -365,3 +366,19 @@ def test_cli_accepts_non_utf8_with_encoding_and_refuses_a_bad_key(tmp_path, reta
     assert accepted.returncode == 0, accepted.stderr
     assert "wrote 2 rows of 1 customers" in accepted.stdout
     assert (tmp_path / "o" / "orders.parquet").is_file()
+
+
+@pytest.mark.parametrize("seed", range(12))
+@pytest.mark.parametrize("with_nul", [True, False], ids=["any-bytes", "no-nul-byte"])
+def test_random_bytes_are_named_binary_data_without_a_made_up_row_or_column(
+    tmp_path, seed, with_nul
+):
+    rng = random.Random(seed)
+    data = rng.randbytes(3000) if with_nul else bytes(rng.randrange(1, 256) for _ in range(3000))
+    path = tmp_path / "export.csv"
+    path.write_bytes(data)
+    with pytest.raises(IngestError) as raised:
+        read_table(path)
+    assert "not a CSV or Parquet table" in str(raised.value)
+    assert str(raised.value).startswith(f"{path}: ")  # the file, and no garbage "column"
+    assert raised.value.row is None and raised.value.column is None
