@@ -18,6 +18,10 @@ accountants were named) are upgraded in place: their segments were planned by RD
 Any doubt about the file — unreadable, not a database, corrupt, unknown schema, an invalid
 row — raises :class:`LedgerError`: fail closed.
 
+The ledger also keeps the site's privacy policy (:mod:`privacy.policy`): every version,
+with who set it, when and why. Each segment records the federated run it belongs to, so
+a run's plan can tell its own rounds from what earlier runs spent.
+
 Durability and concurrency: WAL journal with ``synchronous=FULL`` (a committed transaction
 survives power loss), and the budget check plus insert run in one ``BEGIN IMMEDIATE``
 transaction, so two processes sharing a ledger cannot both spend the last of a budget.
@@ -34,11 +38,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from privacy.accountants import ACCOUNTANTS, DPSegment, create_accountant
+from privacy.policy import PolicyError, SitePolicy
 
 LEDGER_FILE = "privacy-ledger.sqlite"
 """The ledger's file name in a site's directory."""
 
-_SCHEMA_VERSION = 2
+_SCHEMA_VERSION = 3
 _SCHEMA = """
 CREATE TABLE segments (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -54,15 +59,31 @@ CREATE TABLE segments (
     status TEXT NOT NULL CHECK (status IN ('reserved', 'committed')),
     reserved_at TEXT NOT NULL,
     committed_at TEXT,
-    accountant TEXT NOT NULL DEFAULT 'rdp'
+    accountant TEXT NOT NULL DEFAULT 'rdp',
+    run TEXT
 );
 CREATE INDEX segments_by_model ON segments (model, id);
+CREATE TABLE policies (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    set_at TEXT NOT NULL,
+    set_by TEXT NOT NULL CHECK (length(set_by) > 0),
+    reason TEXT NOT NULL CHECK (length(reason) > 0),
+    policy TEXT NOT NULL
+);
 """
-# Version 1 had no accountant column; its segments were all planned by RDP.
-_UPGRADE_FROM_VERSION_1 = "ALTER TABLE segments ADD COLUMN accountant TEXT NOT NULL DEFAULT 'rdp'"
+_UPGRADES: dict[int, tuple[str, ...]] = {
+    # Version 1 had no accountant column; its segments were all planned by RDP.
+    1: ("ALTER TABLE segments ADD COLUMN accountant TEXT NOT NULL DEFAULT 'rdp'",),
+    # Version 2 had no run column (older segments belong to no known run) and no policies.
+    2: (
+        "ALTER TABLE segments ADD COLUMN run TEXT",
+        _SCHEMA[_SCHEMA.index("CREATE TABLE policies") :],
+    ),
+}
+"""Statements that take a ledger of a version to the next one."""
 _COLUMNS = (
     "id, model, server_round, sample_rate, noise_multiplier, planned_steps, steps, "
-    "max_grad_norm, budget_epsilon, delta, status, reserved_at, committed_at, accountant"
+    "max_grad_norm, budget_epsilon, delta, status, reserved_at, committed_at, accountant, run"
 )
 _BUSY_TIMEOUT_SECONDS = 30.0
 
@@ -109,6 +130,8 @@ class LedgerEntry:
     committed_at: str | None
     accountant: str
     """The accountant that planned the segment (:data:`privacy.accountants.ACCOUNTANTS`)."""
+    run: str | None
+    """The federated run the segment belongs to (``None``: not recorded)."""
 
 
 @dataclass(frozen=True)
@@ -124,6 +147,17 @@ class Reservation:
     budget_epsilon: float
     delta: float
     accountant: str
+
+
+@dataclass(frozen=True)
+class PolicyChange:
+    """One version of the site's privacy policy, as the ledger keeps it."""
+
+    id: int
+    set_at: str
+    set_by: str
+    reason: str
+    policy: SitePolicy
 
 
 @dataclass(frozen=True)
@@ -187,6 +221,7 @@ class PrivacyLedger:
         max_grad_norm: float,
         accountant: str,
         server_round: int | None = None,
+        run: str | None = None,
     ) -> Reservation:
         """Check the budget and record ``segment``, planned by ``accountant``, before
         training it.
@@ -218,7 +253,8 @@ class PrivacyLedger:
             cursor = connection.execute(
                 "INSERT INTO segments (model, server_round, sample_rate, noise_multiplier, "
                 "planned_steps, steps, max_grad_norm, budget_epsilon, delta, status, "
-                "reserved_at, accountant) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'reserved', ?, ?)",
+                "reserved_at, accountant, run) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'reserved', ?, ?, ?)",
                 (
                     model,
                     server_round,
@@ -231,6 +267,7 @@ class PrivacyLedger:
                     delta,
                     _now(),
                     accountant,
+                    run,
                 ),
             )
         return Reservation(
@@ -310,6 +347,50 @@ class PrivacyLedger:
             rows = connection.execute("SELECT DISTINCT model FROM segments ORDER BY model")
             return [model for (model,) in rows]
 
+    def policy(self) -> SitePolicy | None:
+        """The site's privacy policy in force (the latest set), or ``None`` if none was set.
+
+        Raises:
+            LedgerError: the stored policy cannot be read (fail closed).
+        """
+        history = self.policy_history()
+        return history[-1].policy if history else None
+
+    def policy_history(self) -> list[PolicyChange]:
+        """Every policy the site has set, oldest first, with who set it, when and why."""
+        with self._transaction("read the policy") as connection:
+            rows = connection.execute(
+                "SELECT id, set_at, set_by, reason, policy FROM policies ORDER BY id"
+            ).fetchall()
+        changes = []
+        for change_id, set_at, set_by, reason, text in rows:
+            try:
+                policy = SitePolicy.from_json(text)
+            except PolicyError as error:
+                raise LedgerError(
+                    f"privacy ledger {self.path}, table policies, row id {change_id}: "
+                    f"{error}; refusing to train"
+                ) from None
+            changes.append(PolicyChange(change_id, set_at, set_by, reason, policy))
+        return changes
+
+    def set_policy(self, policy: SitePolicy, *, set_by: str, reason: str) -> PolicyChange:
+        """Record ``policy`` as the site's policy from now on: a local, deliberate act, kept
+        with who set it and why (never something a server message can do).
+
+        Raises:
+            ValueError: ``set_by`` or ``reason`` is empty.
+        """
+        if not (set_by.strip() and reason.strip()):
+            raise ValueError("a policy change needs who sets it and why")
+        set_at = _now()
+        with self._transaction("set the policy") as connection:
+            cursor = connection.execute(
+                "INSERT INTO policies (set_at, set_by, reason, policy) VALUES (?, ?, ?, ?)",
+                (set_at, set_by.strip(), reason.strip(), policy.to_json()),
+            )
+        return PolicyChange(cursor.lastrowid, set_at, set_by.strip(), reason.strip(), policy)
+
     def close(self) -> None:
         """Close the database connection (the ledger stays on disk)."""
         if self._connection is not None:
@@ -337,8 +418,10 @@ class PrivacyLedger:
                     if statement.strip():
                         connection.execute(statement)
                 connection.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
-            elif version == 1 and "segments" in tables:
-                connection.execute(_UPGRADE_FROM_VERSION_1)
+            elif version in _UPGRADES and "segments" in tables:
+                for older in range(version, _SCHEMA_VERSION):
+                    for statement in _UPGRADES[older]:
+                        connection.execute(statement)
                 connection.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
             elif version != _SCHEMA_VERSION or "segments" not in tables:
                 raise LedgerError(
@@ -355,7 +438,7 @@ class PrivacyLedger:
     def _entry(self, row: tuple) -> LedgerEntry:
         (entry_id, model, server_round, sample_rate, noise_multiplier, planned_steps, steps,
          max_grad_norm, budget_epsilon, delta, status, reserved_at, committed_at,
-         accountant) = row  # fmt: skip
+         accountant, run) = row  # fmt: skip
         try:
             if status not in ("reserved", "committed"):
                 raise ValueError(f"unknown status {status!r}")
@@ -382,6 +465,7 @@ class PrivacyLedger:
             reserved_at=reserved_at,
             committed_at=committed_at,
             accountant=accountant,
+            run=run,
         )
 
     @contextmanager

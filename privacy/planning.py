@@ -13,10 +13,14 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
+from privacy import wire
 from privacy.accountants import DEFAULT_ACCOUNTANT, DPSegment, create_accountant
+from privacy.ledger import LedgerEntry, ledger_epsilon
+from privacy.policy import SitePolicy
 
 
 @dataclass(frozen=True)
@@ -60,10 +64,13 @@ def plan_dp(
     epsilon_budget: float,
     delta: float | None = None,
     accountant: str = DEFAULT_ACCOUNTANT,
+    prior: Sequence[DPSegment] = (),
 ) -> DPPlan:
     """Calibrate σ once for ``planned_rounds × local_epochs`` epochs at the site's size.
 
-    ``delta`` defaults to :func:`default_delta` of the customers.
+    ``delta`` defaults to :func:`default_delta` of the customers. With ``prior`` segments
+    (what earlier runs spent), ``epsilon_budget`` is the ε of all of them composed with
+    this plan, not of the plan alone.
 
     Raises:
         ValueError: invalid arguments, or no σ reaches the budget at this size.
@@ -76,6 +83,7 @@ def plan_dp(
         float(epsilon_budget),
         default_delta(n_customers) if delta is None else float(delta),
         accountant,
+        tuple(prior),
     )
 
 
@@ -88,6 +96,7 @@ def _plan_dp(
     epsilon_budget: float,
     delta: float,
     accountant: str,
+    prior: tuple[DPSegment, ...],
 ) -> DPPlan:
     # Cached: a PLD calibration takes ~2 s, and a simulation process or the server's
     # screening plans the same sizes every round.
@@ -96,7 +105,7 @@ def _plan_dp(
     sample_rate = opacus_sample_rate(n_customers, batch_size)
     steps_per_round = local_epochs * opacus_steps_per_epoch(n_customers, batch_size)
     noise_multiplier = create_accountant(accountant).calibrate_noise_multiplier(
-        epsilon_budget, delta, sample_rate, steps_per_round * planned_rounds
+        epsilon_budget, delta, sample_rate, steps_per_round * planned_rounds, prior=prior
     )
     return DPPlan(
         epsilon_budget=epsilon_budget,
@@ -108,6 +117,102 @@ def _plan_dp(
         planned_rounds=planned_rounds,
         accountant=accountant,
     )
+
+
+EXHAUSTED_FRACTION = 0.01
+"""A model whose remaining ε is below this share of its cap declines: what is left buys
+no useful training, only noise."""
+
+
+@dataclass(frozen=True)
+class RunGrant:
+    """What a site grants a run of one model: a DP plan (or none: no DP, as the policy
+    allows), and why it differs from the request ("" when granted as asked)."""
+
+    plan: DPPlan | None
+    note: str = ""
+
+
+class PolicyDecline(Exception):
+    """The site's policy declines the request; ``code`` is a ``privacy.wire.DECLINED_*``."""
+
+    def __init__(self, code: int, detail: str) -> None:
+        super().__init__(f"{wire.DECLINE_REASONS[code]}: {detail}")
+        self.code = code
+
+
+def plan_site_run(
+    policy: SitePolicy,
+    model: str,
+    *,
+    requested_epsilon: float,
+    n_customers: int,
+    batch_size: int,
+    local_epochs: int,
+    planned_rounds: int,
+    earlier: Sequence[LedgerEntry],
+) -> RunGrant:
+    """Turn a server's request into the plan the site's policy allows, or decline it.
+
+    The server asks for ``requested_epsilon`` for this run of ``model``; ``earlier`` are
+    the model's ledger entries of *other* runs. The run may bring the model's ε at most to
+    ``min(cap, spent + min(request, max-epsilon-per-run))`` (spent and the target composed
+    by the policy's accountant), and σ is calibrated so that all earlier segments and
+    this run's whole plan stay within that. A request for no DP is declined when the
+    policy requires DP, and trained without DP (no plan) otherwise.
+
+    Raises:
+        PolicyDecline: DP is required but not asked for, the budget is spent, or no σ
+            reaches what remains at this site's size.
+    """
+    if not (math.isfinite(requested_epsilon) and requested_epsilon > 0):
+        if policy.dp_required:
+            raise PolicyDecline(
+                wire.DECLINED_POLICY,
+                f"the server asked to train {model} without DP (epsilon={requested_epsilon:g}); "
+                "this site's policy requires DP",
+            )
+        return RunGrant(None, "trained without DP as asked: this site's policy allows it")
+    delta = default_delta(n_customers) if policy.delta is None else policy.delta
+    cap = policy.cap_for(model)
+    spent = ledger_epsilon(list(earlier), delta)
+    run_budget = min(requested_epsilon, policy.max_epsilon_per_run)
+    target = min(cap, spent + run_budget)
+    if cap - spent < EXHAUSTED_FRACTION * cap:
+        raise PolicyDecline(
+            wire.DECLINED_BUDGET_EXHAUSTED,
+            f"{model} has spent ε {spent:.4g} of this site's lifetime cap {cap:g} "
+            f"(δ = {delta:.3g})",
+        )
+    notes = []
+    if run_budget < requested_epsilon:
+        notes.append(
+            f"asked ε {requested_epsilon:g} for this run, the policy allows "
+            f"{policy.max_epsilon_per_run:g} per run"
+        )
+    if target < spent + run_budget:
+        notes.append(
+            f"ε {spent:.3g} of the lifetime cap {cap:g} is spent, {cap - spent:.3g} remains"
+        )
+    try:
+        plan = plan_dp(
+            n_customers=n_customers,
+            batch_size=batch_size,
+            local_epochs=local_epochs,
+            planned_rounds=planned_rounds,
+            epsilon_budget=target,
+            delta=delta,
+            accountant=policy.accountant,
+            prior=[entry.segment for entry in earlier],
+        )
+    except ValueError as error:
+        raise PolicyDecline(wire.DECLINED_BUDGET_EXHAUSTED, str(error)) from None
+    note = (
+        f"planned down: {'; '.join(notes)}; this run may add ε {target - spent:.3g}"
+        if notes
+        else ""
+    )
+    return RunGrant(plan, note)
 
 
 def default_delta(n_customers: int) -> float:

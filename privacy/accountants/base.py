@@ -101,16 +101,19 @@ class Accountant(ABC):
         sample_rate: float,
         steps: int,
         *,
+        prior: Iterable[DPSegment] = (),
         tolerance: float = 0.005,
     ) -> float:
         """Smallest noise multiplier (up to ``tolerance``) whose ε stays within the target.
 
         Calibrate once for a site's whole planned training (rounds × local epochs × steps per
         epoch), then train every round with the returned σ: the ledger's ε then reaches at
-        most ``target_epsilon`` when the plan is complete.
+        most ``target_epsilon`` when the plan is complete. ``prior`` are segments already
+        spent (earlier runs): the target is then the ε of all of them composed with the
+        planned ones, so a site's lifetime cap holds exactly, whatever came before.
 
         Binary search on log σ. The result satisfies ``(1 - tolerance) * target_epsilon <=
-        epsilon([DPSegment(q, σ, steps)], delta) <= target_epsilon``: the target is
+        epsilon([*prior, DPSegment(q, σ, steps)], delta) <= target_epsilon``: the target is
         approached from below, never exceeded. The one exception to the lower bound: at
         tiny sampling rates ε(σ) can drop from above the band straight to 0; the σ at that
         drop is returned, with ε below the target.
@@ -127,8 +130,16 @@ class Accountant(ABC):
         if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 1:
             raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
 
+        prior = list(prior)
+        if prior and self.epsilon(prior, delta) >= target_epsilon:
+            raise ValueError(
+                f"target ε={target_epsilon} at δ={delta} is already spent by earlier training "
+                f"(ε = {self.epsilon(prior, delta):.4g})"
+            )
+
         def epsilon_at(noise_multiplier: float) -> float:
-            return self.epsilon([DPSegment(sample_rate, noise_multiplier, steps)], delta)
+            planned = DPSegment(sample_rate, noise_multiplier, steps)
+            return self.epsilon([*prior, planned], delta)
 
         # Bracket: ε(low) > target >= ε(high); ε decreases as σ grows.
         high = 1.0
