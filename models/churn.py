@@ -214,9 +214,16 @@ CUTOFF = "cutoff"
 """Shared fact (and run-config key ``churn.cutoff``): the churn protocol's cutoff,
 ISO-8601 in UTC. One date for all sites so labels mean the same everywhere: a site's own
 last timestamp would move the cutoff at small storefronts and change their labels."""
+SCORE_BIN_EDGES = "score-bin-edges"
+SCORE_BIN_MEANS = "score-bin-means"
+SCORE_BIN_DEVIATIONS = "score-bin-deviations"
 SCORE_BINS_POSITIVE = "score-bins-positive"
 SCORE_BINS_NEGATIVE = "score-bins-negative"
 BRIER_SUM = "brier-sum"
+CONCORDANT_PAIRS = "concordant-pairs"
+SCORE_CELLS = 100
+"""Churn probabilities are histogrammed on a grid of this many cells of width 0.01, which
+each site merges into bins of at least its minimum cohort (:func:`models.metrics.cohort_bins`)."""
 
 
 class Churn(FederatedModel):
@@ -224,13 +231,29 @@ class Churn(FederatedModel):
 
     name = "churn"
     evaluate_metric_keys = frozenset(
-        {wire.NUM_EXAMPLES, SCORE_BINS_POSITIVE, SCORE_BINS_NEGATIVE, BRIER_SUM}
+        {
+            wire.NUM_EXAMPLES,
+            SCORE_BIN_EDGES,
+            SCORE_BIN_MEANS,
+            SCORE_BIN_DEVIATIONS,
+            SCORE_BINS_POSITIVE,
+            SCORE_BINS_NEGATIVE,
+            BRIER_SUM,
+            CONCORDANT_PAIRS,
+        }
     )
     headline_metric = "roc-auc"
     default_training = TrainingSettings(
         local_epochs=1, optimizer="sgd", learning_rate=0.05, batch_size=64, max_grad_norm=1.0
     )
     shared_fact_keys = (CUTOFF,)
+    customer_means = ("brier", "churn-rate")
+    metric_labels = {
+        "roc-auc": "ROC-AUC",
+        "brier": "Brier",
+        "churn-rate": "churn rate",
+        "num-customers": "held-out customers",
+    }
 
     def shared_facts(
         self, declared: Mapping[str, Any], whole_split: Callable[[], pd.DataFrame]
@@ -288,28 +311,39 @@ class Churn(FederatedModel):
         )
         return LocalResult(mean_finite(losses), segment.steps)
 
-    def evaluate(self, module: nn.Module, evaluation: ChurnData) -> dict[str, Any]:
-        """Score histograms per label, the Brier sum and the count over the held-out
-        customers."""
-        labels = evaluation.labels.to_numpy()
+    def evaluate(self, module: nn.Module, evaluation: ChurnData, min_cohort: int) -> dict[str, Any]:
+        """Churners and non-churners per score bin, each bin over at least ``min_cohort``
+        held-out customers (cells of :data:`SCORE_CELLS` merged from the low end), the
+        site's exact count of concordant (churner, non-churner) pairs (its ROC-AUC times
+        the pairs), the Brier sum and the count: aggregates over all the site's held-out
+        customers or a bin of at least ``min_cohort``; none resolves one customer."""
         probabilities = predict_churn(module, evaluation.features)
-        positives, negatives = metrics.binned_score_counts(probabilities, labels)
-        return {
-            wire.NUM_EXAMPLES: int(labels.size),
-            SCORE_BINS_POSITIVE: positives.tolist(),
-            SCORE_BINS_NEGATIVE: negatives.tolist(),
-            BRIER_SUM: float(np.sum((probabilities - labels) ** 2)),
-        }
+        return evaluation_sums(probabilities, evaluation.labels.to_numpy(), min_cohort)
 
     def summarise(self, sums: list[Mapping[str, Any]]) -> dict[str, float]:
-        """ROC-AUC from the pooled score histograms (not an average of sites' AUCs), Brier
-        score, customer count and churn rate."""
-        positives = sum(np.asarray(site[SCORE_BINS_POSITIVE], dtype=np.int64) for site in sums)
-        negatives = sum(np.asarray(site[SCORE_BINS_NEGATIVE], dtype=np.int64) for site in sums)
-        count = int(positives.sum() + negatives.sum())
+        """ROC-AUC over all the sites' customers (not an average of sites' AUCs), Brier
+        score, customer count and churn rate.
+
+        Pairs within a site are counted exactly (its concordant pairs); pairs across sites
+        from the sites' bins spread on the common grid, a pair inside one bin counting as
+        a tie: pooled pairs = Σ exact within-site + (grid pairs of the pooled histogram −
+        Σ grid pairs of each site alone).
+        """
+        grids = [
+            (_on_grid(site, SCORE_BINS_POSITIVE), _on_grid(site, SCORE_BINS_NEGATIVE))
+            for site in sums
+        ]
+        positives = sum(positive for positive, _ in grids)
+        negatives = sum(negative for _, negative in grids)
+        across = metrics.concordant_pairs_from_binned_counts(positives, negatives) - sum(
+            metrics.concordant_pairs_from_binned_counts(*grid) for grid in grids
+        )
+        concordant = sum(float(site[CONCORDANT_PAIRS]) for site in sums) + across
+        pairs = positives.sum() * negatives.sum()
+        count = int(round(positives.sum() + negatives.sum()))
         brier = sum(float(site[BRIER_SUM]) for site in sums)
         return {
-            "roc-auc": float(metrics.auc_from_binned_counts(positives, negatives)),
+            "roc-auc": concordant / pairs if pairs else math.nan,
             "brier": brier / count if count else math.nan,
             "num-customers": count,
             "churn-rate": float(positives.sum()) / count if count else math.nan,
@@ -332,6 +366,40 @@ class Churn(FederatedModel):
             raise ValueError("no order lines to score")
         features = churn_features(orders, orders[schema.TIMESTAMP].max())
         return features.assign(probability=predict_churn(module, features))
+
+
+def evaluation_sums(
+    probabilities: np.ndarray, labels: np.ndarray, min_cohort: int
+) -> dict[str, Any]:
+    """What a site sends of its held-out customers' churn probabilities and labels
+    (:meth:`Churn.evaluate`)."""
+    positives, negatives = metrics.binned_score_counts(probabilities, labels, SCORE_CELLS)
+    edges = metrics.cohort_bins(positives + negatives, min_cohort)
+    cell = np.minimum((probabilities * SCORE_CELLS).astype(np.int64), SCORE_CELLS - 1)
+    bin_of = np.searchsorted(edges, cell, side="right") - 1
+    bins = [probabilities[bin_of == number] for number in range(len(edges) - 1)]
+    return {
+        wire.NUM_EXAMPLES: int(labels.size),
+        SCORE_BIN_EDGES: edges.tolist(),
+        SCORE_BIN_MEANS: [float(scores.mean()) if scores.size else 0.0 for scores in bins],
+        SCORE_BIN_DEVIATIONS: [float(scores.std()) if scores.size else 0.0 for scores in bins],
+        SCORE_BINS_POSITIVE: np.add.reduceat(positives, edges[:-1]).tolist(),
+        SCORE_BINS_NEGATIVE: np.add.reduceat(negatives, edges[:-1]).tolist(),
+        BRIER_SUM: float(np.sum((probabilities - labels) ** 2)),
+        CONCORDANT_PAIRS: metrics.concordant_pairs(probabilities, labels),
+    }
+
+
+def _on_grid(site: Mapping[str, Any], key: str) -> np.ndarray:
+    """A site's bin counts under ``key`` spread over a fine grid by the bins' means and
+    deviations (:func:`models.metrics.spread_over_cells`)."""
+    return metrics.spread_over_cells(
+        site[SCORE_BIN_EDGES],
+        site[key],
+        SCORE_CELLS,
+        site[SCORE_BIN_MEANS],
+        site[SCORE_BIN_DEVIATIONS],
+    )
 
 
 MODEL = Churn()

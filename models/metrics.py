@@ -165,15 +165,95 @@ def auc_from_binned_counts(positive_counts: np.ndarray, negative_counts: np.ndar
     AUC = (Σ_b P_b · N_{<b} + ½ Σ_b P_b · N_b) / (P · N): a positive beats every negative
     in a lower bin and ties with those in its own bin. NaN when either class is empty.
     """
+    pairs = np.sum(positive_counts) * np.sum(negative_counts)
+    if pairs == 0:
+        return float("nan")
+    return concordant_pairs_from_binned_counts(positive_counts, negative_counts) / pairs
+
+
+def concordant_pairs_from_binned_counts(
+    positive_counts: np.ndarray, negative_counts: np.ndarray
+) -> float:
+    """The Mann–Whitney count of (positive, negative) pairs a histogram implies: pairs with
+    the positive in a higher bin, plus half of those in one bin (:func:`auc_from_binned_counts`
+    times P · N)."""
     positive = np.asarray(positive_counts, dtype=np.float64)
     negative = np.asarray(negative_counts, dtype=np.float64)
     if positive.shape != negative.shape or positive.ndim != 1:
         raise ValueError(f"count arrays differ in shape: {positive.shape} vs {negative.shape}")
-    pairs = positive.sum() * negative.sum()
-    if pairs == 0:
-        return float("nan")
     negatives_below = np.cumsum(negative) - negative
-    return float((positive @ negatives_below + 0.5 * positive @ negative) / pairs)
+    return float(positive @ negatives_below + 0.5 * positive @ negative)
+
+
+def concordant_pairs(scores: np.ndarray, labels: np.ndarray) -> float:
+    """The exact Mann–Whitney count of (positive, negative) pairs in which the positive
+    scores higher, ties counted half: ROC-AUC times P · N (0 when a class is empty)."""
+    scores, labels = _labelled(scores, labels)
+    positives = int(labels.sum())
+    negatives = labels.size - positives
+    if positives == 0 or negatives == 0:
+        return 0.0
+    return roc_auc(scores, labels) * positives * negatives
+
+
+def cohort_bins(counts: np.ndarray, minimum: int) -> np.ndarray:
+    """Edges that merge adjacent histogram cells until every merged bin holds at least
+    ``minimum`` items: ``[0, e_1, ..., len(counts)]``, bin ``j`` = cells ``e_j..e_{j+1}-1``.
+
+    Greedy from the low end; a remainder smaller than ``minimum`` joins the last bin. Fewer
+    than ``minimum`` items in all give one bin (the caller then sends nothing).
+    """
+    counts = np.asarray(counts)
+    edges, held = [0], 0
+    for cell, count in enumerate(counts):
+        held += int(count)
+        if held >= minimum:
+            edges.append(cell + 1)
+            held = 0
+    if len(edges) == 1:
+        edges.append(len(counts))  # too few for two bins: one
+    else:
+        edges[-1] = len(counts)  # trailing cells (and a remainder) join the last bin
+    return np.asarray(edges, dtype=np.int64)
+
+
+def spread_over_cells(
+    edges: np.ndarray,
+    counts: np.ndarray,
+    cells: int,
+    means: np.ndarray,
+    deviations: np.ndarray,
+    resolution: int = 10,
+) -> np.ndarray:
+    """Counts of merged bins spread over a grid ``resolution`` times finer than their
+    ``cells`` (float, ``cells · resolution`` long), each bin evenly over the interval with
+    the bin's mean and standard deviation (a uniform of that mean and spread, kept inside
+    the bin): scores inside a bin are otherwise unknown, so a pooled AUC counts pairs
+    whose spreads overlap as partly tied."""
+    edges = np.asarray(edges, dtype=np.int64)
+    counts = np.asarray(counts, dtype=np.float64)
+    if (
+        edges.ndim != 1
+        or len(edges) != len(counts) + 1
+        or len(means) != len(counts)
+        or len(deviations) != len(counts)
+        or edges[0] != 0
+        or edges[-1] != cells
+        or (np.diff(edges) <= 0).any()
+    ):
+        raise ValueError(f"bin edges {edges.tolist()} do not cover {cells} cells in order")
+    fine = np.zeros(cells * resolution)
+    half_width = np.sqrt(3.0) * np.asarray(deviations, dtype=np.float64)
+    for count, low, high, mean, half in zip(
+        counts, edges[:-1], edges[1:], means, half_width, strict=True
+    ):
+        if count == 0:
+            continue
+        start = max(low * resolution, int(np.floor((mean - half) * cells * resolution)))
+        stop = min(high * resolution, int(np.ceil((mean + half) * cells * resolution)))
+        stop = max(stop, start + 1)
+        fine[start:stop] += count / (stop - start)
+    return fine
 
 
 def _first(top_k: np.ndarray, k: int) -> np.ndarray:

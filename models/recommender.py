@@ -248,6 +248,13 @@ class Recommender(FederatedModel):
         local_epochs=2, optimizer="momentum", learning_rate=8.0, batch_size=500, max_grad_norm=0.1
     )
     shared_fact_keys = (CATALOGUE,)
+    customer_means = (f"hr@{TOP_K}", f"recall@{TOP_K}", f"ndcg@{TOP_K}")
+    metric_labels = {
+        f"hr@{TOP_K}": f"HR@{TOP_K}",
+        f"recall@{TOP_K}": f"Recall@{TOP_K}",
+        f"ndcg@{TOP_K}": f"NDCG@{TOP_K}",
+        "num-customers": "test customers",
+    }
 
     def shared_facts(
         self, declared: Mapping[str, Any], whole_split: Callable[[], pd.DataFrame]
@@ -295,9 +302,12 @@ class Recommender(FederatedModel):
         steps = result.dp_segment.steps if result.dp_segment is not None else 0
         return LocalResult(mean_finite(result.epoch_losses), steps)
 
-    def evaluate(self, module: nn.Module, evaluation: EvaluationExamples) -> dict[str, Any]:
+    def evaluate(
+        self, module: nn.Module, evaluation: EvaluationExamples, min_cohort: int
+    ) -> dict[str, Any]:
         """Sums of HR@10, Recall@10 and NDCG@10 over the site's test customers, and their
-        count."""
+        count (each a sum over all of them: no finer aggregate, whatever ``min_cohort``)."""
+        del min_cohort
         if len(evaluation) == 0:
             return {wire.NUM_EXAMPLES: 0, HIT_SUM: 0.0, RECALL_SUM: 0.0, NDCG_SUM: 0.0}
         ranked = metrics.top_k_items(score_examples(module, evaluation), TOP_K)

@@ -67,6 +67,11 @@ class FederatedModel(ABC):
     """Local-training settings when the run config's table does not say otherwise."""
     shared_fact_keys: tuple[str, ...] = ()
     """Keys of :meth:`shared_facts`; each is also a key of the model's run-config table."""
+    customer_means: tuple[str, ...] = ()
+    """Metrics of :meth:`summarise` that are means over customers, so that groups of
+    storefronts pool them weighted by their customers (``num-customers``)."""
+    metric_labels: Mapping[str, str] = {}
+    """How reports name the model's metrics (default: as :meth:`summarise` names them)."""
 
     def shared_facts(
         self, declared: Mapping[str, Any], whole_split: Callable[[], pd.DataFrame]
@@ -100,9 +105,10 @@ class FederatedModel(ABC):
         DP-SGD at ``plan.noise_multiplier`` (Opacus, :mod:`privacy.dp`)."""
 
     @abstractmethod
-    def evaluate(self, module: nn.Module, evaluation: Any) -> dict[str, Any]:
+    def evaluate(self, module: nn.Module, evaluation: Any, min_cohort: int) -> dict[str, Any]:
         """Held-out data -> exactly :attr:`evaluate_metric_keys`: sums and counts a server
-        can pool, no per-customer value."""
+        can pool, each over at least ``min_cohort`` customers, no per-customer value (the
+        site sends nothing when ``num-examples`` is below ``min_cohort``)."""
 
     @abstractmethod
     def summarise(self, sums: list[Mapping[str, Any]]) -> dict[str, float]:

@@ -42,6 +42,9 @@ ARROW_SCHEMA = pa.schema(
 )
 """Parquet schema of a prepared storefront file (:data:`ORDERS_FILE`)."""
 
+SUMMARY_FILE = "summary.csv"
+"""A storefront split's summary table (customers, orders, lines, items, dates per storefront)."""
+
 ORDERS_FILE = "orders.parquet"
 """The prepared order lines of one storefront, in a site's prepared directory or a
 simulation's storefront split."""
