@@ -16,11 +16,12 @@ import argparse
 from collections.abc import Callable
 from pathlib import Path
 
-from clients import join
+from clients import join, site_privacy
 from clients.adapters import ADAPTERS, ColumnMapping, load_mapping
 from clients.errors import IngestError
 from clients.ingest import ORDERS_FILE, REPORT_FILE, IngestReport, prepare_export
 from privacy.console_errors import run_handler
+from privacy.ledger import LedgerError
 from privacy.pseudonymise import KeyFileError, generate_key
 
 PROG = "fedshop-site"
@@ -80,6 +81,8 @@ def run_prepare(args: argparse.Namespace) -> int:
         args.source, args.out, args.key, mapping=mapping, encoding=args.encoding
     )
     print(summarise(report, args.out))
+    site_privacy.ensure_default_policy(args.out, set_by=PROG + " prepare")
+    print(f"privacy policy in {args.out}: see or change it with `{PROG} policy --data {args.out}`")
     return 0
 
 
@@ -107,13 +110,22 @@ def summarise(report: IngestReport, out_dir: Path) -> str:
     return "\n".join(lines)
 
 
-USER_ERRORS: tuple[type[Exception], ...] = (CommandError, IngestError, KeyFileError, join.JoinError)
+USER_ERRORS: tuple[type[Exception], ...] = (
+    CommandError,
+    IngestError,
+    KeyFileError,
+    join.JoinError,
+    site_privacy.PolicyCommandError,
+    LedgerError,
+)
 """Exceptions that mean bad input, not a bug: shown as one line with exit code 2."""
 
 SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     add_keygen_parser,
     add_prepare_parser,
     join.add_parser,
+    site_privacy.add_policy_parser,
+    site_privacy.add_privacy_report_parser,
 ]
 """Parser builders, one per subcommand, in the order ``--help`` lists them."""
 
@@ -122,7 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
     """The ``fedshop-site`` argument parser with every registered subcommand."""
     parser = argparse.ArgumentParser(
         prog=PROG,
-        description="fedshop at a storefront: keys, data preparation, joining the federation",
+        description="fedshop at a storefront: keys, data preparation, the site's privacy "
+        "policy and report, joining the federation",
     )
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add_parser in SUBCOMMANDS:

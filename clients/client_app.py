@@ -1,8 +1,10 @@
 """The fedshop ClientApp: a storefront's answer to the server's train and evaluate messages.
 
-Thin on purpose: the work of a round (data, privacy gate, DP training, the reply) is in
-:mod:`clients.site_task`; the wire contract is in :mod:`privacy.wire`. Under secure
-aggregation a train message is a SecAgg+ stage, answered by :mod:`clients.secure_training`.
+Thin on purpose: the work of a round (data, the site's privacy policy, DP training, the
+reply) is in :mod:`clients.site_task`; the wire contract is in :mod:`privacy.wire`. Under
+secure aggregation a train message is a SecAgg+ stage, answered by
+:mod:`clients.secure_training`. Every reply passes :func:`clients.audit.audit_outgoing`,
+which can keep a copy of what leaves the site.
 """
 
 from __future__ import annotations
@@ -12,10 +14,11 @@ import logging
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
+from clients.audit import audit_outgoing
 from clients.secure_training import is_secure_aggregation_message, train_with_secure_aggregation
 from clients.site_task import evaluate_round, train_round
 
-app = ClientApp()
+app = ClientApp(mods=[audit_outgoing])
 
 
 @app.train()

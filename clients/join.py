@@ -33,6 +33,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_ssh_private_key
 
+from clients.site_data import AUDIT_DIR
 from models.schema import ARROW_SCHEMA, ORDERS_FILE
 from privacy import flower_processes
 
@@ -70,6 +71,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help=f"the prepared directory (with {ORDERS_FILE}, see `prepare`)",
     )
     parser.add_argument("--storefront", help="storefront name passed to the ClientApp")
+    parser.add_argument(
+        "--audit-dir",
+        type=Path,
+        help="keep a copy of every message this site sends, as it leaves (one file each)",
+    )
     parser.add_argument(
         "--port",
         type=int,
@@ -115,6 +121,7 @@ def run_join(args: argparse.Namespace) -> int:
         ca=args.ca,
         key=args.key,
         storefront=args.storefront,
+        audit_dir=args.audit_dir,
         port=args.port,
         max_retries=args.max_retries,
         max_wait_time=args.max_wait_time,
@@ -199,6 +206,7 @@ def supernode_command(
     ca: Path | None,
     key: Path | None,
     storefront: str | None = None,
+    audit_dir: Path | None = None,
     port: int = DEFAULT_PORT,
     max_retries: int = DEFAULT_MAX_RETRIES,
     max_wait_time: float = DEFAULT_MAX_WAIT_TIME,
@@ -214,6 +222,8 @@ def supernode_command(
     node_config = {"data-path": str(Path(data_dir).resolve())}
     if storefront is not None:
         node_config["storefront"] = storefront
+    if audit_dir is not None:
+        node_config[AUDIT_DIR] = str(Path(audit_dir).resolve())
     command = ["flower-supernode", "--superlink", superlink, "--port", str(port)]
     command += ["--max-retries", str(max_retries), "--max-wait-time", str(max_wait_time)]
     command += ["--node-config", _node_config(node_config)]

@@ -103,7 +103,7 @@ def masked_train_round(msg: Message, context: Context) -> Message:
         raise _Declined(reply.error)
 
     metrics = dict(reply.content[wire.METRICS])
-    storefront = str(reply.content[wire.SITE][wire.STOREFRONT])
+    site = reply.content[wire.SITE]
     trained = {k: v.numpy() for k, v in reply.content[wire.ARRAYS].items()}
     update = [trained[k].astype(np.float64) - global_weights[k] for k in names]
     num_examples = int(metrics[wire.NUM_EXAMPLES])
@@ -116,7 +116,7 @@ def masked_train_round(msg: Message, context: Context) -> Message:
         status=Status(Code.OK, ""),
         parameters=ndarrays_to_parameters(update),
         num_examples=num_examples,
-        metrics={**metrics, wire.STOREFRONT: storefront},
+        metrics={**metrics, **{key: str(site[key]) for key in wire.SITE_KEYS}},
     )
     return Message(fitres_to_recorddict(fitres, keep_input=False), reply_to=msg)
 

@@ -15,7 +15,7 @@ instead of inheriting the spent budget of the previous one.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,9 @@ from models.schema import ORDERS_FILE
 
 DATA_PATH = "data-path"
 STOREFRONT_NAME = "storefront"
+AUDIT_DIR = "audit-dir"
+"""Node-config key (deployment) or run-config key (simulation) of the site's audit copy
+of everything it sends (:mod:`clients.audit`)."""
 PARTITION_ID = "partition-id"
 STOREFRONTS_DIR = "storefronts-dir"
 RUN_DIR = "run-dir"
@@ -36,6 +39,11 @@ SIMULATED_SITES = "sites"
 
 class SiteDataError(RuntimeError):
     """The site's data cannot be found or read; ``str()`` names the path."""
+
+    def __init__(self, message: str, storefront: str = "unknown storefront") -> None:
+        super().__init__(message)
+        self.storefront = storefront
+        """The storefront, as far as it is known without the data."""
 
 
 @dataclass(frozen=True)
@@ -73,7 +81,7 @@ def locate_site(node_config: Mapping[str, Any], run_config: Mapping[str, Any]) -
             f"simulation needs run config '{STOREFRONTS_DIR}' to name a storefront split "
             f"directory, got {str(storefronts_dir)!r}"
         )
-    slugs = sorted(p.name for p in storefronts_dir.iterdir() if (p / ORDERS_FILE).is_file())
+    slugs = storefront_slugs(storefronts_dir)
     partition = int(node_config[PARTITION_ID])
     if not 0 <= partition < len(slugs):
         raise SiteDataError(
@@ -87,19 +95,25 @@ def locate_site(node_config: Mapping[str, Any], run_config: Mapping[str, Any]) -
     )
 
 
-def load_orders(location: SiteLocation) -> pd.DataFrame:
-    """The site's prepared order lines in the canonical schema.
+def storefront_slugs(storefronts_dir: Path) -> list[str]:
+    """The storefront directories of a split, in the order simulated partitions use."""
+    return sorted(p.name for p in Path(storefronts_dir).iterdir() if (p / ORDERS_FILE).is_file())
+
+
+def load_orders(location: SiteLocation, columns: Sequence[str] = schema.COLUMNS) -> pd.DataFrame:
+    """The site's prepared order lines in the canonical schema (or only ``columns``).
 
     Raises:
         SiteDataError: the file is missing, unreadable or lacks canonical columns.
     """
     path = location.orders_file
+    known = location.storefront or path.parent.name
     if not path.is_file():
-        raise SiteDataError(f"{path}: prepared orders not found; run 'fedshop-site prepare'")
+        raise SiteDataError(f"{path}: prepared orders not found; run 'fedshop-site prepare'", known)
     try:
-        frame = pq.read_table(path, columns=list(schema.COLUMNS)).to_pandas()
+        frame = pq.read_table(path, columns=list(columns)).to_pandas()
     except (OSError, KeyError, ValueError) as err:
-        raise SiteDataError(f"{path}: cannot read prepared orders ({err})") from err
+        raise SiteDataError(f"{path}: cannot read prepared orders ({err})", known) from err
     return frame
 
 

@@ -1,66 +1,74 @@
 """A site's whole answer to a train or evaluate message, for any registered model.
 
-:func:`train_round` finds the site's data, splits it by the model's protocol
-(:class:`models.registry.FederatedModel`), passes the privacy gate, trains, confirms the
-DP steps in the ledger, and only then builds the reply — weights plus the fixed metric
-keys of :mod:`privacy.wire`. :func:`evaluate_round` answers with the model's sums and
-counts over the site's held-out customers. The ClientApp only dispatches to these.
+:func:`train_round` finds the site's data, checks the request against the site's own
+privacy policy (kept in its ledger), splits the data by the model's protocol
+(:class:`models.registry.FederatedModel`), plans DP for the run as the policy allows
+(:func:`privacy.planning.plan_site_run`: a request for more ε is planned down, a request
+without DP declined), reserves the round in the ledger, trains, confirms the DP steps,
+and only then builds the reply — weights plus the fixed keys of :mod:`privacy.wire`.
+:func:`evaluate_round` answers with the model's sums and counts over the site's held-out
+customers, or ``suppressed`` when they are fewer than the policy's minimum cohort.
 
-The privacy gate: the noise multiplier σ is calibrated once for the site's whole planned
-training (:func:`privacy.planning.plan_dp`) and the round's segment is reserved in the
-site's ledger (``<ledger dir>/privacy-ledger.sqlite``) before training; a round that
-would overspend, or a ledger that cannot be trusted, becomes a decline reply (error code
-``DECLINED_BUDGET_EXHAUSTED``) and the server carries on without the site.
+Every failure at a site is a reasoned refusal, never a crash of the round: missing or
+unreadable data, a model the site's data cannot serve, a ledger that cannot be trusted,
+a spent budget, a request the policy does not allow — each becomes an error reply whose
+reason is ``"<reason code> (<storefront>): <detail>"`` (:func:`privacy.wire.decline_reason`),
+logged by the site in one line, and the server carries on without the site.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from functools import lru_cache
-from pathlib import Path
+from functools import lru_cache, wraps
+from logging import WARNING
 from typing import Any
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
+from flwr.supercore import log
 from torch import nn
 
-from clients.site_data import SiteLocation, load_orders, locate_site, storefront_of
-from models.registry import FederatedModel, SiteData, get_model
+from clients.site_data import SiteDataError, SiteLocation, load_orders, locate_site, storefront_of
+from models import schema
+from models.registry import BUILTIN_MODELS, FederatedModel, SiteData, get_model
 from models.training import LocalTraining, TrainingSettings
 from privacy import wire
-from privacy.accountants import DEFAULT_ACCOUNTANT
-from privacy.ledger import LEDGER_FILE, BudgetExceeded, LedgerError, PrivacyLedger, Reservation
-from privacy.planning import DPPlan, plan_dp
+from privacy.console_errors import withheld
+from privacy.ledger import LEDGER_FILE, BudgetExceeded, LedgerError, PrivacyLedger
+from privacy.planning import PolicyDecline, RunGrant, plan_site_run
+from privacy.policy import SitePolicy
 
 
-def reserve_round(
-    data_path: Path,
-    model: str,
-    plan: DPPlan,
-    *,
-    max_grad_norm: float,
-    server_round: int,
-) -> Reservation | Error:
-    """Record the round's DP segment in the site's ledger, or say why the site declines."""
-    try:
-        with PrivacyLedger(Path(data_path) / LEDGER_FILE) as ledger:
-            return ledger.reserve(
-                model,
-                plan.round_segment,
-                budget_epsilon=plan.epsilon_budget,
-                delta=plan.delta,
-                max_grad_norm=max_grad_norm,
-                accountant=plan.accountant,
-                server_round=server_round,
-            )
-    except (BudgetExceeded, LedgerError) as err:
-        return _budget_error(str(err))
+class SiteRefusal(Exception):
+    """The site does not answer this message; becomes an error reply with a reason."""
+
+    def __init__(self, code: int, detail: str) -> None:
+        super().__init__(detail)
+        self.code, self.detail = code, detail
 
 
-def decline(msg: Message, error: Error) -> Message:
-    """The reply of a site that does not train this round."""
-    return Message(error, reply_to=msg)
+def reasoned(
+    answer: Callable[[Message, Context], Message],
+) -> Callable[[Message, Context], Message]:
+    """Turn every failure of ``answer`` into a refusal reply: known ones with their reason,
+    anything else as ``site-error`` naming only the exception's type and place (its
+    message may quote data)."""
+
+    @wraps(answer)
+    def answer_or_refuse(msg: Message, context: Context) -> Message:
+        try:
+            return answer(msg, context)
+        except SiteRefusal as refusal:
+            code, detail = refusal.code, refusal.detail
+        except Exception as error:  # a bug: reported by type and place only
+            code, detail = wire.DECLINED_SITE_ERROR, f"unexpected {withheld(error)}"
+        reason = wire.decline_reason(code, _storefront_label(context), detail)
+        log(WARNING, "Refused the %s message: %s", msg.metadata.message_type, reason)
+        return Message(Error(code, reason), reply_to=msg)
+
+    return answer_or_refuse
 
 
 @dataclass(frozen=True)
@@ -69,17 +77,12 @@ class TrainingPlan:
 
     model: str
     settings: TrainingSettings
-    epsilon_budget: float
-    accountant: str
+    requested_epsilon: float
+    """The ε the server asks this run to spend; the site's policy decides what it grants."""
     planned_rounds: int
     server_round: int
     proximal_mu: float
     """FedProx's μ; 0 unless the server runs FedProx."""
-
-    @property
-    def private(self) -> bool:
-        """DP-SGD with ledger accounting; a budget of 0 or less trains without DP."""
-        return self.epsilon_budget > 0
 
     @classmethod
     def from_config(cls, config: ConfigRecord) -> TrainingPlan:
@@ -87,109 +90,175 @@ class TrainingPlan:
         return cls(
             model=str(config[wire.MODEL]),
             settings=TrainingSettings.from_config(config, defaults=None),
-            epsilon_budget=float(config[wire.EPSILON_BUDGET]),
-            accountant=str(config.get(wire.ACCOUNTANT, DEFAULT_ACCOUNTANT)),
+            requested_epsilon=float(config[wire.EPSILON_BUDGET]),
             planned_rounds=int(config[wire.PLANNED_ROUNDS]),
             server_round=int(config[wire.SERVER_ROUND]),
             proximal_mu=float(config.get(wire.PROXIMAL_MU, 0.0)),
         )
 
 
+@reasoned
 def train_round(msg: Message, context: Context) -> Message:
     """A site's whole answer to a train message (see the module docstring)."""
     plan = TrainingPlan.from_config(msg.content[wire.CONFIG])
-    model = get_model(plan.model)
-    facts = shared_facts(msg, model)
-    location = locate_site(context.node_config, context.run_config)
-    data, storefront = prepared_data(location, model, facts)
+    location = _location(context)
+    policy = site_policy(location)
+    model = _allowed_model(plan.model, policy)
+    data, storefront = prepared_data(location, model, shared_facts(msg, model))
     n_customers = len(data.train)
     if n_customers == 0:
-        return _no_data(msg, plan.model, storefront)
+        raise SiteRefusal(wire.DECLINED_NO_DATA, f"no training customers for {model.name}")
 
-    noise_multiplier, reservation, dp_plan = None, None, None
-    if plan.private:
+    run = str(context.run_id)
+    grant = _grant(location, policy, plan, n_customers, run)
+    reservation = None
+    if grant.plan is not None:
         try:
-            dp_plan = plan_dp(
-                n_customers=n_customers,
-                batch_size=plan.settings.batch_size,
-                local_epochs=plan.settings.local_epochs,
-                planned_rounds=plan.planned_rounds,
-                epsilon_budget=plan.epsilon_budget,
-                accountant=plan.accountant,
-            )
-        except ValueError as err:  # no σ reaches the budget at this site's size
-            return decline(msg, _budget_error(str(err)))
-        reservation = reserve_round(
-            location.ledger_dir,
-            plan.model,
-            dp_plan,
-            max_grad_norm=plan.settings.max_grad_norm,
-            server_round=plan.server_round,
-        )
-        if isinstance(reservation, Error):
-            return decline(msg, reservation)
-        noise_multiplier = dp_plan.noise_multiplier
+            with PrivacyLedger(location.ledger_dir / LEDGER_FILE) as ledger:
+                reservation = ledger.reserve(
+                    model.name,
+                    grant.plan.round_segment,
+                    budget_epsilon=grant.plan.epsilon_budget,
+                    delta=grant.plan.delta,
+                    max_grad_norm=plan.settings.max_grad_norm,
+                    accountant=grant.plan.accountant,
+                    server_round=plan.server_round,
+                    run=run,
+                )
+        except BudgetExceeded as error:
+            raise SiteRefusal(wire.DECLINED_BUDGET_EXHAUSTED, str(error)) from None
 
-    module = _global_module(model, facts, msg)
+    module = _global_module(model, msg)
     local = LocalTraining(
         settings=plan.settings,
         proximal_mu=plan.proximal_mu,
-        noise_multiplier=noise_multiplier,
+        noise_multiplier=None if grant.plan is None else grant.plan.noise_multiplier,
         seed=_simulation_seed(context, plan.server_round) if location.simulated else None,
     )
     result = model.train(module, data.train, local)
 
-    if reservation is None:
-        epsilon, delta, dp_steps = math.inf, 0.0, 0
-    else:
+    metrics = {
+        wire.NUM_EXAMPLES: n_customers,
+        wire.EPSILON: math.inf,
+        wire.DELTA: 0.0,
+        wire.DP_STEPS: 0,
+        wire.NOISE_MULTIPLIER: 0.0,
+    }
+    if reservation is not None:
         # The update leaves the site only after its real steps are confirmed on disk.
         with PrivacyLedger(location.ledger_dir / LEDGER_FILE) as ledger:
             ledger.commit(reservation, steps_taken=result.dp_steps)
-            status = ledger.budget_status(plan.model, plan.epsilon_budget, dp_plan.delta)
-        epsilon, delta, dp_steps = status.epsilon_spent, dp_plan.delta, status.total_steps
+            status = ledger.budget_status(model.name, policy.cap_for(model.name), grant.plan.delta)
+        metrics.update(
+            {
+                wire.EPSILON: status.epsilon_spent,
+                wire.DELTA: grant.plan.delta,
+                wire.DP_STEPS: status.total_steps,
+                wire.NOISE_MULTIPLIER: grant.plan.noise_multiplier,
+            }
+        )
+    wire.check_keys(f"{model.name} train reply", metrics, wire.TRAIN_METRIC_KEYS)
+    weights = ArrayRecord(_plain_weights(module))
+    return _reply(msg, storefront, metrics, {wire.ARRAYS: weights}, note=grant.note)
 
-    metrics = {
-        wire.NUM_EXAMPLES: n_customers,
-        wire.TRAIN_LOSS: result.train_loss,
-        wire.EPSILON: epsilon,
-        wire.DELTA: delta,
-        wire.DP_STEPS: dp_steps,
-    }
-    wire.check_keys(f"{plan.model} train reply", metrics, wire.TRAIN_METRIC_KEYS)
-    return _reply(
-        msg,
-        storefront,
-        metrics,
-        {wire.ARRAYS: ArrayRecord(_plain_weights(module))},
+
+@reasoned
+def evaluate_round(msg: Message, context: Context) -> Message:
+    """Evaluate the global model on the site's held-out customers: sums and counts over at
+    least the policy's minimum cohort, or ``suppressed``."""
+    location = _location(context)
+    policy = site_policy(location)
+    model = _allowed_model(str(msg.content[wire.CONFIG][wire.MODEL]), policy)
+    data, storefront = prepared_data(location, model, shared_facts(msg, model))
+    module = _global_module(model, msg)
+    module.eval()
+    with torch.no_grad():
+        metrics = model.evaluate(module, data.evaluation, policy.min_cohort)
+    # A model bug must not put undocumented values on the wire.
+    wire.check_keys(f"{model.name} evaluate reply", metrics, model.evaluate_metric_keys)
+    customers = int(metrics[wire.NUM_EXAMPLES])
+    if customers < policy.min_cohort:
+        raise SiteRefusal(
+            wire.SUPPRESSED,
+            f"{model.name} evaluation over {customers} held-out customers < minimum cohort "
+            f"{policy.min_cohort}; nothing sent",
+        )
+    return _reply(msg, storefront, metrics, {})
+
+
+def site_policy(location: SiteLocation) -> SitePolicy:
+    """The site's privacy policy from its ledger. A simulated site without one has the
+    defaults; a deployed site without one refuses (its data team sets it at ``prepare``).
+
+    Raises:
+        SiteRefusal: no policy (deployment), or a ledger that cannot be trusted.
+    """
+    path = location.ledger_dir / LEDGER_FILE
+    try:
+        with PrivacyLedger(path) as ledger:
+            policy = ledger.policy()
+    except LedgerError as error:
+        raise SiteRefusal(wire.DECLINED_SITE_ERROR, str(error)) from None
+    if policy is not None:
+        return policy
+    if location.simulated:
+        return SitePolicy()
+    raise SiteRefusal(
+        wire.DECLINED_POLICY,
+        f"{path} holds no privacy policy; set one with `fedshop-site policy --data "
+        f"{location.ledger_dir}` (`fedshop-site prepare` sets the defaults)",
     )
 
 
-def evaluate_round(msg: Message, context: Context) -> Message:
-    """Evaluate the global model on the site's held-out customers: sums and counts only."""
-    model = get_model(str(msg.content[wire.CONFIG][wire.MODEL]))
-    facts = shared_facts(msg, model)
-    location = locate_site(context.node_config, context.run_config)
-    data, storefront = prepared_data(location, model, facts)
-    module = _global_module(model, facts, msg)
-    module.eval()
-    with torch.no_grad():
-        metrics = model.evaluate(module, data.evaluation)
-    # A model bug must not put undocumented values on the wire.
-    wire.check_keys(f"{model.name} evaluate reply", metrics, model.evaluate_metric_keys)
-    return _reply(msg, storefront, metrics, {})
+def _allowed_model(name: str, policy: SitePolicy) -> FederatedModel:
+    """The model ``name`` if the policy lets the site train it (checked before import)."""
+    allowed = policy.models or BUILTIN_MODELS
+    if name not in allowed:
+        raise SiteRefusal(
+            wire.DECLINED_POLICY, f"this site's policy trains {list(allowed)}, not {name!r}"
+        )
+    try:
+        return get_model(name)
+    except ValueError as error:
+        raise SiteRefusal(wire.DECLINED_SITE_ERROR, str(error)) from None
+
+
+def _grant(
+    location: SiteLocation, policy: SitePolicy, plan: TrainingPlan, n_customers: int, run: str
+) -> RunGrant:
+    """What the site's policy grants this run (see :func:`privacy.planning.plan_site_run`)."""
+    try:
+        with PrivacyLedger(location.ledger_dir / LEDGER_FILE) as ledger:
+            earlier = [entry for entry in ledger.entries(plan.model) if entry.run != run]
+        return plan_site_run(
+            policy,
+            plan.model,
+            requested_epsilon=plan.requested_epsilon,
+            n_customers=n_customers,
+            batch_size=plan.settings.batch_size,
+            local_epochs=plan.settings.local_epochs,
+            planned_rounds=plan.planned_rounds,
+            earlier=earlier,
+        )
+    except PolicyDecline as decline:
+        raise SiteRefusal(decline.code, str(decline).split(": ", 1)[1]) from None
+    except LedgerError as error:
+        raise SiteRefusal(wire.DECLINED_SITE_ERROR, str(error)) from None
 
 
 def shared_facts(msg: Message, model: FederatedModel) -> dict[str, Any]:
     """The model's shared facts the message carries (:data:`privacy.wire.FACTS`).
 
     Raises:
-        ValueError: a fact the model needs is missing.
+        SiteRefusal: a fact the model needs is missing.
     """
     record = msg.content.config_records.get(wire.FACTS)
     facts = dict(record) if record is not None else {}
     missing = [key for key in model.shared_fact_keys if key not in facts]
     if missing:
-        raise ValueError(f"the {model.name} message lacks the shared facts {missing}")
+        raise SiteRefusal(
+            wire.DECLINED_SITE_ERROR, f"the {model.name} message lacks the shared facts {missing}"
+        )
     return {key: facts[key] for key in model.shared_fact_keys}
 
 
@@ -201,11 +270,20 @@ def prepared_data(
     A simulation serves many messages from one process, so the split is built once; a
     changed file (new export) has a new modification time, and changed shared facts (a
     new catalogue or cutoff) are a new key, so either is read again.
+
+    Raises:
+        SiteRefusal: the data cannot be read, or the model's protocol finds nothing to
+            learn from in it.
     """
     path = location.orders_file
     version = path.stat().st_mtime_ns if path.is_file() else 0
     key = tuple((name, _hashable(value)) for name, value in sorted(facts.items()))
-    return _prepared_data(location, model.name, version, key)
+    try:
+        return _prepared_data(location, model.name, version, key)
+    except SiteDataError as error:
+        raise SiteRefusal(wire.DECLINED_SITE_ERROR, str(error)) from None
+    except ValueError as error:  # the model's protocol: e.g. no customer before the cutoff
+        raise SiteRefusal(wire.DECLINED_NO_DATA, f"{model.name}: {error}") from None
 
 
 @lru_cache(maxsize=4)
@@ -218,39 +296,43 @@ def _prepared_data(
     return data, storefront_of(location, orders)
 
 
+def _location(context: Context) -> SiteLocation:
+    try:
+        return locate_site(context.node_config, context.run_config)
+    except SiteDataError as error:
+        raise SiteRefusal(wire.DECLINED_SITE_ERROR, str(error)) from None
+
+
+def _storefront_label(context: Context) -> str:
+    """The storefront a refusal names, as the site's replies name it: the node config's,
+    else its data's (:func:`clients.site_data.storefront_of`), else its directory's."""
+    try:
+        location = locate_site(context.node_config, context.run_config)
+        return storefront_of(location, load_orders(location, columns=[schema.STOREFRONT]))
+    except SiteDataError as error:
+        return error.storefront
+
+
 def _hashable(value: Any) -> Any:
     return tuple(value) if isinstance(value, list) else value
 
 
-def _global_module(model: FederatedModel, facts: dict[str, Any], msg: Message) -> nn.Module:
+def _global_module(model: FederatedModel, msg: Message) -> nn.Module:
     """A fresh module of ``model`` holding the global weights the message carries."""
-    module = model.build(facts)
+    module = model.build(shared_facts(msg, model))
     module.load_state_dict(msg.content[wire.ARRAYS].to_torch_state_dict(), strict=True)
     return module
 
 
 def _reply(
-    msg: Message, storefront: str, metrics: dict[str, Any], records: dict[str, Any]
+    msg: Message, storefront: str, metrics: dict[str, Any], records: dict[str, Any], note: str = ""
 ) -> Message:
+    site = {wire.STOREFRONT: storefront, wire.PRIVACY_NOTE: note}
+    wire.check_keys("site record", site, wire.SITE_KEYS)
     content = RecordDict(
-        {
-            **records,
-            wire.METRICS: MetricRecord(metrics),
-            wire.SITE: ConfigRecord({wire.STOREFRONT: storefront}),
-        }
+        {**records, wire.METRICS: MetricRecord(metrics), wire.SITE: ConfigRecord(site)}
     )
     return Message(content, reply_to=msg)
-
-
-def _budget_error(detail: str) -> Error:
-    reason = wire.DECLINE_REASONS[wire.DECLINED_BUDGET_EXHAUSTED]
-    return Error(wire.DECLINED_BUDGET_EXHAUSTED, f"{reason}: {detail}")
-
-
-def _no_data(msg: Message, model: str, storefront: str) -> Message:
-    reason = wire.DECLINE_REASONS[wire.DECLINED_NO_DATA]
-    detail = f"{reason}: {storefront} has no training customers for {model}"
-    return decline(msg, Error(wire.DECLINED_NO_DATA, detail))
 
 
 def _plain_weights(module: nn.Module) -> dict[str, torch.Tensor]:

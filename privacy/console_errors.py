@@ -46,13 +46,15 @@ def run_handler(
     except Exception as error:
         if not withhold_internal_errors:
             raise
-        where = traceback.extract_tb(error.__traceback__)[-1]
-        return fail(
-            prog,
-            f"internal error {type(error).__name__} at {Path(where.filename).name}:"
-            f"{where.lineno} (details withheld: they may quote raw data)",
-            EXIT_INTERNAL,
-        )
+        return fail(prog, f"internal error {withheld(error)}", EXIT_INTERNAL)
+
+
+def withheld(error: BaseException) -> str:
+    """An unexpected error by its type and the place it was raised, without its message,
+    which may quote raw data: ``KeyError at ingest.py:120 (details withheld: ...)``."""
+    frames = traceback.extract_tb(error.__traceback__)
+    place = f" at {Path(frames[-1].filename).name}:{frames[-1].lineno}" if frames else ""
+    return f"{type(error).__name__}{place} (details withheld: they may quote raw data)"
 
 
 def fail(prog: str, message: str, code: int = EXIT_USAGE) -> int:

@@ -10,19 +10,25 @@ Train reply (``RecordDict``):
 - ``"arrays"``: ArrayRecord, the site's model weights after local training (a plain
   ``state_dict``, no Opacus ``_module.`` prefix).
 - ``"metrics"``: MetricRecord with exactly :data:`TRAIN_METRIC_KEYS`: the training
-  customers (``num-examples``), the mean local loss, and the site's *cumulative* privacy
-  spend for the model as its ledger computes it: ``epsilon`` at ``delta`` after
-  ``dp-steps`` DP-SGD steps in all rounds so far. A round trained without DP reports
-  ``epsilon = inf``, ``delta = 0`` and ``dp-steps = 0``.
-- ``"site"``: ConfigRecord with exactly :data:`SITE_KEYS` (the storefront name, which
-  the server already knows from deployment; it is needed for per-storefront reports).
+  customers (``num-examples``: the site's size, the aggregation weight, a count over all
+  its training customers), and the site's *cumulative* privacy spend for the model as its
+  ledger computes it: ``epsilon`` at ``delta`` after ``dp-steps`` DP-SGD steps in all
+  rounds so far, with the ``noise-multiplier`` of this round (a function of the site's
+  size, the plan and its policy; the server screens the update's norm with it). A round
+  trained without DP (only if the site's policy allows it) reports ``epsilon = inf``,
+  ``delta = 0``, ``dp-steps = 0`` and ``noise-multiplier = 0``. No training loss leaves
+  a site: a mean of the customers' un-noised losses is outside the DP guarantee.
+- ``"site"``: ConfigRecord with exactly :data:`SITE_KEYS`: the storefront name (which
+  the server already knows from deployment; it is needed for per-storefront reports) and
+  the site's privacy note ("" or why it planned the server's request down).
 
 Evaluate reply: MetricRecord ``"metrics"`` with exactly the model's evaluation keys, all
-sums or counts over the site's held-out customers, and the ``"site"`` record.
+sums or counts over at least the site's minimum cohort of held-out customers, and the
+``"site"`` record. Over fewer customers the site sends nothing but a ``suppressed`` error.
 
-A site that declines a round replies with an error whose code is one of the ``DECLINED_*``
-codes below and whose reason starts with the matching reason code, e.g.
-``"privacy-budget-exhausted: ..."``.
+A site that declines replies with an error whose code is one of the codes of
+:data:`DECLINE_REASONS` and whose reason is ``"<reason code> (<storefront>): <detail>"``,
+e.g. ``"privacy-budget-exhausted (Spain): ..."`` — never a crash of the round.
 """
 
 from __future__ import annotations
@@ -39,16 +45,19 @@ kept apart from the config so that no log line ever prints a whole catalogue."""
 SITE = "site"
 
 NUM_EXAMPLES = "num-examples"
-TRAIN_LOSS = "train-loss"
 EPSILON = "epsilon"
 DELTA = "delta"
 DP_STEPS = "dp-steps"
+NOISE_MULTIPLIER = "noise-multiplier"
 
-TRAIN_METRIC_KEYS: frozenset[str] = frozenset({NUM_EXAMPLES, TRAIN_LOSS, EPSILON, DELTA, DP_STEPS})
+TRAIN_METRIC_KEYS: frozenset[str] = frozenset(
+    {NUM_EXAMPLES, EPSILON, DELTA, DP_STEPS, NOISE_MULTIPLIER}
+)
 """The only metric keys a train reply may carry."""
 
 STOREFRONT = "storefront"
-SITE_KEYS: frozenset[str] = frozenset({STOREFRONT})
+PRIVACY_NOTE = "privacy-note"
+SITE_KEYS: frozenset[str] = frozenset({STOREFRONT, PRIVACY_NOTE})
 
 # Train-message config keys set by the server. The local-training plan comes from the run
 # config's per-model table (``recommender.learning-rate`` is sent as ``learning-rate`` with
@@ -63,9 +72,9 @@ MAX_GRAD_NORM = "max-grad-norm"
 MODEL_TRAINING_KEYS = (LOCAL_EPOCHS, OPTIMIZER, LEARNING_RATE, BATCH_SIZE, MAX_GRAD_NORM)
 """The training-plan keys every model has its own value of."""
 EPSILON_BUDGET = "epsilon"
-"""The site's ε budget per model; 0 or negative trains without DP (reported ε = inf)."""
-ACCOUNTANT = "accountant"
-"""The privacy accountant that plans DP (a name of :data:`privacy.accountants.ACCOUNTANTS`)."""
+"""The ε the server *asks* each site to spend on the model in this run; a site grants at
+most what its own policy allows (:func:`privacy.planning.plan_site_run`). 0 or negative
+asks for no DP, which a site declines unless its policy allows it."""
 MODEL = "model"
 SERVER_ROUND = "server-round"
 ROUND_OFFSET = "round-offset"
@@ -78,14 +87,35 @@ the legacy FitIns arrays (the legacy layout has no names)."""
 # Error codes for declined rounds; above Flower's own ErrorCode range.
 DECLINED_BUDGET_EXHAUSTED = 1001
 DECLINED_NO_DATA = 1002
+DECLINED_POLICY = 1003
+DECLINED_SITE_ERROR = 1004
+SUPPRESSED = 1005
 DECLINE_REASONS: dict[int, str] = {
     DECLINED_BUDGET_EXHAUSTED: "privacy-budget-exhausted",
     DECLINED_NO_DATA: "no-training-data",
+    DECLINED_POLICY: "privacy-policy",
+    DECLINED_SITE_ERROR: "site-error",
+    SUPPRESSED: "suppressed",
 }
+"""Reason codes of a site's reasoned refusals. ``suppressed`` answers an evaluate
+message whose aggregates would cover fewer customers than the site's minimum cohort."""
 
 
 class ContractViolation(RuntimeError):
     """A reply would carry keys the contract does not allow; nothing is sent."""
+
+
+def decline_reason(code: int, storefront: str, detail: str) -> str:
+    """The reason text of a refusal: ``"<reason code> (<storefront>): <detail>"``."""
+    return f"{DECLINE_REASONS[code]} ({storefront}): {detail}"
+
+
+def storefront_of_reason(reason: str) -> str | None:
+    """The storefront a refusal's reason names, if it follows :func:`decline_reason`."""
+    code, _, rest = reason.partition(" (")
+    if code not in DECLINE_REASONS.values() or "): " not in rest:
+        return None
+    return rest.split("): ", 1)[0]
 
 
 def check_keys(what: str, keys: Iterable[str], allowed: frozenset[str]) -> None:
