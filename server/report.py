@@ -2,7 +2,7 @@
 
 Reads what a run left behind — the resolved config (``config.json``), the per-round log
 (``rounds.jsonl``: per model and round, the pooled evaluation metrics overall and as
-``<storefront>/<metric>``), the privacy report (:mod:`simulations.privacy_report`) and the
+``<storefront>/<metric>``), the privacy report (:mod:`server.privacy_report`) and the
 storefront split (summary and ingest counts) — and writes::
 
     <run-dir>/report.html                  tables and plots, self-contained but for the PNGs
@@ -37,16 +37,20 @@ import pandas as pd  # noqa: E402
 from matplotlib.ticker import NullFormatter, ScalarFormatter  # noqa: E402
 
 from models.metrics import OVERALL  # noqa: E402
+from models.registry import BUILTIN_MODELS, get_model  # noqa: E402
+from models.schema import SUMMARY_FILE  # noqa: E402
+from privacy import wire  # noqa: E402
 from privacy.accountants import create_accountant  # noqa: E402
 from privacy.atomic_files import atomic_write  # noqa: E402
-from server.server_app import RESOLVED_CONFIG, ROUNDS_LOG  # noqa: E402
-from simulations.errors import ReportError  # noqa: E402
-from simulations.privacy_report import (  # noqa: E402
+from server.errors import ReportError  # noqa: E402
+from server.privacy_report import (  # noqa: E402
     PRIVACY_REPORT,
     SitePrivacy,
-    privacy_report,
+    load_privacy_report,
+    reported_privacy,
 )
-from simulations.run_results import (  # noqa: E402
+from server.run_files import RESOLVED_CONFIG, ROUNDS_LOG  # noqa: E402
+from server.run_results import (  # noqa: E402
     STOREFRONT_SEPARATOR,
     RunResults,
     final_rows,
@@ -55,21 +59,10 @@ from simulations.run_results import (  # noqa: E402
     overall_metrics,
     storefront_metrics,
 )
-from simulations.storefronts import SUMMARY_FILE  # noqa: E402
 
 REPORT_FILE = "report.html"
 PLOTS_DIR = "plots"
 INGEST_REPORT = "ingest_report.json"
-
-METRIC_LABELS = {
-    "ndcg@10": "NDCG@10",
-    "hr@10": "HR@10",
-    "recall@10": "Recall@10",
-    "roc-auc": "ROC-AUC",
-    "brier": "Brier",
-    "churn-rate": "churn rate",
-    "num-customers": "test customers",
-}
 
 
 def write_report(
@@ -90,7 +83,7 @@ def write_report(
     run_dir = Path(run_dir)
     comparison = load_comparison(reference) if reference is not None else None
     run = load_run(run_dir)
-    privacy = _load_privacy(run_dir)
+    privacy = _load_privacy(run)
     sweep = [run, *(r for r in _sweep_runs(sweep_dir) if r.run_dir.resolve() != run_dir.resolve())]
     staging = Path(tempfile.mkdtemp(dir=run_dir, prefix=".report-"))
     try:
@@ -117,11 +110,10 @@ def write_report(
     return run_dir / REPORT_FILE
 
 
-def _load_privacy(run_dir: Path) -> list[SitePrivacy]:
-    path = run_dir / PRIVACY_REPORT
-    if path.is_file():
-        return [SitePrivacy(**row) for row in json.loads(path.read_text())["sites"]]
-    return privacy_report(run_dir)
+def _load_privacy(run: RunResults) -> list[SitePrivacy]:
+    if (run.run_dir / PRIVACY_REPORT).is_file():
+        return load_privacy_report(run.run_dir)
+    return reported_privacy([record for records in run.rounds.values() for record in records])
 
 
 def _sweep_runs(sweep_dir: Path | None) -> list[RunResults]:
@@ -263,7 +255,12 @@ def _save(figure: plt.Figure, path: Path) -> Path:
 
 
 def _label(metric: str) -> str:
-    return METRIC_LABELS.get(metric, metric)
+    """A metric's name as the models label it (the first model that does)."""
+    for name in BUILTIN_MODELS:
+        label = get_model(name).metric_labels.get(metric)
+        if label is not None:
+            return label
+    return metric
 
 
 def _html_page(
@@ -325,7 +322,10 @@ def load_comparison(path: Path) -> dict[str, Any]:
     """A ``comparison.json`` of ``fedshop-sim compare``, checked for the report's needs."""
     try:
         comparison = json.loads(Path(path).read_text())
-        for model in ("recommender", "churn"):
+        models = [name for name in comparison if name != "settings"]
+        if not models:
+            raise TypeError("no model in it")
+        for model in models:
             if not isinstance(comparison[model]["runs"], dict):
                 raise TypeError(f"{model}.runs is not an object")
     except (OSError, ValueError, KeyError, TypeError) as error:
@@ -384,7 +384,9 @@ def _final_per_storefront(run: RunResults) -> dict[str, pd.DataFrame]:
 
 
 def _participation_frame(run: RunResults) -> pd.DataFrame:
-    """Per model and round: how many sites' updates were accepted, and which were not."""
+    """Per model and round: how many sites' updates were accepted, which were not, whose
+    evaluation was suppressed (below its minimum cohort) and which sites planned the
+    server's request down."""
     rows = []
     for model, records in run.rounds.items():
         for record in records:
@@ -400,6 +402,15 @@ def _participation_frame(run: RunResults) -> pd.DataFrame:
                     "declined": "; ".join(record.get("declined", [])),
                     "failed": "; ".join(record.get("failed", [])),
                     "kept previous model": record.get("kept-previous-model", False),
+                    "evaluation suppressed": ", ".join(
+                        wire.storefront_of_reason(reason) or reason
+                        for reason in record.get("suppressed", [])
+                    ),
+                    "privacy notes": "; ".join(
+                        f"{storefront}: {site[wire.PRIVACY_NOTE]}"
+                        for storefront, site in record.get("privacy", {}).items()
+                        if site.get(wire.PRIVACY_NOTE)
+                    ),
                 }
             )
     return pd.DataFrame(rows)

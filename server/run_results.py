@@ -18,7 +18,7 @@ from typing import Any
 from models.baselines import OUTSIDE_UK, UK
 from models.metrics import OVERALL
 from models.registry import get_model
-from server.server_app import RESOLVED_CONFIG, ROUNDS_LOG
+from server.run_files import RESOLVED_CONFIG, ROUNDS_LOG
 
 STOREFRONT_SEPARATOR = "/"
 """Separates storefront and metric in per-storefront metric names."""
@@ -88,27 +88,34 @@ def headline_metric(model: str, metrics: dict[str, Any] | None = None) -> str:
 
 _METRIC_NAMES = {"num-customers": "customers"}
 """Federated metric names that the comparison tables call otherwise."""
-_POOLED_MEANS = ("hr@10", "recall@10", "ndcg@10")
-"""Per-customer means, which pool across storefronts weighted by their test customers."""
 
 
 def final_rows(final: dict[str, Any], model: str) -> dict[str, dict[str, float | None]]:
-    """Rows by group (overall, outside the UK for the recommender, each storefront) from a
-    run's final pooled evaluation (``<metric>`` and ``<storefront>/<metric>`` keys), named
-    as the comparison tables of :mod:`simulations.compare` name theirs."""
+    """Rows by group (overall, outside the UK, each storefront) from a run's final pooled
+    evaluation (``<metric>`` and ``<storefront>/<metric>`` keys), named as the comparison
+    tables of :mod:`simulations.compare` name theirs. Outside the UK pools the model's
+    per-customer means (:attr:`models.registry.FederatedModel.customer_means`) only."""
     per_storefront = storefront_metrics(final)
     rows = {OVERALL: _renamed(overall_metrics(final))}
-    if model == "recommender":
+    means = _customer_means(model)
+    if means:
         outside = [m for s, m in per_storefront.items() if s != UK and m.get("num-customers")]
         customers = sum(m["num-customers"] for m in outside)
         if customers:
             pooled = {"customers": float(customers)}
-            for name in _POOLED_MEANS:
+            for name in means:
                 if all(name in m for m in outside):
                     pooled[name] = sum(m[name] * m["num-customers"] for m in outside) / customers
             rows[OUTSIDE_UK] = pooled
     rows.update({s: _renamed(m) for s, m in sorted(per_storefront.items())})
     return rows
+
+
+def _customer_means(model: str) -> tuple[str, ...]:
+    try:
+        return get_model(model).customer_means
+    except ValueError:  # a run of a plug-in model that is not installed here
+        return ()
 
 
 def _renamed(metrics: dict[str, Any]) -> dict[str, float | None]:

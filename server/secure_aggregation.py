@@ -63,7 +63,12 @@ from flwr.serverapp import Grid
 from flwr.supercore import log
 
 from privacy import wire
-from server.strategy import RoundReport, ValidatedAggregation, aggregate_train_metrics
+from server.strategy import (
+    RoundReport,
+    ValidatedAggregation,
+    aggregate_train_metrics,
+    site_privacy_record,
+)
 from server.update_validation import Rejection
 
 SECURE_OPTIMIZERS = ("fedavg", "fedprox")
@@ -237,15 +242,14 @@ class SecureFedAvg(LegacyFedAvg):
         for proxy, fitres in results:
             metrics = dict(fitres.metrics)
             storefront = str(metrics.pop(wire.STOREFRONT, "unknown storefront"))
+            note = str(metrics.pop(wire.PRIVACY_NOTE, ""))
             if set(metrics) != wire.TRAIN_METRIC_KEYS:
                 report.rejected.append(
                     Rejection(proxy.node_id, storefront, "wrong-metric-keys", str(sorted(metrics)))
                 )
                 continue
             report.accepted.append(storefront)
-            report.privacy[storefront] = {
-                key: float(metrics[key]) for key in (wire.EPSILON, wire.DELTA, wire.DP_STEPS)
-            }
+            report.privacy[storefront] = site_privacy_record(metrics, note)
             site_metrics.append(metrics)
         log(
             INFO,

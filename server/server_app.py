@@ -5,7 +5,8 @@ own screened strategy (:mod:`server.strategy`) for ``num-server-rounds`` rounds.
 every round the app writes a checkpoint (:mod:`server.checkpoint`) and the run's
 per-round log ``rounds.jsonl``; started again with the same ``run-dir`` it continues
 at the next round of the model it was training. At the end it exports the model
-bundle (:mod:`server.bundle`).
+bundle (:mod:`server.bundle`), the privacy report from the sites' reports
+(:mod:`server.privacy_report`) and ``report.html`` (:mod:`server.report`).
 
 Models are found by name in the registry (:mod:`models.registry`): each says what it
 needs on the server — its shared facts, initial weights, how its evaluation sums pool,
@@ -22,7 +23,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
-from logging import INFO
+from logging import INFO, WARNING
 from pathlib import Path
 from typing import Any
 
@@ -34,18 +35,15 @@ from flwr.supercore import log
 from models.registry import BUILTIN_MODELS, FederatedModel, get_model, model_names
 from models.training import TrainingSettings
 from privacy import wire
-from privacy.accountants import DEFAULT_ACCOUNTANT, create_accountant
 from privacy.atomic_files import atomic_write
 from server import progress
 from server.bundle import export_bundle
 from server.checkpoint import Checkpoint, ModelProgress, latest_checkpoint, save_checkpoint
 from server.evaluation import evaluation_aggregator
+from server.run_files import RESOLVED_CONFIG, ROUNDS_LOG
 from server.secure_aggregation import SecureAggregationSettings, start_secure_aggregation
 from server.shared_facts import shared_facts
 from server.strategy import StrategySettings, ValidatedAggregation, build_strategy
-
-ROUNDS_LOG = "rounds.jsonl"
-RESOLVED_CONFIG = "config.json"
 
 
 def model_training_plan(run_config: dict[str, Any], model: FederatedModel) -> TrainingSettings:
@@ -64,13 +62,12 @@ def message_configs(
     run_config: dict[str, Any], model: FederatedModel
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """The config of the model's evaluate messages (the model's name) and of its train
-    messages (that, the training plan, the ε budget, the accountant and the planned
-    rounds). The shared facts travel in their own record (:data:`privacy.wire.FACTS`)."""
+    messages (that, the training plan, the ε the server asks for and the planned rounds).
+    The shared facts travel in their own record (:data:`privacy.wire.FACTS`)."""
     evaluate_config = {wire.MODEL: model.name}
     train_config = {
         **model_training_plan(run_config, model).to_config(),
         wire.EPSILON_BUDGET: float(run_config.get(wire.EPSILON_BUDGET, 0.0)),
-        wire.ACCOUNTANT: str(run_config.get(wire.ACCOUNTANT, DEFAULT_ACCOUNTANT)),
         **evaluate_config,
         wire.PLANNED_ROUNDS: int(run_config.get("num-server-rounds", 3)),
     }
@@ -102,10 +99,9 @@ def plan_models(run_config: dict[str, Any]) -> list[ModelRun]:
     in training order. Everything is checked here, before any round.
 
     Raises:
-        ValueError: an unknown model or accountant, a bad training plan, a fact that can be
-            neither read nor derived.
+        ValueError: an unknown model, a bad training plan, a fact that can be neither read
+            nor derived.
     """
-    create_accountant(str(run_config.get(wire.ACCOUNTANT, DEFAULT_ACCOUNTANT)))
     runs = []
     for name in model_names(run_config.get("models", ",".join(BUILTIN_MODELS))):
         model = get_model(name)
@@ -162,7 +158,22 @@ def run_federation(grid: Grid, run_config: dict[str, Any]) -> Checkpoint:
         run_config=dict(run_config),
         artefacts={run.model.name: run.model.artefacts(run.facts) for run in planned},
     )
+    write_run_reports(run_dir, checkpoint.round_records)
     return checkpoint
+
+
+def write_run_reports(run_dir: Path, round_records: list[dict[str, Any]]) -> None:
+    """``privacy_report.json`` from the sites' reports and ``report.html``: what the central
+    team reads of a run. A report that cannot be built is logged; the run has succeeded."""
+    # Imported here: the report draws with matplotlib, which rounds do not need.
+    from server.privacy_report import reported_privacy, write_privacy_report
+    from server.report import write_report
+
+    try:
+        write_privacy_report(run_dir, reported_privacy(round_records), round_records)
+        write_report(run_dir)
+    except Exception as error:  # the model is trained and exported; only the report failed
+        log(WARNING, "Could not write the run's reports in %s: %s", run_dir, error)
 
 
 def checkpoint_hook(

@@ -60,8 +60,14 @@ class RoundReport:
     declined: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
     kept_previous_model: bool = False
-    privacy: dict[str, dict[str, float]] = field(default_factory=dict)
-    """Per storefront: the epsilon, delta and dp-steps its reply reported."""
+    privacy: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Per storefront: the epsilon, delta, dp-steps and noise multiplier its reply
+    reported, and its privacy note if it planned the request down."""
+    suppressed: list[str] = field(default_factory=list)
+    """Storefronts whose evaluation was suppressed (fewer customers than their minimum
+    cohort), with the reason; their numbers are in no metric."""
+    evaluation_refused: list[str] = field(default_factory=list)
+    """Other refusals of the round's evaluation, with the reason."""
     train_metrics: dict[str, Any] = field(default_factory=dict)
     evaluate_metrics: dict[str, Any] = field(default_factory=dict)
 
@@ -74,21 +80,20 @@ class RoundReport:
             "failed": self.failed,
             "kept-previous-model": self.kept_previous_model,
             "privacy": self.privacy,
+            "suppressed": self.suppressed,
+            "evaluation-refused": self.evaluation_refused,
             "train-metrics": self.train_metrics,
             "evaluate-metrics": self.evaluate_metrics,
         }
 
 
 def aggregate_train_metrics(records: list[RecordDict], weighted_by_key: str) -> MetricRecord:
-    """Summarise accepted train replies: weighted mean loss, worst-case privacy, totals."""
+    """Summarise accepted train replies: sites, customers, worst-case privacy."""
     metrics = [next(iter(r.metric_records.values())) for r in records]
-    weights = np.array([float(m[weighted_by_key]) for m in metrics])
-    losses = np.array([float(m[wire.TRAIN_LOSS]) for m in metrics])
     return MetricRecord(
         {
             "num-sites": len(metrics),
-            wire.NUM_EXAMPLES: int(weights.sum()),
-            wire.TRAIN_LOSS: float(np.average(losses, weights=weights)),
+            wire.NUM_EXAMPLES: int(sum(float(m[weighted_by_key]) for m in metrics)),
             "max-epsilon": max(float(m[wire.EPSILON]) for m in metrics),
             "max-delta": max(float(m[wire.DELTA]) for m in metrics),
             "max-dp-steps": max(int(m[wire.DP_STEPS]) for m in metrics),
@@ -238,11 +243,9 @@ class ValidatedAggregation(FedAvg):
                 report.rejected.append(rejection)
             else:
                 self.storefront_of_node[node_id] = update.storefront
-                report.privacy[update.storefront] = {
-                    key: float(update.metrics[key])
-                    for key in (wire.EPSILON, wire.DELTA, wire.DP_STEPS)
-                    if key in update.metrics
-                }
+                report.privacy[update.storefront] = site_privacy_record(
+                    update.metrics, update.privacy_note
+                )
                 updates.append(update)
         self._record_silent_nodes(report, answered)
         accepted, rejections = validate_updates(
@@ -289,10 +292,22 @@ class ValidatedAggregation(FedAvg):
     def aggregate_evaluate(
         self, server_round: int, replies: Iterable[Message]
     ) -> MetricRecord | None:
-        """Aggregate evaluation replies under the absolute round number, and record them."""
+        """Aggregate evaluation replies under the absolute round number, and record them,
+        with every suppressed or refused evaluation by storefront."""
         absolute_round = server_round + self.round_offset
-        metrics = super().aggregate_evaluate(absolute_round, replies)
+        replies = list(replies)
         report = self.round_reports.setdefault(absolute_round, RoundReport())
+        for msg in replies:
+            if msg.has_error():
+                reason = msg.error.reason or f"error {msg.error.code}"
+                refusals = (
+                    report.suppressed
+                    if msg.error.code == wire.SUPPRESSED
+                    else (report.evaluation_refused)
+                )
+                refusals.append(reason)
+                log(INFO, "Round %d evaluation: %s", absolute_round, reason)
+        metrics = super().aggregate_evaluate(absolute_round, replies)
         report.evaluate_metrics = dict(metrics or {})
         return metrics
 
@@ -333,12 +348,26 @@ class ValidatedAggregation(FedAvg):
 
     def _log_error_reply(self, report: RoundReport, node_id: int, site: str, msg: Message) -> None:
         reason = msg.error.reason or ""
+        site = wire.storefront_of_reason(reason) or site
         if msg.error.code in wire.DECLINE_REASONS:
             report.declined.append(f"node {node_id} ({site}): {reason}")
             log(INFO, "Node %d (%s) declined the round: %s", node_id, site, reason)
         else:
             report.failed.append(f"node {node_id} ({site}): error {msg.error.code}")
             log(WARNING, "Node %d (%s) failed: error %d %s", node_id, site, msg.error.code, reason)
+
+
+def site_privacy_record(metrics: dict[str, float], note: str) -> dict[str, Any]:
+    """What a train reply says about the site's privacy: ε, δ, DP steps, noise multiplier,
+    and its note when it planned the server's request down."""
+    record: dict[str, Any] = {
+        key: float(metrics[key])
+        for key in (wire.EPSILON, wire.DELTA, wire.DP_STEPS, wire.NOISE_MULTIPLIER)
+        if key in metrics
+    }
+    if note:
+        record[wire.PRIVACY_NOTE] = note
+    return record
 
 
 def _site_update(msg: Message) -> tuple[SiteUpdate, None] | tuple[None, Rejection]:
@@ -370,7 +399,8 @@ def _site_update(msg: Message) -> tuple[SiteUpdate, None] | tuple[None, Rejectio
     metrics = {k: v for k, v in content[wire.METRICS].items() if not isinstance(v, list)}
     if len(metrics) != len(content[wire.METRICS]):
         return reject("wrong-metric-keys", "list-valued metrics are not part of the contract")
-    return SiteUpdate(node_id, storefront, weights, metrics, reply=msg), None
+    note = str(site_record.get(wire.PRIVACY_NOTE, ""))
+    return SiteUpdate(node_id, storefront, weights, metrics, reply=msg, privacy_note=note), None
 
 
 class ScreenedFedAvg(ValidatedAggregation, RobustAggregation):

@@ -22,9 +22,10 @@ trains about as much. Here the UK storefront has ~40x the customers of the small
 so at one batch size it takes ~40x the local steps, and its honest update was 10-40x the
 median norm: the plain rule threw away 90% of the federation's data. The server knows
 what each site did: its reported ``num-examples`` n_i and the plan it sent (local
-epochs E, batch size B, ε budget, planned rounds) give the site's local steps
-s_i = E · ⌈n_i/B⌉ (as Opacus counts them), its noise multiplier σ_i (calibrated exactly as
-the site does, :func:`privacy.planning.plan_dp`) and its expected batch b_i = q_i · n_i.
+epochs E, batch size B) give the site's local steps s_i = E · ⌈n_i/B⌉ (as Opacus counts
+them) and its expected batch b_i = q_i · n_i with q_i = 1/⌈n_i/B⌉; the site reports the
+noise multiplier σ_i it trained with (it is the site's policy, not the server, that
+decides it: :func:`privacy.planning.plan_site_run`).
 One DP-SGD step (Abadi et al. 2016) moves the weights by lr · (mean clipped gradient,
 norm ≤ C, + Gaussian noise of norm ≈ σ C √d / b) for d parameters, and s steps add up as
 a random walk, so an honest update is about lr · C · :func:`step_scale`
@@ -55,9 +56,11 @@ predicted noise (under DP in the noise-dominated regime it *shrinks* the allowan
 but under weighted FedAvg it raises the aggregation weight one for one, and no norm
 screening bounds that. The defences against weight inflation are the unweighted
 trimmed-mean / median aggregation rules, the absolute cap ``max-update-norm``, and the
-central team checking reported sizes against the storefronts it deployed. Without a
-plan in the train config (no ``local-epochs``, ``batch-size``, ``epsilon`` and
-``planned-rounds``) every site gets scale 1: the plain, stricter rule.
+central team checking reported sizes against the storefronts it deployed. Likewise the
+reported ``noise-multiplier``: a site claiming more noise than it added widens its own
+allowance by √(1 + dσ²/b²); the same defences bound it. Without a plan in the train
+config (no ``local-epochs`` and ``batch-size``) every site gets scale 1: the plain,
+stricter rule.
 
 Everything here is a function of numpy arrays and the plan; nothing needs a running server.
 """
@@ -71,17 +74,8 @@ from typing import Any
 
 import numpy as np
 
-from privacy.accountants import DEFAULT_ACCOUNTANT
-from privacy.planning import opacus_steps_per_epoch, plan_dp
-from privacy.wire import (
-    ACCOUNTANT,
-    BATCH_SIZE,
-    EPSILON_BUDGET,
-    LOCAL_EPOCHS,
-    NUM_EXAMPLES,
-    PLANNED_ROUNDS,
-    TRAIN_METRIC_KEYS,
-)
+from privacy.planning import opacus_sample_rate, opacus_steps_per_epoch
+from privacy.wire import BATCH_SIZE, LOCAL_EPOCHS, NOISE_MULTIPLIER, NUM_EXAMPLES, TRAIN_METRIC_KEYS
 
 Weights = Mapping[str, np.ndarray]
 
@@ -124,11 +118,18 @@ class SiteUpdate:
     metrics: dict[str, float]
     reply: object = field(default=None, repr=False)
     """The original reply (e.g. a Flower ``Message``), handed back for accepted updates."""
+    privacy_note: str = ""
+    """Why the site planned the server's request down ("" if it did not)."""
 
     @property
     def num_examples(self) -> float:
         """The aggregation weight the site reported."""
         return float(self.metrics.get(NUM_EXAMPLES, float("nan")))
+
+    @property
+    def noise_multiplier(self) -> float:
+        """The DP noise multiplier the site reported (0: trained without DP)."""
+        return float(self.metrics.get(NOISE_MULTIPLIER, float("nan")))
 
 
 @dataclass(frozen=True)
@@ -166,6 +167,9 @@ def structural_problem(global_weights: Weights, update: SiteUpdate) -> tuple[str
     if not (math.isfinite(weight) and weight > 0 and weight == math.floor(weight)):
         # A count of customers: the step scale is computed from it.
         return "bad-num-examples", f"{NUM_EXAMPLES}={weight}"
+    sigma = update.noise_multiplier
+    if not (math.isfinite(sigma) and sigma >= 0):
+        return "bad-noise-multiplier", f"{NOISE_MULTIPLIER}={sigma}"
     for name, array in update.weights.items():
         if np.issubdtype(array.dtype, np.inexact) and not np.isfinite(array).all():
             return "non-finite", f"{name} has {int((~np.isfinite(array)).sum())} NaN/inf values"
@@ -205,29 +209,19 @@ class RoundPlan:
 
     local_epochs: int
     batch_size: int
-    epsilon_budget: float
-    """0 or negative: sites train without DP."""
-    planned_rounds: int
     num_parameters: int
     """Floating-point parameters of the model (d)."""
-    accountant: str = DEFAULT_ACCOUNTANT
-    """The accountant the sites plan DP with."""
 
     @classmethod
     def from_train_config(
         cls, config: Mapping[str, Any], global_weights: Weights
     ) -> RoundPlan | None:
         """Read the plan from a train message's config; ``None`` if it lacks a plan key."""
-        if any(
-            key not in config for key in (LOCAL_EPOCHS, BATCH_SIZE, EPSILON_BUDGET, PLANNED_ROUNDS)
-        ):
+        if any(key not in config for key in (LOCAL_EPOCHS, BATCH_SIZE)):
             return None
         return cls(
             local_epochs=int(config[LOCAL_EPOCHS]),
             batch_size=int(config[BATCH_SIZE]),
-            epsilon_budget=float(config[EPSILON_BUDGET]),
-            planned_rounds=int(config[PLANNED_ROUNDS]),
-            accountant=str(config.get(ACCOUNTANT, DEFAULT_ACCOUNTANT)),
             num_parameters=sum(
                 int(array.size)
                 for array in global_weights.values()
@@ -235,27 +229,12 @@ class RoundPlan:
             ),
         )
 
-    def site_scale(self, num_examples: int) -> float:
-        """:func:`step_scale` of a site with ``num_examples`` training customers.
-
-        Raises:
-            ValueError: no noise multiplier reaches the ε budget at this size (an honest
-                site of this size declines the round instead of training).
-        """
-        if self.epsilon_budget <= 0:
-            steps = self.local_epochs * opacus_steps_per_epoch(num_examples, self.batch_size)
-            return step_scale(steps, 0.0, 1.0, self.num_parameters)
-        dp = plan_dp(  # cached: sizes repeat every round
-            n_customers=num_examples,
-            batch_size=self.batch_size,
-            local_epochs=self.local_epochs,
-            planned_rounds=self.planned_rounds,
-            epsilon_budget=self.epsilon_budget,
-            accountant=self.accountant,
-        )
-        return step_scale(
-            dp.steps_per_round, dp.noise_multiplier, dp.expected_batch_size, self.num_parameters
-        )
+    def site_scale(self, num_examples: int, noise_multiplier: float) -> float:
+        """:func:`step_scale` of a site with ``num_examples`` training customers that
+        trained with ``noise_multiplier`` (0: no DP)."""
+        steps = self.local_epochs * opacus_steps_per_epoch(num_examples, self.batch_size)
+        expected_batch = opacus_sample_rate(num_examples, self.batch_size) * num_examples
+        return step_scale(steps, noise_multiplier, expected_batch, self.num_parameters)
 
 
 def validate_updates(
@@ -278,10 +257,7 @@ def validate_updates(
         problem = structural_problem(global_weights, update)
         scale = 1.0
         if problem is None and plan is not None:
-            try:
-                scale = plan.site_scale(int(update.num_examples))
-            except ValueError as err:
-                problem = "bad-num-examples", f"{NUM_EXAMPLES}={update.num_examples:g}: {err}"
+            scale = plan.site_scale(int(update.num_examples), update.noise_multiplier)
         if problem is not None:
             rejections.append(Rejection(update.node_id, update.storefront, *problem))
         else:

@@ -1,0 +1,9 @@
+"""The files of a run directory that the ServerApp writes and the reports read."""
+
+from __future__ import annotations
+
+ROUNDS_LOG = "rounds.jsonl"
+"""One JSON record per model and round: sites accepted, declined, failed, their privacy
+reports, train and pooled evaluation metrics."""
+RESOLVED_CONFIG = "config.json"
+"""The run's resolved run config."""
