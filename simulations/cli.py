@@ -28,10 +28,12 @@ from typing import Any
 import pandas as pd
 
 from clients.errors import IngestError
+from clients.site_privacy import PolicyCommandError
 from privacy.console_errors import run_handler
 from privacy.pseudonymise import KeyFileError
+from server.errors import ReportError
 from simulations.compare_options import add_compare_arguments
-from simulations.errors import PrivacyReportError, ReportError
+from simulations.errors import PrivacyReportError
 from simulations.progress import Progress
 from simulations.runner import DEFAULT_CLIENT_CPUS, SimulationError
 from simulations.storefronts import (
@@ -61,6 +63,7 @@ USER_ERRORS: tuple[type[Exception], ...] = (
     SimulationError,
     PrivacyReportError,
     ReportError,
+    PolicyCommandError,
 )
 """Exceptions that mean bad input, not a bug: shown as one line with exit code 2."""
 
@@ -215,6 +218,15 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
         "--sweep-dir",
         type=Path,
         help="directory of other runs (e.g. other ε) to draw on the privacy-utility curve",
+    )
+    group.add_argument(
+        "--site-policy",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a privacy-policy setting of every simulated site, as for `fedshop-site policy "
+        "--set` (e.g. epsilon-cap=20, dp-required=false, min-cohort=10); default: the site "
+        "defaults (ε cap 8 per model, DP required, minimum cohort 20)",
     )
     group.add_argument(
         "--verbose",

@@ -7,7 +7,3 @@ from __future__ import annotations
 
 class PrivacyReportError(Exception):
     """The ledgers contradict what the sites reported; ``str()`` names the sites."""
-
-
-class ReportError(Exception):
-    """The report cannot be built from what it was given; ``str()`` is one line."""

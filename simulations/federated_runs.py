@@ -17,9 +17,9 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from server.run_results import final_rows, load_run
 from simulations.progress import SILENT, Progress
-from simulations.run_configs import MAIN_RUN_CONFIG, PLAIN_RUN_CONFIG
-from simulations.run_results import final_rows, load_run
+from simulations.run_configs import MAIN_RUN_CONFIG, PLAIN_RUN_CONFIG, PLAIN_SITE_POLICY
 from simulations.runner import DEFAULT_CLIENT_CPUS, run_simulation_job
 
 FEDERATED = "federated"
@@ -47,18 +47,22 @@ def federated_references(
     Returns:
         model -> run name -> ``{"training": run config, "metrics": rows by group}``.
     """
-    configs = {FEDERATED: {**PLAIN_RUN_CONFIG, **(overrides or {})}}
+    configs = {FEDERATED: ({**PLAIN_RUN_CONFIG, **(overrides or {})}, PLAIN_SITE_POLICY)}
     for epsilon in epsilons:
         dp_config = {**MAIN_RUN_CONFIG, **(overrides or {}), "epsilon": epsilon}
-        configs[federated_dp_run_name(epsilon)] = dp_config
+        configs[federated_dp_run_name(epsilon)] = (dp_config, [])
     runs: dict[str, dict[str, Any]] = {}
-    for name, run_config in configs.items():
+    for name, (run_config, site_policy) in configs.items():
         run_dir = out_dir / name
         if run_dir.is_dir():
             shutil.rmtree(run_dir)  # an earlier comparison's run: train afresh
         with progress.step(f"{name}: flwr run on {storefronts_dir.name}"):
             run_simulation_job(
-                storefronts_dir, run_dir, run_config=run_config, client_cpus=client_cpus
+                storefronts_dir,
+                run_dir,
+                run_config=run_config,
+                client_cpus=client_cpus,
+                site_policy=site_policy,
             )
         results = load_run(run_dir)
         for model in results.rounds:

@@ -24,16 +24,8 @@ from models.baselines import OUTSIDE_UK
 from models.metrics import OVERALL
 from server.bundle import BUNDLE_DIR
 from server.checkpoint import CHECKPOINT_DIR
-from server.server_app import RESOLVED_CONFIG, ROUNDS_LOG
-from simulations.cli import (
-    PROG,
-    CommandError,
-    training_config,
-    write_synthetic_split,
-)
-from simulations.privacy_report import PRIVACY_REPORT, SITES_DIR, write_privacy_report
-from simulations.progress import Progress
-from simulations.report import (
+from server.privacy_report import PRIVACY_REPORT
+from server.report import (
     PLOTS_DIR,
     REPORT_FILE,
     format_value,
@@ -41,8 +33,17 @@ from simulations.report import (
     reference_frame,
     write_report,
 )
+from server.run_files import RESOLVED_CONFIG, ROUNDS_LOG
+from server.run_results import headline_metric, load_run, overall_metrics
+from simulations.cli import (
+    PROG,
+    CommandError,
+    training_config,
+    write_synthetic_split,
+)
+from simulations.privacy_report import SITES_DIR, write_ledger_privacy_report
+from simulations.progress import Progress
 from simulations.run_configs import MAIN_RUN_CONFIG
-from simulations.run_results import headline_metric, load_run, overall_metrics
 from simulations.runner import DEFAULT_CLIENT_CPUS, FLWR_HOME_DIR, RUN_LOG, run_simulation_job
 from simulations.storefronts import format_summary, prepare_bundled_storefronts
 
@@ -62,6 +63,8 @@ class MainRun:
     client_cpus: int = DEFAULT_CLIENT_CPUS
     verbose: bool = False
     """Show Flower's whole log live instead of one line per round."""
+    site_policy: list[str] = field(default_factory=list)
+    """``KEY=VALUE`` settings of every simulated site's privacy policy."""
     resume: bool = False
     sweep_dir: Path | None = None
     reference: Path | None = None
@@ -101,6 +104,7 @@ def federated_training_stage(run: MainRun) -> None:
             client_cpus=run.client_cpus,
             resume=run.resume,
             verbose=run.verbose,
+            site_policy=run.site_policy,
         )
     run.outputs += [run.out_dir / name for name in (RESOLVED_CONFIG, ROUNDS_LOG, BUNDLE_DIR)]
 
@@ -108,7 +112,7 @@ def federated_training_stage(run: MainRun) -> None:
 def privacy_report_stage(run: MainRun) -> None:
     """ε, δ and steps per site and model, recomputed from the ledgers and checked."""
     with run.progress.step("privacy report (epsilon recomputed from the sites' ledgers)"):
-        path = write_privacy_report(run.out_dir)
+        path = write_ledger_privacy_report(run.out_dir)
     run.outputs.append(path)
     print(f"Privacy spent per site and model (recomputed from the ledgers; every site in {path}):")
     for line in privacy_summary(json.loads(path.read_text())["sites"]):
@@ -201,6 +205,7 @@ def run_run(args: argparse.Namespace) -> int:
         run_config=training_config(args, {}),
         client_cpus=args.client_cpus,
         verbose=args.verbose,
+        site_policy=args.site_policy,
         resume=args.resume,
         sweep_dir=args.sweep_dir,
         reference=args.reference,
@@ -240,6 +245,7 @@ def run_main(args: argparse.Namespace) -> int:
         run_config=training_config(args, MAIN_RUN_CONFIG),
         client_cpus=args.client_cpus,
         verbose=args.verbose,
+        site_policy=args.site_policy,
         sweep_dir=args.sweep_dir,
         reference=args.reference,
     )

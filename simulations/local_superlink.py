@@ -96,6 +96,18 @@ def _signal_all(processes: list[FlowerProcess], sig: signal.Signals) -> None:
                 pass
 
 
+def processes_of_home(flwr_home: Path) -> list[FlowerProcess]:
+    """Every live process whose environment names ``flwr_home`` as its FLWR_HOME: a job's
+    own processes (its FLWR_HOME is its own directory), including any that outlived the
+    SuperLink they descend from (Ray daemons re-parented to init)."""
+    home = str(Path(flwr_home).resolve())
+    return [
+        process
+        for process, _ in _process_table().values()
+        if process.pid != os.getpid() and _environ(process.pid).get("FLWR_HOME") == home
+    ]
+
+
 def _is_managed_superlink(command: tuple[str, ...], port: int, log_file: str) -> bool:
     # The command line `flwr` gives the managed SuperLink (flwr/cli/local_superlink.py).
     return (

@@ -13,51 +13,28 @@ against the ε and steps the site last reported to the server (``rounds.jsonl``)
 - ``mismatch``: anything else, e.g. a site reporting less than its ledger proves. A
   report with a mismatch fails closed (:class:`PrivacyReportError`) once written.
 
-The report is written to ``<run-dir>/privacy_report.json``.
+The report is written to ``<run-dir>/privacy_report.json``
+(:func:`server.privacy_report.write_privacy_report`), replacing the one the ServerApp
+wrote from the sites' reports alone.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from privacy.accountants import create_accountant
-from privacy.atomic_files import atomic_write
+from privacy import wire
 from privacy.ledger import LEDGER_FILE, PrivacyLedger, ledger_epsilon
-from server.server_app import RESOLVED_CONFIG, ROUNDS_LOG, site_privacy
+from server.privacy_report import SitePrivacy, write_privacy_report
+from server.run_files import RESOLVED_CONFIG, ROUNDS_LOG
+from server.server_app import site_privacy
 from simulations.errors import PrivacyReportError
 from simulations.storefronts import INDEX_FILE
 
-PRIVACY_REPORT = "privacy_report.json"
 SITES_DIR = "sites"
 RELATIVE_TOLERANCE = 1e-9
-
-
-@dataclass(frozen=True)
-class SitePrivacy:
-    """One site's privacy spend for one model, from its ledger and from its reports."""
-
-    model: str
-    storefront: str
-    slug: str
-    epsilon: float
-    """ε recomputed from the ledger's segments, by the accountant(s) they name."""
-    accountant: str
-    """The accountant(s) named by the segments, comma-separated ("" without any)."""
-    delta: float
-    dp_steps: int
-    rounds: int
-    budget_epsilon: float
-    noise_multiplier: float
-    sample_rate: float
-    uncommitted: int
-    reported_epsilon: float | None
-    reported_dp_steps: int | None
-    check: str
-    """``match``, ``ledger-higher`` or ``mismatch`` (see module docstring)."""
 
 
 def privacy_report(run_dir: Path) -> list[SitePrivacy]:
@@ -68,7 +45,8 @@ def privacy_report(run_dir: Path) -> list[SitePrivacy]:
     """
     run_dir = Path(run_dir)
     storefronts = _storefront_names(run_dir)
-    reported = site_privacy(_round_records(run_dir))
+    records = _round_records(run_dir)
+    reported = site_privacy(records)
     models = [m.strip() for m in str(_run_config(run_dir).get("models", "")).split(",")]
     rows = []
     for model in [m for m in models if m]:
@@ -77,18 +55,14 @@ def privacy_report(run_dir: Path) -> list[SitePrivacy]:
     return rows
 
 
-def write_privacy_report(run_dir: Path) -> Path:
-    """Write ``privacy_report.json`` for ``run_dir`` and return its path.
+def write_ledger_privacy_report(run_dir: Path) -> Path:
+    """Write ``privacy_report.json`` for ``run_dir`` from the ledgers; returns its path.
 
     Raises:
         PrivacyReportError: after writing, if any site's ledger contradicts its report.
     """
     rows = privacy_report(run_dir)
-    path = Path(run_dir) / PRIVACY_REPORT
-    used = sorted({name for row in rows for name in row.accountant.split(",") if name})
-    accountants = {name: create_accountant(name).description for name in used}
-    payload = {"accountants": accountants, "sites": [asdict(row) for row in rows]}
-    atomic_write(path, json.dumps(payload, indent=2) + "\n")
+    path = write_privacy_report(run_dir, rows, _round_records(run_dir))
     bad = [f"{row.storefront} ({row.model})" for row in rows if row.check == "mismatch"]
     if bad:
         raise PrivacyReportError(
@@ -133,6 +107,7 @@ def _site_privacy(
         reported_epsilon=reported_epsilon,
         reported_dp_steps=reported_steps,
         check=_check(epsilon, steps, uncommitted, reported_epsilon, reported_steps),
+        privacy_note=str(report.get(wire.PRIVACY_NOTE, "")) if report else "",
     )
 
 

@@ -26,6 +26,10 @@ lr 3: 0.263; 5 x 4 at lr 3: 0.276; 4 x 5 at lr 3 / 4.5 / 6 / 8 / 12 / 16: 0.276 
 / 0.284 / 0.286 / 0.283 / 0.281; 5 x 5 at lr 4.5: 0.283; batch 1000 at lr 5: 0.274.
 Churn, 4 rounds x 2 epochs: ROC-AUC 0.749."""
 
+PLAIN_SITE_POLICY: list[str] = ["dp-required=false"]
+"""The simulated sites' policy for :data:`PLAIN_RUN_CONFIG`: they consent to training
+without DP (the default policy declines it)."""
+
 PLAIN_RUN_CONFIG: dict[str, Any] = {
     **MAIN_RUN_CONFIG,
     "epsilon": 0.0,

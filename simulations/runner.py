@@ -29,16 +29,18 @@ import sys
 import threading
 import time
 import tomllib
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TextIO
 
+from clients.site_data import storefront_slugs
 from models.schema import ORDERS_FILE
 from privacy.flower_processes import flower_environment
 from server import progress
 from server.checkpoint import CHECKPOINT_DIR
-from simulations.local_superlink import find_local_superlink, stop_processes
+from simulations.local_superlink import find_local_superlink, processes_of_home, stop_processes
+from simulations.site_policies import apply_site_policy
 
 APP_DIR = Path(__file__).resolve().parents[1]
 """The directory of the fedshop Flower app (its ``pyproject.toml``)."""
@@ -73,11 +75,6 @@ def app_run_config(app_dir: Path = APP_DIR) -> dict[str, Any]:
         return flatten_dict(tomllib.load(file)["tool"]["flwr"]["app"]["config"])
 
 
-def storefront_slugs(storefronts_dir: Path) -> list[str]:
-    """The storefront directories of a split, in the order simulated partitions use."""
-    return sorted(p.name for p in Path(storefronts_dir).iterdir() if (p / ORDERS_FILE).is_file())
-
-
 def run_simulation_job(
     storefronts_dir: Path,
     run_dir: Path,
@@ -89,6 +86,7 @@ def run_simulation_job(
     app_dir: Path = APP_DIR,
     out: TextIO | None = None,
     verbose: bool = False,
+    site_policy: Sequence[str] = (),
 ) -> Path:
     """Run the federated simulation of the app on a storefront split; returns ``run_dir``.
 
@@ -105,6 +103,8 @@ def run_simulation_job(
         app_dir: the Flower app to run.
         out: where the progress lines go (default: stderr).
         verbose: show ``flwr run``'s whole output live instead of one line per round.
+        site_policy: ``KEY=VALUE`` settings of every simulated site's privacy policy
+            (:mod:`simulations.site_policies`); none: the sites' defaults.
 
     Raises:
         SimulationError: bad arguments, ``flwr`` failed, or the run did not complete.
@@ -129,6 +129,7 @@ def run_simulation_job(
             f"{Path(app_dir) / 'pyproject.toml'}"
         )
 
+    apply_site_policy(storefronts_dir, run_dir, site_policy, set_by="fedshop-sim")
     config_toml = "".join(f"{key} = {_toml_value(value)}\n" for key, value in overrides.items())
 
     flwr_home = run_dir / FLWR_HOME_DIR
@@ -166,6 +167,10 @@ def run_simulation_job(
     finally:
         stopped = find_local_superlink(flwr_home, port)
         stop_processes(stopped)
+        # Ray's daemons can outlive the SuperExec that started them, re-parented to init.
+        stragglers = processes_of_home(flwr_home)
+        stop_processes(stragglers)
+        stopped += stragglers
         if stopped:
             pids = ", ".join(f"{p.name} {p.pid}" for p in stopped)
             print(f"[fedshop-sim] stopped the local SuperLink by pid: {pids}", file=out, flush=True)

@@ -94,7 +94,8 @@ def run_sequential_federation(
                 evaluations = _ask_sites(
                     contexts, "evaluate", run.content(arrays, run.evaluate_config)
                 )
-                pooled = pool([r.content for r in evaluations], "")
+                # refusals (e.g. an evaluation below a site's minimum cohort) are left out
+                pooled = pool([r.content for r in evaluations if not r.has_error()], "")
                 result.metrics[model].append(dict(pooled))
     result.seconds = time.perf_counter() - started
     return result

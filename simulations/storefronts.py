@@ -38,6 +38,7 @@ import pyarrow.parquet as pq
 from clients.ingest import ORDERS_FILE, REPORT_FILE, ingest_table
 from models import schema
 from models.nextbasket_protocol import customer_home_storefront
+from models.schema import SUMMARY_FILE
 from privacy.pseudonymise import generate_key, load_key
 from simulations.progress import SILENT, Progress
 
@@ -52,7 +53,6 @@ TOTAL = "Total"
 """Label of the all-storefronts row of :func:`storefront_summary`."""
 
 INDEX_FILE = "storefronts.json"
-SUMMARY_FILE = "summary.csv"
 KEY_FILE = "simulation.key"
 
 

@@ -65,14 +65,17 @@ def retail_csv(tmp_path: Path):
     return write
 
 
-# One small real federated run, shared by the runner and report tests: ``fedshop-sim run
-# --synthetic`` through the installed console script — two synthetic storefronts, both
+# One small real federated run, shared by the runner, report and wire tests: ``fedshop-sim
+# run --synthetic`` through the installed console script — two synthetic storefronts, both
 # models, two rounds at ε = 3, through the real ``flwr run`` and its managed local
 # SuperLink. The run directory's name holds a space and a quote, so the run config's
 # paths must survive the way they are handed to Flower.
 SIMULATION_STOREFRONTS = 2
 SIMULATION_ROUNDS = 2
 SIMULATION_EPSILON = 3.0
+SIMULATION_MIN_COHORT = 10
+"""The simulated sites' policy: evaluation aggregates over at least 10 customers (the
+smaller synthetic storefront holds out fewer than the default 20 churn customers)."""
 
 
 @dataclass(frozen=True)
@@ -81,21 +84,25 @@ class SimulationRun:
 
     run_dir: Path
     result: subprocess.CompletedProcess[str]
+    audit_dir: Path
+    """Where the simulated sites kept a copy of every message they sent."""
 
 
 @pytest.fixture(scope="session")
 def synthetic_run(tmp_path_factory: pytest.TempPathFactory) -> SimulationRun:
     """The shared small federated run (see above); check ``result.returncode`` first."""
     run_dir = tmp_path_factory.mktemp("simulation") / "run 'one'"
+    audit_dir = run_dir.parent / "audit"
     command = [
         str(Path(sys.executable).parent / "fedshop-sim"),
         "run",
         "--synthetic",
         *("--synthetic-storefronts", str(SIMULATION_STOREFRONTS)),
-        *("--synthetic-customers", "150", "--synthetic-items", "80", "--seed", "3"),
+        *("--synthetic-customers", "400", "--synthetic-items", "80", "--seed", "3"),
         *("--out", str(run_dir), "--models", "churn,recommender"),
         *("--rounds", str(SIMULATION_ROUNDS), "--epsilon", str(SIMULATION_EPSILON)),
-        *("--set", "churn.batch-size=32"),
+        *("--set", "churn.batch-size=32", "--set", f"audit-dir='{audit_dir}'"),
+        *("--site-policy", f"min-cohort={SIMULATION_MIN_COHORT}"),
     ]
     result = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
-    return SimulationRun(run_dir, result)
+    return SimulationRun(run_dir, result, audit_dir)

@@ -11,14 +11,14 @@ from flwr.app.metadata import Metadata
 from privacy import wire
 
 
-def train_metrics(num_examples: int = 100, loss: float = 0.5) -> dict[str, float]:
+def train_metrics(num_examples: int = 100, noise_multiplier: float = 1.0) -> dict[str, float]:
     """A complete, valid train MetricRecord payload."""
     return {
         wire.NUM_EXAMPLES: num_examples,
-        wire.TRAIN_LOSS: loss,
         wire.EPSILON: 1.0,
         wire.DELTA: 1e-5,
         wire.DP_STEPS: 10,
+        wire.NOISE_MULTIPLIER: noise_multiplier,
     }
 
 
@@ -48,7 +48,9 @@ def reply(
         {
             wire.ARRAYS: ArrayRecord({k: Array(np.asarray(v)) for k, v in weights.items()}),
             wire.METRICS: MetricRecord(metrics or train_metrics()),
-            wire.SITE: ConfigRecord({wire.STOREFRONT: storefront or f"site-{node_id}"}),
+            wire.SITE: ConfigRecord(
+                {wire.STOREFRONT: storefront or f"site-{node_id}", wire.PRIVACY_NOTE: ""}
+            ),
         }
     )
     return Message(content=content, metadata=metadata)

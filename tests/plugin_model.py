@@ -117,8 +117,11 @@ class SpendModel(FederatedModel):
         module.load_state_dict(trained)
         return LocalResult(mean_finite(losses), steps)
 
-    def evaluate(self, module: nn.Module, evaluation: TensorDataset) -> dict[str, Any]:
+    def evaluate(
+        self, module: nn.Module, evaluation: TensorDataset, min_cohort: int
+    ) -> dict[str, Any]:
         """The sum of squared errors over the held-out customers, and their count."""
+        del min_cohort
         with torch.no_grad():
             errors = squared_errors(module, evaluation.tensors)
         return {wire.NUM_EXAMPLES: len(errors), SQUARED_ERROR_SUM: float(errors.sum())}

@@ -1,19 +1,19 @@
-"""The site side: locating the data, the privacy gate, and the real ClientApp handlers."""
+"""The site side: locating the data and the real ClientApp handlers (the site's privacy
+policy at work: tests/test_site_policy.py)."""
 
 import math
 from pathlib import Path
 
 import numpy as np
 import pytest
-from flwr.app import Array, ArrayRecord, Context, Error, Message, RecordDict
+from flwr.app import Array, ArrayRecord, Context, Message, RecordDict
 
 from clients import client_app
 from clients.site_data import SiteDataError, load_orders, locate_site, storefront_of
-from clients.site_task import LEDGER_FILE, reserve_round
 from models import churn
 from privacy import wire
-from privacy.ledger import PrivacyLedger, Reservation
-from privacy.planning import plan_dp
+from privacy.ledger import LEDGER_FILE, PrivacyLedger
+from privacy.policy import SitePolicy
 from server.server_app import ModelRun, plan_models
 from simulations.runner import app_run_config
 from simulations.sequential import server_message
@@ -21,42 +21,8 @@ from simulations.storefronts import prepare_storefronts
 from simulations.synthetic import generate_orders
 
 
-def test_plan_spends_the_budget_in_exactly_the_planned_rounds(tmp_path):
-    plan = plan_dp(
-        n_customers=200, batch_size=32, local_epochs=2, planned_rounds=3, epsilon_budget=3.0
-    )
-    assert plan.sample_rate == 1 / 7 and plan.delta == 1e-5  # min(1e-5, 1/(10*200))
-    assert plan.steps_per_round == 2 * 7
-    reservations = [
-        reserve_round(tmp_path, "churn", plan, max_grad_norm=1.0, server_round=r) for r in (1, 2, 3)
-    ]
-    assert all(isinstance(r, Reservation) for r in reservations)
-    spent = plan.epsilon([plan.round_segment] * 3)
-    assert 0.99 * 3.0 <= spent <= 3.0
-    with PrivacyLedger(tmp_path / LEDGER_FILE) as ledger:
-        assert ledger.epsilon("churn", plan.delta) == spent  # the ledger is the source of truth
-
-    fourth = reserve_round(tmp_path, "churn", plan, max_grad_norm=1.0, server_round=4)
-    assert isinstance(fourth, Error)
-    assert fourth.code == wire.DECLINED_BUDGET_EXHAUSTED
-    assert fourth.reason.startswith("privacy-budget-exhausted: ")
-    # The other model has its own history and budget.
-    assert isinstance(
-        reserve_round(tmp_path, "recommender", plan, max_grad_norm=1.0, server_round=1), Reservation
-    )
-
-
-def test_unreadable_ledger_fails_closed(tmp_path):
-    (tmp_path / LEDGER_FILE).write_bytes(b"this is not a database" * 100)
-    plan = plan_dp(
-        n_customers=50, batch_size=10, local_epochs=1, planned_rounds=2, epsilon_budget=1.0
-    )
-    result = reserve_round(tmp_path, "churn", plan, max_grad_norm=1.0, server_round=1)
-    assert isinstance(result, Error) and result.code == wire.DECLINED_BUDGET_EXHAUSTED
-
-
 def write_split(tmp_path, names=("storefront-b", "storefront-a")):
-    frame = generate_orders(n_storefronts=len(names), n_customers=60, n_items=20, seed=5)
+    frame = generate_orders(n_storefronts=len(names), n_customers=240, n_items=20, seed=5)
     frame["storefront"] = frame["storefront"].map(
         {f"storefront-{i}": name for i, name in enumerate(names)}
     )
@@ -151,7 +117,7 @@ def test_replies_carry_exactly_the_documented_keys_and_no_customer_token(site_ro
     assert set(content.metric_records) == {wire.METRICS}
     assert set(content[wire.METRICS]) == wire.TRAIN_METRIC_KEYS
     assert set(content.config_records) == {wire.SITE}
-    assert dict(content[wire.SITE]) == {wire.STOREFRONT: "storefront-b"}
+    assert dict(content[wire.SITE]) == {wire.STOREFRONT: "storefront-b", wire.PRIVACY_NOTE: ""}
     assert content[wire.METRICS][wire.DP_STEPS] > 0
 
     evaluation = client_app.evaluate(
@@ -170,14 +136,32 @@ def test_replies_carry_exactly_the_documented_keys_and_no_customer_token(site_ro
         assert not [token for token in tokens if token.encode() in sent]
 
 
-def test_a_non_private_round_spends_nothing_and_reports_infinite_epsilon(site_round):
+def allow_training_without_dp(run_config: dict, slug: str) -> Path:
+    """Give a simulated site a policy that allows non-private training; its ledger path."""
+    path = Path(run_config["run-dir"]) / "sites" / slug / LEDGER_FILE
+    with PrivacyLedger(path) as ledger:
+        if ledger.policy() != SitePolicy(dp_required=False):
+            ledger.set_policy(SitePolicy(dp_required=False), set_by="test", reason="no DP")
+    return path
+
+
+def test_a_non_private_round_needs_the_sites_consent_and_spends_nothing(site_round):
     _, run_config, arrays, _, _, runs = site_round
+    request = train_message(runs["recommender"], arrays, epsilon=0.0)
     context = Context(1, 2, {"partition-id": 0, "num-partitions": 2}, RecordDict(), run_config)
-    reply = client_app.train(train_message(runs["recommender"], arrays, epsilon=0.0), context)
+    refused = client_app.train(request, context)  # the default policy requires DP
+    assert refused.error.code == wire.DECLINED_POLICY
+    assert refused.error.reason.startswith("privacy-policy (storefront-a): ")
+
+    ledger = allow_training_without_dp(run_config, "storefront-a")
+    reply = client_app.train(request, context)
     metrics = reply.content[wire.METRICS]
     assert math.isinf(metrics[wire.EPSILON])
     assert metrics[wire.DELTA] == 0.0 and metrics[wire.DP_STEPS] == 0
-    assert not (Path(run_config["run-dir"]) / "sites" / "storefront-a" / LEDGER_FILE).exists()
+    assert metrics[wire.NOISE_MULTIPLIER] == 0.0
+    assert "without DP" in reply.content[wire.SITE][wire.PRIVACY_NOTE]
+    with PrivacyLedger(ledger) as opened:
+        assert opened.entries("recommender") == []
 
 
 def test_churn_trains_under_dp_and_evaluates_into_score_histograms(site_round):
@@ -211,6 +195,7 @@ def test_fedprox_mu_from_the_server_keeps_the_local_model_near_the_global_one(si
     run = runs["churn"]
     weights = run.model.initial_weights(run.facts)
     arrays = initial_arrays(run)
+    allow_training_without_dp(run_config, "storefront-a")
 
     def distance_travelled(extra: dict) -> float:
         context = Context(1, 4, {"partition-id": 0, "num-partitions": 2}, RecordDict(), run_config)

@@ -7,10 +7,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from in_process import read_rounds
 
 from models import metrics, schema
 from models.baselines import NEXT_BASKET_BASELINES, OUTSIDE_UK
+from privacy import wire
 from privacy.console_errors import EXIT_USAGE
+from privacy.ledger import PrivacyLedger
 from simulations import cli
 from simulations.compare import (
     CENTRALIZED,
@@ -122,15 +125,25 @@ def test_federated_columns_come_from_real_simulations_of_the_same_storefronts(tm
     storefronts = set(assign_storefronts(frame)[schema.STOREFRONT])
     for name in federated:
         rows = result["recommender"]["runs"][name]["metrics"]
-        assert storefronts <= set(rows)
+        # a storefront below its minimum cohort of test customers (or without any) sent no
+        # evaluation, and said why
+        final = [r for r in read_rounds(tmp_path / name) if r["model"] == "recommender"][-1]
+        refusals = final["suppressed"] + final["evaluation-refused"]
+        suppressed = {wire.storefront_of_reason(reason) for reason in refusals}
+        assert set(rows) & storefronts == storefronts - suppressed and set(rows) & storefronts
         assert 0 < rows[metrics.OVERALL]["ndcg@10"] <= 1
-        centralized = result["recommender"]["runs"][CENTRALIZED]["metrics"][metrics.OVERALL]
-        assert rows[metrics.OVERALL]["customers"] == centralized["customers"]
+        centralized = result["recommender"]["runs"][CENTRALIZED]["metrics"]
+        evaluated = storefronts - suppressed
+        assert rows[metrics.OVERALL]["customers"] == sum(
+            centralized[storefront]["customers"] for storefront in evaluated
+        )
         churn = result["churn"]["runs"][name]["metrics"][metrics.OVERALL]
         assert 0 <= churn["roc-auc"] <= 1
         assert (tmp_path / name / "rounds.jsonl").is_file()
     ledgers = list((tmp_path / federated_dp_run_name(8.0) / "sites").glob("*/*.sqlite"))
     assert len(ledgers) == len(storefronts)
-    assert not list((tmp_path / FEDERATED / "sites").glob("*/*.sqlite"))  # non-private
+    for ledger_file in (tmp_path / FEDERATED / "sites").glob("*/*.sqlite"):  # non-private:
+        with PrivacyLedger(ledger_file) as ledger:  # the sites' consent, and no DP step
+            assert ledger.policy().dp_required is False and ledger.models() == []
     header = (tmp_path / COMPARISON_MARKDOWN).read_text().splitlines()
     assert any(f"| {FEDERATED} | {federated_dp_run_name(8.0)} |" in line for line in header)

@@ -22,12 +22,14 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from flwr.common.constant import ErrorCode
 from in_process import read_rounds
 from independent_accounting import matches_ledger_oracle
+from wire_audit import check_sent_messages
 
 from clients.join import (
     EXIT_GAVE_UP,
@@ -36,6 +38,7 @@ from clients.join import (
     check_site_ready,
     supernode_command,
 )
+from clients.site_privacy import ensure_default_policy
 from privacy import flower_processes, wire
 from privacy.ledger import LEDGER_FILE, LedgerEntry, PrivacyLedger
 from server.certificates import issue_credentials, site_key_pair, write_new_file
@@ -116,6 +119,8 @@ def _site_dirs(split: Path, catalogue: Path | None = None, n_customers: int = 15
         catalogue.write_text("".join(f"{item}\n" for item in sorted(frame["item_id"].unique())))
     sites = sorted(p.parent for p in split.glob("*/orders.parquet"))
     assert len(sites) == 3
+    for site in sites:  # what `fedshop-site prepare` does: the default privacy policy
+        ensure_default_policy(site, set_by="fedshop-site prepare")
     return sites
 
 
@@ -128,13 +133,14 @@ class TLSFederation:
     superlink: str
     server_log: Path
 
-    def join_command(self, name: str, data: Path) -> list[str]:
+    def join_command(self, name: str, data: Path, *options: str) -> list[str]:
         """``fedshop-site join`` for the registered site ``name`` reading ``data``."""
         return _join_command(self.superlink, data, "--ca", str(self.certs / "ca.crt")) + [
             "--key",
             str(self.certs / "sites" / f"{name}.key"),
             "--port",
             str(_free_port()),
+            *options,
         ]
 
 
@@ -194,16 +200,18 @@ def test_tls_federation_runs_two_rounds_and_refuses_an_unregistered_node(
 
     catalogue = tmp_path / "catalogue.txt"  # product data the central team publishes
     sites = _site_dirs(tmp_path / "split", catalogue)
+    audit = tmp_path / "audit"  # each site keeps a copy of everything it sends
     for name, data in zip(names, sites, strict=True):
-        processes.start(name, federation.join_command(name, data))
+        processes.start(name, federation.join_command(name, data, "--audit-dir", str(audit)))
     intruder, intruder_log = processes.start(
         "intruder",
         _join_command(federation.superlink, sites[0], "--ca", str(federation.certs / "ca.crt"))
         + ["--key", str(tmp_path / "intruder.key"), "--port", str(_free_port())],
     )
 
-    # the server never reads site data: it has the catalogue file; sites read their data-path
-    run_config = f"num-server-rounds={ROUNDS} models='recommender' epsilon={EPSILON} min-sites=3"
+    # the server never reads site data: it has the catalogue file; sites read their data-path.
+    # It asks for ε = 50: every site's policy caps ε at 8 per model, and wins.
+    run_config = f"num-server-rounds={ROUNDS} models='recommender' epsilon=50.0 min-sites=3"
     run_config += " fraction-evaluate=0.0"  # every message spawns a ClientApp: train only
     run_config += f" recommender.catalogue='{catalogue}'"
     submit = _submit_run(processes, federation, run_config, tmp_path / "run")
@@ -213,14 +221,73 @@ def test_tls_federation_runs_two_rounds_and_refuses_an_unregistered_node(
     for record in rounds:
         assert sorted(record["accepted"]) == storefronts
         assert sorted(record["privacy"]) == storefronts
+        for privacy in record["privacy"].values():
+            assert 0 < privacy[wire.EPSILON] <= 8.0 and privacy[wire.NOISE_MULTIPLIER] > 0
+            assert privacy[wire.PRIVACY_NOTE].startswith("planned down: asked ε 50 for this run")
     for site in sites:  # each site's privacy ledger lives next to its data, not on the server
-        assert (site / LEDGER_FILE).is_file()
+        with PrivacyLedger(site / LEDGER_FILE) as ledger:
+            entries = ledger.entries("recommender")
+            assert 0.99 * 8.0 <= ledger.epsilon("recommender", entries[0].delta) <= 8.0
+
+    # The central team reads the privacy report and report.html that submit left, and each
+    # site's own ledger-recomputed report agrees with what the server holds of it.
+    report = json.loads((tmp_path / "run" / "privacy_report.json").read_text())
+    assert (tmp_path / "run" / "report.html").is_file()
+    by_site = {row["storefront"]: row for row in report["sites"]}
+    assert sorted(by_site) == storefronts
+    for site in sites:
+        own = subprocess.run(
+            [str(Path(sys.executable).parent / "fedshop-site"), "privacy-report"]
+            + ["--data", str(site), "--json"],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        [row] = json.loads(own.stdout)
+        assert row["epsilon"] == by_site[site.name]["epsilon"]
+        assert row["dp-steps"] == by_site[site.name]["dp_steps"]
+
+    # Asked to train without DP, every site declines with its reason, and no update comes.
+    submit = _submit_run(
+        processes, federation, run_config.replace("epsilon=50.0", "epsilon=0.0"), tmp_path / "no-dp"
+    )
+    [declined_round, _] = _finished_rounds(*submit, tmp_path / "no-dp")
+    assert declined_round["accepted"] == [] and declined_round["kept-previous-model"]
+    assert (
+        sorted(wire.storefront_of_reason(d.split(": ", 1)[1]) for d in declined_round["declined"])
+        == storefronts
+    )
+    assert all("privacy-policy" in d and "without DP" in d for d in declined_round["declined"])
+
+    # What left the sites: the documented records and keys only, no customer or order value.
+    orders = pd.concat(pd.read_parquet(site / "orders.parquet") for site in sites)
+    kinds = check_sent_messages(
+        audit,
+        facts={"recommender": {"catalogue": catalogue.read_text().split()}},
+        secrets=set(orders["customer"]) | set(orders["order_id"]),
+    )
+    assert kinds == {"train": ROUNDS * len(sites), "refused": ROUNDS * len(sites)}
 
     # the intruder's key was never registered: the SuperLink refuses it, the SuperNode exits
     # with Flower's code 305 (process status 1, as for every Flower error) and join with it
     assert intruder.wait(timeout=60) == 1
     refusal = intruder_log.read_text()
     assert "Exit Code: 305" in refusal and "Failed to activate SuperNode" in refusal
+
+
+def _rejoin(
+    processes: Processes, name: str, command: Callable[[], list[str]], timeout: float
+) -> None:
+    """Start a SuperNode as a supervisor would: again every few seconds until it is in."""
+    deadline = time.monotonic() + timeout
+    for attempt in range(1, 100):
+        process, log = processes.start(f"{name}-{attempt}", command())
+        while process.poll() is None and "SuperNode ID:" not in log.read_text(errors="replace"):
+            time.sleep(0.5)
+        if process.poll() is None:
+            return
+        assert time.monotonic() < deadline, f"never let in again:\n{log.read_text()[-2000:]}"
+        time.sleep(3)
 
 
 def _ledger_entries(data: Path) -> list[LedgerEntry]:
@@ -233,7 +300,7 @@ def _ledger_entries(data: Path) -> list[LedgerEntry]:
 
 
 @pytest.mark.slow
-def test_a_site_killed_mid_round_is_left_out_and_the_run_completes(
+def test_a_site_killed_mid_round_is_left_out_rejoins_and_the_run_completes(
     tmp_path: Path, processes: Processes
 ) -> None:
     names = ["site-a", "site-b", "site-c"]
@@ -243,19 +310,20 @@ def test_a_site_killed_mid_round_is_left_out_and_the_run_completes(
     # at batch 8 its round is ~180 DP-SGD steps, seconds long, the others' ~20 and ~10
     victim_data, *survivor_data = _site_dirs(tmp_path / "split", catalogue, n_customers=1500)
     victim_name, *survivor_names = names
+
     # the victim runs the command join runs, started here so that its pid is the SuperNode's;
     # its process group also holds the SuperExec and ClientApp it starts: SIGKILL to the
     # group is the site's machine losing power mid-round
-    victim, victim_log = processes.start(
-        victim_name,
-        supernode_command(
+    def victim_supernode() -> list[str]:
+        return supernode_command(
             federation.superlink,
             victim_data,
             ca=federation.certs / "ca.crt",
             key=federation.certs / "sites" / f"{victim_name}.key",
             port=_free_port(),
-        ),
-    )
+        )
+
+    victim, victim_log = processes.start(victim_name, victim_supernode())
     survivors = [
         processes.start(name, federation.join_command(name, data))
         for name, data in zip(survivor_names, survivor_data, strict=True)
@@ -266,7 +334,8 @@ def test_a_site_killed_mid_round_is_left_out_and_the_run_completes(
     victim_node = int(victim_log.read_text().split("SuperNode ID:")[1].split()[0])
 
     run_dir = tmp_path / "run"
-    run_config = f"num-server-rounds={ROUNDS} models='recommender' epsilon={EPSILON}"
+    rounds_run = ROUNDS + 1  # a round for the site that comes back
+    run_config = f"num-server-rounds={rounds_run} models='recommender' epsilon={EPSILON}"
     run_config += " min-sites=2 min-accepted-updates=1 fraction-evaluate=0.0"
     run_config += " recommender.batch-size=8"
     # Flower 1.42 learns that a SIGKILLed node is gone only from its missing heartbeats
@@ -282,38 +351,62 @@ def test_a_site_killed_mid_round_is_left_out_and_the_run_completes(
     os.killpg(victim.pid, signal.SIGKILL)
     assert victim.wait(timeout=10) == -signal.SIGKILL
     assert [e.status for e in _ledger_entries(victim_data)] == ["reserved"]  # mid-training
+    # the site's machine comes back, under a supervisor that restarts its SuperNode until it
+    # is let in: the SuperLink refuses the same key while the dead node still counts as
+    # online (until its missed heartbeats, ~60 s), then lets the node in again
+    _rejoin(processes, f"{victim_name}-again", victim_supernode, timeout=2 * ROUND_TIMEOUT)
     rounds = _finished_rounds(*submit, run_dir)
 
-    assert [(r["model"], r["round"]) for r in rounds] == [("recommender", 1), ("recommender", 2)]
+    assert [(r["model"], r["round"]) for r in rounds] == [
+        ("recommender", number) for number in range(1, rounds_run + 1)
+    ]
     storefronts = sorted(data.name for data in survivor_data)
-    first, second = rounds
+    first, *later = rounds
+    second = later[-1]
     assert sorted(first["accepted"]) == storefronts and sorted(first["privacy"]) == storefronts
     # the SuperLink's stand-in reply names the node only: the server learns a storefront
-    # from the site's own replies, and the victim never sent one
-    assert first["failed"] == [
-        f"node {victim_node} (unknown storefront): error {ErrorCode.NODE_UNAVAILABLE}"
-    ]
+    # from the site's own replies, and the victim never sent one. Which of the two ends the
+    # victim's round depends on the load: the SuperLink's missed-heartbeat verdict, or the
+    # round timeout when that verdict comes later
+    victim_label = f"node {victim_node} (unknown storefront)"
+    assert first["failed"] in (
+        [f"{victim_label}: error {ErrorCode.NODE_UNAVAILABLE}"],
+        [f"{victim_label}: no reply within the round timeout"],
+    )
     assert first["declined"] == [] and first["rejected"] == []
-    # offline nodes are not sampled: round 2 asks, and averages, the survivors only
-    assert sorted(second["accepted"]) == storefronts and second["failed"] == []
+    # the dead node is not sampled again; the rejoined site trains in the same run
+    everyone = sorted([*storefronts, victim_data.name])
+    assert sorted(second["accepted"]) == everyone and second["failed"] == []
     for record in rounds:
         assert not record["kept-previous-model"]
-        assert record["train-metrics"]["num-sites"] == len(storefronts)
+        assert set(record["accepted"]) >= set(storefronts)
+    assert second["train-metrics"]["num-sites"] == len(everyone)
     manifest = json.loads((run_dir / "bundle" / "manifest.json").read_text())
-    assert manifest["models"]["recommender"]["rounds-done"] == ROUNDS
+    assert manifest["models"]["recommender"]["rounds-done"] == rounds_run
 
-    # the killed round stays counted at its planned steps, and the ledger still opens
-    # (PrivacyLedger checks integrity and schema) after the SIGKILL
+    # the killed round stays counted at its planned steps, the ledger still opens
+    # (PrivacyLedger checks integrity and schema) after the SIGKILL, and the rejoined
+    # site's round 2 belongs to the same run, within the same plan and budget
     with PrivacyLedger(victim_data / LEDGER_FILE) as ledger:
-        (entry,) = ledger.entries("recommender")
-        status = ledger.budget_status("recommender", EPSILON, entry.delta)
-    assert (entry.server_round, entry.segment.steps) == (1, entry.planned_steps)
+        killed, *again = ledger.entries("recommender")
+        status = ledger.budget_status("recommender", EPSILON, killed.delta)
+    assert (killed.server_round, killed.status) == (1, "reserved")
+    assert killed.segment.steps == killed.planned_steps
+    trained_again = [r["round"] for r in rounds if victim_data.name in r["accepted"]]
+    assert [e.server_round for e in again] == trained_again and rounds_run in trained_again
+    for entry in again:
+        assert (entry.status, entry.run) == ("committed", killed.run)
+        assert entry.segment.noise_multiplier == killed.segment.noise_multiplier
     assert status.uncommitted == 1 and 0 < status.epsilon_spent <= EPSILON
-    assert matches_ledger_oracle(status.epsilon_spent, [entry], entry.delta)
+    reported = second["privacy"][victim_data.name]
+    assert reported[wire.EPSILON] == status.epsilon_spent
+    assert matches_ledger_oracle(status.epsilon_spent, [killed, *again], killed.delta)
     # each survivor's reported ε and steps are what its ledger holds after that round
     for data in survivor_data:
         entries = _ledger_entries(data)
-        assert [(e.server_round, e.status) for e in entries] == [(1, "committed"), (2, "committed")]
+        assert [(e.server_round, e.status) for e in entries] == [
+            (number, "committed") for number in range(1, rounds_run + 1)
+        ]
         for done, record in enumerate(rounds, start=1):
             reported = record["privacy"][data.name]
             assert reported[wire.DP_STEPS] == sum(e.segment.steps for e in entries[:done])

@@ -4,9 +4,9 @@ import pytest
 
 from models.baselines import OUTSIDE_UK, UK
 from models.metrics import OVERALL
+from server.run_results import final_rows
 from simulations.federated_runs import federated_dp_run_name
 from simulations.run_configs import MAIN_RUN_CONFIG, PLAIN_RUN_CONFIG, QUICK_OVERRIDES
-from simulations.run_results import final_rows
 from simulations.runner import app_run_config
 
 
@@ -35,12 +35,17 @@ def test_recommender_rows_pool_the_storefronts_outside_the_uk_by_their_customers
     )
 
 
-def test_churn_rows_have_no_outside_uk_row_and_no_nan():
+def test_churn_pools_only_per_customer_means_outside_the_uk_and_has_no_nan():
     final = {"roc-auc": 0.75, "num-customers": 20, "Belgium/roc-auc": math.nan}
-    final |= {"Belgium/num-customers": 4}
+    final |= {"Belgium/num-customers": 4, "Belgium/brier": 0.2, "Belgium/churn-rate": 0.25}
+    final |= {"France/num-customers": 12, "France/brier": 0.1, "France/churn-rate": 0.5}
+    final |= {"France/roc-auc": 0.8}
     rows = final_rows(final, "churn")
-    assert OUTSIDE_UK not in rows
-    assert rows["Belgium"] == {"roc-auc": None, "customers": 4.0}
+    # ROC-AUC does not pool from storefronts' values; Brier and the churn rate do.
+    assert rows[OUTSIDE_UK] == pytest.approx(
+        {"customers": 16.0, "brier": (0.2 * 4 + 0.1 * 12) / 16, "churn-rate": 0.4375}
+    )
+    assert rows["Belgium"] == {"roc-auc": None, "customers": 4.0, "brier": 0.2, "churn-rate": 0.25}
 
 
 def test_run_configs_name_only_keys_of_the_app_and_differ_in_privacy():

@@ -7,6 +7,7 @@ node's Context — everything else is what ``flwr run`` executes.
 """
 
 import json
+from pathlib import Path
 
 import pytest
 from in_process import read_rounds, simulate_federation
@@ -17,6 +18,7 @@ from privacy.ledger import LEDGER_FILE, PrivacyLedger
 from server.server_app import run_federation
 from simulations.runner import app_run_config
 from simulations.sequential import run_sequential_federation
+from simulations.site_policies import apply_site_policy
 from simulations.storefronts import prepare_storefronts
 from simulations.synthetic import generate_orders
 
@@ -52,7 +54,13 @@ def run_config_for(storefronts, run_dir, **overrides):
     }
 
 
-def simulate(run_config: dict) -> None:
+SITE_POLICY = ["min-cohort=5"]
+"""The simulated sites' policy: these storefronts hold out fewer than 20 customers."""
+
+
+def simulate(run_config: dict, site_policy: list[str] = SITE_POLICY) -> None:
+    storefronts, run_dir = Path(run_config["storefronts-dir"]), Path(run_config["run-dir"])
+    apply_site_policy(storefronts, run_dir, site_policy, set_by="test")
     simulate_federation(lambda grid, _: run_federation(grid, run_config), run_config, SITES)
 
 
@@ -81,7 +89,7 @@ def test_sites_train_under_dp_report_their_ledger_epsilon_and_a_spent_site_is_de
     for record in rounds:
         assert sorted(record["accepted"]) == training  # storefront names equal slugs here
         [declined] = record["declined"]
-        assert "privacy-budget-exhausted: " in declined
+        assert f"privacy-budget-exhausted ({spent}): " in declined
         assert record["failed"] == record["rejected"] == []
         assert spent not in record["privacy"]
         evaluation = record["evaluate-metrics"]  # every site evaluates, spent or not
@@ -119,6 +127,7 @@ def test_the_sequential_reference_trains_what_the_simulation_trains(
     simulate(config)
     simulated = read_rounds(tmp_path / "simulated")[-1]["evaluate-metrics"]
 
+    apply_site_policy(storefronts, tmp_path / "sequential", SITE_POLICY, set_by="test")
     result = run_sequential_federation(storefronts, tmp_path / "sequential", config)
 
     [sequential] = result.metrics[MODEL]
@@ -135,7 +144,9 @@ def test_a_plug_in_model_trains_through_the_registry_alone(storefronts, tmp_path
     monkeypatch.setenv("FLWR_HOME", str(tmp_path / "flwr"))
     run_dir = tmp_path / "run"
     plugin = "tests.plugin_model"
-    simulate(run_config_for(storefronts, run_dir, models=plugin, epsilon=3.0))
+    # the sites train it only because their policy names it
+    policy = [*SITE_POLICY, f"models='churn,recommender,{plugin}'"]
+    simulate(run_config_for(storefronts, run_dir, models=plugin, epsilon=3.0), policy)
 
     rounds = read_rounds(run_dir)
     assert [(r["model"], r["round"]) for r in rounds] == [(plugin, 1), (plugin, 2)]
@@ -144,8 +155,10 @@ def test_a_plug_in_model_trains_through_the_registry_alone(storefronts, tmp_path
         assert sorted(record["accepted"]) == slugs
         assert record["failed"] == record["rejected"] == record["declined"] == []
         evaluation = record["evaluate-metrics"]
+        evaluated = [slug for slug in slugs if f"{slug}/num-customers" in evaluation]
+        assert len(evaluated) + len(record["suppressed"]) == len(slugs) and evaluated
         assert evaluation["num-customers"] == sum(
-            evaluation[f"{slug}/num-customers"] for slug in slugs
+            evaluation[f"{slug}/num-customers"] for slug in evaluated
         )
     # Trained: the pooled error fell from the untrained model's, under DP.
     assert 0 < rounds[-1]["evaluate-metrics"]["mse"] < rounds[0]["evaluate-metrics"]["mse"]

@@ -16,10 +16,14 @@ from independent_accounting import matches_ledger_oracle
 from models import schema
 from privacy.accountants import DEFAULT_ACCOUNTANT
 from privacy.ledger import LEDGER_FILE, PrivacyLedger
-from simulations.errors import ReportError
-from simulations.privacy_report import PrivacyReportError, privacy_report, write_privacy_report
-from simulations.report import format_value, reference_points, write_report
-from simulations.run_results import headline_metric, overall_metrics, storefront_metrics
+from server.errors import ReportError
+from server.report import format_value, reference_points, write_report
+from server.run_results import headline_metric, overall_metrics, storefront_metrics
+from simulations.privacy_report import (
+    PrivacyReportError,
+    privacy_report,
+    write_ledger_privacy_report,
+)
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -172,7 +176,7 @@ def test_a_site_reporting_less_than_its_ledger_fails_closed(synthetic_run, tmp_p
     (run_dir / "rounds.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
 
     with pytest.raises(PrivacyReportError, match=f"{storefront} \\({records[-1]['model']}\\)"):
-        write_privacy_report(run_dir)
+        write_ledger_privacy_report(run_dir)
     written = json.loads((run_dir / "privacy_report.json").read_text())["sites"]
     checks = {(s["model"], s["storefront"]): s["check"] for s in written}
     assert checks.pop((records[-1]["model"], storefront)) == "mismatch"

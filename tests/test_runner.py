@@ -12,10 +12,13 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from conftest import SIMULATION_EPSILON as EPSILON
+from conftest import SIMULATION_MIN_COHORT as MIN_COHORT
 from conftest import SIMULATION_ROUNDS as ROUNDS
 from conftest import SIMULATION_STOREFRONTS as STOREFRONTS
+from wire_audit import check_sent_messages
 
 from privacy.flower_processes import flower_environment
 from server.bundle import load_bundle
@@ -230,3 +233,24 @@ def test_the_console_shows_one_line_per_round_and_model_and_no_library_output(sy
     assert len(longest) <= 200, longest
     log = (synthetic_run.run_dir / RUN_LOG).read_text()
     assert "Starting ScreenedFedAvg strategy" in log and "fedshop-progress" in log
+
+
+@pytest.mark.slow
+def test_nothing_beyond_the_wire_contract_left_a_simulated_site(synthetic_run):
+    assert synthetic_run.result.returncode == 0, synthetic_run.result.stderr[-3000:]
+    run_dir = synthetic_run.run_dir
+    manifest, _ = load_bundle(run_dir / "bundle")
+    artefacts = {model: entry["artefacts"] for model, entry in manifest["models"].items()}
+    facts = {
+        "churn": {"cutoff": artefacts["churn"]["churn-cutoff"]},
+        "recommender": {"catalogue": artefacts["recommender"]["item-vocabulary"]},
+    }
+    orders = pd.concat(
+        pd.read_parquet(path) for path in (run_dir / "storefronts").glob("*/orders.parquet")
+    )
+    secrets = set(orders["customer"]) | set(orders["order_id"])
+    kinds = check_sent_messages(
+        synthetic_run.audit_dir, facts=facts, secrets=secrets, min_cohort=MIN_COHORT
+    )
+    # every site answered every train and evaluate message of both models, and nothing else
+    assert kinds == {"train": 2 * ROUNDS * STOREFRONTS, "evaluate": 2 * ROUNDS * STOREFRONTS}

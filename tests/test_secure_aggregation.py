@@ -49,6 +49,7 @@ from server.server_app import run_federation
 from server.strategy import StrategySettings, build_strategy
 from simulations.runner import app_run_config
 from simulations.sequential import server_message
+from simulations.site_policies import apply_site_policy
 from simulations.storefronts import prepare_storefronts
 from simulations.synthetic import generate_orders
 
@@ -175,7 +176,12 @@ def test_aggregate_adds_the_unmasked_mean_update_and_reports_the_round():
     [declined_site] = report.declined
     assert "privacy-budget-exhausted: 3.1 > 3.0" in declined_site
     assert report.failed == ["a site: error 5"]
-    assert report.privacy["Spain"] == {wire.EPSILON: 1.0, wire.DELTA: 1e-5, wire.DP_STEPS: 10}
+    assert report.privacy["Spain"] == {
+        wire.EPSILON: 1.0,
+        wire.DELTA: 1e-5,
+        wire.DP_STEPS: 10,
+        wire.NOISE_MULTIPLIER: 1.0,
+    }
     assert metrics["num-examples"] == 400 and metrics["num-sites"] == 2
     assert report.train_metrics == metrics
 
@@ -273,6 +279,10 @@ def federations(tmp_path_factory):
             max_grad_norm=1.0,
             accountant="rdp",
         )
+    # The sites consent to training without DP (the plain and secure federations ask for
+    # none); every federation's sites keep their ledgers in the dp run directory, the run
+    # config the in-process sites read.
+    apply_site_policy(split, runs["dp"], ["dp-required=false"], set_by="test")
     secure = {"secure-aggregation": True}
     configs = [
         run_config_for(split, runs["plain"]),
@@ -353,7 +363,7 @@ def test_dp_with_secure_aggregation_spends_the_ledger_and_reports_it(federations
     for record in rounds:
         assert sorted(record["accepted"]) == training  # storefront names equal slugs here
         [declined] = record["declined"]
-        assert "privacy-budget-exhausted: " in declined
+        assert f"privacy-budget-exhausted ({spent}): " in declined
         assert record["failed"] == [] and not record["kept-previous-model"]
         assert set(record["privacy"]) == set(training)
         assert record["train-metrics"]["max-epsilon"] <= EPSILON

@@ -67,13 +67,15 @@ def train(msg: Message, context: Context, log_dir: str = "") -> Message:
                 wire.METRICS: MetricRecord(
                     {
                         wire.NUM_EXAMPLES: len(y),
-                        wire.TRAIN_LOSS: float(np.mean((x @ coef + bias - y) ** 2)),
                         wire.EPSILON: 0.0,
                         wire.DELTA: 0.0,
                         wire.DP_STEPS: 0,
+                        wire.NOISE_MULTIPLIER: 0.0,
                     }
                 ),
-                wire.SITE: ConfigRecord({wire.STOREFRONT: f"store-{partition}"}),
+                wire.SITE: ConfigRecord(
+                    {wire.STOREFRONT: f"store-{partition}", wire.PRIVACY_NOTE: ""}
+                ),
             }
         ),
         reply_to=msg,

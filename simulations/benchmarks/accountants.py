@@ -4,10 +4,11 @@ Run ``python -m simulations.benchmarks.accountants``; it prints a Markdown secti
 BENCHMARKS.md. On the storefront split of the bundled data, for every accountant
 (``--accountants``, default ``rdp,pld``) and every ε per site and model (``--epsilons``,
 default ``1,3,8``), it trains the main job's run config
-(:data:`simulations.run_configs.MAIN_RUN_CONFIG`, with that ``epsilon`` and
-``accountant``) by :func:`simulations.sequential.run_sequential_federation` — the sites'
-real code (DP planning, privacy ledgers) and FedAvg, site after site in this process,
-with the same per-site seeds in every run — and records:
+(:data:`simulations.run_configs.MAIN_RUN_CONFIG`, with that ``epsilon``, and every
+site's privacy policy naming that ``accountant``) by
+:func:`simulations.sequential.run_sequential_federation` — the sites' real code (DP
+planning, privacy ledgers) and FedAvg, site after site in this process, with the same
+per-site seeds in every run — and records:
 
 - the pooled metric after the last round: recommender ``ndcg@10``, churn ``roc-auc``;
 - per model, the noise multiplier σ the United Kingdom site and the smallest site
@@ -36,6 +37,7 @@ from simulations.progress import Progress
 from simulations.run_configs import MAIN_RUN_CONFIG
 from simulations.runner import storefront_slugs
 from simulations.sequential import run_sequential_federation
+from simulations.site_policies import apply_site_policy
 from simulations.storefronts import INDEX_FILE, prepare_bundled_storefronts
 
 METRICS = {"recommender": "ndcg@10", "churn": "roc-auc"}
@@ -113,8 +115,10 @@ def site_spend(ledger_file: Path, model: str) -> SiteSpend | None:
 def measure(
     split: Path, run_dir: Path, epsilon: float, accountant: str, progress: Progress
 ) -> Measurement:
-    """Train the main run config at ``epsilon`` with ``accountant`` and read the ledgers."""
-    run_config = {**MAIN_RUN_CONFIG, "epsilon": epsilon, "accountant": accountant}
+    """Train the main run config at ``epsilon``, every site planning with ``accountant``
+    (its privacy policy), and read the ledgers."""
+    run_config = {**MAIN_RUN_CONFIG, "epsilon": epsilon}
+    apply_site_policy(split, run_dir, [f"accountant='{accountant}'"], set_by="accountants")
     result = run_sequential_federation(split, run_dir, run_config, progress=progress)
     measurement = Measurement(
         epsilon=epsilon,

@@ -28,8 +28,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from server.run_results import headline_metric, load_run
 from simulations.run_configs import MAIN_RUN_CONFIG
-from simulations.run_results import headline_metric, load_run
 from simulations.runner import DEFAULT_CLIENT_CPUS, run_simulation_job
 from simulations.sequential import run_sequential_federation
 from simulations.storefronts import DEFAULT_MIN_CUSTOMERS, prepare_bundled_storefronts

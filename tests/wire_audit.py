@@ -1,0 +1,89 @@
+"""Checks of what left the sites: the audit copies every site keeps of each reply it sends.
+
+Each file under an audit directory is one message as Flower serialised it for the wire
+(:mod:`clients.audit`). :func:`check_sent_messages` reads them all back and asserts that
+each holds only the records and keys of the wire contract (:mod:`privacy.wire` and the
+models' own evaluation keys), arrays of exactly the models' weight names and shapes, and
+that no customer token, raw customer id or order id appears anywhere in its bytes.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+import numpy as np
+from flwr.common.serde import message_from_proto
+from flwr.proto.message_pb2 import Message as ProtoMessage
+
+from models.registry import get_model
+from privacy import wire
+
+
+def read_sent(audit_dir: Path) -> list[tuple[Path, bytes]]:
+    """Every audit copy under ``audit_dir`` (recursively) with its raw bytes."""
+    return [(path, path.read_bytes()) for path in sorted(Path(audit_dir).rglob("*.pb"))]
+
+
+def check_sent_messages(
+    audit_dir: Path,
+    *,
+    facts: Mapping[str, Mapping],
+    secrets: Iterable[str],
+    min_cohort: int = 20,
+) -> Counter:
+    """Assert every message under ``audit_dir`` keeps to the contract (module docstring).
+
+    Args:
+        facts: the shared facts of each model trained (name -> facts), to know the shapes.
+        secrets: strings that must appear in no message (customer tokens, raw ids, order
+            ids).
+        min_cohort: the sites' minimum cohort: no evaluation reply covers fewer customers.
+
+    Returns:
+        How many messages of each kind were checked (``train``, ``evaluate``, ``refused``).
+    """
+    shapes = {
+        name: {
+            key: tuple(value.shape) for key, value in get_model(name).build(f).state_dict().items()
+        }
+        for name, f in facts.items()
+    }
+    evaluation_keys = {name: get_model(name).evaluate_metric_keys for name in facts}
+    needles = [secret.encode() for secret in set(secrets) if len(secret) >= 4]
+    kinds: Counter = Counter()
+    sent = read_sent(audit_dir)
+    assert sent, f"no audit copy under {audit_dir}"
+    for path, raw in sent:
+        leaked = [needle for needle in needles if needle in raw]
+        assert not leaked, f"{path}: carries {len(leaked)} customer or order values"
+        proto = ProtoMessage()
+        proto.ParseFromString(raw)
+        message = message_from_proto(proto)
+        if message.has_error():
+            code, reason = message.error.code, message.error.reason
+            assert code in wire.DECLINE_REASONS, f"{path}: error {code} ({reason})"
+            assert wire.storefront_of_reason(reason) is not None, f"{path}: {reason!r}"
+            kinds["refused"] += 1
+            continue
+        content = message.content
+        site = content.config_records[wire.SITE]
+        assert set(site) == wire.SITE_KEYS and set(content.config_records) == {wire.SITE}, path
+        metrics = dict(content.metric_records[wire.METRICS])
+        assert set(content.metric_records) == {wire.METRICS}, path
+        if content.array_records:
+            assert set(content.array_records) == {wire.ARRAYS}, path
+            assert set(metrics) == wire.TRAIN_METRIC_KEYS, f"{path}: {sorted(metrics)}"
+            arrays = {k: v.numpy() for k, v in content[wire.ARRAYS].items()}
+            found = {k: tuple(v.shape) for k, v in arrays.items()}
+            assert found in shapes.values(), f"{path}: arrays {found}"
+            assert all(np.isfinite(v).all() and v.dtype == np.float32 for v in arrays.values())
+            kinds["train"] += 1
+        else:
+            assert set(metrics) in [set(keys) for keys in evaluation_keys.values()], (
+                f"{path}: {sorted(metrics)}"
+            )
+            assert metrics[wire.NUM_EXAMPLES] >= min_cohort, path
+            kinds["evaluate"] += 1
+    return kinds
