@@ -39,6 +39,18 @@ class AttackResult:
     members: int
     non_members: int
 
+    @property
+    def chance_sigmas(self) -> float:
+        """How many standard deviations of a signal-free attack the ROC-AUC lies above 0.5
+        (:func:`chance_auc_std`)."""
+        return (self.roc_auc - 0.5) / chance_auc_std(self.members, self.non_members)
+
+
+def chance_auc_std(members: int, non_members: int) -> float:
+    """Standard deviation of the ROC-AUC of scores that carry no membership signal: the
+    Mann-Whitney statistic under the null hypothesis, sqrt((m + n + 1) / (12 m n))."""
+    return float(np.sqrt((members + non_members + 1) / (12.0 * members * non_members)))
+
 
 def loss_threshold_scores(losses: np.ndarray) -> np.ndarray:
     """Yeom et al.'s attack: the lower the loss, the likelier a member (score = −loss)."""

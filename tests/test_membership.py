@@ -5,6 +5,7 @@ import pytest
 
 from simulations.membership_attack import (
     calibrated_scores,
+    chance_auc_std,
     evaluate_attack,
     loss_threshold_scores,
     reference_membership,
@@ -26,8 +27,18 @@ def test_members_with_near_zero_loss_are_all_found():
     result = evaluate_attack(loss_threshold_scores(losses), is_member)
 
     assert result.roc_auc == pytest.approx(1.0)
+    assert result.chance_sigmas > 30
     assert result.tpr_at_low_fpr == pytest.approx(1.0)
     assert (result.members, result.non_members) == (is_member.sum(), (~is_member).sum())
+
+
+def test_the_chance_spread_of_the_auc_matches_signal_free_attacks():
+    rng = np.random.default_rng(5)
+    is_member = memberships()
+    aucs = [evaluate_attack(rng.random(N), is_member).roc_auc for _ in range(200)]
+
+    expected = chance_auc_std(int(is_member.sum()), int((~is_member).sum()))
+    assert np.std(aucs) == pytest.approx(expected, rel=0.2)
 
 
 def test_identical_loss_distributions_give_a_coin_flip():
@@ -37,6 +48,7 @@ def test_identical_loss_distributions_give_a_coin_flip():
     result = evaluate_attack(loss_threshold_scores(losses), is_member)
 
     assert result.roc_auc == pytest.approx(0.5, abs=0.04)
+    assert abs(result.chance_sigmas) < 4
     assert result.tpr_at_low_fpr < 0.05
 
 
