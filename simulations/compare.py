@@ -187,20 +187,22 @@ def compare_recommender(
         histories = build_histories(split.train, split.items)
         dataset = TrainingExamples(histories, seed=seed)
     runs: dict[str, Any] = {}
-    plain = _quick(RECOMMENDER_PLAIN, quick)
+    plain = quick_settings(RECOMMENDER_PLAIN, quick)
     with progress.step(f"recommender: {CENTRALIZED} ({plain.local_epochs} epochs)"):
-        model, _ = _fit_recommender(split, dataset, plain, seed)
+        model, _ = fit_recommender(len(split.items), dataset, plain, seed)
         runs[CENTRALIZED] = {
             "training": _settings(plain, len(dataset)),
             "metrics": _rows(evaluate_recommender(model, split)),
         }
     for epsilon in epsilons:
-        settings = _quick(recommender_dp_settings(epsilon), quick)
+        settings = quick_settings(recommender_dp_settings(epsilon), quick)
         plan = centralized_dp_plan(
             epsilon, len(dataset), split.train[schema.CUSTOMER].nunique(), settings
         )
         with progress.step(f"recommender: {dp_run_name(epsilon)} (σ {plan.noise_multiplier:.3g})"):
-            model, steps = _fit_recommender(split, dataset, settings, seed, plan.noise_multiplier)
+            model, steps = fit_recommender(
+                len(split.items), dataset, settings, seed, plan.noise_multiplier
+            )
             runs[dp_run_name(epsilon)] = {
                 "training": _settings(settings, len(dataset)),
                 "privacy": privacy_spent(plan, steps),
@@ -235,7 +237,7 @@ def _recommender_storefront_alone(
         if len(dataset) == 0 or rows.size == 0:
             continue  # no customer to learn from, or none to score: nothing to compare
         with progress.step(f"recommender: {STOREFRONT_ALONE} {storefront} ({len(dataset)})"):
-            model, _ = _fit_recommender(split, dataset, settings, seed)
+            model, _ = fit_recommender(len(split.items), dataset, settings, seed)
             test = EvaluationExamples(histories, split.test_baskets.iloc[rows], split.items)
             scores[rows] = score_examples(model, test)
         training[storefront] = _settings(settings, len(dataset))
@@ -247,17 +249,23 @@ def _recommender_storefront_alone(
     return {"training": training, "metrics": _rows(table)}
 
 
-def _fit_recommender(
-    split: NextBasketSplit,
+def fit_recommender(
+    num_items: int,
     dataset: TrainingExamples,
     settings: TrainingSettings,
     seed: int,
     noise_multiplier: float | None = None,
+    *,
+    hidden: Sequence[int] | None = None,
 ) -> tuple[NextBasketRecommender, int]:
-    """A fresh recommender trained on ``dataset`` (DP-SGD at ``noise_multiplier`` if given)
-    by the model's own training, and the DP steps it took."""
+    """A fresh recommender over ``num_items`` catalogue items trained on ``dataset``
+    (DP-SGD at ``noise_multiplier`` if given) by the model's own training, and the DP steps
+    it took. ``hidden`` widens the personal MLP (default: the model's own widths)."""
     torch.manual_seed(seed)
-    model = NextBasketRecommender(len(split.items))
+    if hidden is None:
+        model = NextBasketRecommender(num_items)
+    else:
+        model = NextBasketRecommender(num_items, hidden=hidden)
     plan = LocalTraining(settings, noise_multiplier=noise_multiplier, seed=seed)
     return model, RECOMMENDER.train(model, dataset, plan).dp_steps
 
@@ -276,11 +284,11 @@ def compare_churn(
             "training": {"examples": len(train.labels), "full-batch": True},
             "metrics": _rows(evaluate_churn(model, held_out)),
         }
-    settings = _quick(CHURN_DP, quick)
+    settings = quick_settings(CHURN_DP, quick)
     for epsilon in epsilons:
         plan = centralized_dp_plan(epsilon, len(train.labels), len(train.labels), settings)
         with progress.step(f"churn: {dp_run_name(epsilon)} (σ {plan.noise_multiplier:.3g})"):
-            model, steps = _fit_churn_dp(train, settings, plan.noise_multiplier, seed)
+            model, steps = fit_churn_dp(train, settings, plan.noise_multiplier, seed)
             runs[dp_run_name(epsilon)] = {
                 "training": _settings(settings, len(train.labels)),
                 "privacy": privacy_spent(plan, steps),
@@ -305,7 +313,7 @@ def compare_churn(
     return {"runs": runs, "baselines": baselines}
 
 
-def _fit_churn_dp(
+def fit_churn_dp(
     train: ChurnData, settings: TrainingSettings, noise_multiplier: float, seed: int
 ) -> tuple[ChurnModel, int]:
     """A fresh churn model trained with DP-SGD on ``train`` by the model's own training,
@@ -357,7 +365,8 @@ def dp_run_name(epsilon: float) -> str:
     return f"{CENTRALIZED}-dp-eps-{epsilon:g}"
 
 
-def _quick(settings: TrainingSettings, quick: bool) -> TrainingSettings:
+def quick_settings(settings: TrainingSettings, quick: bool) -> TrainingSettings:
+    """``settings`` with :data:`QUICK_EPOCHS` local epochs in quick mode, else unchanged."""
     if not quick:
         return settings
     return replace(settings, local_epochs=QUICK_EPOCHS)
@@ -427,17 +436,23 @@ def _privacy_table(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def ingest_bundled(progress: Progress = SILENT) -> pd.DataFrame:
+    """The bundled export's order lines in the canonical schema, pseudonymised under a
+    throwaway key: a study needs pseudonymous tokens, never a stable mapping."""
+    with tempfile.TemporaryDirectory() as key_dir, progress.step(f"ingest {BUNDLED_DATA.name}"):
+        key_path = Path(key_dir) / "study.key"
+        generate_key(key_path)
+        frame, _ = ingest_table(BUNDLED_DATA, load_key(key_path))
+    return frame
+
+
 def run_compare(args: argparse.Namespace) -> int:
     """Centralized (plain and DP) and storefront-alone training of both models on the
     bundled data; print the Markdown tables."""
     # One thread: these small models gain nothing from a second one on a shared 2-core box.
     torch.set_num_threads(1)
     progress = Progress()
-    with tempfile.TemporaryDirectory() as key_dir, progress.step(f"ingest {BUNDLED_DATA.name}"):
-        # A throwaway key: the comparison needs pseudonymous tokens, never a stable mapping.
-        key_path = Path(key_dir) / "compare.key"
-        generate_key(key_path)
-        frame, _ = ingest_table(BUNDLED_DATA, load_key(key_path))
+    frame = ingest_bundled(progress)
     run_comparison(
         frame,
         args.out,

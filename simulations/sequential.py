@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from flwr.app import Array, ArrayRecord, Context, Message, RecordDict
 from flwr.app.metadata import Metadata
 from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
@@ -44,6 +45,8 @@ class SequentialResult:
     """Per model, the pooled evaluation after each round (same keys as the server's)."""
     declined: dict[str, list[str]] = field(default_factory=dict)
     """Per model, ``"<round>: <reason>"`` of every declined or failed site reply."""
+    weights: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+    """Per model, the global weights after the last round (a ``state_dict`` as arrays)."""
 
 
 def run_sequential_federation(
@@ -97,6 +100,7 @@ def run_sequential_federation(
                 # refusals (e.g. an evaluation below a site's minimum cohort) are left out
                 pooled = pool([r.content for r in evaluations if not r.has_error()], "")
                 result.metrics[model].append(dict(pooled))
+        result.weights[model] = {name: array.numpy() for name, array in arrays.items()}
     result.seconds = time.perf_counter() - started
     return result
 

@@ -9,12 +9,14 @@ node's Context — everything else is what ``flwr run`` executes.
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from in_process import read_rounds, simulate_federation
 from independent_accounting import matches_ledger_oracle
 
 from privacy.accountants import DPSegment
 from privacy.ledger import LEDGER_FILE, PrivacyLedger
+from server.bundle import load_bundle
 from server.server_app import run_federation
 from simulations.runner import app_run_config
 from simulations.sequential import run_sequential_federation
@@ -136,6 +138,11 @@ def test_the_sequential_reference_trains_what_the_simulation_trains(
     for metric in ("hr@10", "recall@10", "ndcg@10"):
         assert sequential[metric] == pytest.approx(simulated[metric], abs=1e-3)
     assert result.seconds > 0
+    # The final global weights, as the simulation's bundle exports them.
+    _, exported = load_bundle(tmp_path / "simulated" / "bundle")
+    assert result.weights[MODEL].keys() == exported[MODEL].keys()
+    for name, array in exported[MODEL].items():
+        np.testing.assert_allclose(result.weights[MODEL][name], array, rtol=1e-4, atol=1e-5)
 
 
 def test_a_plug_in_model_trains_through_the_registry_alone(storefronts, tmp_path, monkeypatch):
