@@ -81,8 +81,14 @@ from simulations.membership_attack import (
     reference_membership,
 )
 from simulations.progress import Progress
-from simulations.run_configs import MAIN_RUN_CONFIG, PLAIN_RUN_CONFIG, QUICK_OVERRIDES
+from simulations.run_configs import (
+    MAIN_RUN_CONFIG,
+    PLAIN_RUN_CONFIG,
+    PLAIN_SITE_POLICY,
+    QUICK_OVERRIDES,
+)
 from simulations.sequential import run_sequential_federation
+from simulations.site_policies import apply_site_policy
 from simulations.storefronts import assign_storefronts, prepare_storefronts
 
 EPSILONS: tuple[float, ...] = (1.0, 3.0, 8.0)
@@ -338,6 +344,9 @@ def federated_weights(
         label = _epsilon_label(epsilon)
         with progress.step(f"federated training, ε {label}"):
             run_dir = work / f"federated-eps-{label}"
+            # the non-private baseline needs sites whose policy lets DP be off
+            policy = PLAIN_SITE_POLICY if epsilon is None else []
+            apply_site_policy(split, run_dir, policy, set_by="membership audit")
             result = run_sequential_federation(
                 split, run_dir, {**config, **shared}, progress=progress
             )
