@@ -1,8 +1,10 @@
-"""The fedshop ClientApp: a storefront's answer to the server's train and evaluate messages.
+"""The fedshop ClientApp: a storefront's answer to the server's train and evaluate messages,
+and to the delivery of the final models.
 
 Thin on purpose: the work of a round (data, privacy gate, DP training, the reply) is in
 :mod:`clients.site_task`; the wire contract is in :mod:`privacy.wire`. Under secure
 aggregation a train message is a SecAgg+ stage, answered by :mod:`clients.secure_training`.
+Installing the delivered models is :mod:`clients.delivery`.
 """
 
 from __future__ import annotations
@@ -12,8 +14,10 @@ import logging
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
+from clients.delivery import install_delivered_bundle
 from clients.secure_training import is_secure_aggregation_message, train_with_secure_aggregation
 from clients.site_task import evaluate_round, train_round
+from privacy import wire
 
 app = ClientApp()
 
@@ -32,3 +36,9 @@ def train(msg: Message, context: Context) -> Message:
 def evaluate(msg: Message, context: Context) -> Message:
     """Evaluate the global model on this site's held-out customers (aggregates only)."""
     return evaluate_round(msg, context)
+
+
+@app.query(wire.INSTALL_MODEL)
+def install_model(msg: Message, context: Context) -> Message:
+    """Install the run's final models delivered by the server (checksums checked)."""
+    return install_delivered_bundle(msg, context)

@@ -156,7 +156,7 @@ def train_round(msg: Message, context: Context) -> Message:
         wire.DP_STEPS: dp_steps,
     }
     wire.check_keys(f"{plan.model} train reply", metrics, wire.TRAIN_METRIC_KEYS)
-    return _reply(
+    return site_reply(
         msg,
         storefront,
         metrics,
@@ -176,7 +176,7 @@ def evaluate_round(msg: Message, context: Context) -> Message:
         metrics = model.evaluate(module, data.evaluation)
     # A model bug must not put undocumented values on the wire.
     wire.check_keys(f"{model.name} evaluate reply", metrics, model.evaluate_metric_keys)
-    return _reply(msg, storefront, metrics, {})
+    return site_reply(msg, storefront, metrics, {})
 
 
 def shared_facts(msg: Message, model: FederatedModel) -> dict[str, Any]:
@@ -229,9 +229,10 @@ def _global_module(model: FederatedModel, facts: dict[str, Any], msg: Message) -
     return module
 
 
-def _reply(
+def site_reply(
     msg: Message, storefront: str, metrics: dict[str, Any], records: dict[str, Any]
 ) -> Message:
+    """A site's reply to ``msg``: ``records``, the metrics and the ``site`` record."""
     content = RecordDict(
         {
             **records,

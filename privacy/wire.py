@@ -23,6 +23,15 @@ sums or counts over the site's held-out customers, and the ``"site"`` record.
 A site that declines a round replies with an error whose code is one of the ``DECLINED_*``
 codes below and whose reason starts with the matching reason code, e.g.
 ``"privacy-budget-exhausted: ..."``.
+
+Model delivery, once at the end of a run: a query message with action
+:data:`INSTALL_MODEL` carries the run's model bundle in the ConfigRecord :data:`BUNDLE`,
+file name -> bytes: the manifest (:data:`MANIFEST`, with the sha256 of every weight file)
+and the weight files it names. The site checks every checksum, installs the bundle and
+acknowledges with a MetricRecord ``"metrics"`` of exactly :data:`INSTALL_REPLY_METRIC_KEYS`
+(how many models it installed) and the ``"site"`` record, or replies with error
+:data:`INSTALL_FAILED` and a reason starting ``"install-failed: "``. Nothing per customer
+travels either way.
 """
 
 from __future__ import annotations
@@ -100,3 +109,29 @@ def check_keys(what: str, keys: Iterable[str], allowed: frozenset[str]) -> None:
             f"{what} has keys {sorted(found)}, not the documented {sorted(allowed)}: "
             f"missing {sorted(allowed - found)}, undocumented {sorted(found - allowed)}"
         )
+
+
+# Model delivery (server -> every site, after the run's last round).
+INSTALL_MODEL = "install_model"
+"""Action of the delivery query message (``query.install_model``; an identifier, as Flower
+requires)."""
+BUNDLE = "bundle"
+"""ConfigRecord of the delivery message: bundle file name -> the file's bytes."""
+MODELS_INSTALLED = "models-installed"
+INSTALL_REPLY_METRIC_KEYS: frozenset[str] = frozenset({MODELS_INSTALLED})
+"""The only metric keys a site's delivery acknowledgement may carry."""
+INSTALL_FAILED = 1003
+"""Error code of a site that could not install the delivered bundle (not a decline)."""
+INSTALL_FAILED_REASON = "install-failed"
+
+# The model bundle's manifest, as the server writes it and a site reads it.
+MANIFEST = "manifest.json"
+MANIFEST_MODELS = "models"
+"""Manifest key: model name -> its entry (the keys below)."""
+WEIGHTS_FILE = "weights-file"
+SHA256 = "sha256"
+"""Hex SHA-256 of the entry's weights file, as the server wrote it."""
+ROUNDS_DONE = "rounds-done"
+ARTEFACTS = "artefacts"
+CREATED_AT = "created-at"
+RUN_CONFIG = "run-config"
