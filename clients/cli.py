@@ -1,4 +1,5 @@
-"""``fedshop-site``: the storefront's command line (key generation, export preparation).
+"""``fedshop-site``: the storefront's command line (key generation, export preparation,
+joining the federation, and using the global models: :mod:`clients.model_commands`).
 
 Each subcommand is a pair: ``add_<name>_parser(subparsers)`` declares its arguments and
 sets ``handler``, a function ``(args) -> int``. To add a subcommand from another module,
@@ -16,10 +17,12 @@ import argparse
 from collections.abc import Callable
 from pathlib import Path
 
-from clients import join
-from clients.adapters import ADAPTERS, ColumnMapping, load_mapping
+from clients import join, model_commands
+from clients.adapters import add_format_options, mapping_from_args
 from clients.errors import IngestError
 from clients.ingest import ORDERS_FILE, REPORT_FILE, IngestReport, prepare_export
+from clients.model_store import ModelStoreError
+from clients.site_data import SiteDataError
 from privacy.console_errors import run_handler
 from privacy.pseudonymise import KeyFileError, generate_key
 
@@ -59,23 +62,13 @@ def add_prepare_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--key", type=Path, required=True, help="the site key (see keygen)")
     parser.add_argument("--out", type=Path, required=True, help="directory for the prepared files")
-    fmt = parser.add_mutually_exclusive_group()
-    fmt.add_argument(
-        "--adapter",
-        choices=sorted(ADAPTERS),
-        default="online-retail",
-        help="a named export format (default: online-retail)",
-    )
-    fmt.add_argument("--mapping", type=Path, help="a TOML or JSON column mapping instead")
-    parser.add_argument(
-        "--encoding", help="text encoding of a CSV export that is not UTF-8 (e.g. cp1252)"
-    )
+    add_format_options(parser)
     parser.set_defaults(handler=run_prepare)
 
 
 def run_prepare(args: argparse.Namespace) -> int:
     """Prepare one export and print a summary of the ingest report."""
-    mapping: ColumnMapping = load_mapping(args.mapping) if args.mapping else ADAPTERS[args.adapter]
+    mapping = mapping_from_args(args)
     report = prepare_export(
         args.source, args.out, args.key, mapping=mapping, encoding=args.encoding
     )
@@ -107,13 +100,22 @@ def summarise(report: IngestReport, out_dir: Path) -> str:
     return "\n".join(lines)
 
 
-USER_ERRORS: tuple[type[Exception], ...] = (CommandError, IngestError, KeyFileError, join.JoinError)
+USER_ERRORS: tuple[type[Exception], ...] = (
+    CommandError,
+    IngestError,
+    KeyFileError,
+    join.JoinError,
+    model_commands.ModelCommandError,
+    ModelStoreError,
+    SiteDataError,
+)
 """Exceptions that mean bad input, not a bug: shown as one line with exit code 2."""
 
 SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     add_keygen_parser,
     add_prepare_parser,
     join.add_parser,
+    *model_commands.SUBCOMMANDS,
 ]
 """Parser builders, one per subcommand, in the order ``--help`` lists them."""
 
@@ -122,7 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
     """The ``fedshop-site`` argument parser with every registered subcommand."""
     parser = argparse.ArgumentParser(
         prog=PROG,
-        description="fedshop at a storefront: keys, data preparation, joining the federation",
+        description="fedshop at a storefront: keys, data preparation, joining the federation,"
+        " scoring customers with the global models and serving them",
     )
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add_parser in SUBCOMMANDS:
