@@ -10,6 +10,7 @@ out mid-round).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import signal
@@ -215,6 +216,17 @@ def test_tls_federation_runs_two_rounds_and_refuses_an_unregistered_node(
         assert sorted(record["privacy"]) == storefronts
     for site in sites:  # each site's privacy ledger lives next to its data, not on the server
         assert (site / LEDGER_FILE).is_file()
+    # every site ends holding the final model, byte for byte the server's bundle
+    bundle = tmp_path / "run" / "bundle"
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    checksum = manifest["models"]["recommender"]["sha256"]
+    assert checksum == hashlib.sha256((bundle / "recommender.npz").read_bytes()).hexdigest()
+    for site in sites:
+        installed = site / "models" / "run"
+        assert (installed / "manifest.json").read_bytes() == (bundle / "manifest.json").read_bytes()
+        assert hashlib.sha256((installed / "recommender.npz").read_bytes()).hexdigest() == checksum
+    delivery = json.loads((tmp_path / "run" / "delivery.json").read_text())
+    assert delivery["installed"] == storefronts and delivery["failed"] == []
 
     # the intruder's key was never registered: the SuperLink refuses it, the SuperNode exits
     # with Flower's code 305 (process status 1, as for every Flower error) and join with it
