@@ -15,7 +15,9 @@ Every ``/v1`` route needs ``Authorization: Bearer <token>``, the token ``serve``
 private file (:func:`clients.model_commands.ensure_token`). Errors
 are JSON ``{"detail": ...}``: 401 for a missing or wrong token, 404 for a customer the
 site has no answer for, 422 for a bad ``k`` or ``top``, 503 when the model in use has no
-model for the resource. Answers come from memory (:class:`clients.live_answers.LiveAnswers`).
+model for the resource. Answers come from memory (:class:`clients.live_answers.LiveAnswers`);
+the routes are those of the models installed when the app is built (a later run that adds
+a model is served after a restart).
 No customer id is ever logged: the command that runs the app turns the access log off.
 """
 

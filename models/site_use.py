@@ -66,9 +66,6 @@ SITE_USES: tuple[SiteUse, ...] = (RECOMMEND, CHURN_RISK)
 class NoAnswer(LookupError):
     """The model has no answer for this customer; ``str()`` says why (never an id)."""
 
-    def __str__(self) -> str:
-        return str(self.args[0]) if self.args else "no answer"
-
 
 UNKNOWN_CUSTOMER = "unknown customer: no orders under this id at this storefront"
 

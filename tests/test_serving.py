@@ -128,7 +128,6 @@ def _free_port() -> int:
 class Server:
     """A running ``fedshop-site serve`` and a client that sends its token."""
 
-    process: subprocess.Popen
     url: str
     token: str
     log: Path
@@ -159,7 +158,7 @@ def running_server(site: Site, data: Path) -> Iterator[Server]:
             assert process.poll() is None, log.read_text()[-3000:]
             assert time.monotonic() < deadline, f"serve did not start:\n{log.read_text()}"
             time.sleep(0.3)
-        yield Server(process, url, (data / "api-token").read_text().strip(), log)
+        yield Server(url, (data / "api-token").read_text().strip(), log)
     finally:
         flower_processes.stop(process, timeout=15)
 
