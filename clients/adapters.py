@@ -24,6 +24,7 @@ field names below with ``_`` written as ``-``), for example::
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import re
@@ -166,3 +167,28 @@ def load_mapping(path: Path) -> ColumnMapping:
 
 def _reason(error: Exception) -> str:
     return error.strerror if isinstance(error, OSError) and error.strerror else type(error).__name__
+
+
+def add_format_options(parser: argparse.ArgumentParser) -> None:
+    """Declare how a command reads an export: ``[--adapter A | --mapping F] [--encoding E]``
+    (read back by :func:`mapping_from_args`)."""
+    fmt = parser.add_mutually_exclusive_group()
+    fmt.add_argument(
+        "--adapter",
+        choices=sorted(ADAPTERS),
+        default="online-retail",
+        help="a named export format (default: online-retail)",
+    )
+    fmt.add_argument("--mapping", type=Path, help="a TOML or JSON column mapping instead")
+    parser.add_argument(
+        "--encoding", help="text encoding of a CSV export that is not UTF-8 (e.g. cp1252)"
+    )
+
+
+def mapping_from_args(args: argparse.Namespace) -> ColumnMapping:
+    """The export format the options of :func:`add_format_options` name.
+
+    Raises:
+        IngestError: the mapping file is invalid.
+    """
+    return load_mapping(args.mapping) if args.mapping else ADAPTERS[args.adapter]

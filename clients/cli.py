@@ -1,4 +1,6 @@
-"""``fedshop-site``: the storefront's command line (key generation, export preparation).
+"""``fedshop-site``: the storefront's command line (key generation, export preparation,
+the site's privacy policy and report, joining the federation, and using the global models:
+:mod:`clients.model_commands`).
 
 Each subcommand is a pair: ``add_<name>_parser(subparsers)`` declares its arguments and
 sets ``handler``, a function ``(args) -> int``. To add a subcommand from another module,
@@ -16,10 +18,12 @@ import argparse
 from collections.abc import Callable
 from pathlib import Path
 
-from clients import join, site_privacy
-from clients.adapters import ADAPTERS, ColumnMapping, load_mapping
+from clients import join, model_commands, site_privacy
+from clients.adapters import add_format_options, mapping_from_args
 from clients.errors import IngestError
 from clients.ingest import ORDERS_FILE, REPORT_FILE, IngestReport, prepare_export
+from clients.model_store import ModelStoreError
+from clients.site_data import SiteDataError
 from privacy.console_errors import run_handler
 from privacy.ledger import LedgerError
 from privacy.pseudonymise import KeyFileError, generate_key
@@ -60,23 +64,13 @@ def add_prepare_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--key", type=Path, required=True, help="the site key (see keygen)")
     parser.add_argument("--out", type=Path, required=True, help="directory for the prepared files")
-    fmt = parser.add_mutually_exclusive_group()
-    fmt.add_argument(
-        "--adapter",
-        choices=sorted(ADAPTERS),
-        default="online-retail",
-        help="a named export format (default: online-retail)",
-    )
-    fmt.add_argument("--mapping", type=Path, help="a TOML or JSON column mapping instead")
-    parser.add_argument(
-        "--encoding", help="text encoding of a CSV export that is not UTF-8 (e.g. cp1252)"
-    )
+    add_format_options(parser)
     parser.set_defaults(handler=run_prepare)
 
 
 def run_prepare(args: argparse.Namespace) -> int:
     """Prepare one export and print a summary of the ingest report."""
-    mapping: ColumnMapping = load_mapping(args.mapping) if args.mapping else ADAPTERS[args.adapter]
+    mapping = mapping_from_args(args)
     report = prepare_export(
         args.source, args.out, args.key, mapping=mapping, encoding=args.encoding
     )
@@ -117,6 +111,9 @@ USER_ERRORS: tuple[type[Exception], ...] = (
     join.JoinError,
     site_privacy.PolicyCommandError,
     LedgerError,
+    model_commands.ModelCommandError,
+    ModelStoreError,
+    SiteDataError,
 )
 """Exceptions that mean bad input, not a bug: shown as one line with exit code 2."""
 
@@ -126,6 +123,7 @@ SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     join.add_parser,
     site_privacy.add_policy_parser,
     site_privacy.add_privacy_report_parser,
+    *model_commands.SUBCOMMANDS,
 ]
 """Parser builders, one per subcommand, in the order ``--help`` lists them."""
 
@@ -135,7 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
         description="fedshop at a storefront: keys, data preparation, the site's privacy "
-        "policy and report, joining the federation",
+        "policy and report, joining the federation, scoring customers with the global models "
+        "and serving them",
     )
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add_parser in SUBCOMMANDS:

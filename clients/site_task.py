@@ -159,7 +159,7 @@ def train_round(msg: Message, context: Context) -> Message:
         )
     wire.check_keys(f"{model.name} train reply", metrics, wire.TRAIN_METRIC_KEYS)
     weights = ArrayRecord(_plain_weights(module))
-    return _reply(msg, storefront, metrics, {wire.ARRAYS: weights}, note=grant.note)
+    return site_reply(msg, storefront, metrics, {wire.ARRAYS: weights}, note=grant.note)
 
 
 @reasoned
@@ -183,7 +183,7 @@ def evaluate_round(msg: Message, context: Context) -> Message:
             f"{model.name} evaluation over {customers} held-out customers < minimum cohort "
             f"{policy.min_cohort}; nothing sent",
         )
-    return _reply(msg, storefront, metrics, {})
+    return site_reply(msg, storefront, metrics, {})
 
 
 def site_policy(location: SiteLocation) -> SitePolicy:
@@ -324,9 +324,11 @@ def _global_module(model: FederatedModel, msg: Message) -> nn.Module:
     return module
 
 
-def _reply(
+def site_reply(
     msg: Message, storefront: str, metrics: dict[str, Any], records: dict[str, Any], note: str = ""
 ) -> Message:
+    """A site's reply to ``msg``: ``records``, the metrics and the ``site`` record (with the
+    privacy ``note``, if the site planned the request down)."""
     site = {wire.STOREFRONT: storefront, wire.PRIVACY_NOTE: note}
     wire.check_keys("site record", site, wire.SITE_KEYS)
     content = RecordDict(

@@ -1,5 +1,6 @@
 """The churn model, whole: a small torch MLP on the nine protocol features, its training,
-evaluation and scoring, and :class:`Churn`, the model as the federation knows it
+evaluation, its use at a site (:mod:`models.churn_risk`, with each feature's contribution,
+:func:`feature_contributions`), and :class:`Churn`, the model as the federation knows it
 (``MODEL``, found by name in :mod:`models.registry`).
 
 Input is the raw feature vector of :data:`models.churn_protocol.FEATURES` (one example per
@@ -36,8 +37,10 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from models import metrics, schema
 from models.churn_protocol import FEATURES, ChurnData, churn_cutoff, churn_data, churn_features
+from models.churn_risk import ChurnRisk, risk_table
 from models.optimizers import build_optimizer
 from models.registry import Facts, FederatedModel, SiteData
+from models.site_use import CHURN_RISK
 from models.training import LocalResult, LocalTraining, TrainingSettings, mean_finite
 from privacy import wire
 from privacy.accountants import DPSegment
@@ -67,8 +70,15 @@ class ChurnModel(nn.Module):
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         """Logit of the churn probability of each row of raw (unscaled) features."""
-        scaled = (torch.log1p(features) - self.shift) / self.scale
-        return self.output(F.relu(self.hidden(scaled))).squeeze(-1)
+        return self.logit(self.standardise(features))
+
+    def standardise(self, features: torch.Tensor) -> torch.Tensor:
+        """Raw features -> the network's input: ``(log1p(x) - shift) / scale``."""
+        return (torch.log1p(features) - self.shift) / self.scale
+
+    def logit(self, standardised: torch.Tensor) -> torch.Tensor:
+        """Churn logit of each row of standardised features."""
+        return self.output(F.relu(self.hidden(standardised))).squeeze(-1)
 
 
 def churn_dataset(data: ChurnData) -> TensorDataset:
@@ -187,6 +197,30 @@ def predict_churn(model: nn.Module, features: pd.DataFrame) -> np.ndarray:
     return torch.sigmoid(model(inputs)).double().numpy()
 
 
+def feature_contributions(model: ChurnModel, features: pd.DataFrame) -> np.ndarray:
+    """Each feature's contribution to each customer's churn logit, ``(customers, 9)``.
+
+    Integrated gradients (Sundararajan et al. 2017) against a typical customer, whose every
+    feature sits at the centre of the fixed scaling (:data:`LOG_FEATURE_MEAN`; standardised
+    input 0), along the straight line in the standardised input ``z``. On that line hidden
+    unit ``j``'s pre-activation is ``α·(W₁z)_j + b_j``, so the ReLU network is linear
+    between the points where a unit switches, and the integral is exact: unit ``j`` adds
+    its gradient for the share of the line where it is active. A customer's contributions
+    sum to their logit minus the typical customer's; positive raises the risk.
+    """
+    inputs = torch.tensor(features.loc[:, FEATURES].to_numpy(), dtype=torch.float32)
+    with torch.no_grad():
+        standardised = model.standardise(inputs).double()
+        weight, bias = model.hidden.weight.double(), model.hidden.bias.double()
+        slope = standardised @ weight.T  # unit j's pre-activation is α·slope_j + bias_j
+        switch = (-bias / slope).clamp(0.0, 1.0)  # where it changes sign, within [0, 1]
+        active_share = torch.where(
+            slope > 0, 1.0 - switch, torch.where(slope < 0, switch, (bias > 0).double())
+        )
+        mean_gradient = (active_share * model.output.weight.double()[0]) @ weight
+    return (standardised * mean_gradient).numpy()
+
+
 def evaluate_churn(model: nn.Module, data: ChurnData) -> pd.DataFrame:
     """ROC-AUC, PR-AUC and Brier of ``model`` on ``data`` (e.g. ``data.part(held_out=True)``),
     over all its customers (the :data:`models.metrics.OVERALL` row) and per storefront.
@@ -225,6 +259,8 @@ last timestamp would move the cutoff at small storefronts and change their label
 SCORE_BIN_EDGES = "score-bin-edges"
 SCORE_BIN_MEANS = "score-bin-means"
 SCORE_BIN_DEVIATIONS = "score-bin-deviations"
+CHURN_CUTOFF = "churn-cutoff"
+"""Bundle artefact: the :data:`CUTOFF` the weights were trained at."""
 SCORE_BINS_POSITIVE = "score-bins-positive"
 SCORE_BINS_NEGATIVE = "score-bins-negative"
 BRIER_SUM = "brier-sum"
@@ -262,6 +298,7 @@ class Churn(FederatedModel):
         "churn-rate": "churn rate",
         "num-customers": "held-out customers",
     }
+    site_use = CHURN_RISK
 
     def shared_facts(
         self, declared: Mapping[str, Any], whole_split: Callable[[], pd.DataFrame]
@@ -363,17 +400,28 @@ class Churn(FederatedModel):
             "features": list(FEATURES),
             "log-feature-mean": list(LOG_FEATURE_MEAN),
             "log-feature-std": list(LOG_FEATURE_STD),
-            "churn-cutoff": facts[CUTOFF],
+            CHURN_CUTOFF: facts[CUTOFF],
         }
 
-    def score(self, module: nn.Module, orders: pd.DataFrame, facts: Facts) -> pd.DataFrame:
-        """Churn probability of every customer with a purchase in ``orders``, as of their
-        last timestamp, with the features behind it (index: customer token)."""
-        del facts
+    def facts_from_artefacts(self, artefacts: Mapping[str, Any]) -> dict[str, Any]:
+        """The cutoff trained on (the module itself needs no fact)."""
+        return {CUTOFF: artefacts[CHURN_CUTOFF]}
+
+    def site_scores(self, module: nn.Module, orders: pd.DataFrame, facts: Facts) -> ChurnRisk:
+        """Churn risk of every active customer of ``orders`` as of their last timestamp,
+        with the features behind it and each one's contribution (:mod:`models.churn_risk`)."""
+        del facts  # the training cutoff is not the scoring date
         if orders.empty:
             raise ValueError("no order lines to score")
-        features = churn_features(orders, orders[schema.TIMESTAMP].max())
-        return features.assign(probability=predict_churn(module, features))
+        as_of = orders[schema.TIMESTAMP].max()
+        features = churn_features(orders, as_of)
+        table = risk_table(
+            features,
+            predict_churn(module, features),
+            feature_contributions(module, features),
+            as_of,
+        )
+        return ChurnRisk(table, known=orders[schema.CUSTOMER].unique())
 
 
 def evaluation_sums(

@@ -131,7 +131,7 @@ def build_histories(orders: pd.DataFrame, vocabulary: Sequence[str]) -> dict[str
             ORDER: orders[ORDER].to_numpy(),
             "item": item_index,
             QUANTITY: orders[QUANTITY].to_numpy(),
-            TIMESTAMP: orders[TIMESTAMP].to_numpy(),
+            TIMESTAMP: orders[TIMESTAMP].array,  # tz-aware, not an object array
         }
     )
     lines = lines[lines["item"] >= 0]

@@ -1,6 +1,6 @@
 """The next-basket recommender, whole: model, training loop (plain or user-level DP),
-evaluation and scoring, and :class:`Recommender`, the model as the federation knows it
-(``MODEL``, found by name in :mod:`models.registry`).
+evaluation, its use at a site (:mod:`models.recommendations`), and :class:`Recommender`,
+the model as the federation knows it (``MODEL``, found by name in :mod:`models.registry`).
 
 Score of catalogue item ``i`` for a customer (a logit over the whole catalogue):
 
@@ -30,10 +30,10 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from models import metrics, schema
-from models.baselines import evaluate_next_basket
+from models.baselines import buyer_counts, evaluate_next_basket
 from models.nextbasket_features import (
     FEATURE_NAMES,
     NUM_FEATURES,
@@ -51,8 +51,10 @@ from models.nextbasket_protocol import (
     split_next_basket,
 )
 from models.optimizers import build_optimizer
+from models.recommendations import Recommendations
 from models.recommender_layers import ItemBias, PersonalScorer, register_grad_samplers
 from models.registry import Facts, FederatedModel, SiteData
+from models.site_use import MAX_ITEMS, RECOMMEND
 from models.training import LocalResult, LocalTraining, TrainingSettings, mean_finite
 from privacy import wire
 from privacy.accountants import DPSegment
@@ -202,13 +204,35 @@ def train_recommender(
 
 
 @torch.no_grad()
-def score_examples(
-    model: NextBasketRecommender, dataset: Dataset, *, batch_size: int = 512
-) -> np.ndarray:
-    """Catalogue scores ``(len(dataset), V)`` of every example, float32."""
+def score_examples(model: NextBasketRecommender, dataset: Dataset) -> np.ndarray:
+    """Catalogue scores ``(len(dataset), V)`` of every example, float32.
+
+    Each example is scored in a forward pass of its own, so a customer's scores do not
+    depend on which other customers are scored with them (a batched matrix product can
+    differ in the last bit with the batch's size): the federation's evaluation,
+    ``fedshop-site recommend`` and ``serve`` rank a customer's items identically.
+    """
     model.eval()
-    loader = DataLoader(dataset, batch_size=batch_size, collate_fn=collate_examples)
-    return torch.cat([model(batch) for batch in loader]).numpy()
+    scores = np.empty((len(dataset), model.num_items), dtype=np.float32)
+    for row in range(len(dataset)):
+        scores[row] = model(collate_examples([dataset[row]]))[0].numpy()
+    return scores
+
+
+def rank_items(
+    model: NextBasketRecommender, dataset: Dataset, k: int, *, chunk: int = 1024
+) -> tuple[np.ndarray, np.ndarray]:
+    """Every example's ``k`` best catalogue items, best first (ties to the lower index,
+    :func:`models.metrics.top_k_items`), and their scores: ``(len(dataset), k)`` int64 and
+    float32. Scores ``chunk`` examples at a time, never the whole catalogue matrix."""
+    ranked = np.empty((len(dataset), k), dtype=np.int64)
+    top_scores = np.empty((len(dataset), k), dtype=np.float32)
+    for start in range(0, len(dataset), chunk):
+        stop = min(start + chunk, len(dataset))
+        scores = score_examples(model, Subset(dataset, range(start, stop)))
+        ranked[start:stop] = metrics.top_k_items(scores, k)
+        top_scores[start:stop] = np.take_along_axis(scores, ranked[start:stop], axis=1)
+    return ranked, top_scores
 
 
 def evaluate_recommender(
@@ -232,6 +256,8 @@ TOP_K = 10
 HIT_SUM = "hit-sum"
 RECALL_SUM = "recall-sum"
 NDCG_SUM = "ndcg-sum"
+ITEM_VOCABULARY = "item-vocabulary"
+"""Bundle artefact: the catalogue the weights score (the :data:`CATALOGUE` fact)."""
 CATALOGUE = "catalogue"
 """Shared fact (and run-config key ``recommender.catalogue``): the item catalogue, a list
 of item ids (position = output index). Product data, not customer data; one catalogue
@@ -255,6 +281,7 @@ class Recommender(FederatedModel):
         f"ndcg@{TOP_K}": f"NDCG@{TOP_K}",
         "num-customers": "test customers",
     }
+    site_use = RECOMMEND
 
     def shared_facts(
         self, declared: Mapping[str, Any], whole_split: Callable[[], pd.DataFrame]
@@ -310,7 +337,7 @@ class Recommender(FederatedModel):
         del min_cohort
         if len(evaluation) == 0:
             return {wire.NUM_EXAMPLES: 0, HIT_SUM: 0.0, RECALL_SUM: 0.0, NDCG_SUM: 0.0}
-        ranked = metrics.top_k_items(score_examples(module, evaluation), TOP_K)
+        ranked, _ = rank_items(module, evaluation, TOP_K)
         targets = np.zeros((len(evaluation), module.num_items), dtype=bool)
         for row in range(len(evaluation)):
             targets[row, evaluation[row]["target_items"].numpy()] = True
@@ -338,24 +365,34 @@ class Recommender(FederatedModel):
 
     def artefacts(self, facts: Facts) -> dict[str, Any]:
         """The item vocabulary and the names of the personal features."""
-        return {"item-vocabulary": _catalogue(facts), "personal-features": list(FEATURE_NAMES)}
+        return {ITEM_VOCABULARY: _catalogue(facts), "personal-features": list(FEATURE_NAMES)}
 
-    def score(self, module: nn.Module, orders: pd.DataFrame, facts: Facts) -> pd.DataFrame:
-        """Top-10 items for every customer with a purchase in ``orders``, from their whole
-        purchase history: rows ``(customer, rank, item_id, score)``, rank 1 first."""
+    def facts_from_artefacts(self, artefacts: Mapping[str, Any]) -> dict[str, Any]:
+        """The catalogue is the bundle's item vocabulary."""
+        return {CATALOGUE: list(artefacts[ITEM_VOCABULARY])}
+
+    def site_scores(self, module: nn.Module, orders: pd.DataFrame, facts: Facts) -> Recommendations:
+        """Every customer's best items from their whole purchase history in ``orders``
+        (its clean purchase lines over the catalogue; the protocol's test customers are
+        ranked exactly as :meth:`evaluate` ranks them), and the storefront's popular items
+        for known customers without one (:mod:`models.recommendations`)."""
         vocabulary = _catalogue(facts)
-        histories = build_histories(clean_purchases(orders), vocabulary)
+        purchases = clean_purchases(orders)
+        histories = build_histories(purchases, vocabulary)
         examples = EvaluationExamples(histories, {c: [] for c in histories}, vocabulary)
-        scores = score_examples(module, examples)
-        ranked = metrics.top_k_items(scores, TOP_K)
-        rows = np.repeat(np.arange(len(examples)), ranked.shape[1])
-        return pd.DataFrame(
-            {
-                schema.CUSTOMER: np.asarray(examples.customers, dtype=object)[rows],
-                "rank": np.tile(np.arange(1, ranked.shape[1] + 1), len(examples)),
-                schema.ITEM: np.asarray(vocabulary, dtype=object)[ranked.reshape(-1)],
-                "score": scores[rows, ranked.reshape(-1)],
-            }
+        length = min(MAX_ITEMS, len(vocabulary))
+        ranked, scores = rank_items(module, examples, length)
+        buyers = buyer_counts(purchases, pd.Index(vocabulary))
+        popular = metrics.top_k_items(buyers[None, :], length)[0]
+        share = buyers / max(purchases[schema.CUSTOMER].nunique(), 1)
+        return Recommendations(
+            vocabulary,
+            examples.customers,
+            ranked,
+            scores,
+            popular,
+            share[popular],
+            known=orders[schema.CUSTOMER].unique(),
         )
 
 

@@ -12,8 +12,9 @@ simulations need, so none of them names a model:
 - **evaluation**: the sums and counts a site sends (exactly
   :attr:`FederatedModel.evaluate_metric_keys`, nothing per customer) and how the server
   pools several sites' sums into metrics;
-- its **default local-training settings**, the **artefacts** its bundle carries, and
-  **scoring** for use at the site.
+- its **default local-training settings**, the **artefacts** its bundle carries (and the
+  facts a site rebuilds from them), and its **use at a site** (:mod:`models.site_use`):
+  the command and API resource a storefront reads, and every customer's answer.
 
 Names: a built-in model ``<name>`` is the module ``models/<name>.py`` and its ``MODEL``;
 any other importable module with a ``MODEL`` is a model named by its dotted module path
@@ -35,6 +36,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from models.site_use import SiteScores, SiteUse
 from models.training import LocalResult, LocalTraining, TrainingSettings
 
 BUILTIN_MODELS: tuple[str, ...] = ("churn", "recommender")
@@ -72,6 +74,8 @@ class FederatedModel(ABC):
     storefronts pool them weighted by their customers (``num-customers``)."""
     metric_labels: Mapping[str, str] = {}
     """How reports name the model's metrics (default: as :meth:`summarise` names them)."""
+    site_use: SiteUse | None = None
+    """How a storefront uses the model (None: it is trained, not served)."""
 
     def shared_facts(
         self, declared: Mapping[str, Any], whole_split: Callable[[], pd.DataFrame]
@@ -119,10 +123,19 @@ class FederatedModel(ABC):
         """JSON-serialisable artefacts the model bundle carries (default: the facts)."""
         return dict(facts)
 
-    @abstractmethod
-    def score(self, module: nn.Module, orders: pd.DataFrame, facts: Facts) -> pd.DataFrame:
-        """Use at the site: one row per customer of ``orders`` (indexed by pseudonymous
-        token) with the model's output for that customer."""
+    def facts_from_artefacts(self, artefacts: Mapping[str, Any]) -> dict[str, Any]:
+        """The shared facts a site rebuilds the module with from the bundle's
+        :meth:`artefacts` (default: the artefacts are the facts)."""
+        return dict(artefacts)
+
+    def site_scores(self, module: nn.Module, orders: pd.DataFrame, facts: Facts) -> SiteScores:
+        """Use at the site (for a model with a :attr:`site_use`): the answer for every
+        customer of the site's ``orders``, from the global ``module``.
+
+        Raises:
+            ValueError: the orders hold nothing to score.
+        """
+        raise NotImplementedError(f"model {self.name} has no use at a site")
 
 
 _LOADED: dict[str, FederatedModel] = {}

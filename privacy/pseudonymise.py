@@ -139,6 +139,19 @@ def pseudonymise_customers(ids: pd.Series, key: bytes) -> pd.Series:
     return _expand(tokens, codes, ids)
 
 
+def customer_token(customer_id: object, key: bytes) -> str | None:
+    """The token of one customer id under ``key`` (as :func:`pseudonymise_customers` gives
+    it), or None for a missing id.
+
+    Raises:
+        ValueError: ``key`` is not a 32-byte key, or the id is a non-finite number.
+    """
+    if not isinstance(key, bytes) or len(key) != KEY_BYTES:
+        raise ValueError(f"a site key is {KEY_BYTES} bytes; refusing to pseudonymise")
+    canonical = _canonical_id(customer_id)
+    return None if canonical is None else _token(hmac.HMAC(key, hashes.SHA256()), canonical)
+
+
 def _expand(per_code: list[str | None], codes: np.ndarray, like: pd.Series) -> pd.Series:
     """The ``str`` Series whose row i is ``per_code[codes[i]]`` (code -1: missing)."""
     values = pc.take(pa.array(per_code, pa.string()), pa.array(codes, mask=codes < 0))

@@ -29,6 +29,15 @@ sums or counts over at least the site's minimum cohort of held-out customers, an
 A site that declines replies with an error whose code is one of the codes of
 :data:`DECLINE_REASONS` and whose reason is ``"<reason code> (<storefront>): <detail>"``,
 e.g. ``"privacy-budget-exhausted (Spain): ..."`` — never a crash of the round.
+
+Model delivery, once at the end of a run: a query message with action
+:data:`INSTALL_MODEL` carries the run's model bundle in the ConfigRecord :data:`BUNDLE`,
+file name -> bytes: the manifest (:data:`MANIFEST`, with the sha256 of every weight file)
+and the weight files it names. The site checks every checksum, installs the bundle and
+acknowledges with a MetricRecord ``"metrics"`` of exactly :data:`INSTALL_REPLY_METRIC_KEYS`
+(how many models it installed) and the ``"site"`` record, or refuses with error
+:data:`INSTALL_FAILED` (``"install-failed (<storefront>): <detail>"``). Nothing per
+customer travels either way.
 """
 
 from __future__ import annotations
@@ -84,21 +93,25 @@ ARRAY_NAMES = "array-names"
 """Train-config key of secure-aggregation rounds: the model's array names, in the order of
 the legacy FitIns arrays (the legacy layout has no names)."""
 
-# Error codes for declined rounds; above Flower's own ErrorCode range.
+# Error codes of a site's refusals; above Flower's own ErrorCode range.
 DECLINED_BUDGET_EXHAUSTED = 1001
 DECLINED_NO_DATA = 1002
 DECLINED_POLICY = 1003
 DECLINED_SITE_ERROR = 1004
 SUPPRESSED = 1005
+INSTALL_FAILED = 1006
+"""A site that could not install the delivered bundle (its reply to the delivery)."""
 DECLINE_REASONS: dict[int, str] = {
     DECLINED_BUDGET_EXHAUSTED: "privacy-budget-exhausted",
     DECLINED_NO_DATA: "no-training-data",
     DECLINED_POLICY: "privacy-policy",
     DECLINED_SITE_ERROR: "site-error",
     SUPPRESSED: "suppressed",
+    INSTALL_FAILED: "install-failed",
 }
 """Reason codes of a site's reasoned refusals. ``suppressed`` answers an evaluate
-message whose aggregates would cover fewer customers than the site's minimum cohort."""
+message whose aggregates would cover fewer customers than the site's minimum cohort;
+``install-failed`` the delivery of a bundle the site could not verify or write."""
 
 
 class ContractViolation(RuntimeError):
@@ -130,3 +143,26 @@ def check_keys(what: str, keys: Iterable[str], allowed: frozenset[str]) -> None:
             f"{what} has keys {sorted(found)}, not the documented {sorted(allowed)}: "
             f"missing {sorted(allowed - found)}, undocumented {sorted(found - allowed)}"
         )
+
+
+# Model delivery (server -> every site, after the run's last round).
+INSTALL_MODEL = "install_model"
+"""Action of the delivery query message (``query.install_model``; an identifier, as Flower
+requires)."""
+BUNDLE = "bundle"
+"""ConfigRecord of the delivery message: bundle file name -> the file's bytes."""
+MODELS_INSTALLED = "models-installed"
+INSTALL_REPLY_METRIC_KEYS: frozenset[str] = frozenset({MODELS_INSTALLED})
+"""The only metric keys a site's delivery acknowledgement may carry."""
+
+# The model bundle's manifest, as the server writes it and a site reads it.
+MANIFEST = "manifest.json"
+MANIFEST_MODELS = "models"
+"""Manifest key: model name -> its entry (the keys below)."""
+WEIGHTS_FILE = "weights-file"
+SHA256 = "sha256"
+"""Hex SHA-256 of the entry's weights file, as the server wrote it."""
+ROUNDS_DONE = "rounds-done"
+ARTEFACTS = "artefacts"
+CREATED_AT = "created-at"
+RUN_CONFIG = "run-config"

@@ -2,9 +2,11 @@
 
 ``<run-dir>/bundle/`` holds, for every trained model, ``<model>.npz`` (the global
 ``state_dict`` as numpy arrays) and one ``manifest.json`` with what a site needs to use
-the weights and what an auditor needs to trust them: model-specific artefacts (item
-vocabulary, feature scaling constants), rounds completed, ε/δ/steps last reported by
-each storefront per model, the run's resolved config, and package versions.
+the weights and what an auditor needs to trust them: the SHA-256 of each weights file,
+model-specific artefacts (item vocabulary, feature scaling constants), rounds completed,
+ε/δ/steps last reported by each storefront per model, the run's resolved config, and
+package versions. The manifest keys a site reads are named in :mod:`privacy.wire`; the
+bundle is what every site installs at the end of a run (:mod:`server.delivery`).
 
 The bundle directory is built next to its destination and swapped in with renames, so
 a reader never sees a half-written bundle.
@@ -12,6 +14,7 @@ a reader never sees a half-written bundle.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -23,8 +26,10 @@ from typing import Any
 
 import numpy as np
 
+from privacy import wire
+
 BUNDLE_DIR = "bundle"
-MANIFEST = "manifest.json"
+MANIFEST = wire.MANIFEST
 _VERSIONED_PACKAGES = ("fedshop", "flwr", "torch", "opacus", "numpy", "pandas")
 
 
@@ -71,23 +76,26 @@ def export_bundle(
     run_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=run_dir, prefix=".bundle-"))
     try:
+        checksums = {}
         for model, state in weights.items():
             with open(staging / f"{model}.npz", "wb") as file:
                 np.savez(file, **state)
                 file.flush()
                 os.fsync(file.fileno())
+            checksums[model] = hashlib.sha256((staging / f"{model}.npz").read_bytes()).hexdigest()
         manifest = {
-            "created-at": datetime.now(UTC).isoformat(),
-            "models": {
+            wire.CREATED_AT: datetime.now(UTC).isoformat(),
+            wire.MANIFEST_MODELS: {
                 model: {
-                    "weights-file": f"{model}.npz",
-                    "rounds-done": rounds_done.get(model, 0),
-                    "artefacts": (artefacts or {}).get(model, {}),
+                    wire.WEIGHTS_FILE: f"{model}.npz",
+                    wire.SHA256: checksums[model],
+                    wire.ROUNDS_DONE: rounds_done.get(model, 0),
+                    wire.ARTEFACTS: (artefacts or {}).get(model, {}),
                     "privacy-per-storefront": privacy.get(model, {}),
                 }
                 for model in weights
             },
-            "run-config": run_config,
+            wire.RUN_CONFIG: run_config,
             "versions": package_versions(),
         }
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
@@ -109,7 +117,7 @@ def load_bundle(bundle_dir: Path | str) -> tuple[dict[str, Any], dict[str, dict[
     bundle_dir = Path(bundle_dir)
     manifest = json.loads((bundle_dir / MANIFEST).read_text())
     weights = {}
-    for model, entry in manifest["models"].items():
-        with np.load(bundle_dir / entry["weights-file"], allow_pickle=False) as npz:
+    for model, entry in manifest[wire.MANIFEST_MODELS].items():
+        with np.load(bundle_dir / entry[wire.WEIGHTS_FILE], allow_pickle=False) as npz:
             weights[model] = {key: npz[key] for key in npz.files}
     return manifest, weights

@@ -6,7 +6,8 @@ every round the app writes a checkpoint (:mod:`server.checkpoint`) and the run's
 per-round log ``rounds.jsonl``; started again with the same ``run-dir`` it continues
 at the next round of the model it was training. At the end it exports the model
 bundle (:mod:`server.bundle`), the privacy report from the sites' reports
-(:mod:`server.privacy_report`) and ``report.html`` (:mod:`server.report`).
+(:mod:`server.privacy_report`) and ``report.html`` (:mod:`server.report`), and delivers
+the bundle to every site (:mod:`server.delivery`).
 
 Models are found by name in the registry (:mod:`models.registry`): each says what it
 needs on the server — its shared facts, initial weights, how its evaluation sums pool,
@@ -39,6 +40,7 @@ from privacy.atomic_files import atomic_write
 from server import progress
 from server.bundle import export_bundle
 from server.checkpoint import Checkpoint, ModelProgress, latest_checkpoint, save_checkpoint
+from server.delivery import deliver_bundle
 from server.evaluation import evaluation_aggregator
 from server.run_files import RESOLVED_CONFIG, ROUNDS_LOG
 from server.secure_aggregation import SecureAggregationSettings, start_secure_aggregation
@@ -150,7 +152,7 @@ def run_federation(grid: Grid, run_config: dict[str, Any]) -> Checkpoint:
             evaluate_fn=checkpoint_hook(strategy, model, checkpoint, run_dir),
         )
 
-    export_bundle(
+    bundle = export_bundle(
         run_dir,
         {run.model.name: checkpoint.models[run.model.name].weights for run in planned},
         rounds_done=_rounds_done(checkpoint),
@@ -159,6 +161,7 @@ def run_federation(grid: Grid, run_config: dict[str, Any]) -> Checkpoint:
         artefacts={run.model.name: run.model.artefacts(run.facts) for run in planned},
     )
     write_run_reports(run_dir, checkpoint.round_records)
+    deliver_bundle(grid, bundle, run_dir, timeout=float(run_config.get("round-timeout", 3600.0)))
     return checkpoint
 
 

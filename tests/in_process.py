@@ -18,6 +18,7 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.simulation import run_simulation
 
 from clients import client_app
+from privacy import wire
 
 
 def simulate_federation(
@@ -41,6 +42,10 @@ def simulate_federation(
     @client.evaluate()
     def evaluate(msg: Message, context: Context) -> Message:
         return client_app.evaluate(msg, with_run_config(context))
+
+    @client.query(wire.INSTALL_MODEL)
+    def install_model(msg: Message, context: Context) -> Message:
+        return client_app.install_model(msg, with_run_config(context))
 
     run_simulation(
         server_app=server,

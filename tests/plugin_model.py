@@ -132,14 +132,5 @@ class SpendModel(FederatedModel):
         total = sum(float(site[SQUARED_ERROR_SUM]) for site in sums)
         return {"mse": total / count if count else math.nan, "num-customers": count}
 
-    def score(self, module: nn.Module, orders: pd.DataFrame, facts: Facts) -> pd.DataFrame:
-        """Predicted log spend per customer."""
-        del facts
-        features, _ = customer_activity(orders)
-        with torch.no_grad():
-            inputs = torch.tensor(features.to_numpy(), dtype=torch.float32)
-            predicted = module(inputs).squeeze(-1).numpy()
-        return features.assign(predicted_log_spend=predicted)
-
 
 MODEL = SpendModel()

@@ -10,6 +10,7 @@ out mid-round).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import signal
@@ -247,6 +248,18 @@ def test_tls_federation_runs_two_rounds_and_refuses_an_unregistered_node(
         assert row["epsilon"] == by_site[site.name]["epsilon"]
         assert row["dp-steps"] == by_site[site.name]["dp_steps"]
 
+    # every site ends holding the final model, byte for byte the server's bundle
+    bundle = tmp_path / "run" / "bundle"
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    checksum = manifest["models"]["recommender"]["sha256"]
+    assert checksum == hashlib.sha256((bundle / "recommender.npz").read_bytes()).hexdigest()
+    for site in sites:
+        installed = site / "models" / "run"
+        assert (installed / "manifest.json").read_bytes() == (bundle / "manifest.json").read_bytes()
+        assert hashlib.sha256((installed / "recommender.npz").read_bytes()).hexdigest() == checksum
+    delivery = json.loads((tmp_path / "run" / "delivery.json").read_text())
+    assert delivery["installed"] == storefronts and delivery["failed"] == []
+
     # Asked to train without DP, every site declines with its reason, and no update comes.
     submit = _submit_run(
         processes, federation, run_config.replace("epsilon=50.0", "epsilon=0.0"), tmp_path / "no-dp"
@@ -266,7 +279,12 @@ def test_tls_federation_runs_two_rounds_and_refuses_an_unregistered_node(
         facts={"recommender": {"catalogue": catalogue.read_text().split()}},
         secrets=set(orders["customer"]) | set(orders["order_id"]),
     )
-    assert kinds == {"train": ROUNDS * len(sites), "refused": ROUNDS * len(sites)}
+    # each run ends with the delivery of its bundle, which every site acknowledges
+    assert kinds == {
+        "train": ROUNDS * len(sites),
+        "refused": ROUNDS * len(sites),
+        "install": 2 * len(sites),
+    }
 
     # the intruder's key was never registered: the SuperLink refuses it, the SuperNode exits
     # with Flower's code 305 (process status 1, as for every Flower error) and join with it

@@ -42,7 +42,8 @@ def check_sent_messages(
         min_cohort: the sites' minimum cohort: no evaluation reply covers fewer customers.
 
     Returns:
-        How many messages of each kind were checked (``train``, ``evaluate``, ``refused``).
+        How many messages of each kind were checked (``train``, ``evaluate``,
+        ``install``: a delivery's acknowledgement, ``refused``).
     """
     shapes = {
         name: {
@@ -80,6 +81,8 @@ def check_sent_messages(
             assert found in shapes.values(), f"{path}: arrays {found}"
             assert all(np.isfinite(v).all() and v.dtype == np.float32 for v in arrays.values())
             kinds["train"] += 1
+        elif set(metrics) == wire.INSTALL_REPLY_METRIC_KEYS:
+            kinds["install"] += 1
         else:
             assert set(metrics) in [set(keys) for keys in evaluation_keys.values()], (
                 f"{path}: {sorted(metrics)}"
