@@ -20,7 +20,7 @@ Registration imports Opacus, so it happens only when DP training starts.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from functools import cache
 
 import torch
@@ -71,18 +71,18 @@ class PersonalScorer(nn.Module):
         """``(weight, bias)`` of layer ``depth`` (0 = first)."""
         return getattr(self, f"weight_{depth}"), getattr(self, f"bias_{depth}")
 
-    def pre_activations(self, features: torch.Tensor) -> list[torch.Tensor]:
-        """Every layer's input to its ReLU (the last one is the score), rows × width."""
-        outputs, inputs = [], features
-        for depth in range(self.depth):
+    def layer_inputs(self, features: torch.Tensor) -> list[torch.Tensor]:
+        """Every layer's input, rows × width: the features, then each hidden ReLU output."""
+        inputs = [features]
+        for depth in range(self.depth - 1):
             weight, bias = self.layer(depth)
-            outputs.append(nn.functional.linear(inputs, weight, bias))
-            inputs = torch.relu(outputs[-1])
-        return outputs
+            inputs.append(torch.relu(nn.functional.linear(inputs[-1], weight, bias)))
+        return inputs
 
     def forward(self, features: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
         """Scores ``(N,)`` of the ``N`` packed rows of a batch of ``len(offsets)`` examples."""
-        return self.pre_activations(features)[-1].squeeze(-1)
+        weight, bias = self.layer(self.depth - 1)
+        return nn.functional.linear(self.layer_inputs(features)[-1], weight, bias).squeeze(-1)
 
 
 def item_bias_grad_sample(
@@ -107,22 +107,53 @@ def personal_scorer_grad_sample(
     ``activations`` are the module inputs ``(features (N, F), offsets (B,))``; ``backprops``
     ``(N,)`` the per-example-loss gradients of the row scores.
     """
+    grads: dict[nn.Parameter, torch.Tensor] = {}
+    for (weight, bias), augmented in _augmented_gradients(layer, activations, backprops):
+        grads[weight], grads[bias] = augmented[..., :-1], augmented[..., -1]
+    return grads
+
+
+def personal_scorer_norm_sample(
+    layer: PersonalScorer, activations: list[torch.Tensor], backprops: torch.Tensor
+) -> dict[nn.Parameter, torch.Tensor]:
+    """Per-example gradient norms ``(B,)`` of every MLP weight and bias (arguments as for
+    :func:`personal_scorer_grad_sample`, whose gradients they are the norms of)."""
+    norms: dict[nn.Parameter, torch.Tensor] = {}
+    for (weight, bias), augmented in _augmented_gradients(layer, activations, backprops):
+        norms[weight] = torch.linalg.vector_norm(augmented[..., :-1], dim=(1, 2))
+        norms[bias] = torch.linalg.vector_norm(augmented[..., -1], dim=1)
+    return norms
+
+
+def _augmented_gradients(
+    layer: PersonalScorer, activations: list[torch.Tensor], backprops: torch.Tensor
+) -> Iterator[tuple[tuple[nn.Parameter, nn.Parameter], torch.Tensor]]:
+    """Each layer's ``(weight, bias)`` and per-example gradient of ``[weight | bias]``,
+    ``(B, out, in + 1)``, last layer first: backpropagation by hand through the recomputed
+    MLP, one block-sparse product per layer (the bias is a weight on a constant input, so it
+    rides along as one more column instead of a product of its own)."""
     features, offsets = activations
     rows = len(features)
-    segments = _Segments(offsets, rows)
     with torch.no_grad():
-        pre_activations = layer.pre_activations(features)
-    inputs = [features, *(torch.relu(z) for z in pre_activations[:-1])]
-    ones = features.new_ones((rows, 1))  # a bias is a weight on a constant input
+        inputs = layer.layer_inputs(features)
+    ones = features.new_ones((rows, 1))
     delta = backprops.reshape(rows, 1)  # δ_L: gradient of the score (last pre-activation)
-    grads: dict[nn.Parameter, torch.Tensor] = {}
     for depth in reversed(range(layer.depth)):
         weight, bias = layer.layer(depth)
-        grads[weight] = segments.sum_of_outer_products(delta, inputs[depth])
-        grads[bias] = segments.sum_of_outer_products(delta, ones).squeeze(2)
+        # The sparse matrix takes its values from one side transposed. A one-wide δ is its
+        # own transpose; otherwise the inputs are transposed while the ones column is
+        # appended, which costs no more than appending it, where transposing δ is a copy.
+        if delta.shape[1] == 1:
+            augmented = torch.cat([inputs[depth], ones], dim=1)
+            grads = _sum_of_outer_products(offsets, delta.t(), augmented)
+        else:
+            augmented_t = torch.cat([inputs[depth].t(), ones.t()])
+            grads = _sum_of_outer_products(offsets, augmented_t, delta).transpose(1, 2)
+        yield (weight, bias), grads
         if depth > 0:
-            delta = (delta @ weight.detach()) * (pre_activations[depth - 1] > 0)
-    return grads
+            # ReLU's backward as autograd runs it (one fused kernel, no mask tensor), on the
+            # ReLU's output: positive exactly where its input is.
+            delta = torch.ops.aten.threshold_backward(delta @ weight.detach(), inputs[depth], 0.0)
 
 
 @cache
@@ -133,34 +164,34 @@ def register_grad_samplers() -> None:
     register_grad_sampler(ItemBias)(item_bias_grad_sample)
     register_norm_sampler(ItemBias)(item_bias_norm_sample)
     register_grad_sampler(PersonalScorer)(personal_scorer_grad_sample)
+    register_norm_sampler(PersonalScorer)(personal_scorer_norm_sample)
 
 
-class _Segments:
-    """``rows`` packed rows grouped into examples: example ``b`` owns rows ``offsets[b]``
-    up to the next offset (or the end)."""
+def _sum_of_outer_products(
+    offsets: torch.Tensor, left_t: torch.Tensor, right: torch.Tensor
+) -> torch.Tensor:
+    """``G[b] = Σ_{r in b} left_t[:, r] ⊗ right[r]``, shape ``(B, left, right)``, where example
+    ``b`` owns the packed rows ``offsets[b]`` up to the next offset (or the end).
 
-    def __init__(self, offsets: torch.Tensor, rows: int):
-        self.offsets, self.rows = offsets, rows
-
-    def sum_of_outer_products(self, delta: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
-        """``G[b] = Σ_{r in b} delta[r] ⊗ inputs[r]``, shape ``(B, out, in)``.
-
-        As ``M @ inputs`` with the sparse ``(out·B) × N`` matrix ``M[(o, b), r] = delta[r, o]``
-        for the rows r of example b. In CSR with rows ordered (o, b), row (o, b) spans the
-        consecutive columns ``offsets[b]..offsets[b+1]-1`` and the values are ``delta``'s
-        columns one after another: the matrix is built without any scatter.
-        """
-        width, examples = delta.shape[1], len(self.offsets)
-        row_starts = torch.arange(width).unsqueeze(1) * self.rows + self.offsets
-        crow = torch.cat([row_starts.reshape(-1), row_starts.new_tensor([width * self.rows])])
-        columns = torch.arange(self.rows).repeat(width)
-        with warnings.catch_warnings():  # "sparse CSR support is in beta": CSR @ dense is enough
-            warnings.simplefilter("ignore", UserWarning)
-            matrix = torch.sparse_csr_tensor(
-                crow,
-                columns,
-                delta.t().reshape(-1),
-                size=(width * examples, self.rows),
-                check_invariants=False,
-            )
-        return (matrix @ inputs).view(width, examples, -1).transpose(0, 1)
+    As ``M @ right`` with the sparse ``(left·B) × N`` matrix ``M[(o, b), r] = left_t[o, r]``
+    for the rows r of example b. In CSR with rows ordered (o, b), row (o, b) spans the
+    consecutive columns ``offsets[b]..offsets[b+1]-1`` and the values are ``left_t``'s rows
+    one after another: the matrix is built without any scatter (nor copy, if ``left_t`` is
+    contiguous).
+    """
+    (width, rows), examples = left_t.shape, len(offsets)
+    # 32-bit indices when they fit: half the index memory, and faster sparse kernels.
+    index_type = torch.int32 if width * rows < 2**31 else torch.int64
+    row_starts = torch.arange(width, dtype=index_type).unsqueeze(1) * rows + offsets.to(index_type)
+    crow = torch.cat([row_starts.reshape(-1), row_starts.new_tensor([width * rows])])
+    columns = torch.arange(rows, dtype=index_type).repeat(width)
+    with warnings.catch_warnings():  # "sparse CSR support is in beta": CSR @ dense is enough
+        warnings.simplefilter("ignore", UserWarning)
+        matrix = torch.sparse_csr_tensor(
+            crow,
+            columns,
+            left_t.reshape(-1),
+            size=(width * examples, rows),
+            check_invariants=False,
+        )
+    return (matrix @ right).view(width, examples, -1).transpose(0, 1)
