@@ -7,20 +7,23 @@
   catalogue-sized ``nn.Linear`` needs a ``(B, V, hidden)`` one.
 - :class:`PersonalScorer` is an MLP over *packed* history rows (many rows per example).
   Its per-example gradient is the sum over the example's rows of the row gradients
-  ``δ_l ⊗ a_{l-1}`` (backpropagation by hand through the recomputed MLP), computed as one
-  block-sparse product per layer without materialising the ``(rows, out, in)`` outer
-  products: the cost follows the real history lengths, never a padded batch.
+  ``δ_l ⊗ a_{l-1}`` (backpropagation by hand through the recomputed MLP), computed as
+  block-sparse products without materialising the ``(rows, out, in)`` outer products —
+  one per layer, the last two sharing one: the cost follows the real history lengths,
+  never a padded batch.
 
 :func:`register_grad_samplers` hands these to Opacus (``register_grad_sampler`` for the
-default hooks mode, ``register_norm_sampler`` for ghost clipping); Opacus still does the
-DP: it calls them for per-example gradients, then clips, adds noise and samples batches.
-Registration imports Opacus, so it happens only when DP training starts.
+hooks mode, ``register_norm_sampler`` for ghost clipping); in the ``"output"`` mode of
+:mod:`privacy.dp` the model calls the grad samplers itself
+(``NextBasketRecommender.per_example_gradients``). Either way Opacus still does the DP: it
+clips the per-example gradients, adds noise and samples batches. Registration imports
+Opacus, so it happens only when DP training starts.
 """
 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from functools import cache
 
 import torch
@@ -71,18 +74,21 @@ class PersonalScorer(nn.Module):
         """``(weight, bias)`` of layer ``depth`` (0 = first)."""
         return getattr(self, f"weight_{depth}"), getattr(self, f"bias_{depth}")
 
-    def layer_inputs(self, features: torch.Tensor) -> list[torch.Tensor]:
-        """Every layer's input, rows × width: the features, then each hidden ReLU output."""
-        inputs = [features]
+    def layer_inputs_t(self, features: torch.Tensor) -> list[torch.Tensor]:
+        """Every layer's input, transposed (width × rows): the features, then each hidden
+        ReLU output. Transposed so that a unit's values over the rows are contiguous, as the
+        grad sampler's block-sparse products take them."""
+        inputs = [features.t()]
         for depth in range(self.depth - 1):
             weight, bias = self.layer(depth)
-            inputs.append(torch.relu(nn.functional.linear(inputs[-1], weight, bias)))
+            inputs.append(torch.relu(torch.addmm(bias.unsqueeze(1), weight, inputs[-1])))
         return inputs
 
     def forward(self, features: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
         """Scores ``(N,)`` of the ``N`` packed rows of a batch of ``len(offsets)`` examples."""
         weight, bias = self.layer(self.depth - 1)
-        return nn.functional.linear(self.layer_inputs(features)[-1], weight, bias).squeeze(-1)
+        hidden = self.layer_inputs_t(features)[-1]
+        return torch.addmm(bias.unsqueeze(1), weight, hidden).squeeze(0)
 
 
 def item_bias_grad_sample(
@@ -125,35 +131,62 @@ def personal_scorer_norm_sample(
     return norms
 
 
+@torch.no_grad()
 def _augmented_gradients(
     layer: PersonalScorer, activations: list[torch.Tensor], backprops: torch.Tensor
-) -> Iterator[tuple[tuple[nn.Parameter, nn.Parameter], torch.Tensor]]:
+) -> list[tuple[tuple[nn.Parameter, nn.Parameter], torch.Tensor]]:
     """Each layer's ``(weight, bias)`` and per-example gradient of ``[weight | bias]``,
     ``(B, out, in + 1)``, last layer first: backpropagation by hand through the recomputed
-    MLP, one block-sparse product per layer (the bias is a weight on a constant input, so it
-    rides along as one more column instead of a product of its own)."""
+    MLP, with block-sparse products (the bias is a weight on a constant input, so it rides
+    along as one more input column instead of a product of its own).
+
+    A product ``Σ_{r in b} δ_r ⊗ ã_r`` per layer, except that the last two layers share one:
+    a ReLU is positively homogeneous, ``h = m ⊙ z`` with ``m`` its 0/1 mask and ``z = W̃ ã``
+    the pre-activation of the layer below, so from ``V[b] = Σ_r (s_r m_r) ⊗ ã_r`` (``s_r``
+    the gradient of row r's score) the last layer's ``Σ_r s_r h_r`` is ``⟨W̃_j, V[b]_j⟩``
+    per unit j, and the layer below's ``Σ_r δ_r ⊗ ã_r``, where ``δ_r = s_r w ⊙ m_r`` (``w``
+    the last layer's weights), is V[b] with row j scaled by ``w_j``.
+    """
     features, offsets = activations
     rows = len(features)
-    with torch.no_grad():
-        inputs = layer.layer_inputs(features)
+    inputs_t = layer.layer_inputs_t(features)
     ones = features.new_ones((rows, 1))
-    delta = backprops.reshape(rows, 1)  # δ_L: gradient of the score (last pre-activation)
-    for depth in reversed(range(layer.depth)):
+
+    def augmented(depth: int) -> torch.Tensor:
+        """Layer ``depth``'s input and a column of ones, rows × (width + 1)."""
+        return torch.cat([inputs_t[depth].t(), ones], dim=1)
+
+    scores_t = backprops.reshape(1, rows)
+    last = layer.depth - 1
+    weight, bias = layer.layer(last)
+    if last == 0:  # no hidden layer: the scores are linear in the features
+        return [((weight, bias), _sum_of_outer_products(offsets, scores_t, augmented(0)))]
+    below_weight, below_bias = layer.layer(last - 1)
+    # (s ⊙ m) transposed, by ReLU's backward as autograd runs it: one fused kernel, on the
+    # ReLU's output, positive exactly where its input is.
+    masked_t = torch.ops.aten.threshold_backward(
+        scores_t.expand(weight.shape[1], rows), inputs_t[last], 0.0
+    )
+    products = _sum_of_outer_products(offsets, masked_t, augmented(last - 1))
+    below_augmented = torch.cat([below_weight, below_bias.unsqueeze(1)], dim=1)
+    bounds = torch.cat([offsets, offsets.new_tensor([rows])])
+    bias_sums = torch.segment_reduce(backprops, "sum", offsets=bounds)
+    last_grads = torch.cat([(products * below_augmented).sum(2), bias_sums.unsqueeze(1)], 1)
+    gradients = [
+        ((weight, bias), last_grads.unsqueeze(1)),
+        ((below_weight, below_bias), products * weight.reshape(1, -1, 1)),
+    ]
+    delta_t = weight.t() * masked_t  # δ of layer last - 1, transposed
+    for depth in reversed(range(last - 1)):
+        above_weight, _ = layer.layer(depth + 1)
+        delta_t = torch.ops.aten.threshold_backward(
+            above_weight.t() @ delta_t, inputs_t[depth + 1], 0.0
+        )
         weight, bias = layer.layer(depth)
-        # The sparse matrix takes its values from one side transposed. A one-wide δ is its
-        # own transpose; otherwise the inputs are transposed while the ones column is
-        # appended, which costs no more than appending it, where transposing δ is a copy.
-        if delta.shape[1] == 1:
-            augmented = torch.cat([inputs[depth], ones], dim=1)
-            grads = _sum_of_outer_products(offsets, delta.t(), augmented)
-        else:
-            augmented_t = torch.cat([inputs[depth].t(), ones.t()])
-            grads = _sum_of_outer_products(offsets, augmented_t, delta).transpose(1, 2)
-        yield (weight, bias), grads
-        if depth > 0:
-            # ReLU's backward as autograd runs it (one fused kernel, no mask tensor), on the
-            # ReLU's output: positive exactly where its input is.
-            delta = torch.ops.aten.threshold_backward(delta @ weight.detach(), inputs[depth], 0.0)
+        gradients.append(
+            ((weight, bias), _sum_of_outer_products(offsets, delta_t, augmented(depth)))
+        )
+    return gradients
 
 
 @cache
