@@ -54,7 +54,8 @@ class PersonalScorer(nn.Module):
     is not an example: Opacus must see the whole MLP as one layer whose grad sampler sums
     row gradients per example
     (:func:`register_grad_samplers`). ``offsets`` is unused here but is the module's last input
-    so Opacus reads the batch size B from it (as for ``nn.EmbeddingBag``).
+    so Opacus reads the batch size B from it (as for ``nn.EmbeddingBag``). A forward pass with
+    gradients keeps its layer inputs for that grad sampler (:meth:`forward_inputs_t`).
 
     Args:
         num_features: features per row.
@@ -69,6 +70,7 @@ class PersonalScorer(nn.Module):
             self.register_parameter(f"weight_{depth}", layer.weight)
             self.register_parameter(f"bias_{depth}", layer.bias)
         self.depth = len(widths) - 1
+        self._last_inputs: tuple[torch.Tensor, list[torch.Tensor]] | None = None
 
     def layer(self, depth: int) -> tuple[nn.Parameter, nn.Parameter]:
         """``(weight, bias)`` of layer ``depth`` (0 = first)."""
@@ -86,9 +88,25 @@ class PersonalScorer(nn.Module):
 
     def forward(self, features: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
         """Scores ``(N,)`` of the ``N`` packed rows of a batch of ``len(offsets)`` examples."""
+        inputs = self.layer_inputs_t(features)
+        if torch.is_grad_enabled():
+            # Kept for the grad sampler, which runs on these same features after the
+            # backward pass (Opacus's hooks, or privacy.dp's "output" mode) and would
+            # otherwise recompute them. Detached views: no copy, no graph kept alive.
+            self._last_inputs = (features, [t.detach() for t in inputs])
         weight, bias = self.layer(self.depth - 1)
-        hidden = self.layer_inputs_t(features)[-1]
-        return torch.addmm(bias.unsqueeze(1), weight, hidden).squeeze(0)
+        return torch.addmm(bias.unsqueeze(1), weight, inputs[-1]).squeeze(0)
+
+    def forward_inputs_t(self, features: torch.Tensor) -> list[torch.Tensor]:
+        """:meth:`layer_inputs_t` as the last forward pass with gradients computed them, if
+        it ran on these very features (same memory, not modified since; Opacus hands the
+        grad sampler a detached view of them), else recomputed."""
+        if self._last_inputs is not None:
+            seen, inputs = self._last_inputs
+            if _same_tensor_data(seen, features):
+                return inputs
+        with torch.no_grad():
+            return self.layer_inputs_t(features)
 
 
 def item_bias_grad_sample(
@@ -136,9 +154,10 @@ def _augmented_gradients(
     layer: PersonalScorer, activations: list[torch.Tensor], backprops: torch.Tensor
 ) -> list[tuple[tuple[nn.Parameter, nn.Parameter], torch.Tensor]]:
     """Each layer's ``(weight, bias)`` and per-example gradient of ``[weight | bias]``,
-    ``(B, out, in + 1)``, last layer first: backpropagation by hand through the recomputed
-    MLP, with block-sparse products (the bias is a weight on a constant input, so it rides
-    along as one more input column instead of a product of its own).
+    ``(B, out, in + 1)``, last layer first: backpropagation by hand through the MLP's layer
+    inputs (:meth:`PersonalScorer.forward_inputs_t`), with block-sparse products (the bias is
+    a weight on a constant input, so it rides along as one more input column instead of a
+    product of its own).
 
     A product ``Σ_{r in b} δ_r ⊗ ã_r`` per layer, except that the last two layers share one:
     a ReLU is positively homogeneous, ``h = m ⊙ z`` with ``m`` its 0/1 mask and ``z = W̃ ã``
@@ -149,7 +168,7 @@ def _augmented_gradients(
     """
     features, offsets = activations
     rows = len(features)
-    inputs_t = layer.layer_inputs_t(features)
+    inputs_t = layer.forward_inputs_t(features)
     ones = features.new_ones((rows, 1))
 
     def augmented(depth: int) -> torch.Tensor:
@@ -228,3 +247,14 @@ def _sum_of_outer_products(
             check_invariants=False,
         )
     return (matrix @ right).view(width, examples, -1).transpose(0, 1)
+
+
+def _same_tensor_data(first: torch.Tensor, second: torch.Tensor) -> bool:
+    """Whether two tensors view the same memory alike, unmodified in between (a tensor and
+    its detached views share the version counter that in-place changes bump)."""
+    return (first.data_ptr(), first.shape, first.stride(), first._version) == (
+        second.data_ptr(),
+        second.shape,
+        second.stride(),
+        second._version,
+    )

@@ -88,6 +88,13 @@ def test_per_example_gradients_from_the_logit_gradient_match_autograd(real_examp
     by_name = {names[parameter]: gradient for parameter, gradient in computed.items()}
     torch.testing.assert_close(flat_norms(by_name), flat_norms(expected), atol=1e-5, rtol=1e-5)
 
+    # The MLP's layer inputs came from the forward pass above; recomputed, they agree.
+    model(collate_examples(examples[:2]))  # a forward pass on other features
+    with torch.no_grad():
+        recomputed = model.per_example_gradients(batch, logit_grads)
+    for parameter, gradient in recomputed.items():
+        torch.testing.assert_close(gradient, computed[parameter], atol=1e-6, rtol=1e-6)
+
 
 def dp_step(
     items: int, dataset, batch, *, mode: str, sigma: float, max_grad_norm: float
