@@ -68,8 +68,9 @@ class DPTrainingSession:
     """One round of DP-SGD on one site's data.
 
     Args:
-        module: the plain model, global weights already loaded. Opacus hooks are attached to
-            it for the session's lifetime; :meth:`close` removes them.
+        module: the plain model, global weights already loaded. Hooks are attached to it for
+            the session's lifetime (Opacus's; in ``"output"`` mode one that captures its
+            output); :meth:`close` removes them.
         optimizer: an optimizer over ``module``'s parameters (e.g. ``torch.optim.SGD``).
         dataset: map-style dataset with exactly one example per customer (user-level DP).
         batch_size: nominal batch size B; the sampling rate is 1 / ⌈len(dataset) / B⌉.
