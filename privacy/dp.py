@@ -5,8 +5,9 @@ dataset of per-customer examples into one round of DP-SGD: Poisson sampling at O
 real rate 1/⌈n/B⌉, per-example clipping to ``max_grad_norm`` and Gaussian noise of std
 ``noise_multiplier · max_grad_norm`` on the summed clipped gradients, averaged by Opacus's
 expected batch size. A model's training loop only supplies ``loss_fn(module, batch)``
-returning one loss per example and calls :meth:`DPTrainingSession.step`; the two Opacus
-grad-sample modes sit behind that one call:
+returning one loss per example and calls :meth:`DPTrainingSession.step`; three ways of
+computing what Opacus clips sit behind that one call, two Opacus grad-sample modes and a
+third for models that can derive their per-example gradients from their output gradient:
 
 - ``"hooks"`` (Opacus default): per-example gradients are materialised, then clipped.
 - ``"ghost"`` (ghost clipping, Li et al. 2022; Bu et al. 2023): per-example gradient *norms*
@@ -14,6 +15,16 @@ grad-sample modes sit behind that one call:
   from activations and backprops, for other layers from their per-example gradients
   ("fast gradient clipping") — then a second backward pass on the clip-weighted loss sums
   the clipped gradients. Parameter tying is not supported in this mode.
+- ``"output"``: per-example gradients from the output gradient, for a model that supplies
+  ``output_grad_samples(module, batch, output_grad)``. One backward pass runs through the
+  loss to the module's output only, giving ``output_grad`` (row ``b``: the gradient of
+  ``loss_b`` with respect to output row ``b``); the model turns it into every parameter's
+  per-example gradients — its own grad samplers, fed each layer's output gradient through
+  its known wiring instead of by Opacus's hooks — and Opacus's ``DPOptimizer`` clips, sums,
+  adds noise and averages them exactly as in ``"hooks"`` mode. No backward pass below the
+  output, no hooks. The grad samples must be exact (test them against ``"hooks"`` mode);
+  row ``b`` of the output must depend on example ``b`` alone, and ``loss_fn`` must call the
+  module once and reach the parameters only through that output.
 
 A custom Opacus grad sampler (``opacus.grad_sample.register_grad_sampler``, and
 ``register_norm_sampler`` for ghost mode) registered for a model's layer is picked up as is.
@@ -35,23 +46,31 @@ from typing import Any
 
 import torch
 from opacus import PrivacyEngine
+from opacus.data_loader import DPDataLoader
 from opacus.grad_sample import AbstractGradSampleModule
+from opacus.optimizers import DPOptimizer
 from opacus.utils.fast_gradient_clipping_utils import DPTensorFastGradientClipping
+from opacus.validators import ModuleValidator
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from privacy.accountants import DPSegment
 
 PerExampleLoss = Callable[[nn.Module, Any], torch.Tensor]
-GRAD_SAMPLE_MODES = ("hooks", "ghost")
+OutputGradSamples = Callable[[nn.Module, Any, torch.Tensor], dict[nn.Parameter, torch.Tensor]]
+"""``output_grad_samples(module, batch, output_grad)``: every trainable parameter's
+per-example gradients ``(B, *shape)`` (as an Opacus grad sampler returns them), where row
+``b`` of ``output_grad`` is ``∂loss_b / ∂output_b``."""
+GRAD_SAMPLE_MODES = ("hooks", "ghost", "output")
 
 
 class DPTrainingSession:
     """One round of DP-SGD on one site's data.
 
     Args:
-        module: the plain model, global weights already loaded. Opacus hooks are attached to
-            it for the session's lifetime; :meth:`close` removes them.
+        module: the plain model, global weights already loaded. Hooks are attached to it for
+            the session's lifetime (Opacus's; in ``"output"`` mode one that captures its
+            output); :meth:`close` removes them.
         optimizer: an optimizer over ``module``'s parameters (e.g. ``torch.optim.SGD``).
         dataset: map-style dataset with exactly one example per customer (user-level DP).
         batch_size: nominal batch size B; the sampling rate is 1 / ⌈len(dataset) / B⌉.
@@ -59,7 +78,9 @@ class DPTrainingSession:
         max_grad_norm: per-example clipping norm C.
         loss_fn: ``loss_fn(module, batch)`` returns a 1-D tensor with one loss per example
             in ``batch`` (no reduction). It is called with the plain module.
-        grad_sample_mode: ``"hooks"`` or ``"ghost"`` (see the module docstring).
+        grad_sample_mode: ``"hooks"``, ``"ghost"`` or ``"output"`` (see the module docstring).
+        output_grad_samples: the module's per-example gradients from its output gradient;
+            required by ``"output"`` mode, unused by the others.
         collate_fn: batches examples, as for a ``DataLoader``.
         seed: seeds Poisson sampling and noise, for reproducible simulations and tests.
             ``None`` (deployment) seeds them from the operating system's entropy.
@@ -76,6 +97,7 @@ class DPTrainingSession:
         max_grad_norm: float,
         loss_fn: PerExampleLoss,
         grad_sample_mode: str = "hooks",
+        output_grad_samples: OutputGradSamples | None = None,
         collate_fn: Callable[[list], Any] | None = None,
         seed: int | None = None,
     ) -> None:
@@ -83,6 +105,8 @@ class DPTrainingSession:
             raise ValueError(
                 f"grad_sample_mode must be one of {GRAD_SAMPLE_MODES}, got {grad_sample_mode!r}"
             )
+        if grad_sample_mode == "output" and output_grad_samples is None:
+            raise ValueError('grad_sample_mode "output" needs the model\'s output_grad_samples')
         if isinstance(module, AbstractGradSampleModule) or hasattr(
             module, "autograd_grad_sample_hooks"
         ):
@@ -105,26 +129,55 @@ class DPTrainingSession:
             dataset, batch_size=batch_size, collate_fn=collate_fn, generator=sampling_generator
         )
         module.train()
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="Secure RNG turned off")
-            engine = PrivacyEngine(accountant="rdp")
-        made_private = engine.make_private(
-            module=module,
-            optimizer=optimizer,
-            data_loader=plain_loader,
-            noise_multiplier=noise_multiplier,
-            max_grad_norm=max_grad_norm,
-            poisson_sampling=True,
-            noise_generator=noise_generator,
-            grad_sample_mode=grad_sample_mode,
-        )
-        if grad_sample_mode == "ghost":
-            # The returned criterion wrapper is unused: step() wraps the per-example losses
-            # the same way, so any loss function works, not just torch criteria.
-            self._wrapped, self.optimizer, _, self.data_loader = made_private
+        self._outputs: list[torch.Tensor] = []
+        if grad_sample_mode == "output":
+            # What make_private builds for hooks mode, minus the hooks: the same module check,
+            # Poisson loader (rate 1 / len(plain_loader)) and optimizer, whose averaging
+            # denominator make_private computes from the Poisson loader's length.
+            ModuleValidator.validate(module, strict=True)
+            self.data_loader = DPDataLoader.from_data_loader(plain_loader)
+            self.optimizer = DPOptimizer(
+                optimizer,
+                noise_multiplier=noise_multiplier,
+                max_grad_norm=max_grad_norm,
+                expected_batch_size=int(len(dataset) * (1 / len(self.data_loader))),
+                loss_reduction="mean",
+                generator=noise_generator,
+            )
+            capture = module.register_forward_hook(
+                lambda _module, _inputs, output: self._outputs.append(output)
+            )
+
+            def release() -> None:  # as Opacus's cleanup: no per-example gradients left behind
+                capture.remove()
+                for parameter in self.optimizer.params:
+                    if hasattr(parameter, "grad_sample"):
+                        del parameter.grad_sample
+
+            self._release = release
         else:
-            self._wrapped, self.optimizer, self.data_loader = made_private
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="Secure RNG turned off")
+                engine = PrivacyEngine(accountant="rdp")
+            made_private = engine.make_private(
+                module=module,
+                optimizer=optimizer,
+                data_loader=plain_loader,
+                noise_multiplier=noise_multiplier,
+                max_grad_norm=max_grad_norm,
+                poisson_sampling=True,
+                noise_generator=noise_generator,
+                grad_sample_mode=grad_sample_mode,
+            )
+            if grad_sample_mode == "ghost":
+                # The returned criterion wrapper is unused: step() wraps the per-example
+                # losses the same way, so any loss function works, not just torch criteria.
+                self._wrapped, self.optimizer, _, self.data_loader = made_private
+            else:
+                self._wrapped, self.optimizer, self.data_loader = made_private
+            self._release = self._wrapped.cleanup
         self._module = module
+        self._output_grad_samples = output_grad_samples
         self._loss_fn = loss_fn
         self.grad_sample_mode = grad_sample_mode
         self.noise_multiplier = float(noise_multiplier)
@@ -161,26 +214,44 @@ class DPTrainingSession:
         if examples == 0:
             self._zero_gradients_for_empty_batch()
         else:
+            self._outputs.clear()
             per_example_loss = self._loss_fn(self._module, batch)
             if per_example_loss.shape != (examples,):
                 raise ValueError(
                     f"loss_fn must return one loss per example, shape ({examples},); "
                     f"got {tuple(per_example_loss.shape)}"
                 )
-            with warnings.catch_warnings():
-                # Opacus's hooks fire on module outputs when no input needs a gradient, and
-                # torch warns at every step; by design here (gradients are for weights only).
-                warnings.filterwarnings("ignore", message="Full backward hook is firing")
-                if self.grad_sample_mode == "ghost":
-                    DPTensorFastGradientClipping(
-                        self._wrapped, self.optimizer, per_example_loss, loss_reduction="mean"
-                    ).backward()
-                else:
-                    per_example_loss.mean().backward()
+            if self.grad_sample_mode == "output":
+                self._grad_samples_from_output(per_example_loss, batch)
+            else:
+                with warnings.catch_warnings():
+                    # Opacus's hooks fire on module outputs when no input needs a gradient,
+                    # and torch warns at every step; by design (gradients are for weights).
+                    warnings.filterwarnings("ignore", message="Full backward hook is firing")
+                    if self.grad_sample_mode == "ghost":
+                        DPTensorFastGradientClipping(
+                            self._wrapped, self.optimizer, per_example_loss, loss_reduction="mean"
+                        ).backward()
+                    else:
+                        per_example_loss.mean().backward()
             loss = per_example_loss.detach().mean().item()
         self.optimizer.step()
         self.steps_taken += 1
         return loss
+
+    def _grad_samples_from_output(self, per_example_loss: torch.Tensor, batch: Any) -> None:
+        """``"output"`` mode: set every parameter's ``grad_sample`` for Opacus's optimizer."""
+        if len(self._outputs) != 1:
+            raise ValueError(
+                'grad_sample_mode "output" needs a loss_fn that calls the module exactly once, '
+                f"got {len(self._outputs)} calls"
+            )
+        # Row b: ∂loss_b/∂output_b, since row b of the output depends on example b alone.
+        (output_grad,) = torch.autograd.grad(per_example_loss.sum(), self._outputs.pop())
+        with torch.no_grad():
+            grad_samples = self._output_grad_samples(self._module, batch, output_grad)
+        for parameter, grad_sample in grad_samples.items():
+            parameter.grad_sample = grad_sample
 
     def run_epoch(self) -> float:
         """One pass over :attr:`data_loader`; mean loss over non-empty batches (NaN if none)."""
@@ -198,9 +269,10 @@ class DPTrainingSession:
         return {name: value.detach().clone() for name, value in self._module.state_dict().items()}
 
     def close(self) -> None:
-        """Remove Opacus's hooks and per-example attributes from the module."""
+        """Remove the session's hooks (Opacus's, and their per-example attributes) from the
+        module."""
         if self._module is not None:
-            self._wrapped.cleanup()
+            self._release()
             self._module = None
 
     def __enter__(self) -> DPTrainingSession:

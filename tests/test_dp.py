@@ -1,4 +1,9 @@
-"""Opacus DP-SGD wiring: trains, clips each example, adds calibrated noise, in both modes."""
+"""Opacus DP-SGD wiring: trains, clips each example, adds calibrated noise, in every mode.
+
+``"output"`` mode runs here with :func:`grad_samples_one_by_one`, per-example gradients
+from the output gradient by one backward pass per example: the session's own mechanics
+(output gradient, hand-over to Opacus's optimizer) are checked against the same references
+as Opacus's modes; the recommender's fast grad samples have tests of their own."""
 
 import pytest
 import torch
@@ -10,7 +15,7 @@ from privacy.accountants import DPSegment
 from privacy.dp import DPTrainingSession
 from privacy.planning import opacus_sample_rate, opacus_steps_per_epoch
 
-MODES = ["hooks", "ghost"]
+MODES = ["hooks", "ghost", "output"]
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -39,6 +44,21 @@ def make_dataset(n: int = 400, seed: int = 1, dtype: torch.dtype = torch.float32
     return TensorDataset(features, labels)
 
 
+def grad_samples_one_by_one(
+    module: nn.Module, batch, output_grad: torch.Tensor
+) -> dict[nn.Parameter, torch.Tensor]:
+    """Per-example gradients for ``"output"`` mode, the slow obvious way: example b's
+    gradient is the vector-Jacobian product of its own output row with ``output_grad[b]``."""
+    inputs = batch[0]
+    parameters = list(module.parameters())
+    with torch.enable_grad():
+        rows = [
+            torch.autograd.grad(module(inputs[b : b + 1]), parameters, output_grad[b : b + 1])
+            for b in range(len(inputs))
+        ]
+    return {p: torch.stack([row[i] for row in rows]) for i, p in enumerate(parameters)}
+
+
 def start(module: nn.Module, dataset, *, mode: str, lr: float = 0.1, **overrides):
     arguments = {
         "batch_size": 40,
@@ -46,6 +66,7 @@ def start(module: nn.Module, dataset, *, mode: str, lr: float = 0.1, **overrides
         "max_grad_norm": 1.0,
         "loss_fn": per_example_cross_entropy,
         "grad_sample_mode": mode,
+        "output_grad_samples": grad_samples_one_by_one,
         "seed": 7,
     } | overrides
     optimizer = torch.optim.SGD(module.parameters(), lr=lr)
@@ -83,8 +104,9 @@ def test_dp_training_learns_and_returns_plain_weights(mode: str) -> None:
     assert accuracy(fresh, dataset) == after
 
 
-def test_session_reports_the_sample_rate_opacus_really_uses() -> None:
-    with start(make_model(), make_dataset(930), mode="hooks", batch_size=10) as session:
+@pytest.mark.parametrize("mode", MODES)
+def test_session_reports_the_sample_rate_opacus_really_uses(mode: str) -> None:
+    with start(make_model(), make_dataset(930), mode=mode, batch_size=10) as session:
         assert session.sample_rate == opacus_sample_rate(930, 10) == 1 / 93
         # Opacus's sampler draws int(1 / (1 / 93)) = 92 batches per epoch.
         assert session.steps_per_epoch == opacus_steps_per_epoch(930, 10) == 92
@@ -92,9 +114,39 @@ def test_session_reports_the_sample_rate_opacus_really_uses() -> None:
         batch_sizes = [len(batch[0]) for batch in session.data_loader]
         assert len(batch_sizes) == 92
         assert len(set(batch_sizes)) > 3  # Poisson sampling: sizes vary
-    with start(make_model(), make_dataset(100), mode="hooks", batch_size=32) as session:
+    with start(make_model(), make_dataset(100), mode=mode, batch_size=32) as session:
         assert session.sample_rate == 1 / 4
         assert session.expected_batch_size == 25  # int(n * q), not B
+
+
+def test_every_mode_samples_the_same_batches_and_accounts_the_same_segment() -> None:
+    """Same seed, same Poisson batches and noise: only the per-example gradients' route
+    differs, so the privacy accounting cannot."""
+    # n = 461, B = 5: q = 1/93, but Opacus draws int(1 / q) = 92 batches and make_private
+    # averages by int(n / 92) = 5, not int(n * q) = 4.
+    dataset = make_dataset(461)
+    runs = {}
+    for mode in MODES:
+        with start(make_model(), dataset, mode=mode, batch_size=5, seed=11) as session:
+            batches = [batch[0] for batch in session.data_loader]
+            runs[mode] = (batches, session.expected_batch_size, session.steps_per_epoch)
+            session.run_epoch()
+            assert session.segment() == DPSegment(1 / 93, 0.8, 92)
+    reference = runs["hooks"]
+    for batches, expected_batch, steps in runs.values():
+        assert (expected_batch, steps) == reference[1:] == (5, 92)
+        assert all(torch.equal(a, b) for a, b in zip(batches, reference[0], strict=True))
+
+
+def test_output_mode_adds_the_same_noise_as_opacus_hooks() -> None:
+    dataset = make_dataset(200, dtype=torch.float64)
+    trained = []
+    for mode in ("hooks", "output"):
+        module = make_model(dtype=torch.float64)
+        with start(module, dataset, mode=mode, noise_multiplier=1.3, max_grad_norm=0.5) as s:
+            s.run_epoch()
+        trained.append(flat_parameters(module))
+    torch.testing.assert_close(trained[1], trained[0], rtol=0, atol=1e-10)
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -277,9 +329,32 @@ def test_a_module_is_never_wrapped_twice() -> None:
         session.step(next(iter(session.data_loader)))
 
 
+def test_output_mode_leaves_no_hook_or_per_example_gradient_behind() -> None:
+    dataset = make_dataset(100)
+    module = make_model()
+    with start(module, dataset, mode="output") as session:
+        session.run_epoch()
+    assert not module._forward_hooks
+    assert not any(hasattr(p, "grad_sample") for p in module.parameters())
+
+
+def test_output_mode_needs_a_loss_fn_that_calls_the_module_once() -> None:
+    dataset = make_dataset(100)
+
+    def twice(module, batch):
+        module(batch[0])
+        return per_example_cross_entropy(module, batch)
+
+    with start(make_model(), dataset, mode="output", loss_fn=twice) as session:
+        with pytest.raises(ValueError, match="exactly once"):
+            session.step(next(iter(session.data_loader)))
+
+
 def test_invalid_arguments_are_rejected() -> None:
     dataset = make_dataset(100)
     with pytest.raises(ValueError, match="grad_sample_mode"):
         start(make_model(), dataset, mode="functorch")
+    with pytest.raises(ValueError, match="output_grad_samples"):
+        start(make_model(), dataset, mode="output", output_grad_samples=None)
     with pytest.raises(ValueError, match="batch_size"):
         start(make_model(), dataset, mode="hooks", batch_size=0)

@@ -75,11 +75,12 @@ def test_custom_grad_samplers_give_exact_per_example_gradients(small_examples):
     wrapped.cleanup()
 
 
-def test_hooks_and_ghost_clipping_take_the_same_noiseless_step(small_examples):
-    """The norm samplers (ghost) and grad samplers (hooks) clip every example alike."""
+def test_every_grad_sample_mode_takes_the_same_noiseless_step(small_examples):
+    """The norm samplers (ghost) and grad samplers (hooks; fed from the logit gradient in
+    output mode) clip every example alike."""
     dataset, items = small_examples
     trained = {}
-    for mode in ("hooks", "ghost"):
+    for mode in ("hooks", "ghost", "output"):
         torch.manual_seed(1)
         model = NextBasketRecommender(items)
         result = train_recommender(
@@ -95,6 +96,7 @@ def test_hooks_and_ghost_clipping_take_the_same_noiseless_step(small_examples):
         assert all(np.isfinite(result.epoch_losses))
     for name, value in trained["hooks"].items():
         torch.testing.assert_close(trained["ghost"][name], value, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(trained["output"][name], value, atol=1e-5, rtol=1e-4)
     start = NextBasketRecommender(items).state_dict()
     assert not torch.equal(trained["hooks"]["item_bias.bias"], start["item_bias.bias"])
 

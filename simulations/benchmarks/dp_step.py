@@ -10,9 +10,12 @@ Modes:
 
 - ``non-private``: forward, backward, optimizer step;
 - ``dp-hooks``: Opacus per-example gradients with this project's grad samplers
-  (:mod:`models.recommender_layers`), clipping, noise — what training uses;
+  (:mod:`models.recommender_layers`), clipping, noise;
 - ``dp-ghost``: Opacus ghost clipping (two backward passes) with this project's norm
-  samplers.
+  samplers;
+- ``dp-output``: per-example gradients from the logit gradient (:mod:`privacy.dp`'s
+  ``"output"`` mode: one backward pass to the logits, the same grad samplers fed without
+  hooks), Opacus's clipping and noise — what training uses.
 """
 
 from __future__ import annotations
@@ -35,14 +38,15 @@ from models.nextbasket_features import (
     collate_examples,
 )
 from models.nextbasket_protocol import split_next_basket
-from models.recommender import NextBasketRecommender, basket_loss
+from models.recommender import DPConfig, NextBasketRecommender, basket_loss
 from models.recommender_layers import register_grad_samplers
 from privacy.dp import DPTrainingSession
 from privacy.pseudonymise import generate_key, load_key
 
 BUNDLED_DATA = Path(__file__).resolve().parents[1] / "data" / "online_retail.csv.gz"
 TARGET_RATIO = 1.5
-MODES = ("non-private", "dp-hooks", "dp-ghost")
+MODES = ("non-private", "dp-hooks", "dp-ghost", "dp-output")
+TRAINING_MODE = f"dp-{DPConfig.grad_sample_mode}"
 
 
 def training_examples() -> tuple[TrainingExamples, int]:
@@ -78,7 +82,8 @@ def stepper(
         noise_multiplier=1.0,
         max_grad_norm=1.0,
         loss_fn=basket_loss,
-        grad_sample_mode="ghost" if mode == "dp-ghost" else "hooks",
+        grad_sample_mode=mode.removeprefix("dp-"),
+        output_grad_samples=NextBasketRecommender.per_example_gradients,
         collate_fn=collate_examples,
         seed=0,
     )
@@ -132,6 +137,13 @@ def main(argv: list[str] | None = None) -> int:
         f"parameters. Data: {len(dataset):,} training customers of the bundled protocol; "
         "Adam; DP with σ = 1, C = 1 (Poisson-sampled loader built, fixed batches timed).\n"
     )
+    print(
+        "DP modes (`privacy.dp`), all clipping each example to C and adding Opacus's noise: "
+        "`dp-hooks`, Opacus's hooks materialise per-example gradients with the model's grad "
+        "samplers; `dp-ghost`, Opacus ghost clipping (per-example norms, then a second "
+        "backward pass); `dp-output`, one backward pass to the logits only, the same grad "
+        "samplers fed from the logit gradient, clipped and noised by Opacus's `DPOptimizer`.\n"
+    )
     print("| batch | mode | ms per step | ÷ non-private |")
     print("|---:|---|---:|---:|")
     worst = 0.0
@@ -140,12 +152,12 @@ def main(argv: list[str] | None = None) -> int:
         base = medians["non-private"]
         for mode in MODES:
             ratio = medians[mode] / base
-            if mode == "dp-hooks":
+            if mode == TRAINING_MODE:
                 worst = max(worst, ratio)
             print(f"| {batch_size} | {mode} | {1000 * medians[mode]:.1f} | {ratio:.2f}× |")
     verdict = "meets" if worst <= TARGET_RATIO else "misses"
     print(
-        f"\nTraining uses `dp-hooks`: worst ratio {worst:.2f}× {verdict} "
+        f"\nTraining uses `{TRAINING_MODE}`: worst ratio {worst:.2f}× {verdict} "
         f"the ≤ {TARGET_RATIO}× target."
     )
     return 0
