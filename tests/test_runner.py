@@ -20,6 +20,7 @@ from conftest import SIMULATION_ROUNDS as ROUNDS
 from conftest import SIMULATION_STOREFRONTS as STOREFRONTS
 from wire_audit import check_sent_messages
 
+from models.registry import get_model
 from privacy.flower_processes import flower_environment
 from server.bundle import load_bundle
 from server.checkpoint import CHECKPOINT_DIR
@@ -240,10 +241,9 @@ def test_nothing_beyond_the_wire_contract_left_a_simulated_site(synthetic_run):
     assert synthetic_run.result.returncode == 0, synthetic_run.result.stderr[-3000:]
     run_dir = synthetic_run.run_dir
     manifest, _ = load_bundle(run_dir / "bundle")
-    artefacts = {model: entry["artefacts"] for model, entry in manifest["models"].items()}
     facts = {
-        "churn": {"cutoff": artefacts["churn"]["churn-cutoff"]},
-        "recommender": {"catalogue": artefacts["recommender"]["item-vocabulary"]},
+        model: get_model(model).facts_from_artefacts(entry["artefacts"])
+        for model, entry in manifest["models"].items()
     }
     orders = pd.concat(
         pd.read_parquet(path) for path in (run_dir / "storefronts").glob("*/orders.parquet")
@@ -252,5 +252,10 @@ def test_nothing_beyond_the_wire_contract_left_a_simulated_site(synthetic_run):
     kinds = check_sent_messages(
         synthetic_run.audit_dir, facts=facts, secrets=secrets, min_cohort=MIN_COHORT
     )
-    # every site answered every train and evaluate message of both models, and nothing else
-    assert kinds == {"train": 2 * ROUNDS * STOREFRONTS, "evaluate": 2 * ROUNDS * STOREFRONTS}
+    # every site answered every train and evaluate message of both models, acknowledged the
+    # delivery of the final models, and sent nothing else
+    assert kinds == {
+        "train": 2 * ROUNDS * STOREFRONTS,
+        "evaluate": 2 * ROUNDS * STOREFRONTS,
+        "install": STOREFRONTS,
+    }
