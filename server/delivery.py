@@ -26,8 +26,7 @@ from flwr.supercore import log
 
 from privacy import wire
 from privacy.atomic_files import atomic_write
-
-DELIVERY_LOG = "delivery.json"
+from server.run_files import DELIVERY_LOG
 
 
 @dataclass

@@ -33,7 +33,7 @@ from server.report import (
     reference_frame,
     write_report,
 )
-from server.run_files import RESOLVED_CONFIG, ROUNDS_LOG
+from server.run_files import DELIVERY_LOG, RESOLVED_CONFIG, ROUNDS_LOG
 from server.run_results import headline_metric, load_run, overall_metrics
 from simulations.cli import (
     PROG,
@@ -106,7 +106,9 @@ def federated_training_stage(run: MainRun) -> None:
             verbose=run.verbose,
             site_policy=run.site_policy,
         )
-    run.outputs += [run.out_dir / name for name in (RESOLVED_CONFIG, ROUNDS_LOG, BUNDLE_DIR)]
+    run.outputs += [
+        run.out_dir / name for name in (RESOLVED_CONFIG, ROUNDS_LOG, BUNDLE_DIR, DELIVERY_LOG)
+    ]
 
 
 def privacy_report_stage(run: MainRun) -> None:
