@@ -30,6 +30,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricR
 from flwr.supercore import log
 from torch import nn
 
+from clients import site_timing
 from clients.site_data import SiteDataError, SiteLocation, load_orders, locate_site, storefront_of
 from models import schema
 from models.registry import BUILTIN_MODELS, FederatedModel, SiteData, get_model
@@ -59,7 +60,8 @@ def reasoned(
     @wraps(answer)
     def answer_or_refuse(msg: Message, context: Context) -> Message:
         try:
-            return answer(msg, context)
+            with site_timing.message(msg.metadata.message_type):
+                return answer(msg, context)
         except SiteRefusal as refusal:
             code, detail = refusal.code, refusal.detail
         except Exception as error:  # a bug: reported by type and place only
@@ -102,7 +104,8 @@ def train_round(msg: Message, context: Context) -> Message:
     """A site's whole answer to a train message (see the module docstring)."""
     plan = TrainingPlan.from_config(msg.content[wire.CONFIG])
     location = _location(context)
-    policy = site_policy(location)
+    with site_timing.phase("policy"):
+        policy = site_policy(location)
     model = _allowed_model(plan.model, policy)
     data, storefront = prepared_data(location, model, shared_facts(msg, model))
     n_customers = len(data.train)
@@ -110,11 +113,15 @@ def train_round(msg: Message, context: Context) -> Message:
         raise SiteRefusal(wire.DECLINED_NO_DATA, f"no training customers for {model.name}")
 
     run = str(context.run_id)
-    grant = _grant(location, policy, plan, n_customers, run)
+    with site_timing.phase("plan"):
+        grant = _grant(location, policy, plan, n_customers, run)
     reservation = None
     if grant.plan is not None:
         try:
-            with PrivacyLedger(location.ledger_dir / LEDGER_FILE) as ledger:
+            with (
+                site_timing.phase("ledger"),
+                PrivacyLedger(location.ledger_dir / LEDGER_FILE) as ledger,
+            ):
                 reservation = ledger.reserve(
                     model.name,
                     grant.plan.round_segment,
@@ -128,14 +135,16 @@ def train_round(msg: Message, context: Context) -> Message:
         except BudgetExceeded as error:
             raise SiteRefusal(wire.DECLINED_BUDGET_EXHAUSTED, str(error)) from None
 
-    module = _global_module(model, msg)
+    with site_timing.phase("train"):
+        module = _global_module(model, msg)
     local = LocalTraining(
         settings=plan.settings,
         proximal_mu=plan.proximal_mu,
         noise_multiplier=None if grant.plan is None else grant.plan.noise_multiplier,
         seed=_simulation_seed(context, plan.server_round) if location.simulated else None,
     )
-    result = model.train(module, data.train, local)
+    with site_timing.phase("train"):
+        result = model.train(module, data.train, local)
 
     metrics = {
         wire.NUM_EXAMPLES: n_customers,
@@ -146,7 +155,10 @@ def train_round(msg: Message, context: Context) -> Message:
     }
     if reservation is not None:
         # The update leaves the site only after its real steps are confirmed on disk.
-        with PrivacyLedger(location.ledger_dir / LEDGER_FILE) as ledger:
+        with (
+            site_timing.phase("ledger"),
+            PrivacyLedger(location.ledger_dir / LEDGER_FILE) as ledger,
+        ):
             ledger.commit(reservation, steps_taken=result.dp_steps)
             status = ledger.budget_status(model.name, policy.cap_for(model.name), grant.plan.delta)
         metrics.update(
@@ -158,8 +170,9 @@ def train_round(msg: Message, context: Context) -> Message:
             }
         )
     wire.check_keys(f"{model.name} train reply", metrics, wire.TRAIN_METRIC_KEYS)
-    weights = ArrayRecord(_plain_weights(module))
-    return site_reply(msg, storefront, metrics, {wire.ARRAYS: weights}, note=grant.note)
+    with site_timing.phase("reply"):
+        weights = ArrayRecord(_plain_weights(module))
+        return site_reply(msg, storefront, metrics, {wire.ARRAYS: weights}, note=grant.note)
 
 
 @reasoned
@@ -167,12 +180,13 @@ def evaluate_round(msg: Message, context: Context) -> Message:
     """Evaluate the global model on the site's held-out customers: sums and counts over at
     least the policy's minimum cohort, or ``suppressed``."""
     location = _location(context)
-    policy = site_policy(location)
+    with site_timing.phase("policy"):
+        policy = site_policy(location)
     model = _allowed_model(str(msg.content[wire.CONFIG][wire.MODEL]), policy)
     data, storefront = prepared_data(location, model, shared_facts(msg, model))
-    module = _global_module(model, msg)
-    module.eval()
-    with torch.no_grad():
+    with site_timing.phase("evaluate"), torch.no_grad():
+        module = _global_module(model, msg)
+        module.eval()
         metrics = model.evaluate(module, data.evaluation, policy.min_cohort)
     # A model bug must not put undocumented values on the wire.
     wire.check_keys(f"{model.name} evaluate reply", metrics, model.evaluate_metric_keys)
@@ -291,8 +305,10 @@ def _prepared_data(
     location: SiteLocation, model: str, version: int, facts: tuple[tuple[str, Any], ...]
 ) -> tuple[SiteData, str]:
     del version  # part of the cache key only
-    orders = load_orders(location)
-    data = get_model(model).site_data(orders, {key: value for key, value in facts})
+    with site_timing.phase("read"):
+        orders = load_orders(location)
+    with site_timing.phase("featurise"):
+        data = get_model(model).site_data(orders, {key: value for key, value in facts})
     return data, storefront_of(location, orders)
 
 
