@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import lru_cache, wraps
+from functools import wraps
 from logging import WARNING
 from typing import Any
 
@@ -31,6 +31,7 @@ from flwr.supercore import log
 from torch import nn
 
 from clients import site_timing
+from clients.prepared_cache import ByteBudgetCache
 from clients.site_data import SiteDataError, SiteLocation, load_orders, locate_site, storefront_of
 from models import schema
 from models.registry import BUILTIN_MODELS, FederatedModel, SiteData, get_model
@@ -276,39 +277,53 @@ def shared_facts(msg: Message, model: FederatedModel) -> dict[str, Any]:
     return {key: facts[key] for key in model.shared_fact_keys}
 
 
+PREPARED_DATA_BUDGET_BYTES = 1 << 30
+"""Memory a ClientApp process may keep of its sites' prepared data (estimated; 1 GiB).
+
+A simulation worker serves many sites in turn: 1,000 synthetic storefronts of 50 customers
+take ~40 MB of prepared data in all, the bundled storefronts a few MB each, so every site a
+worker serves stays cached across rounds; a deployed site (one storefront) keeps its
+data unless it alone exceeds the budget, and is then re-read per message as before."""
+
+site_data_cache = ByteBudgetCache[tuple[SiteData, str]](PREPARED_DATA_BUDGET_BYTES)
+
+
 def prepared_data(
     location: SiteLocation, model: FederatedModel, facts: dict[str, Any]
 ) -> tuple[SiteData, str]:
     """The site's data for ``model`` and its storefront name, cached per data version.
 
-    A simulation serves many messages from one process, so the split is built once; a
-    changed file (new export) has a new modification time, and changed shared facts (a
-    new catalogue or cutoff) are a new key, so either is read again.
+    A simulation process serves many messages of many sites, so each site's split is built
+    once and kept across rounds (:data:`PREPARED_DATA_BUDGET_BYTES`). The data version is
+    the file's modification time and size: a new export is read again (and the old one
+    dropped); changed shared facts (a new catalogue or cutoff) are a new key.
 
     Raises:
         SiteRefusal: the data cannot be read, or the model's protocol finds nothing to
             learn from in it.
     """
     path = location.orders_file
-    version = path.stat().st_mtime_ns if path.is_file() else 0
-    key = tuple((name, _hashable(value)) for name, value in sorted(facts.items()))
     try:
-        return _prepared_data(location, model.name, version, key)
+        stat = path.stat()
+        version: tuple[int, int] = (stat.st_mtime_ns, stat.st_size)
+    except OSError:
+        version = (0, 0)  # missing: load_orders below refuses with the reason
+    key = (location, model.name, tuple((n, _hashable(v)) for n, v in sorted(facts.items())))
+    try:
+        return site_data_cache.get(key, version, lambda: _read_and_prepare(location, model, facts))
     except SiteDataError as error:
         raise SiteRefusal(wire.DECLINED_SITE_ERROR, str(error)) from None
     except ValueError as error:  # the model's protocol: e.g. no customer before the cutoff
         raise SiteRefusal(wire.DECLINED_NO_DATA, f"{model.name}: {error}") from None
 
 
-@lru_cache(maxsize=4)
-def _prepared_data(
-    location: SiteLocation, model: str, version: int, facts: tuple[tuple[str, Any], ...]
+def _read_and_prepare(
+    location: SiteLocation, model: FederatedModel, facts: dict[str, Any]
 ) -> tuple[SiteData, str]:
-    del version  # part of the cache key only
     with site_timing.phase("read"):
         orders = load_orders(location)
     with site_timing.phase("featurise"):
-        data = get_model(model).site_data(orders, {key: value for key, value in facts})
+        data = model.site_data(orders, facts)
     return data, storefront_of(location, orders)
 
 
