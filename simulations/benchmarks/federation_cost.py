@@ -153,7 +153,9 @@ def main(argv: list[str] | None = None) -> int:
         help="CPUs per simulated ClientApp (Ray)",
     )
     parser.add_argument("--synthetic-storefronts", type=int, help="generate N storefronts")
-    parser.add_argument("--synthetic-customers", type=int, default=300, help="per storefront")
+    parser.add_argument(
+        "--synthetic-customers", type=int, default=300, help="customers per storefront"
+    )
     parser.add_argument("--synthetic-items", type=int, default=200)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--models", help="comma-separated models (default: the main job's)")
@@ -172,7 +174,8 @@ def main(argv: list[str] | None = None) -> int:
             write_synthetic_split(
                 split,
                 storefronts=args.synthetic_storefronts,
-                customers=args.synthetic_customers,
+                # fedshop-sim's --synthetic-customers counts all storefronts' customers
+                customers=args.synthetic_storefronts * args.synthetic_customers,
                 items=args.synthetic_items,
                 order_lines=None,
                 seed=args.seed,
