@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import lru_cache, wraps
+from functools import wraps
 from logging import WARNING
 from typing import Any
 
@@ -30,6 +30,8 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricR
 from flwr.supercore import log
 from torch import nn
 
+from clients import site_timing
+from clients.prepared_cache import ByteBudgetCache
 from clients.site_data import SiteDataError, SiteLocation, load_orders, locate_site, storefront_of
 from models import schema
 from models.registry import BUILTIN_MODELS, FederatedModel, SiteData, get_model
@@ -59,7 +61,8 @@ def reasoned(
     @wraps(answer)
     def answer_or_refuse(msg: Message, context: Context) -> Message:
         try:
-            return answer(msg, context)
+            with site_timing.message(msg.metadata.message_type):
+                return answer(msg, context)
         except SiteRefusal as refusal:
             code, detail = refusal.code, refusal.detail
         except Exception as error:  # a bug: reported by type and place only
@@ -102,7 +105,8 @@ def train_round(msg: Message, context: Context) -> Message:
     """A site's whole answer to a train message (see the module docstring)."""
     plan = TrainingPlan.from_config(msg.content[wire.CONFIG])
     location = _location(context)
-    policy = site_policy(location)
+    with site_timing.phase("policy"):
+        policy = site_policy(location)
     model = _allowed_model(plan.model, policy)
     data, storefront = prepared_data(location, model, shared_facts(msg, model))
     n_customers = len(data.train)
@@ -110,11 +114,15 @@ def train_round(msg: Message, context: Context) -> Message:
         raise SiteRefusal(wire.DECLINED_NO_DATA, f"no training customers for {model.name}")
 
     run = str(context.run_id)
-    grant = _grant(location, policy, plan, n_customers, run)
+    with site_timing.phase("plan"):
+        grant = _grant(location, policy, plan, n_customers, run)
     reservation = None
     if grant.plan is not None:
         try:
-            with PrivacyLedger(location.ledger_dir / LEDGER_FILE) as ledger:
+            with (
+                site_timing.phase("ledger"),
+                PrivacyLedger(location.ledger_dir / LEDGER_FILE) as ledger,
+            ):
                 reservation = ledger.reserve(
                     model.name,
                     grant.plan.round_segment,
@@ -128,14 +136,16 @@ def train_round(msg: Message, context: Context) -> Message:
         except BudgetExceeded as error:
             raise SiteRefusal(wire.DECLINED_BUDGET_EXHAUSTED, str(error)) from None
 
-    module = _global_module(model, msg)
+    with site_timing.phase("train"):
+        module = _global_module(model, msg)
     local = LocalTraining(
         settings=plan.settings,
         proximal_mu=plan.proximal_mu,
         noise_multiplier=None if grant.plan is None else grant.plan.noise_multiplier,
         seed=_simulation_seed(context, plan.server_round) if location.simulated else None,
     )
-    result = model.train(module, data.train, local)
+    with site_timing.phase("train"):
+        result = model.train(module, data.train, local)
 
     metrics = {
         wire.NUM_EXAMPLES: n_customers,
@@ -146,7 +156,10 @@ def train_round(msg: Message, context: Context) -> Message:
     }
     if reservation is not None:
         # The update leaves the site only after its real steps are confirmed on disk.
-        with PrivacyLedger(location.ledger_dir / LEDGER_FILE) as ledger:
+        with (
+            site_timing.phase("ledger"),
+            PrivacyLedger(location.ledger_dir / LEDGER_FILE) as ledger,
+        ):
             ledger.commit(reservation, steps_taken=result.dp_steps)
             status = ledger.budget_status(model.name, policy.cap_for(model.name), grant.plan.delta)
         metrics.update(
@@ -158,8 +171,9 @@ def train_round(msg: Message, context: Context) -> Message:
             }
         )
     wire.check_keys(f"{model.name} train reply", metrics, wire.TRAIN_METRIC_KEYS)
-    weights = ArrayRecord(_plain_weights(module))
-    return site_reply(msg, storefront, metrics, {wire.ARRAYS: weights}, note=grant.note)
+    with site_timing.phase("reply"):
+        weights = ArrayRecord(_plain_weights(module))
+        return site_reply(msg, storefront, metrics, {wire.ARRAYS: weights}, note=grant.note)
 
 
 @reasoned
@@ -167,12 +181,13 @@ def evaluate_round(msg: Message, context: Context) -> Message:
     """Evaluate the global model on the site's held-out customers: sums and counts over at
     least the policy's minimum cohort, or ``suppressed``."""
     location = _location(context)
-    policy = site_policy(location)
+    with site_timing.phase("policy"):
+        policy = site_policy(location)
     model = _allowed_model(str(msg.content[wire.CONFIG][wire.MODEL]), policy)
     data, storefront = prepared_data(location, model, shared_facts(msg, model))
-    module = _global_module(model, msg)
-    module.eval()
-    with torch.no_grad():
+    with site_timing.phase("evaluate"), torch.no_grad():
+        module = _global_module(model, msg)
+        module.eval()
         metrics = model.evaluate(module, data.evaluation, policy.min_cohort)
     # A model bug must not put undocumented values on the wire.
     wire.check_keys(f"{model.name} evaluate reply", metrics, model.evaluate_metric_keys)
@@ -262,37 +277,53 @@ def shared_facts(msg: Message, model: FederatedModel) -> dict[str, Any]:
     return {key: facts[key] for key in model.shared_fact_keys}
 
 
+PREPARED_DATA_BUDGET_BYTES = 1 << 30
+"""Memory a ClientApp process may keep of its sites' prepared data (estimated; 1 GiB).
+
+A simulation worker serves many sites in turn: 1,000 synthetic storefronts of 50 customers
+take ~40 MB of prepared data in all, the bundled storefronts a few MB each, so every site a
+worker serves stays cached across rounds; a deployed site (one storefront) keeps its
+data unless it alone exceeds the budget, and is then re-read per message as before."""
+
+site_data_cache = ByteBudgetCache[tuple[SiteData, str]](PREPARED_DATA_BUDGET_BYTES)
+
+
 def prepared_data(
     location: SiteLocation, model: FederatedModel, facts: dict[str, Any]
 ) -> tuple[SiteData, str]:
     """The site's data for ``model`` and its storefront name, cached per data version.
 
-    A simulation serves many messages from one process, so the split is built once; a
-    changed file (new export) has a new modification time, and changed shared facts (a
-    new catalogue or cutoff) are a new key, so either is read again.
+    A simulation process serves many messages of many sites, so each site's split is built
+    once and kept across rounds (:data:`PREPARED_DATA_BUDGET_BYTES`). The data version is
+    the file's modification time and size: a new export is read again (and the old one
+    dropped); changed shared facts (a new catalogue or cutoff) are a new key.
 
     Raises:
         SiteRefusal: the data cannot be read, or the model's protocol finds nothing to
             learn from in it.
     """
     path = location.orders_file
-    version = path.stat().st_mtime_ns if path.is_file() else 0
-    key = tuple((name, _hashable(value)) for name, value in sorted(facts.items()))
     try:
-        return _prepared_data(location, model.name, version, key)
+        stat = path.stat()
+        version: tuple[int, int] = (stat.st_mtime_ns, stat.st_size)
+    except OSError:
+        version = (0, 0)  # missing: load_orders below refuses with the reason
+    key = (location, model.name, tuple((n, _hashable(v)) for n, v in sorted(facts.items())))
+    try:
+        return site_data_cache.get(key, version, lambda: _read_and_prepare(location, model, facts))
     except SiteDataError as error:
         raise SiteRefusal(wire.DECLINED_SITE_ERROR, str(error)) from None
     except ValueError as error:  # the model's protocol: e.g. no customer before the cutoff
         raise SiteRefusal(wire.DECLINED_NO_DATA, f"{model.name}: {error}") from None
 
 
-@lru_cache(maxsize=4)
-def _prepared_data(
-    location: SiteLocation, model: str, version: int, facts: tuple[tuple[str, Any], ...]
+def _read_and_prepare(
+    location: SiteLocation, model: FederatedModel, facts: dict[str, Any]
 ) -> tuple[SiteData, str]:
-    del version  # part of the cache key only
-    orders = load_orders(location)
-    data = get_model(model).site_data(orders, {key: value for key, value in facts})
+    with site_timing.phase("read"):
+        orders = load_orders(location)
+    with site_timing.phase("featurise"):
+        data = model.site_data(orders, facts)
     return data, storefront_of(location, orders)
 
 
