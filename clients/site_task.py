@@ -23,14 +23,25 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import wraps
 from logging import WARNING
-from typing import Any
+from typing import Any, NamedTuple
 
+import numpy as np
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
+from flwr.app import (
+    Array,
+    ArrayRecord,
+    ConfigRecord,
+    Context,
+    Error,
+    Message,
+    MetricRecord,
+    RecordDict,
+)
 from flwr.supercore import log
 from torch import nn
 
 from clients import site_timing
+from clients.facts_store import recall_facts, remember_facts
 from clients.prepared_cache import ByteBudgetCache
 from clients.site_data import SiteDataError, SiteLocation, load_orders, locate_site, storefront_of
 from models import schema
@@ -41,6 +52,13 @@ from privacy.console_errors import withheld
 from privacy.ledger import LEDGER_FILE, BudgetExceeded, LedgerError, PrivacyLedger
 from privacy.planning import PolicyDecline, RunGrant, plan_site_run
 from privacy.policy import SitePolicy
+from privacy.wire_encoding import (
+    FLOAT32,
+    EncodingError,
+    check_encoding,
+    decode_int8,
+    encode_int8,
+)
 
 
 class SiteRefusal(Exception):
@@ -74,6 +92,13 @@ def reasoned(
     return answer_or_refuse
 
 
+class SharedFacts(NamedTuple):
+    """A model's shared facts as a site uses them, and their digest."""
+
+    values: dict[str, Any]
+    digest: str
+
+
 @dataclass(frozen=True)
 class TrainingPlan:
     """The local training the server asked for in a train message's config."""
@@ -86,6 +111,8 @@ class TrainingPlan:
     server_round: int
     proximal_mu: float
     """FedProx's μ; 0 unless the server runs FedProx."""
+    update_encoding: str = FLOAT32
+    """How the global weights arrive and the update leaves (:mod:`privacy.wire_encoding`)."""
 
     @classmethod
     def from_config(cls, config: ConfigRecord) -> TrainingPlan:
@@ -97,6 +124,7 @@ class TrainingPlan:
             planned_rounds=int(config[wire.PLANNED_ROUNDS]),
             server_round=int(config[wire.SERVER_ROUND]),
             proximal_mu=float(config.get(wire.PROXIMAL_MU, 0.0)),
+            update_encoding=check_encoding(str(config.get(wire.UPDATE_ENCODING, FLOAT32))),
         )
 
 
@@ -108,7 +136,8 @@ def train_round(msg: Message, context: Context) -> Message:
     with site_timing.phase("policy"):
         policy = site_policy(location)
     model = _allowed_model(plan.model, policy)
-    data, storefront = prepared_data(location, model, shared_facts(msg, model))
+    facts = shared_facts(msg, model, location)
+    data, storefront = prepared_data(location, model, facts)
     n_customers = len(data.train)
     if n_customers == 0:
         raise SiteRefusal(wire.DECLINED_NO_DATA, f"no training customers for {model.name}")
@@ -137,12 +166,14 @@ def train_round(msg: Message, context: Context) -> Message:
             raise SiteRefusal(wire.DECLINED_BUDGET_EXHAUSTED, str(error)) from None
 
     with site_timing.phase("train"):
-        module = _global_module(model, msg)
+        received = received_weights(msg, plan.update_encoding)
+        module = _global_module(model, facts, received)
+    seed = _simulation_seed(context, plan.server_round) if location.simulated else None
     local = LocalTraining(
         settings=plan.settings,
         proximal_mu=plan.proximal_mu,
         noise_multiplier=None if grant.plan is None else grant.plan.noise_multiplier,
-        seed=_simulation_seed(context, plan.server_round) if location.simulated else None,
+        seed=seed,
     )
     with site_timing.phase("train"):
         result = model.train(module, data.train, local)
@@ -172,8 +203,8 @@ def train_round(msg: Message, context: Context) -> Message:
         )
     wire.check_keys(f"{model.name} train reply", metrics, wire.TRAIN_METRIC_KEYS)
     with site_timing.phase("reply"):
-        weights = ArrayRecord(_plain_weights(module))
-        return site_reply(msg, storefront, metrics, {wire.ARRAYS: weights}, note=grant.note)
+        arrays = reply_arrays(module, received, plan.update_encoding, np.random.default_rng(seed))
+        return site_reply(msg, storefront, metrics, {wire.ARRAYS: arrays}, note=grant.note)
 
 
 @reasoned
@@ -184,9 +215,10 @@ def evaluate_round(msg: Message, context: Context) -> Message:
     with site_timing.phase("policy"):
         policy = site_policy(location)
     model = _allowed_model(str(msg.content[wire.CONFIG][wire.MODEL]), policy)
-    data, storefront = prepared_data(location, model, shared_facts(msg, model))
+    facts = shared_facts(msg, model, location)
+    data, storefront = prepared_data(location, model, facts)
     with site_timing.phase("evaluate"), torch.no_grad():
-        module = _global_module(model, msg)
+        module = _global_module(model, facts, received_weights(msg, FLOAT32))
         module.eval()
         metrics = model.evaluate(module, data.evaluation, policy.min_cohort)
     # A model bug must not put undocumented values on the wire.
@@ -261,20 +293,48 @@ def _grant(
         raise SiteRefusal(wire.DECLINED_SITE_ERROR, str(error)) from None
 
 
-def shared_facts(msg: Message, model: FederatedModel) -> dict[str, Any]:
-    """The model's shared facts the message carries (:data:`privacy.wire.FACTS`).
+def shared_facts(msg: Message, model: FederatedModel, location: SiteLocation) -> SharedFacts:
+    """The model's shared facts for ``msg``: those it carries (checked against their digest
+    and kept, :mod:`clients.facts_store`), or those the site kept under the digest it names.
 
     Raises:
-        SiteRefusal: a fact the model needs is missing.
+        SiteRefusal: facts that do not match their digest or lack a key the model needs
+            (``site-error``); a digest the site holds no facts for (``facts-unknown``).
     """
     record = msg.content.config_records.get(wire.FACTS)
-    facts = dict(record) if record is not None else {}
+    carried = dict(record) if record is not None else {}
+    named = str(carried.pop(wire.FACTS_DIGEST, ""))
+    if wire.FACTS_PACKED in carried:
+        try:
+            carried = wire.unpack_facts(bytes(carried[wire.FACTS_PACKED]))
+        except ValueError as error:
+            raise SiteRefusal(wire.DECLINED_SITE_ERROR, f"{model.name}: {error}") from None
+    if carried or not named:
+        digest = wire.facts_digest(carried)
+        if named and named != digest:
+            raise SiteRefusal(
+                wire.DECLINED_SITE_ERROR, f"the {model.name} shared facts do not match their digest"
+            )
+        if named:
+            remember_facts(location.ledger_dir, digest, carried)
+        facts = carried
+    else:
+        try:
+            kept = recall_facts(location.ledger_dir, named)
+        except ValueError as error:
+            raise SiteRefusal(wire.DECLINED_SITE_ERROR, str(error)) from None
+        if kept is None:
+            raise SiteRefusal(
+                wire.FACTS_UNKNOWN,
+                f"no {model.name} shared facts kept under digest {named[:12]}; send them in full",
+            )
+        facts, digest = kept, named
     missing = [key for key in model.shared_fact_keys if key not in facts]
     if missing:
         raise SiteRefusal(
             wire.DECLINED_SITE_ERROR, f"the {model.name} message lacks the shared facts {missing}"
         )
-    return {key: facts[key] for key in model.shared_fact_keys}
+    return SharedFacts({key: facts[key] for key in model.shared_fact_keys}, digest)
 
 
 PREPARED_DATA_BUDGET_BYTES = 1 << 30
@@ -289,14 +349,14 @@ site_data_cache = ByteBudgetCache[tuple[SiteData, str]](PREPARED_DATA_BUDGET_BYT
 
 
 def prepared_data(
-    location: SiteLocation, model: FederatedModel, facts: dict[str, Any]
+    location: SiteLocation, model: FederatedModel, facts: SharedFacts
 ) -> tuple[SiteData, str]:
     """The site's data for ``model`` and its storefront name, cached per data version.
 
     A simulation process serves many messages of many sites, so each site's split is built
     once and kept across rounds (:data:`PREPARED_DATA_BUDGET_BYTES`). The data version is
     the file's modification time and size: a new export is read again (and the old one
-    dropped); changed shared facts (a new catalogue or cutoff) are a new key.
+    dropped); changed shared facts (a new catalogue or cutoff) have a new digest, so a new key.
 
     Raises:
         SiteRefusal: the data cannot be read, or the model's protocol finds nothing to
@@ -308,9 +368,11 @@ def prepared_data(
         version: tuple[int, int] = (stat.st_mtime_ns, stat.st_size)
     except OSError:
         version = (0, 0)  # missing: load_orders below refuses with the reason
-    key = (location, model.name, tuple((n, _hashable(v)) for n, v in sorted(facts.items())))
+    key = (location, model.name, facts.digest)
     try:
-        return site_data_cache.get(key, version, lambda: _read_and_prepare(location, model, facts))
+        return site_data_cache.get(
+            key, version, lambda: _read_and_prepare(location, model, facts.values)
+        )
     except SiteDataError as error:
         raise SiteRefusal(wire.DECLINED_SITE_ERROR, str(error)) from None
     except ValueError as error:  # the model's protocol: e.g. no customer before the cutoff
@@ -344,14 +406,52 @@ def _storefront_label(context: Context) -> str:
         return error.storefront
 
 
-def _hashable(value: Any) -> Any:
-    return tuple(value) if isinstance(value, list) else value
+def received_weights(msg: Message, encoding: str) -> dict[str, np.ndarray]:
+    """The global weights ``msg`` carries, decoded if they travel 8-bit encoded.
+
+    Raises:
+        SiteRefusal: encoded arrays that cannot be decoded.
+    """
+    arrays = {name: array.numpy() for name, array in msg.content[wire.ARRAYS].items()}
+    if encoding == FLOAT32:
+        return arrays
+    try:
+        return decode_int8(arrays)
+    except EncodingError as error:
+        raise SiteRefusal(wire.DECLINED_SITE_ERROR, f"global weights: {error}") from None
 
 
-def _global_module(model: FederatedModel, msg: Message) -> nn.Module:
-    """A fresh module of ``model`` holding the global weights the message carries."""
-    module = model.build(shared_facts(msg, model))
-    module.load_state_dict(msg.content[wire.ARRAYS].to_torch_state_dict(), strict=True)
+def reply_arrays(
+    module: nn.Module,
+    received: dict[str, np.ndarray],
+    encoding: str,
+    rng: np.random.Generator,
+) -> ArrayRecord:
+    """The train reply's arrays: the trained weights (float32), or under ``int8`` the update
+    from the ``received`` weights, 8-bit with stochastic rounding (after the DP noise, so
+    post-processing; :mod:`privacy.wire_encoding`).
+
+    Raises:
+        SiteRefusal: a non-finite update (nothing is sent).
+    """
+    trained = {name: value.detach().numpy() for name, value in module.state_dict().items()}
+    if encoding == FLOAT32:
+        return ArrayRecord({name: Array(value.copy()) for name, value in trained.items()})
+    update = {name: trained[name] - received[name] for name in trained}
+    try:
+        encoded = encode_int8(update, rng)
+    except EncodingError as error:
+        raise SiteRefusal(wire.DECLINED_SITE_ERROR, f"update: {error}") from None
+    return ArrayRecord({name: Array(value) for name, value in encoded.items()})
+
+
+def _global_module(
+    model: FederatedModel, facts: SharedFacts, weights: dict[str, np.ndarray]
+) -> nn.Module:
+    """A fresh module of ``model`` holding the global ``weights``."""
+    module = model.build(facts.values)
+    state = {name: torch.from_numpy(np.array(value)) for name, value in weights.items()}
+    module.load_state_dict(state, strict=True)
     return module
 
 
@@ -366,10 +466,6 @@ def site_reply(
         {**records, wire.METRICS: MetricRecord(metrics), wire.SITE: ConfigRecord(site)}
     )
     return Message(content, reply_to=msg)
-
-
-def _plain_weights(module: nn.Module) -> dict[str, torch.Tensor]:
-    return {name: value.detach().clone() for name, value in module.state_dict().items()}
 
 
 def _simulation_seed(context: Context, server_round: int) -> int:

@@ -5,10 +5,21 @@ against it before they leave, and the server checks what arrives. Each model's o
 evaluation keys are declared by the model (``FederatedModel.evaluate_metric_keys`` in
 :mod:`models.registry`); everything else is here.
 
+Train and evaluate messages carry the global weights (``"arrays"``), the ``"config"``
+and the model's shared facts (:data:`FACTS`). The facts (e.g. a catalogue of thousands of
+items) travel in full only until the site has answered a message that carried them: from
+then on the record holds only their :data:`FACTS_DIGEST` (in full, the facts travel
+compressed as :data:`FACTS_PACKED`), and the site reads the facts it
+stored under that digest (a site that has lost them declines with :data:`FACTS_UNKNOWN`
+and gets them in full in the next round). With :data:`UPDATE_ENCODING` ``"int8"`` in a
+train config, the weights travel 8-bit encoded (:mod:`privacy.wire_encoding`).
+
 Train reply (``RecordDict``):
 
 - ``"arrays"``: ArrayRecord, the site's model weights after local training (a plain
-  ``state_dict``, no Opacus ``_module.`` prefix).
+  ``state_dict``, no Opacus ``_module.`` prefix); under ``"int8"`` encoding, the site's
+  update (trained minus received weights) encoded by
+  :func:`privacy.wire_encoding.encode_int8` after the DP noise.
 - ``"metrics"``: MetricRecord with exactly :data:`TRAIN_METRIC_KEYS`: the training
   customers (``num-examples``: the site's size, the aggregation weight, a count over all
   its training customers), and the site's *cumulative* privacy spend for the model as its
@@ -42,7 +53,11 @@ customer travels either way.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import hashlib
+import json
+import zlib
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 ARRAYS = "arrays"
 METRICS = "metrics"
@@ -51,6 +66,12 @@ FACTS = "facts"
 """Record of a train or evaluate message holding the model's shared facts (the
 recommender's catalogue, the churn cutoff): non-private data every site must agree on,
 kept apart from the config so that no log line ever prints a whole catalogue."""
+FACTS_DIGEST = "facts-digest"
+"""Key of the :data:`FACTS` record: :func:`facts_digest` of the facts it stands for."""
+FACTS_PACKED = "facts-packed"
+"""Key of the :data:`FACTS` record: the facts in full, :func:`pack_facts` (bytes)."""
+MAX_FACTS_BYTES = 64 << 20
+"""Largest unpacked facts a site accepts (a catalogue of millions of items fits)."""
 SITE = "site"
 
 NUM_EXAMPLES = "num-examples"
@@ -89,6 +110,9 @@ SERVER_ROUND = "server-round"
 ROUND_OFFSET = "round-offset"
 PLANNED_ROUNDS = "planned-rounds"
 PROXIMAL_MU = "proximal-mu"
+UPDATE_ENCODING = "update-encoding"
+"""Train-config key: how the message's weights and the reply's update travel, one of
+:data:`privacy.wire_encoding.UPDATE_ENCODINGS` (absent: dense float32)."""
 ARRAY_NAMES = "array-names"
 """Train-config key of secure-aggregation rounds: the model's array names, in the order of
 the legacy FitIns arrays (the legacy layout has no names)."""
@@ -101,6 +125,8 @@ DECLINED_SITE_ERROR = 1004
 SUPPRESSED = 1005
 INSTALL_FAILED = 1006
 """A site that could not install the delivered bundle (its reply to the delivery)."""
+FACTS_UNKNOWN = 1007
+"""A message carried only the digest of shared facts the site does not hold."""
 DECLINE_REASONS: dict[int, str] = {
     DECLINED_BUDGET_EXHAUSTED: "privacy-budget-exhausted",
     DECLINED_NO_DATA: "no-training-data",
@@ -108,14 +134,53 @@ DECLINE_REASONS: dict[int, str] = {
     DECLINED_SITE_ERROR: "site-error",
     SUPPRESSED: "suppressed",
     INSTALL_FAILED: "install-failed",
+    FACTS_UNKNOWN: "facts-unknown",
 }
 """Reason codes of a site's reasoned refusals. ``suppressed`` answers an evaluate
 message whose aggregates would cover fewer customers than the site's minimum cohort;
-``install-failed`` the delivery of a bundle the site could not verify or write."""
+``install-failed`` the delivery of a bundle the site could not verify or write;
+``facts-unknown`` a message that named shared facts by a digest the site does not hold."""
 
 
 class ContractViolation(RuntimeError):
     """A reply would carry keys the contract does not allow; nothing is sent."""
+
+
+def _canonical_facts(facts: Mapping[str, Any]) -> bytes:
+    """Facts as canonical JSON (sorted keys, tuples as lists): the same facts give the same
+    bytes on the server and at every site."""
+    canonical = {key: list(v) if isinstance(v, tuple) else v for key, v in facts.items()}
+    text = json.dumps(canonical, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return text.encode()
+
+
+def facts_digest(facts: Mapping[str, Any]) -> str:
+    """SHA-256 (hex) of a model's shared facts in canonical JSON."""
+    return hashlib.sha256(_canonical_facts(facts)).hexdigest()
+
+
+def pack_facts(facts: Mapping[str, Any]) -> bytes:
+    """Facts as zlib-compressed canonical JSON (an item catalogue shrinks about 4×)."""
+    return zlib.compress(_canonical_facts(facts), 9)
+
+
+def unpack_facts(packed: bytes) -> dict[str, Any]:
+    """The facts :func:`pack_facts` packed.
+
+    Raises:
+        ValueError: not packed facts, or more than :data:`MAX_FACTS_BYTES` unpacked.
+    """
+    inflater = zlib.decompressobj()
+    try:
+        text = inflater.decompress(packed, MAX_FACTS_BYTES)
+        if inflater.unconsumed_tail:
+            raise ValueError(f"packed facts exceed {MAX_FACTS_BYTES} bytes")
+        facts = json.loads(text)
+    except (zlib.error, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"packed facts are unreadable: {error}") from None
+    if not isinstance(facts, dict):
+        raise ValueError("packed facts are not a mapping")
+    return facts
 
 
 def decline_reason(code: int, storefront: str, detail: str) -> str:

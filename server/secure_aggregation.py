@@ -20,7 +20,7 @@ in the sum of the sites that completed the round; a dropped site's masks are reb
 ``secagg-reconstruction-threshold`` of its ``secagg-num-shares`` secret shares.
 
 What the server still sees, per site: ``num-examples`` (the aggregation weight), the
-train metrics (loss, ε, δ, DP steps) and the storefront name, and its evaluation sums.
+train metrics (ε, δ, DP steps, noise multiplier) and the storefront name, and its evaluation sums.
 It sees the weighted mean of the updates, never one update.
 
 What the server can no longer check: the per-update screening of

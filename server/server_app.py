@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from logging import INFO, WARNING
 from pathlib import Path
@@ -37,6 +37,7 @@ from models.registry import BUILTIN_MODELS, FederatedModel, get_model, model_nam
 from models.training import TrainingSettings
 from privacy import wire
 from privacy.atomic_files import atomic_write
+from privacy.wire_encoding import FLOAT32
 from server import progress
 from server.bundle import export_bundle
 from server.checkpoint import Checkpoint, ModelProgress, latest_checkpoint, save_checkpoint
@@ -118,6 +119,8 @@ def run_federation(grid: Grid, run_config: dict[str, Any]) -> Checkpoint:
     total_rounds = int(run_config.get("num-server-rounds", 3))
     settings = StrategySettings.from_run_config(run_config)
     secure = SecureAggregationSettings.from_run_config(run_config)
+    if secure.enabled:  # SecAgg+ quantises each update its own way, before masking
+        settings = replace(settings, update_encoding=FLOAT32)
     planned = plan_models(run_config)
     _write_json(run_dir / RESOLVED_CONFIG, dict(run_config))
 
@@ -131,7 +134,7 @@ def run_federation(grid: Grid, run_config: dict[str, Any]) -> Checkpoint:
             continue
         strategy = build_strategy(settings, evaluation_aggregator(model))
         strategy.round_offset = done
-        strategy.shared_facts = run.facts
+        strategy.share_facts(run.facts)
         strategy.model_name, strategy.total_rounds = model.name, total_rounds
         if model.name in checkpoint.models:
             weights = checkpoint.models[model.name].weights

@@ -23,7 +23,7 @@ absolute ``server-round`` and FedAdam's bias correction continues where it stopp
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from logging import INFO, WARNING
 from typing import Any
@@ -37,6 +37,7 @@ from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 from flwr.supercore import log
 
 from privacy import wire
+from privacy.wire_encoding import FLOAT32, INT8, check_encoding, decode_int8, encode_int8
 from server import progress
 from server.progress import RoundEvent
 from server.update_validation import (
@@ -148,8 +149,10 @@ class ValidatedAggregation(FedAvg):
         aggregation: str,
         trim_fraction: float,
         round_offset: int = 0,
+        update_encoding: str = FLOAT32,
     ) -> None:
         """Set the screening and aggregation options (called once by :func:`build_strategy`)."""
+        check_encoding(update_encoding)
         if aggregation not in AGGREGATIONS:
             raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {aggregation!r}")
         if min_accepted < 1:
@@ -159,9 +162,12 @@ class ValidatedAggregation(FedAvg):
         self.aggregation = aggregation
         self.trim_fraction = trim_fraction
         self.round_offset = round_offset
+        self.update_encoding = update_encoding
         self.round_reports: dict[int, RoundReport] = {}
         self.shared_facts: dict[str, Any] = {}
-        """The model's shared facts, sent with every message in their own record."""
+        """The model's shared facts, sent in their own record (see :meth:`share_facts`)."""
+        self._facts_digest = ""
+        self._nodes_holding_facts: set[int] = set()
         self.model_name = ""
         self.total_rounds = 0
         """For progress lines: the model trained and the run's rounds (absolute)."""
@@ -169,6 +175,14 @@ class ValidatedAggregation(FedAvg):
         self._global_weights: dict[str, np.ndarray] = {}
         self._round_plan: RoundPlan | None = None
         self._sent_train: list[Message] = []
+        self._sent_evaluate: list[Message] = []
+
+    def share_facts(self, facts: dict[str, Any]) -> None:
+        """Send ``facts`` with this model's messages: in full to a node until it has answered
+        a message that carried them, then only their digest (:data:`privacy.wire.FACTS`)."""
+        self.shared_facts = facts
+        self._facts_digest = wire.facts_digest(facts)
+        self._nodes_holding_facts = set()
 
     def summary(self) -> None:
         """Log the screening settings, then Flower's summary."""
@@ -188,12 +202,17 @@ class ValidatedAggregation(FedAvg):
                 "Train config has no full training plan: screening compares plain update norms",
             )
         config[wire.ROUND_OFFSET] = self.round_offset
+        config[wire.UPDATE_ENCODING] = self.update_encoding
         # Kept so replies can be traced to their node: the Grid sets each message's id in
         # place when it pushes it (see _replying_node).
         absolute_round = server_round + self.round_offset
         self._sent_train = self._with_facts(
             super().configure_train(absolute_round, arrays, config, grid)
         )
+        if self.update_encoding != FLOAT32:
+            sent_arrays = training_arrays(self._global_weights, self.update_encoding)
+            for msg in self._sent_train:
+                msg.content[wire.ARRAYS] = sent_arrays
         self._report_stage(absolute_round, "training", len(self._sent_train))
         return self._sent_train
 
@@ -205,6 +224,7 @@ class ValidatedAggregation(FedAvg):
         messages = self._with_facts(
             super().configure_evaluate(absolute_round, arrays, config, grid)
         )
+        self._sent_evaluate = messages
         if messages:
             self._report_stage(absolute_round, "evaluating", len(messages))
         return messages
@@ -215,12 +235,26 @@ class ValidatedAggregation(FedAvg):
 
     def _with_facts(self, messages: Iterable[Message]) -> list[Message]:
         """``messages`` carrying the shared facts in their own record (not in the config,
-        which Flower logs)."""
+        which Flower logs): in full to nodes not yet known to hold them, else the digest."""
         messages = list(messages)
         if self.shared_facts:
+            digest_only = facts_record(self.shared_facts, self._facts_digest, in_full=False)
+            in_full = facts_record(self.shared_facts, self._facts_digest, in_full=True)
             for msg in messages:
-                msg.content[wire.FACTS] = ConfigRecord(self.shared_facts)
+                holds = msg.metadata.dst_node_id in self._nodes_holding_facts
+                # Flower's strategies give all messages of a round one content object.
+                content = RecordDict(dict(msg.content))
+                content[wire.FACTS] = digest_only if holds else in_full
+                msg.content = content
         return messages
+
+    def _note_facts_held(self, node_id: int, msg: Message) -> None:
+        """A node that answered holds the facts (it keeps those it received); one that says
+        it does not gets them in full next time."""
+        if not msg.has_error():
+            self._nodes_holding_facts.add(node_id)
+        elif msg.error.code == wire.FACTS_UNKNOWN:
+            self._nodes_holding_facts.discard(node_id)
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
@@ -232,13 +266,14 @@ class ValidatedAggregation(FedAvg):
         updates: list[SiteUpdate] = []
         answered: set[int] = set()
         for msg in replies:
-            node_id = self._replying_node(msg)
+            node_id = self._replying_node(msg, self._sent_train)
             answered.add(node_id)
+            self._note_facts_held(node_id, msg)
             site = self.storefront_of_node.get(node_id, "unknown storefront")
             if msg.has_error():
                 self._log_error_reply(report, node_id, site, msg)
                 continue
-            update, rejection = _site_update(msg)
+            update, rejection = _site_update(msg, self._reply_weights)
             if rejection is not None:
                 report.rejected.append(rejection)
             else:
@@ -298,6 +333,7 @@ class ValidatedAggregation(FedAvg):
         replies = list(replies)
         report = self.round_reports.setdefault(absolute_round, RoundReport())
         for msg in replies:
+            self._note_facts_held(self._replying_node(msg, self._sent_evaluate), msg)
             if msg.has_error():
                 reason = msg.error.reason or f"error {msg.error.code}"
                 refusals = (
@@ -310,6 +346,9 @@ class ValidatedAggregation(FedAvg):
         metrics = super().aggregate_evaluate(absolute_round, replies)
         report.evaluate_metrics = dict(metrics or {})
         return metrics
+
+    def _reply_weights(self, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return trained_weights(arrays, self._global_weights, self.update_encoding)
 
     def optimizer_state(self) -> dict[str, dict[str, np.ndarray]]:
         """Server-optimizer state to checkpoint (FedAdam moments); empty for plain averaging."""
@@ -324,11 +363,13 @@ class ValidatedAggregation(FedAvg):
                 raise ValueError(f"{type(self).__name__} has no optimizer state {name!r}")
             setattr(self, name, {k: np.asarray(v) for k, v in arrays.items()})
 
-    def _replying_node(self, msg: Message) -> int:
-        """The node a reply answers for. When a node stops sending heartbeats (killed,
-        unplugged), the SuperLink replies in its place with error NODE_UNAVAILABLE from its
-        own id (SUPERLINK_NODE_ID); the message it answers names the node that went away."""
-        for sent in self._sent_train:
+    @staticmethod
+    def _replying_node(msg: Message, sent_messages: list[Message]) -> int:
+        """The node a reply (to one of ``sent_messages``) answers for. When a node stops
+        sending heartbeats (killed, unplugged), the SuperLink replies in its place with error
+        NODE_UNAVAILABLE from its own id (SUPERLINK_NODE_ID); the message it answers names
+        the node that went away."""
+        for sent in sent_messages:
             if (
                 sent.metadata.message_id
                 and sent.metadata.message_id == msg.metadata.reply_to_message_id
@@ -370,8 +411,11 @@ def site_privacy_record(metrics: dict[str, float], note: str) -> dict[str, Any]:
     return record
 
 
-def _site_update(msg: Message) -> tuple[SiteUpdate, None] | tuple[None, Rejection]:
-    """Read a train reply into a :class:`SiteUpdate`, or reject it as malformed."""
+def _site_update(
+    msg: Message, reply_weights: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
+) -> tuple[SiteUpdate, None] | tuple[None, Rejection]:
+    """Read a train reply into a :class:`SiteUpdate` (its weights by ``reply_weights``,
+    which also replace the reply's arrays for aggregation), or reject it as malformed."""
     content = msg.content
     node_id = msg.metadata.src_node_id
     site_record = content.config_records.get(wire.SITE, ConfigRecord())
@@ -393,14 +437,55 @@ def _site_update(msg: Message) -> tuple[SiteUpdate, None] | tuple[None, Rejectio
     ):
         return reject("wrong-records", f"reply records {records}, site keys {set(site_record)}")
     try:
-        weights = {k: v.numpy() for k, v in content[wire.ARRAYS].items()}
+        weights = reply_weights({k: v.numpy() for k, v in content[wire.ARRAYS].items()})
     except (ValueError, TypeError) as err:
         return reject("unreadable-arrays", str(err))
+    content[wire.ARRAYS] = _array_record(weights)
     metrics = {k: v for k, v in content[wire.METRICS].items() if not isinstance(v, list)}
     if len(metrics) != len(content[wire.METRICS]):
         return reject("wrong-metric-keys", "list-valued metrics are not part of the contract")
     note = str(site_record.get(wire.PRIVACY_NOTE, ""))
     return SiteUpdate(node_id, storefront, weights, metrics, reply=msg, privacy_note=note), None
+
+
+def facts_record(facts: dict[str, Any], digest: str, *, in_full: bool) -> ConfigRecord:
+    """The :data:`privacy.wire.FACTS` record of a message: the facts (packed) and their
+    digest, or the digest alone for a node that holds them."""
+    record: dict[str, Any] = {wire.FACTS_DIGEST: digest}
+    if in_full:
+        record[wire.FACTS_PACKED] = wire.pack_facts(facts)
+    return ConfigRecord(record)
+
+
+def training_arrays(weights: dict[str, np.ndarray], encoding: str) -> ArrayRecord:
+    """The global weights as a train message carries them under ``encoding``: dense, or
+    8-bit rounded to nearest (:mod:`privacy.wire_encoding`)."""
+    return _array_record(weights if encoding == FLOAT32 else encode_int8(weights))
+
+
+def trained_weights(
+    arrays: dict[str, np.ndarray], global_weights: dict[str, np.ndarray], encoding: str
+) -> dict[str, np.ndarray]:
+    """A site's trained weights from its train reply's arrays: as sent (float32), or the
+    round's exact ``global_weights`` plus the site's decoded 8-bit update (arrays whose
+    names or shapes do not match are passed on for screening to reject).
+
+    Raises:
+        EncodingError: encoded arrays that cannot be decoded.
+    """
+    if encoding == FLOAT32:
+        return arrays
+    update = decode_int8(arrays)
+    return {
+        name: (global_weights[name] + value).astype(global_weights[name].dtype)
+        if name in global_weights and value.shape == global_weights[name].shape
+        else value
+        for name, value in update.items()
+    }
+
+
+def _array_record(arrays: dict[str, np.ndarray]) -> ArrayRecord:
+    return ArrayRecord({name: Array(np.asarray(value)) for name, value in arrays.items()})
 
 
 class ScreenedFedAvg(ValidatedAggregation, RobustAggregation):
@@ -429,6 +514,7 @@ class StrategySettings:
     min_sites: int = 2
     fraction_train: float = 1.0
     fraction_evaluate: float = 1.0
+    update_encoding: str = INT8
     policy: ValidationPolicy = field(default_factory=ValidationPolicy)
 
     @classmethod
@@ -448,6 +534,9 @@ class StrategySettings:
             min_sites=int(run_config.get("min-sites", default.min_sites)),
             fraction_train=float(run_config.get("fraction-train", default.fraction_train)),
             fraction_evaluate=float(run_config.get("fraction-evaluate", default.fraction_evaluate)),
+            update_encoding=check_encoding(
+                str(run_config.get("update-encoding", default.update_encoding))
+            ),
             policy=ValidationPolicy(
                 max_norm_ratio=float(run_config.get("max-norm-ratio", 10.0)),
                 max_update_norm=cap if cap > 0 else None,
@@ -485,5 +574,6 @@ def build_strategy(
         min_accepted=settings.min_accepted,
         aggregation=settings.aggregation,
         trim_fraction=settings.trim_fraction,
+        update_encoding=settings.update_encoding,
     )
     return strategy

@@ -5,7 +5,9 @@ the server's initial weights, training plan and message config
 (:func:`server.server_app.plan_models`),
 every site's real train and evaluate answers (:func:`clients.site_task.train_round` and
 :func:`clients.site_task.evaluate_round`, DP planning and privacy ledgers included),
-weighted FedAvg of the replies and the server's pooled evaluation — but site after site
+the update encoding of the run config (:func:`server.strategy.training_arrays`,
+:func:`~server.strategy.trained_weights`), weighted FedAvg of the replies and the
+server's pooled evaluation — but site after site
 in the calling process: no SuperLink, no Ray workers, no messages between processes.
 
 It is the denominator of the federation-cost benchmark
@@ -31,6 +33,7 @@ from clients.site_task import evaluate_round, train_round
 from privacy import wire
 from server.evaluation import evaluation_aggregator
 from server.server_app import plan_models
+from server.strategy import StrategySettings, trained_weights, training_arrays
 from simulations.progress import SILENT, Progress
 from simulations.runner import app_run_config, storefront_slugs
 
@@ -77,6 +80,7 @@ def run_sequential_federation(
     rounds = int(config["num-server-rounds"])
     result = SequentialResult(seconds=0.0)
     started = time.perf_counter()
+    encoding = StrategySettings.from_run_config(config).update_encoding
     for run in plan_models(config):
         model = run.model.name
         pool = evaluation_aggregator(run.model)
@@ -84,9 +88,19 @@ def run_sequential_federation(
         result.metrics[model], result.declined[model] = [], []
         for server_round in range(1, rounds + 1):
             with progress.step(f"{model} round {server_round}/{rounds}"):
-                round_config = {**run.train_config, wire.SERVER_ROUND: server_round}
-                replies = _ask_sites(contexts, "train", run.content(arrays, round_config))
-                trained = [reply.content for reply in replies if not reply.has_error()]
+                round_config = {
+                    **run.train_config,
+                    wire.SERVER_ROUND: server_round,
+                    wire.UPDATE_ENCODING: encoding,
+                }
+                global_weights = {name: array.numpy() for name, array in arrays.items()}
+                sent = run.content(training_arrays(global_weights, encoding), round_config)
+                replies = _ask_sites(contexts, "train", sent)
+                trained = [
+                    _with_weights(reply.content, global_weights, encoding)
+                    for reply in replies
+                    if not reply.has_error()
+                ]
                 result.declined[model] += [
                     f"{server_round}: {reply.error.reason}"
                     for reply in replies
@@ -103,6 +117,16 @@ def run_sequential_federation(
         result.weights[model] = {name: array.numpy() for name, array in arrays.items()}
     result.seconds = time.perf_counter() - started
     return result
+
+
+def _with_weights(
+    content: RecordDict, global_weights: dict[str, np.ndarray], encoding: str
+) -> RecordDict:
+    """A train reply's content holding the site's trained weights, as the server reads them."""
+    arrays = {name: array.numpy() for name, array in content[wire.ARRAYS].items()}
+    weights = trained_weights(arrays, global_weights, encoding)
+    content[wire.ARRAYS] = ArrayRecord({name: Array(value) for name, value in weights.items()})
+    return content
 
 
 def _ask_sites(contexts: list[Context], kind: str, content: RecordDict) -> list[Message]:

@@ -14,6 +14,7 @@ from models import churn
 from privacy import wire
 from privacy.ledger import LEDGER_FILE, PrivacyLedger
 from privacy.policy import SitePolicy
+from privacy.wire_encoding import INT8, LEVELS, decode_int8, encode_int8
 from server.server_app import ModelRun, plan_models
 from simulations.runner import app_run_config
 from simulations.sequential import server_message
@@ -211,3 +212,40 @@ def test_fedprox_mu_from_the_server_keeps_the_local_model_near_the_global_one(si
     held = distance_travelled({wire.PROXIMAL_MU: 10.0})  # lr 0.05 x mu 10 = half-way back
     assert free > 0
     assert held < 0.7 * free
+
+
+def test_a_site_trains_from_the_decoded_weights_and_returns_its_update_in_8_bits(site_round):
+    _, run_config, _, _, _, runs = site_round
+    run = runs["recommender"]
+    allow_training_without_dp(run_config, "storefront-a")  # deterministic: no DP noise
+    context = Context(1, 4, {"partition-id": 0, "num-partitions": 2}, RecordDict(), run_config)
+    exact = run.model.initial_weights(run.facts)
+    exact["item_bias.bias"] = np.random.default_rng(2).normal(0, 1, exact["item_bias.bias"].shape)
+    exact = {k: np.asarray(v, dtype=np.float32) for k, v in exact.items()}
+    sent = encode_int8(exact)
+    received = decode_int8(sent)
+
+    def trained(arrays: dict, encoding: str) -> dict:
+        request = train_message(
+            run,
+            ArrayRecord({k: Array(v) for k, v in arrays.items()}),
+            epsilon=0.0,
+            **{wire.UPDATE_ENCODING: encoding},
+        )
+        reply = client_app.train(request, context)
+        assert not reply.has_error(), reply.error.reason
+        return {k: v.numpy() for k, v in reply.content[wire.ARRAYS].items()}
+
+    # The float32 reply from the decoded weights is what the int8 site trained to.
+    reference = trained(received, "float32")
+    encoded_reply = trained(sent, INT8)
+    assert encoded_reply["personal.weight_0"].dtype == np.uint8  # 240 values: one byte each
+    assert encoded_reply["item_bias.bias"].dtype == np.float32  # 20 items: as is
+    update = decode_int8(encoded_reply)
+    for name, value in reference.items():
+        exact_update = value - received[name]
+        assert (
+            np.abs(update[name] - exact_update).max()
+            <= (exact_update.max() - exact_update.min()) / LEVELS * 1.001
+        )
+    assert any(np.abs(reference[k] - received[k]).max() > 0 for k in reference)  # it trained

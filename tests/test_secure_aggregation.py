@@ -285,7 +285,8 @@ def federations(tmp_path_factory):
     apply_site_policy(split, runs["dp"], ["dp-required=false"], set_by="test")
     secure = {"secure-aggregation": True}
     configs = [
-        run_config_for(split, runs["plain"]),
+        # the exact reference: dense float32 updates (SecAgg+ quantises its own way)
+        run_config_for(split, runs["plain"], **{"update-encoding": "float32"}),
         run_config_for(split, runs["secure"], **secure),
         run_config_for(split, runs["secure"], **secure, **{"num-server-rounds": 2}),
         run_config_for(split, runs["dp"], **secure, epsilon=EPSILON, **{"num-server-rounds": 2}),

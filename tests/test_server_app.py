@@ -17,7 +17,9 @@ from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 from flwr.simulation import run_simulation
 
+from clients.site_task import received_weights
 from privacy import wire
+from privacy.wire_encoding import INT8, encode_int8
 from server.bundle import load_bundle
 from server.checkpoint import latest_checkpoint
 from server.server_app import run_federation
@@ -43,8 +45,9 @@ site = ClientApp()
 @site.train()
 def train(msg: Message, context: Context, log_dir: str = "") -> Message:
     partition = int(context.node_config["partition-id"])
-    coef = msg.content[wire.ARRAYS]["weight"].numpy()[0]
-    bias = msg.content[wire.ARRAYS]["bias"].numpy()
+    config = msg.content[wire.CONFIG]
+    received = received_weights(msg, str(config[wire.UPDATE_ENCODING]))
+    coef, bias = received["weight"][0], received["bias"]
     x, y = site_data(partition)
     for _ in range(20):
         residual = x @ coef + bias - y
@@ -52,18 +55,20 @@ def train(msg: Message, context: Context, log_dir: str = "") -> Message:
         bias = bias - 0.05 * 2 * residual.mean()
     if partition == POISONED_PARTITION:
         coef = coef * 1000
-    config = msg.content[wire.CONFIG]
     with open(f"{log_dir}/rounds-seen.txt", "a") as file:
         file.write(f"{partition} {config[wire.SERVER_ROUND]} {config[wire.ROUND_OFFSET]}\n")
+    trained = {
+        "weight": coef[None, :].astype(np.float32),
+        "bias": np.asarray(bias, dtype=np.float32),
+    }
+    reply = trained  # the default int8 encoding sends the update, as a real site does
+    if config[wire.UPDATE_ENCODING] == INT8:
+        update = {k: v - received[k] for k, v in trained.items()}
+        reply = encode_int8(update, np.random.default_rng(partition))
     return Message(
         RecordDict(
             {
-                wire.ARRAYS: ArrayRecord(
-                    {
-                        "weight": Array(coef[None, :].astype(np.float32)),
-                        "bias": Array(np.asarray(bias, dtype=np.float32)),
-                    }
-                ),
+                wire.ARRAYS: ArrayRecord({k: Array(v) for k, v in reply.items()}),
                 wire.METRICS: MetricRecord(
                     {
                         wire.NUM_EXAMPLES: len(y),

@@ -3,7 +3,8 @@
 Each file under an audit directory is one message as Flower serialised it for the wire
 (:mod:`clients.audit`). :func:`check_sent_messages` reads them all back and asserts that
 each holds only the records and keys of the wire contract (:mod:`privacy.wire` and the
-models' own evaluation keys), arrays of exactly the models' weight names and shapes, and
+models' own evaluation keys), arrays of exactly the models' weight names and shapes (once
+decoded, where a reply carries an 8-bit update), and
 that no customer token, raw customer id or order id appears anywhere in its bytes outside
 the weight arrays' payloads.
 """
@@ -20,6 +21,7 @@ from flwr.proto.message_pb2 import Message as ProtoMessage
 
 from models.registry import get_model
 from privacy import wire
+from privacy.wire_encoding import decode_int8
 
 
 def read_sent(audit_dir: Path) -> list[tuple[Path, bytes]]:
@@ -84,7 +86,7 @@ def check_sent_messages(
         if content.array_records:
             assert set(content.array_records) == {wire.ARRAYS}, path
             assert set(metrics) == wire.TRAIN_METRIC_KEYS, f"{path}: {sorted(metrics)}"
-            arrays = {k: v.numpy() for k, v in content[wire.ARRAYS].items()}
+            arrays = decode_int8({k: v.numpy() for k, v in content[wire.ARRAYS].items()})
             found = {k: tuple(v.shape) for k, v in arrays.items()}
             assert found in shapes.values(), f"{path}: arrays {found}"
             assert all(np.isfinite(v).all() and v.dtype == np.float32 for v in arrays.values())
