@@ -1,0 +1,152 @@
+"""``fedshop-sim bench``: regenerate BENCHMARKS.md section by section.
+
+Each selected section of :data:`simulations.benchmarks.sections.SECTIONS` runs as a
+subprocess of this interpreter (``python -m <module> <arguments of the mode>``, with
+``PYTHONHASHSEED=0``); its Markdown stdout becomes the section, and a progress line per
+section with its wall time goes to stderr. Then the header section (machine, versions,
+seeds, date, mode: :mod:`simulations.bench_header`) and the regenerated sections are
+spliced into the output file (:mod:`simulations.markdown_sections`), every other byte
+left as it was, and the file is replaced atomically. If any section fails, or prints
+something that is not its section, the run stops with one error naming it and the file
+is not touched.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from privacy.atomic_files import atomic_write
+from simulations.bench_header import HEADING, SectionRun, header_section, machine_facts
+from simulations.bench_options import DEFAULT_OUTPUTS
+from simulations.benchmarks.sections import (
+    BY_HAND,
+    FULL,
+    MODES,
+    QUICK,
+    SECTIONS,
+    BenchSection,
+    section_named,
+)
+from simulations.cli import CommandError
+from simulations.markdown_sections import parse, splice
+from simulations.progress import Progress
+
+FAILURE_TAIL_LINES = 15
+"""How many of a failed section's last stderr lines are shown."""
+NEW_DOCUMENT = {
+    QUICK: "# Benchmarks (quick mode)\n\nCI-sized runs of `fedshop-sim bench --quick`: smaller"
+    " sizes, fewer rounds and repeats than the published figures of BENCHMARKS.md, so only"
+    " their shape and rough ratios compare.\n\n",
+    FULL: "# Benchmarks\n\n",
+}
+"""What an output file that does not exist yet starts as, per mode."""
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    """List the sections, or regenerate the selected ones into the output file."""
+    if args.list:
+        print(section_listing())
+        return 0
+    if args.mode is None:
+        raise CommandError(
+            f"choose --quick (CI-sized, writes {DEFAULT_OUTPUTS[QUICK]}) or --full (the "
+            f"published figures, writes {DEFAULT_OUTPUTS[FULL]})"
+        )
+    selected = select_sections(args.section)
+    output: Path = args.output or DEFAULT_OUTPUTS[args.mode]
+    current = output.read_text(encoding="utf-8") if output.exists() else NEW_DOCUMENT[args.mode]
+    try:
+        parse(current)
+    except ValueError as error:
+        raise CommandError(f"{output}: {error}") from None
+
+    facts = machine_facts()
+    progress = Progress("fedshop-sim bench")
+    texts: dict[str, str] = {}
+    runs: list[SectionRun] = []
+    for number, section in enumerate(selected, 1):
+        began = time.perf_counter()
+        with progress.step(f"{number}/{len(selected)} {section.name}"):
+            texts[section.heading] = run_section(section, args.mode, output)
+        runs.append(SectionRun(section.name, section.seeds, time.perf_counter() - began))
+    texts[HEADING] = header_section(facts, args.mode, runs, dt.datetime.now(dt.UTC))
+    order = [HEADING, *(section.heading for section in SECTIONS)]
+    atomic_write(output, splice(current, texts, order))
+    print(f"[fedshop-sim bench] wrote {len(selected)} section(s) to {output}", file=sys.stderr)
+    return 0
+
+
+def select_sections(names: Sequence[str]) -> list[BenchSection]:
+    """The sections ``--section`` names, each once, in the order given (all if none).
+
+    Raises:
+        CommandError: a name is not a section's.
+    """
+    if not names:
+        return list(SECTIONS)
+    try:
+        return [section_named(name) for name in dict.fromkeys(names)]
+    except LookupError as error:
+        raise CommandError(str(error)) from None
+
+
+def run_section(section: BenchSection, mode: str, output: Path) -> str:
+    """Run ``section``'s command in ``mode`` and return the section's Markdown.
+
+    Raises:
+        CommandError: the command failed, or printed something other than the section.
+    """
+    argv = [sys.executable, "-m", section.module, *section.arguments(mode)]
+    result = subprocess.run(
+        argv,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONHASHSEED": "0"},
+        check=False,
+    )
+    failed = f"section {section.name!r} failed ({output} left as it was)"
+    if result.returncode != 0:
+        for line in result.stderr.rstrip().splitlines()[-FAILURE_TAIL_LINES:]:
+            print(f"    {line}", file=sys.stderr)
+        raise CommandError(
+            f"{failed}: `{section.command(mode)}` exited with code {result.returncode}"
+        )
+    text = section.postprocess(result.stdout) if section.postprocess else result.stdout
+    document = parse(text)
+    if document.preamble.strip() or document.headings() != [section.heading]:
+        printed = document.headings() or ["no ## heading"]
+        raise CommandError(
+            f"{failed}: `{section.command(mode)}` printed {printed}, not the one section "
+            f"'## {section.heading}'"
+        )
+    return with_command_line(document.render().strip() + "\n", section.command(mode))
+
+
+def with_command_line(section_text: str, command: str) -> str:
+    """``section_text`` with a ``Command:`` line under its heading if it has none."""
+    if any(line.startswith("Command:") for line in section_text.splitlines()):
+        return section_text
+    heading, _, body = section_text.partition("\n")
+    return f"{heading}\n\nCommand: `{command}`\n\n{body.lstrip(chr(10))}"
+
+
+def section_listing() -> str:
+    """Every section with its quick and full commands, then the hand-written ones."""
+    lines = []
+    for section in SECTIONS:
+        lines.append(f"{section.name}: ## {section.heading}")
+        lines += [f"    {mode:5}  {section.command(mode)}" for mode in MODES]
+    lines += ["", "written by hand (bench leaves them as they are):"]
+    for by_hand in BY_HAND:
+        lines += [
+            f"## {by_hand.heading}",
+            f"    from `{by_hand.command}`: {by_hand.source}",
+        ]
+    return "\n".join(lines)
