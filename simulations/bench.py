@@ -59,9 +59,19 @@ def run_bench(args: argparse.Namespace) -> int:
             f"choose --quick (CI-sized, writes {DEFAULT_OUTPUTS[QUICK]}) or --full (the "
             f"published figures, writes {DEFAULT_OUTPUTS[FULL]})"
         )
-    selected = select_sections(args.section)
     output: Path = args.output or DEFAULT_OUTPUTS[args.mode]
-    current = output.read_text(encoding="utf-8") if output.exists() else NEW_DOCUMENT[args.mode]
+    regenerate(output, select_sections(args.section), args.mode)
+    return 0
+
+
+def regenerate(output: Path, selected: Sequence[BenchSection], mode: str) -> None:
+    """Run ``selected`` in ``mode`` and splice them, with the header, into ``output``.
+
+    Raises:
+        CommandError: ``output`` cannot be split into sections, or a section failed;
+            ``output`` is then left as it was.
+    """
+    current = output.read_text(encoding="utf-8") if output.exists() else NEW_DOCUMENT[mode]
     try:
         parse(current)
     except ValueError as error:
@@ -74,13 +84,12 @@ def run_bench(args: argparse.Namespace) -> int:
     for number, section in enumerate(selected, 1):
         began = time.perf_counter()
         with progress.step(f"{number}/{len(selected)} {section.name}"):
-            texts[section.heading] = run_section(section, args.mode, output)
+            texts[section.heading] = run_section(section, mode, output)
         runs.append(SectionRun(section.name, section.seeds, time.perf_counter() - began))
-    texts[HEADING] = header_section(facts, args.mode, runs, dt.datetime.now(dt.UTC))
+    texts[HEADING] = header_section(facts, mode, runs, dt.datetime.now(dt.UTC))
     order = [HEADING, *(section.heading for section in SECTIONS)]
     atomic_write(output, splice(current, texts, order))
     print(f"[fedshop-sim bench] wrote {len(selected)} section(s) to {output}", file=sys.stderr)
-    return 0
 
 
 def select_sections(names: Sequence[str]) -> list[BenchSection]:

@@ -1,0 +1,223 @@
+"""``fedshop-sim bench``: the section splice, the section registry against BENCHMARKS.md,
+failures that leave the file as it was, and a real quick run of the synthetic-data
+benchmark end to end."""
+
+from __future__ import annotations
+
+import platform
+import re
+import shutil
+from dataclasses import replace
+from importlib import metadata
+from pathlib import Path
+
+import pytest
+
+from simulations import cli
+from simulations.bench import regenerate
+from simulations.bench_header import HEADING
+from simulations.benchmarks.sections import (
+    BY_HAND,
+    QUICK,
+    SECTIONS,
+    demote_headings,
+    section_named,
+)
+from simulations.cli import CommandError
+from simulations.markdown_sections import parse, splice
+
+ROOT = Path(__file__).resolve().parents[1]
+PUBLISHED = ROOT / "BENCHMARKS.md"
+ORDER = [HEADING, *(section.heading for section in SECTIONS)]
+SYNTHETIC = "Synthetic data generation"
+
+
+def published_copy(tmp_path: Path) -> Path:
+    copy = tmp_path / "BENCHMARKS.md"
+    shutil.copyfile(PUBLISHED, copy)
+    return copy
+
+
+def assert_only_changed(before: str, after: str, changed: set[str]) -> None:
+    """Preamble and every section not in ``changed`` byte for byte as they were."""
+    old, new = parse(before), parse(after)
+    assert new.preamble == old.preamble
+    kept = {heading: text for heading, text in old.sections if heading not in changed}
+    assert {heading: text for heading, text in new.sections if heading not in changed} == kept
+
+
+def test_parsing_benchmarks_md_gives_back_every_byte() -> None:
+    text = PUBLISHED.read_text(encoding="utf-8")
+    document = parse(text)
+    assert document.render() == text
+    assert document.preamble.startswith("# Benchmarks\n")
+    assert "Ingest throughput" in document.headings()
+
+
+def test_splice_replaces_one_section_and_leaves_the_others_byte_identical() -> None:
+    text = PUBLISHED.read_text(encoding="utf-8")
+    new_section = "## Ingest throughput\n\nCommand: `x`\n\n| a |\n|---|\n| 1 |\n\n\n"
+    spliced = splice(text, {"Ingest throughput": new_section}, ORDER)
+    assert_only_changed(text, spliced, {"Ingest throughput"})
+    assert dict(parse(spliced).sections)["Ingest throughput"] == new_section.rstrip() + "\n\n"
+    assert parse(spliced).headings() == parse(text).headings()
+    assert splice(spliced, {"Ingest throughput": new_section}, ORDER) == spliced
+
+
+def test_splice_inserts_a_missing_section_where_the_order_puts_it() -> None:
+    text = "# T\n\nintro\n\n## A\n\na\n\n## C\n\nc\n"
+    spliced = splice(text, {"B": "## B\nb"}, ["A", "B", "C"])
+    assert spliced == "# T\n\nintro\n\n## A\n\na\n\n## B\nb\n\n## C\n\nc\n"
+    assert splice(text, {"D": "## D\nd\n\n"}, ["A", "B", "C", "D"]).endswith("## C\n\nc\n## D\nd\n")
+
+
+def test_a_heading_inside_a_code_fence_is_not_a_section() -> None:
+    text = "## A\n\n```bash\n## not a heading\n```\n\n## B\n\nb\n"
+    assert parse(text).headings() == ["A", "B"]
+    spliced = splice(text, {"B": "## B\n\nnew"}, ["A", "B"])
+    assert spliced == "## A\n\n```bash\n## not a heading\n```\n\n## B\n\nnew\n"
+
+
+def test_splice_refuses_a_new_text_under_another_heading_and_duplicate_headings() -> None:
+    with pytest.raises(ValueError, match="starts with '## B'"):
+        splice("## A\n\na\n", {"A": "## B\n\nb\n"}, ["A"])
+    with pytest.raises(ValueError, match="more than once: A"):
+        parse("## A\n\n## A\n")
+
+
+def test_demoted_compare_output_is_one_section() -> None:
+    printed = "# Runs\n\n## churn: roc-auc\n\n| a |\n\n```\n# kept\n```\n"
+    demoted = demote_headings(printed)
+    assert demoted == "## Runs\n\n### churn: roc-auc\n\n| a |\n\n```\n# kept\n```\n"
+    assert parse(demoted).headings() == ["Runs"]
+
+
+def test_every_registered_section_is_in_benchmarks_md() -> None:
+    headings = [h for h in parse(PUBLISHED.read_text(encoding="utf-8")).headings() if h != HEADING]
+    registered = [s.heading for s in SECTIONS] + [s.heading for s in BY_HAND]
+    assert [h for h in registered if h not in headings] == []
+    assert sorted(registered) == sorted(headings), "a section of BENCHMARKS.md is unregistered"
+    generated = [h for h in headings if h in {s.heading for s in SECTIONS}]
+    assert generated == [s.heading for s in SECTIONS], "SECTIONS must keep the file's order"
+
+
+def test_list_shows_every_section_with_its_quick_and_full_command(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert cli.main(["bench", "--list"]) == 0
+    listing = capsys.readouterr().out
+    for section in SECTIONS:
+        assert f"{section.name}: ## {section.heading}\n" in listing
+        assert f"    quick  {section.command('quick')}\n" in listing
+        assert f"    full   {section.command('full')}" in listing
+    for by_hand in BY_HAND:
+        assert f"## {by_hand.heading}\n    from `{by_hand.command}`" in listing
+    assert "python -m simulations.benchmarks.synthetic --sizes 100000 300000" in listing
+    assert "fedshop-sim compare --out runs/compare\n" in listing
+
+
+def test_an_unknown_section_name_is_one_clear_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    output = tmp_path / "out.md"
+    code = cli.main(["bench", "--quick", "--section", "nope", "--output", str(output)])
+    assert code == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("fedshop-sim: error: no benchmark section 'nope'; sections: ")
+    assert "synthetic" in error and "ingest" in error and "\n" not in error
+    assert not output.exists()
+
+
+def test_bench_without_a_mode_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["bench", "--section", "synthetic"]) == 2
+    assert "choose --quick" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("broken", "message"),
+    [
+        (("--sizes", "not-a-number"), "exited with code 2"),
+        (("--help",), "printed ['no ## heading'], not the one section"),
+    ],
+    ids=["command-fails", "prints-no-section"],
+)
+def test_a_failing_section_leaves_the_file_untouched(
+    tmp_path: Path, broken: tuple[str, ...], message: str
+) -> None:
+    output = published_copy(tmp_path)
+    before = output.read_bytes()
+    synthetic = section_named("synthetic")
+    failing = replace(synthetic, name="broken-synthetic", quick=broken)
+    with pytest.raises(CommandError) as raised:
+        regenerate(output, [synthetic, failing], QUICK)
+    assert str(raised.value).startswith(
+        f"section 'broken-synthetic' failed ({output} left as it was): "
+    )
+    assert message in str(raised.value)
+    assert output.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["BENCHMARKS.md"], "a temporary file is left"
+
+
+def synthetic_rows(section: str) -> list[tuple[int, int, float, int, float]]:
+    """(order lines, customers, seconds, lines per second, time ÷ smallest) per row."""
+    rows = []
+    for line in section.splitlines():
+        match = re.fullmatch(
+            r"\| ([\d,]+) \| ([\d,]+) \| ([\d.]+) \| ([\d,]+) \| ([\d.]+) \(size × [\d.]+\) \|",
+            line,
+        )
+        if match:
+            lines, customers, seconds, per_second, ratio = match.groups()
+            rows.append(
+                (
+                    int(lines.replace(",", "")),
+                    int(customers.replace(",", "")),
+                    float(seconds),
+                    int(per_second.replace(",", "")),
+                    float(ratio),
+                )
+            )
+    return rows
+
+
+@pytest.mark.slow
+def test_a_quick_run_of_the_synthetic_section_end_to_end(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    published = published_copy(tmp_path)
+    before = published.read_text(encoding="utf-8")
+
+    # Without --output, quick mode writes its own file and leaves BENCHMARKS.md alone.
+    assert cli.main(["bench", "--quick", "--section", "synthetic"]) == 0
+    assert published.read_text(encoding="utf-8") == before
+    quick_file = tmp_path / "runs" / "bench" / "BENCHMARKS.quick.md"
+    assert parse(quick_file.read_text(encoding="utf-8")).headings() == [HEADING, SYNTHETIC]
+    progress = capsys.readouterr().err
+    assert re.search(r"\[fedshop-sim bench\] 1/1 synthetic: done in \d+\.\d s\n", progress)
+
+    # With --output, only the synthetic section and the header change.
+    assert cli.main(["bench", "--quick", "--section", "synthetic", "--output", str(published)]) == 0
+    after = published.read_text(encoding="utf-8")
+    assert_only_changed(before, after, {SYNTHETIC, HEADING})
+    document = parse(after)
+    assert document.headings()[:2] == [HEADING, "Baselines (bundled data, fixed protocols)"]
+    section = dict(document.sections)[SYNTHETIC]
+    command = "python -m simulations.benchmarks.synthetic --sizes 100000 300000 --repeats 1"
+    assert f"Command: `{command}`" in section
+
+    rows = synthetic_rows(section)
+    assert [row[:2] for row in rows] == [(100_000, 1_111), (300_000, 3_333)]
+    for lines, _, seconds, per_second, _ in rows:
+        assert 0 < seconds < 30
+        # the table rounds seconds to 0.01 s, lines per second from the unrounded time
+        assert lines / (seconds + 0.005) <= per_second <= lines / max(seconds - 0.005, 1e-9)
+    assert rows[0][4] == 1.0 and rows[1][4] > 0
+    assert re.search(r"Target 30 s per million lines: (met|NOT met)", section)
+
+    header = dict(document.sections)[HEADING]
+    assert f"| Python | {platform.python_version()} |" in header
+    versions = " / ".join(metadata.version(name) for name in ("torch", "flwr", "opacus"))
+    assert f"| torch / flwr / opacus | {versions} |" in header
+    assert "`fedshop-sim bench --quick` run" in header
+    assert re.search(r"\| synthetic \| \d+\.\d \| generator seeds 0 … repeats − 1", header)
