@@ -24,7 +24,6 @@ from pathlib import Path
 
 from privacy.atomic_files import atomic_write
 from simulations.bench_header import HEADING, SectionRun, header_section, machine_facts
-from simulations.bench_options import DEFAULT_OUTPUTS
 from simulations.benchmarks.sections import (
     BY_HAND,
     FULL,
@@ -34,19 +33,57 @@ from simulations.benchmarks.sections import (
     BenchSection,
     section_named,
 )
-from simulations.cli import CommandError
 from simulations.markdown_sections import parse, splice
 from simulations.progress import Progress
 
+DEFAULT_OUTPUTS = {FULL: Path("BENCHMARKS.md"), QUICK: Path("runs/bench/BENCHMARKS.quick.md")}
+"""Where each mode writes without ``--output``: quick runs never touch the published file."""
 FAILURE_TAIL_LINES = 15
 """How many of a failed section's last stderr lines are shown."""
 NEW_DOCUMENT = {
-    QUICK: "# Benchmarks (quick mode)\n\nCI-sized runs of `fedshop-sim bench --quick`: smaller"
-    " sizes, fewer rounds and repeats than the published figures of BENCHMARKS.md, so only"
-    " their shape and rough ratios compare.\n\n",
+    QUICK: "# Benchmarks (quick mode)\n\n"
+    "CI-sized runs of `fedshop-sim bench --quick`: smaller sizes, fewer rounds and repeats\n"
+    "than the published figures of BENCHMARKS.md, so only their shape and rough ratios\n"
+    "compare.\n\n",
     FULL: "# Benchmarks\n\n",
 }
 """What an output file that does not exist yet starts as, per mode."""
+
+
+class BenchError(Exception):
+    """A bench run cannot proceed or a section failed; shown to the user as one line."""
+
+
+def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
+    """Declare ``bench (--quick | --full) [--section NAME ...] [--output FILE] [--list]``."""
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument(
+        "--quick",
+        dest="mode",
+        action="store_const",
+        const=QUICK,
+        help=f"CI-sized sizes, rounds and repeats; writes {DEFAULT_OUTPUTS[QUICK]} by default",
+    )
+    mode.add_argument(
+        "--full",
+        dest="mode",
+        action="store_const",
+        const=FULL,
+        help=f"the published figures' arguments; writes {DEFAULT_OUTPUTS[FULL]} by default",
+    )
+    parser.add_argument(
+        "--section",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="regenerate only this section (repeatable; default: every section; see --list)",
+    )
+    parser.add_argument("--output", type=Path, help="the Markdown file to update")
+    parser.add_argument(
+        "--list",
+        action="store_true",
+        help="list the sections with their quick and full commands, and run nothing",
+    )
 
 
 def run_bench(args: argparse.Namespace) -> int:
@@ -55,7 +92,7 @@ def run_bench(args: argparse.Namespace) -> int:
         print(section_listing())
         return 0
     if args.mode is None:
-        raise CommandError(
+        raise BenchError(
             f"choose --quick (CI-sized, writes {DEFAULT_OUTPUTS[QUICK]}) or --full (the "
             f"published figures, writes {DEFAULT_OUTPUTS[FULL]})"
         )
@@ -68,14 +105,14 @@ def regenerate(output: Path, selected: Sequence[BenchSection], mode: str) -> Non
     """Run ``selected`` in ``mode`` and splice them, with the header, into ``output``.
 
     Raises:
-        CommandError: ``output`` cannot be split into sections, or a section failed;
+        BenchError: ``output`` cannot be split into sections, or a section failed;
             ``output`` is then left as it was.
     """
     current = output.read_text(encoding="utf-8") if output.exists() else NEW_DOCUMENT[mode]
     try:
         parse(current)
     except ValueError as error:
-        raise CommandError(f"{output}: {error}") from None
+        raise BenchError(f"{output}: {error}") from None
 
     facts = machine_facts()
     progress = Progress("fedshop-sim bench")
@@ -96,21 +133,21 @@ def select_sections(names: Sequence[str]) -> list[BenchSection]:
     """The sections ``--section`` names, each once, in the order given (all if none).
 
     Raises:
-        CommandError: a name is not a section's.
+        BenchError: a name is not a section's.
     """
     if not names:
         return list(SECTIONS)
     try:
         return [section_named(name) for name in dict.fromkeys(names)]
     except LookupError as error:
-        raise CommandError(str(error)) from None
+        raise BenchError(str(error)) from None
 
 
 def run_section(section: BenchSection, mode: str, output: Path) -> str:
     """Run ``section``'s command in ``mode`` and return the section's Markdown.
 
     Raises:
-        CommandError: the command failed, or printed something other than the section.
+        BenchError: the command failed, or printed something other than the section.
     """
     argv = [sys.executable, "-m", section.module, *section.arguments(mode)]
     result = subprocess.run(
@@ -124,14 +161,14 @@ def run_section(section: BenchSection, mode: str, output: Path) -> str:
     if result.returncode != 0:
         for line in result.stderr.rstrip().splitlines()[-FAILURE_TAIL_LINES:]:
             print(f"    {line}", file=sys.stderr)
-        raise CommandError(
+        raise BenchError(
             f"{failed}: `{section.command(mode)}` exited with code {result.returncode}"
         )
     text = section.postprocess(result.stdout) if section.postprocess else result.stdout
     document = parse(text)
     if document.preamble.strip() or document.headings() != [section.heading]:
         printed = document.headings() or ["no ## heading"]
-        raise CommandError(
+        raise BenchError(
             f"{failed}: `{section.command(mode)}` printed {printed}, not the one section "
             f"'## {section.heading}'"
         )

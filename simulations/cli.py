@@ -32,7 +32,7 @@ from clients.site_privacy import PolicyCommandError
 from privacy.console_errors import run_handler
 from privacy.pseudonymise import KeyFileError
 from server.errors import ReportError
-from simulations.bench_options import add_bench_arguments
+from simulations.bench import BenchError, add_bench_arguments, run_bench
 from simulations.compare_options import add_compare_arguments
 from simulations.errors import PrivacyReportError
 from simulations.progress import Progress
@@ -65,6 +65,7 @@ USER_ERRORS: tuple[type[Exception], ...] = (
     PrivacyReportError,
     ReportError,
     PolicyCommandError,
+    BenchError,
 )
 """Exceptions that mean bad input, not a bug: shown as one line with exit code 2."""
 
@@ -341,7 +342,7 @@ COMMANDS: list[Command] = [
         "bench",
         "regenerate BENCHMARKS.md section by section (--quick: CI-sized, --full: published)",
         add_bench_arguments,
-        DeferredHandler("simulations.bench", "run_bench"),
+        run_bench,
     ),
 ]
 """Subcommands, in the order ``--help`` lists them."""

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from simulations import cli
-from simulations.bench import regenerate
+from simulations.bench import BenchError, regenerate
 from simulations.bench_header import HEADING
 from simulations.benchmarks.sections import (
     BY_HAND,
@@ -23,7 +23,6 @@ from simulations.benchmarks.sections import (
     demote_headings,
     section_named,
 )
-from simulations.cli import CommandError
 from simulations.markdown_sections import parse, splice
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -148,7 +147,7 @@ def test_a_failing_section_leaves_the_file_untouched(
     before = output.read_bytes()
     synthetic = section_named("synthetic")
     failing = replace(synthetic, name="broken-synthetic", quick=broken)
-    with pytest.raises(CommandError) as raised:
+    with pytest.raises(BenchError) as raised:
         regenerate(output, [synthetic, failing], QUICK)
     assert str(raised.value).startswith(
         f"section 'broken-synthetic' failed ({output} left as it was): "
