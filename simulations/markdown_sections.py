@@ -9,7 +9,7 @@ disturb the figures of another.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import pairwise
 
@@ -43,11 +43,8 @@ def parse(text: str) -> Document:
     """
     starts: list[int] = []
     offset = 0
-    in_fence = False
-    for line in text.splitlines(keepends=True):
-        if line.lstrip().startswith(FENCE):
-            in_fence = not in_fence
-        elif not in_fence and line.startswith(HEADING_PREFIX):
+    for line, fenced in _lines(text):
+        if not fenced and line.startswith(HEADING_PREFIX):
             starts.append(offset)
         offset += len(line)
     bounds = [*starts, len(text)]
@@ -59,6 +56,14 @@ def parse(text: str) -> Document:
     if repeated:
         raise ValueError(f"sections appear more than once: {', '.join(repeated)}")
     return Document(text[: bounds[0]], sections)
+
+
+def demote_headings(text: str) -> str:
+    """Every heading one level deeper (``# T`` -> ``## T``): a whole document's output
+    becomes one section."""
+    return "".join(
+        "#" + line if not fenced and line.startswith("#") else line for line, fenced in _lines(text)
+    )
 
 
 def heading_of(section_text: str) -> str:
@@ -119,3 +124,13 @@ def _insertion_point(sections: list[tuple[str, str]], heading: str, order: Seque
         if existing in later:
             return index
     return len(sections)
+
+
+def _lines(text: str) -> Iterator[tuple[str, bool]]:
+    """Each line of ``text`` with its line end, and whether it belongs to a fenced code
+    block (the fence lines included)."""
+    in_fence = False
+    for line in text.splitlines(keepends=True):
+        opens_or_closes = line.lstrip().startswith(FENCE)
+        in_fence ^= opens_or_closes
+        yield line, in_fence or opens_or_closes

@@ -20,10 +20,9 @@ from simulations.benchmarks.sections import (
     BY_HAND,
     QUICK,
     SECTIONS,
-    demote_headings,
     section_named,
 )
-from simulations.markdown_sections import parse, splice
+from simulations.markdown_sections import demote_headings, parse, splice
 
 ROOT = Path(__file__).resolve().parents[1]
 PUBLISHED = ROOT / "BENCHMARKS.md"

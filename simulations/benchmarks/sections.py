@@ -16,6 +16,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from simulations.markdown_sections import demote_headings
+
 QUICK = "quick"
 FULL = "full"
 MODES = (QUICK, FULL)
@@ -58,17 +60,6 @@ class HandWrittenSection:
     command: str
     source: str
     """Where its figures come from."""
-
-
-def demote_headings(markdown: str) -> str:
-    """Every Markdown heading one level deeper (``# T`` -> ``## T``), outside code fences:
-    a whole document's output becomes one section."""
-    lines, in_fence = [], False
-    for line in markdown.splitlines(keepends=True):
-        if line.lstrip().startswith("```"):
-            in_fence = not in_fence
-        lines.append("#" + line if line.startswith("#") and not in_fence else line)
-    return "".join(lines)
 
 
 def _benchmark(
