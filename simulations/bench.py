@@ -9,6 +9,15 @@ spliced into the output file (:mod:`simulations.markdown_sections`), every other
 left as it was, and the file is replaced atomically. If any section fails, or prints
 something that is not its section, the run stops with one error naming it and the file
 is not touched.
+
+Hand-written analysis survives: a section's text between the lines
+``<!-- analysis: kept by fedshop-sim bench -->`` and ``<!-- /analysis -->`` is carried
+verbatim into its new text, at the end of the ``### `` subsection it stood in
+(:func:`simulations.markdown_sections.with_analysis`). Any other line of the old section
+that the command did not print again (numbers aside; the ``Command:`` line is always the
+new run's) would be lost, so the run stops right after that section's command, naming
+the section and the first such line, and leaves the file as it was, unless
+``--discard-unmarked`` is given.
 """
 
 from __future__ import annotations
@@ -33,7 +42,14 @@ from simulations.benchmarks.sections import (
     BenchSection,
     section_named,
 )
-from simulations.markdown_sections import parse, splice
+from simulations.markdown_sections import (
+    ANALYSIS_CLOSE,
+    ANALYSIS_OPEN,
+    analysis_blocks,
+    parse,
+    splice,
+    unmarked_lines,
+)
 from simulations.progress import Progress
 
 DEFAULT_OUTPUTS = {FULL: Path("BENCHMARKS.md"), QUICK: Path("runs/bench/BENCHMARKS.quick.md")}
@@ -55,7 +71,8 @@ class BenchError(Exception):
 
 
 def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
-    """Declare ``bench (--quick | --full) [--section NAME ...] [--output FILE] [--list]``."""
+    """Declare ``bench (--quick | --full) [--section NAME ...] [--output FILE]
+    [--discard-unmarked] [--list]``."""
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument(
         "--quick",
@@ -80,6 +97,13 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--output", type=Path, help="the Markdown file to update")
     parser.add_argument(
+        "--discard-unmarked",
+        action="store_true",
+        help="replace a section even if it has lines its command no longer prints and no "
+        f"'{ANALYSIS_OPEN}' ... '{ANALYSIS_CLOSE}' block keeps (default: refuse, naming "
+        "the first one)",
+    )
+    parser.add_argument(
         "--list",
         action="store_true",
         help="list the sections with their quick and full commands, and run nothing",
@@ -97,22 +121,37 @@ def run_bench(args: argparse.Namespace) -> int:
             f"published figures, writes {DEFAULT_OUTPUTS[FULL]})"
         )
     output: Path = args.output or DEFAULT_OUTPUTS[args.mode]
-    regenerate(output, select_sections(args.section), args.mode)
+    regenerate(
+        output, select_sections(args.section), args.mode, discard_unmarked=args.discard_unmarked
+    )
     return 0
 
 
-def regenerate(output: Path, selected: Sequence[BenchSection], mode: str) -> None:
+def regenerate(
+    output: Path, selected: Sequence[BenchSection], mode: str, *, discard_unmarked: bool = False
+) -> None:
     """Run ``selected`` in ``mode`` and splice them, with the header, into ``output``.
 
+    Each section's analysis blocks are carried into its new text. Unless
+    ``discard_unmarked``, a section whose old text has a line outside them that its
+    command no longer prints (:func:`~simulations.markdown_sections.unmarked_lines`)
+    stops the run as soon as its command has run.
+
     Raises:
-        BenchError: ``output`` cannot be split into sections, or a section failed;
+        BenchError: ``output`` cannot be split into sections or its analysis markers do
+            not pair up, a section failed, or a section would lose unmarked lines;
             ``output`` is then left as it was.
     """
     current = output.read_text(encoding="utf-8") if output.exists() else NEW_DOCUMENT[mode]
     try:
-        parse(current)
+        old_sections = dict(parse(current).sections)
     except ValueError as error:
         raise BenchError(f"{output}: {error}") from None
+    for section in selected:
+        try:
+            analysis_blocks(old_sections.get(section.heading, ""))
+        except ValueError as error:
+            raise BenchError(f"{output}: section '## {section.heading}': {error}") from None
 
     facts = machine_facts()
     progress = Progress("fedshop-sim bench")
@@ -122,11 +161,31 @@ def regenerate(output: Path, selected: Sequence[BenchSection], mode: str) -> Non
         began = time.perf_counter()
         with progress.step(f"{number}/{len(selected)} {section.name}"):
             texts[section.heading] = run_section(section, mode, output)
+        if not discard_unmarked and section.heading in old_sections:
+            refuse_lost_lines(section, mode, output, old_sections[section.heading], texts)
         runs.append(SectionRun(section.name, section.seeds, time.perf_counter() - began))
     texts[HEADING] = header_section(facts, mode, runs, dt.datetime.now(dt.UTC))
     order = [HEADING, *(section.heading for section in SECTIONS)]
     atomic_write(output, splice(current, texts, order))
     print(f"[fedshop-sim bench] wrote {len(selected)} section(s) to {output}", file=sys.stderr)
+
+
+def refuse_lost_lines(
+    section: BenchSection, mode: str, output: Path, old: str, texts: dict[str, str]
+) -> None:
+    """Stop if ``section``'s new text would lose lines of ``old`` that no analysis block keeps.
+
+    Raises:
+        BenchError: naming the section, the first lost line and how many more there are.
+    """
+    lost = unmarked_lines(old, texts[section.heading])
+    if lost:
+        more = f" (and {len(lost) - 1} more)" if len(lost) > 1 else ""
+        raise BenchError(
+            f"section {section.name!r} would lose hand-written text ({output} left as it "
+            f"was): {lost[0]!r}{more} is not printed by `{section.command(mode)}`; put it "
+            f"between '{ANALYSIS_OPEN}' and '{ANALYSIS_CLOSE}', or pass --discard-unmarked"
+        )
 
 
 def select_sections(names: Sequence[str]) -> list[BenchSection]:
@@ -189,7 +248,17 @@ def section_listing() -> str:
     for section in SECTIONS:
         lines.append(f"{section.name}: ## {section.heading}")
         lines += [f"    {mode:5}  {section.command(mode)}" for mode in MODES]
-    lines += ["", "written by hand (bench leaves them as they are):"]
+        if section.note:
+            lines.append(f"    note   {section.note}")
+    lines += [
+        "",
+        f"hand-written analysis: a section's lines from '{ANALYSIS_OPEN}' to",
+        f"'{ANALYSIS_CLOSE}' (each marker alone on its line) are kept verbatim, at the end",
+        "of their ### subsection; any other line the command no longer prints (numbers",
+        "aside) stops the run, unless --discard-unmarked",
+        "",
+        "written by hand (bench leaves them as they are):",
+    ]
     for by_hand in BY_HAND:
         lines += [
             f"## {by_hand.heading}",

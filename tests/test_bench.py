@@ -1,6 +1,6 @@
-"""``fedshop-sim bench``: the section splice, the section registry against BENCHMARKS.md,
-failures that leave the file as it was, and a real quick run of the synthetic-data
-benchmark end to end."""
+"""``fedshop-sim bench``: the section splice, analysis blocks it keeps and unmarked text it
+refuses to drop, the section registry against BENCHMARKS.md, failures that leave the file
+as it was, and a real quick run of the synthetic-data benchmark end to end."""
 
 from __future__ import annotations
 
@@ -13,16 +13,26 @@ from pathlib import Path
 
 import pytest
 
-from simulations import cli
+from simulations import bench, cli
 from simulations.bench import BenchError, regenerate
 from simulations.bench_header import HEADING
 from simulations.benchmarks.sections import (
     BY_HAND,
+    FULL,
     QUICK,
     SECTIONS,
+    BenchSection,
     section_named,
 )
-from simulations.markdown_sections import demote_headings, parse, splice
+from simulations.markdown_sections import (
+    ANALYSIS_CLOSE,
+    ANALYSIS_OPEN,
+    analysis_blocks,
+    demote_headings,
+    parse,
+    splice,
+    unmarked_lines,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 PUBLISHED = ROOT / "BENCHMARKS.md"
@@ -90,6 +100,165 @@ def test_demoted_compare_output_is_one_section() -> None:
     assert parse(demoted).headings() == ["Runs"]
 
 
+def analysed(*lines: str) -> str:
+    """An analysis block holding ``lines``."""
+    return "\n".join([ANALYSIS_OPEN, *lines, ANALYSIS_CLOSE]) + "\n"
+
+
+def test_analysis_blocks_survive_a_splice_byte_for_byte_in_their_subsection() -> None:
+    old_section = (
+        "## B\n\nCommand: `b --old`\n\n"
+        + analysed("Intro, by hand:", "", "| target | met |", "|---|---|", "| x ≥ 0.5 | yes |")
+        + "\n### t1\n\n| run | s |\n|---|---:|\n| a | 1.5 |\n\n"
+        + analysed("Why t1 took 1.5 s,", "wrapped by hand.")
+        + "\n### gone\n\n"
+        + analysed("Under a subsection the new output lacks.")
+        + "\n### t2\n\n| run | s |\n|---|---:|\n| b | 2,000 |\n"
+    )
+    text = "# T\n\n## A\n\na\n\n" + old_section + "\n## C\n\nc\n"
+    new_section = (
+        "## B\n\nCommand: `b --new`\n\n### t1\n\n| run | s |\n|---|---:|\n| a | 0.9 |\n\n\n"
+        "### t2\n\n| run | s |\n|---|---:|\n| b | 1,234 |\n"
+    )
+    blocks = analysis_blocks(old_section)
+    assert [block.subsection for block in blocks] == [None, "### t1", "### gone"]
+    assert unmarked_lines(old_section, new_section) == ["### gone"]
+
+    spliced = splice(text, {"B": new_section}, ["A", "B", "C"])
+    assert_only_changed(text, spliced, {"B"})
+    assert dict(parse(spliced).sections)["B"] == (
+        "## B\n\nCommand: `b --new`\n\n"
+        + blocks[0].text
+        + "\n### t1\n\n| run | s |\n|---|---:|\n| a | 0.9 |\n\n"
+        + blocks[1].text
+        + "\n### t2\n\n| run | s |\n|---|---:|\n| b | 1,234 |\n\n"
+        + blocks[2].text
+        + "\n"
+    )
+    for block in blocks:
+        assert spliced.count(block.text) == 1
+    assert splice(spliced, {"B": new_section}, ["A", "B", "C"]) == spliced, "not idempotent"
+
+
+@pytest.mark.parametrize(
+    ("section", "message"),
+    [
+        (f"## A\n\n{ANALYSIS_OPEN}\nx\n", "is not closed"),
+        (f"## A\n\nx\n{ANALYSIS_CLOSE}\n", "line 4 closes an analysis block that is not open"),
+        (f"## A\n\n{ANALYSIS_OPEN}\n{ANALYSIS_OPEN}\n", "line 4 opens an analysis block inside"),
+    ],
+    ids=["unclosed", "stray-close", "nested"],
+)
+def test_analysis_markers_must_pair_up(section: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        analysis_blocks(section)
+    assert analysis_blocks(f"## A\n\n```\n{ANALYSIS_OPEN}\n```\n") == [], "fenced: no marker"
+
+
+def test_unmarked_lines_are_those_the_new_output_does_not_print_again() -> None:
+    old = (
+        "## S\n\nCommand: `s --sizes 3` (median of 3 seeds)\n\n| n | s |\n|---:|---:|\n"
+        "| 1,000 | 0.50 |\n| 3,000 | 1.58 |\n\nTarget 30 s: met (worst +1.58 s).\n\n"
+        "The second row is slow because\nthe cache was cold.\n\n"
+        + analysed("Kept: the 3,000 row ran while", "another job shared the cores.")
+    )
+    new = (
+        "## S\n\nCommand: `s --sizes 1` (median of 1 seeds)\n\n| n | s |\n|---:|---:|\n"
+        "| 100 | 0.07 |\n\nTarget 30 s: met (worst -0.7 s).\n"
+    )
+    # Other figures, another Command: line, a row fewer: all printed by the command.
+    assert unmarked_lines(old, new) == ["The second row is slow because", "the cache was cold."]
+    assert unmarked_lines(old, new.replace(": met", ": NOT met"))[0] == (
+        "Target 30 s: met (worst +1.58 s)."
+    )
+
+
+def regenerate_with_outputs(
+    monkeypatch: pytest.MonkeyPatch, outputs: dict[str, str]
+) -> list[BenchSection]:
+    """Sections whose command "prints" ``outputs[heading]`` (no subprocess)."""
+    monkeypatch.setattr(
+        bench, "run_section", lambda section, mode, output: outputs[section.heading]
+    )
+    return [section for section in SECTIONS if section.heading in outputs]
+
+
+def without_analysis(section_text: str) -> str:
+    """What a command printing ``section_text`` but not its analysis would print."""
+    for block in analysis_blocks(section_text):
+        section_text = section_text.replace(block.text, "")
+    return section_text
+
+
+def test_the_analysis_of_benchmarks_md_survives_a_full_regeneration_byte_for_byte(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    output = published_copy(tmp_path)
+    before = output.read_text(encoding="utf-8")
+    old = dict(parse(before).sections)
+    # Every figure changes ("0" -> "1"); the words outside the analysis blocks do not.
+    outputs = {
+        section.heading: re.sub(r"\n.*", lambda body: body[0].replace("0", "1"), text, flags=re.S)
+        for section in SECTIONS
+        for text in [without_analysis(old[section.heading])]
+    }
+    selected = regenerate_with_outputs(monkeypatch, outputs)
+    regenerate(output, selected, FULL)
+    after = output.read_text(encoding="utf-8")
+    assert_only_changed(before, after, {HEADING, *outputs})
+    new = dict(parse(after).sections)
+    for section in SECTIONS:
+        blocks = analysis_blocks(old[section.heading])
+        assert analysis_blocks(new[section.heading]) == blocks, section.name
+        for block in blocks:
+            assert block.text in new[section.heading]
+
+
+def test_unmarked_hand_written_text_makes_the_run_refuse_and_leaves_the_file_untouched(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    output = published_copy(tmp_path)
+    text = output.read_text(encoding="utf-8")
+    old = dict(parse(text).sections)[SYNTHETIC]
+    hand_written = "Generation is I/O bound above a million lines.\nSecond line, by hand."
+    output.write_text(text.replace(old, old.rstrip("\n") + "\n\n" + hand_written + "\n\n"))
+    before = output.read_bytes()
+    regenerate_with_outputs(monkeypatch, {SYNTHETIC: old})
+    argv = ["bench", "--full", "--section", "synthetic", "--output", str(output)]
+
+    assert cli.main(argv) == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error == (
+        f"fedshop-sim: error: section 'synthetic' would lose hand-written text ({output} left "
+        "as it was): 'Generation is I/O bound above a million lines.' (and 1 more) is not "
+        "printed by `python -m simulations.benchmarks.synthetic`; put it between "
+        f"'{ANALYSIS_OPEN}' and '{ANALYSIS_CLOSE}', or pass --discard-unmarked"
+    )
+    assert output.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["BENCHMARKS.md"], "a temporary file is left"
+
+    assert cli.main([*argv, "--discard-unmarked"]) == 0
+    after = output.read_text(encoding="utf-8")
+    assert "I/O bound" not in after
+    assert dict(parse(after).sections)[SYNTHETIC] == old
+
+
+def test_mismatched_markers_stop_the_run_before_any_command(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    output = published_copy(tmp_path)
+    text = output.read_text(encoding="utf-8")
+    old = dict(parse(text).sections)[SYNTHETIC]
+    output.write_text(text.replace(old, old + ANALYSIS_OPEN + "\nnever closed\n\n"))
+    before = output.read_bytes()
+    ran: list[str] = []
+    monkeypatch.setattr(bench, "run_section", lambda section, *_: ran.append(section.name))
+    with pytest.raises(BenchError, match=f"section '## {SYNTHETIC}': an analysis block is not"):
+        regenerate(output, [section_named("synthetic")], FULL)
+    assert ran == []
+    assert output.read_bytes() == before
+
+
 def test_every_registered_section_is_in_benchmarks_md() -> None:
     headings = [h for h in parse(PUBLISHED.read_text(encoding="utf-8")).headings() if h != HEADING]
     registered = [s.heading for s in SECTIONS] + [s.heading for s in BY_HAND]
@@ -112,6 +281,9 @@ def test_list_shows_every_section_with_its_quick_and_full_command(
         assert f"## {by_hand.heading}\n    from `{by_hand.command}`" in listing
     assert "python -m simulations.benchmarks.synthetic --sizes 100000 300000" in listing
     assert "fedshop-sim compare --out runs/compare\n" in listing
+    assert f"hand-written analysis: a section's lines from '{ANALYSIS_OPEN}' to\n" in listing
+    cli_startup = listing.split("cli_startup: ", 1)[1].split("\n")
+    assert cli_startup[3].startswith("    note   full mode times this checkout only; the ")
 
 
 def test_an_unknown_section_name_is_one_clear_error(
