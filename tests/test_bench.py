@@ -214,6 +214,30 @@ def test_the_analysis_of_benchmarks_md_survives_a_full_regeneration_byte_for_byt
             assert block.text in new[section.heading]
 
 
+@pytest.mark.parametrize(
+    ("name", "phrase"),
+    [
+        ("compare", "Issue #4 targets, from these tables:"),
+        ("compare", "| federated DP ε = 8, churn ROC-AUC ≥ 0.74 | 0.748 | met |"),
+        ("compare", "the centralized runs in-process, then four real `flwr run`"),
+        ("compare", "### privacy of the federated DP runs (per site, from the ledgers)"),
+        ("federation_cost", "which hides part of its overhead (SuperLink, Ray start-up"),
+        ("wire_bytes", "catalogue (3,676 item ids) in every round's config"),
+        ("cli_startup", "| `fedshop-sim --help` | 7.95 | 1.07 | 7.4 |"),
+        ("cli_startup", "`fedshop-sim` used to import the whole training stack"),
+        ("cli_startup", "which `fedshop-sim bench` keeps as it is and does not recreate."),
+        ("serving", "Target (DESIGN.md): p99 ≤ 20 ms at 200 requests/s"),
+        ("serving", "contention gives `serve` a core of its own."),
+        ("serving", "Batch recommend runs the same per-customer scoring"),
+    ],
+)
+def test_the_hand_written_analysis_of_benchmarks_md_is_marked(name: str, phrase: str) -> None:
+    heading = section_named(name).heading
+    section = dict(parse(PUBLISHED.read_text(encoding="utf-8")).sections)[heading]
+    assert phrase in section
+    assert any(phrase in block.text for block in analysis_blocks(section)), phrase
+
+
 def test_unmarked_hand_written_text_makes_the_run_refuse_and_leaves_the_file_untouched(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
