@@ -1,5 +1,5 @@
 """``fedshop-sim``: the researcher's command line (storefront splits, synthetic data,
-federated simulation runs with their report, the main run).
+federated simulation runs with their report, the main run, the benchmarks).
 
 Every subcommand is a :class:`Command` in ``COMMANDS``: a name, a help line, a function
 declaring its arguments and a handler ``(args) -> int``. To add one, write those two
@@ -32,6 +32,7 @@ from clients.site_privacy import PolicyCommandError
 from privacy.console_errors import run_handler
 from privacy.pseudonymise import KeyFileError
 from server.errors import ReportError
+from simulations.bench import BenchError, add_bench_arguments, run_bench
 from simulations.compare_options import add_compare_arguments
 from simulations.errors import PrivacyReportError
 from simulations.progress import Progress
@@ -64,6 +65,7 @@ USER_ERRORS: tuple[type[Exception], ...] = (
     PrivacyReportError,
     ReportError,
     PolicyCommandError,
+    BenchError,
 )
 """Exceptions that mean bad input, not a bug: shown as one line with exit code 2."""
 
@@ -335,6 +337,12 @@ COMMANDS: list[Command] = [
         "generate synthetic order lines split into storefronts",
         add_synth_arguments,
         run_synth,
+    ),
+    Command(
+        "bench",
+        "regenerate BENCHMARKS.md section by section (--quick: CI-sized, --full: published)",
+        add_bench_arguments,
+        run_bench,
     ),
 ]
 """Subcommands, in the order ``--help`` lists them."""

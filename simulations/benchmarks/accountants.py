@@ -4,8 +4,8 @@ Run ``python -m simulations.benchmarks.accountants``; it prints a Markdown secti
 BENCHMARKS.md. On the storefront split of the bundled data, for every accountant
 (``--accountants``, default ``rdp,pld``) and every ε per site and model (``--epsilons``,
 default ``1,3,8``), it trains the main job's run config
-(:data:`simulations.run_configs.MAIN_RUN_CONFIG`, with that ``epsilon``, and every
-site's privacy policy naming that ``accountant``) by
+(:data:`simulations.run_configs.MAIN_RUN_CONFIG`, with that ``epsilon``, ``--rounds``
+server rounds if given, and every site's privacy policy naming that ``accountant``) by
 :func:`simulations.sequential.run_sequential_federation` — the sites' real code (DP
 planning, privacy ledgers) and FedAvg, site after site in this process, with the same
 per-site seeds in every run — and records:
@@ -30,6 +30,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from privacy.accountants import ACCOUNTANTS
 from privacy.ledger import LEDGER_FILE, PrivacyLedger, ledger_epsilon
@@ -113,11 +114,15 @@ def site_spend(ledger_file: Path, model: str) -> SiteSpend | None:
 
 
 def measure(
-    split: Path, run_dir: Path, epsilon: float, accountant: str, progress: Progress
+    split: Path,
+    run_dir: Path,
+    run_config: dict[str, Any],
+    accountant: str,
+    progress: Progress,
 ) -> Measurement:
-    """Train the main run config at ``epsilon``, every site planning with ``accountant``
-    (its privacy policy), and read the ledgers."""
-    run_config = {**MAIN_RUN_CONFIG, "epsilon": epsilon}
+    """Train ``run_config``, every site planning with ``accountant`` (its privacy policy),
+    and read the ledgers."""
+    epsilon = float(run_config["epsilon"])
     apply_site_policy(split, run_dir, [f"accountant='{accountant}'"], set_by="accountants")
     result = run_sequential_federation(split, run_dir, run_config, progress=progress)
     measurement = Measurement(
@@ -221,7 +226,14 @@ def main(argv: list[str] | None = None) -> int:
         default="rdp,pld",
         help=f"comma-separated accountants among {sorted(ACCOUNTANTS)} (default: rdp,pld)",
     )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=MAIN_RUN_CONFIG["num-server-rounds"],
+        help="server rounds (default: the main job's)",
+    )
     args = parser.parse_args(argv)
+    shared_config = {**MAIN_RUN_CONFIG, "num-server-rounds": args.rounds}
     logging.getLogger("flwr").propagate = False
     progress = Progress(prog="accountants")
     measurements: list[Measurement] = []
@@ -239,7 +251,8 @@ def main(argv: list[str] | None = None) -> int:
                 label = f"ε={epsilon:g} {accountant}"
                 with progress.step(f"run {len(measurements) + 1}: {label}"):
                     run_dir = work / f"run-eps{epsilon:g}-{accountant}"
-                    measurements.append(measure(split, run_dir, epsilon, accountant, progress))
+                    run_config = {**shared_config, "epsilon": epsilon}
+                    measurements.append(measure(split, run_dir, run_config, accountant, progress))
     seconds = time.perf_counter() - began
 
     command = " ".join(
@@ -249,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     print("## Utility by privacy accountant (PLD vs RDP)\n")
     print(
         f"Command: `{command.strip()}`; the main job's run config "
-        f"({', '.join(f'{k}={v}' for k, v in MAIN_RUN_CONFIG.items() if k != 'epsilon')}) "
+        f"({', '.join(f'{k}={v}' for k, v in shared_config.items() if k != 'epsilon')}) "
         "with ε per site and model and the accountant that plans σ as in the table; "
         "sequential in-process federation (the same site code, DP ledgers and FedAvg as "
         f"the simulation) on the bundled storefronts, {len(names)} sites; metrics pooled "

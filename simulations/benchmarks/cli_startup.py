@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     if "baseline" in roots:
         columns.append("baseline ÷ this")
     lines = [
-        "## CLI start-up",
+        "## Console-script start-up",
         "",
         f"Command: `{command}` (best of {args.repeats} interleaved rounds; 2 shared cores).",
         "",
