@@ -222,7 +222,7 @@ def test_the_analysis_of_benchmarks_md_survives_a_full_regeneration_byte_for_byt
         ("compare", "the centralized runs in-process, then four real `flwr run`"),
         ("compare", "### privacy of the federated DP runs (per site, from the ledgers)"),
         ("federation_cost", "which hides part of its overhead (SuperLink, Ray start-up"),
-        ("wire_bytes", "catalogue (3,676 item ids) in every round's config"),
+        ("wire_bytes", "goes to each site once per run, zlib-packed"),
         ("cli_startup", "| `fedshop-sim --help` | 7.95 | 1.07 | 7.4 |"),
         ("cli_startup", "`fedshop-sim` used to import the whole training stack"),
         ("cli_startup", "which `fedshop-sim bench` keeps as it is and does not recreate."),
