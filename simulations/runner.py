@@ -199,11 +199,11 @@ def run_simulation_job(
             pids = ", ".join(f"{p.name} {p.pid}" for p in stopped)
             print(f"[fedshop-sim] stopped the local SuperLink by pid: {pids}", file=out, flush=True)
     if status != COMPLETED:
-        ray_error = _ray_connection_error(run_dir / RUN_LOG) if attach_to else None
-        if ray_error:
+        ray_problem = _ray_problem(run_dir / RUN_LOG)
+        if ray_problem:
+            where = f"the Ray cluster at {attach_to}" if attach_to else "Ray"
             raise SimulationError(
-                f"the simulation could not use the Ray cluster at {attach_to}: {ray_error}; "
-                f"see {run_dir / RUN_LOG}"
+                f"the simulation could not run on {where}: {ray_problem}; see {run_dir / RUN_LOG}"
             )
         raise SimulationError(f"flwr run ended with status {status!r}; see {run_dir / RUN_LOG}")
     return run_dir
@@ -374,14 +374,22 @@ def _run_status(env: dict[str, str], run_id: int) -> str:
     return str(runs[0].get("status", "unknown")) if runs else "unknown"
 
 
-def _ray_connection_error(log: Path) -> str | None:
-    """Ray's own message if the log says ``ray.init()`` could not connect to the cluster."""
-    errors = [
-        line.split("ConnectionError:", 1)[1].strip()
-        for line in log.read_text(errors="replace").splitlines()
-        if "ConnectionError:" in line
-    ]
-    return errors[-1] if errors else None
+_RAY_PROBLEMS = (
+    # ray.init() could not connect to the cluster
+    re.compile(r"ConnectionError: (.+)"),
+    # Flower's Ray backend: no node has the CPUs one ClientApp asks for (client_cpus)
+    re.compile(r"(The ActorPool is empty\. .+?)(?: Lowering these resources could help\.)?$"),
+)
+
+
+def _ray_problem(log: Path) -> str | None:
+    """What Ray, or Flower's Ray backend, said stopped the simulation, if the log says so."""
+    for line in log.read_text(errors="replace").splitlines():
+        for pattern in _RAY_PROBLEMS:
+            found = pattern.search(line)
+            if found:
+                return found.group(1).strip()
+    return None
 
 
 def _last_line(path: Path) -> str:

@@ -220,6 +220,32 @@ def test_a_run_attached_to_a_two_node_ray_cluster_trains_sites_on_both_nodes(
     assert all(is_running(process) for process in raylets)
     print(f"\nwall {wall:.1f} s; head answered {dict(head_kinds)}, worker {dict(worker_kinds)}")
 
+    # A ClientApp asking for more CPUs than any node has: Ray places none, and the run
+    # stops with Flower's reason in one line.
+    too_big = subprocess.run(
+        [str(BIN / "fedshop-sim"), "run", "--storefronts", str(run_dir / "storefronts")]
+        + ["--models", "churn", "--rounds", "1", "--client-cpus", str(CPUS_PER_NODE + 1)]
+        + ["--ray-address", ray_cluster.address, "--out", str(tmp_path / "too-big")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert too_big.returncode == 2
+    assert "Traceback" not in too_big.stderr
+    assert (
+        too_big.stderr.strip()
+        .splitlines()[-1]
+        .startswith(
+            f"fedshop-sim: error: the simulation could not run on the Ray cluster at "
+            f"{ray_cluster.address}: The ActorPool is empty. The system (CPUs={CPUS_PER_NODE}.0, "
+            f"GPUs=0) does not meet the criteria to host at least one client with resources: "
+            f"{{'num_cpus': {CPUS_PER_NODE + 1}, 'num_gpus': 0.0}}.; see "
+        )
+    )
+    assert all(is_running(process) for process in raylets)
+
 
 def test_an_unreachable_ray_cluster_is_one_line_before_any_work(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
