@@ -6,7 +6,9 @@ message kind, its wall seconds and the seconds of each :func:`phase` inside it (
 featurise, policy, plan, ledger, train, evaluate, reply). One file per process, because
 simulated sites answer from several Ray worker processes at once and a line per message
 then needs no lock. The variable reaches the simulated ClientApps through the
-environment ``flwr run`` passes down to its SuperLink and Ray workers.
+environment ``flwr run`` passes down to its SuperLink and Ray workers; on a Ray cluster
+(``fedshop-sim run --ray-address``) the ClientApps run in the cluster's workers, which
+inherit the environment of their node's ``ray start`` instead, so set it there.
 
 Off, a phase costs two ``perf_counter`` calls; nothing is written.
 """

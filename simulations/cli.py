@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 import tomllib
 from collections.abc import Callable
@@ -214,7 +215,17 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
         "--client-cpus",
         type=positive_int,
         default=DEFAULT_CLIENT_CPUS,
-        help=f"CPUs per simulated ClientApp (default {DEFAULT_CLIENT_CPUS})",
+        help=f"CPUs per simulated ClientApp (default {DEFAULT_CLIENT_CPUS}): Ray runs a node's "
+        "CPUs divided by this many ClientApps at once on each node",
+    )
+    group.add_argument(
+        "--ray-address",
+        default=os.environ.get("RAY_ADDRESS") or None,
+        metavar="HOST:PORT",
+        help="run the simulated ClientApps on the running Ray cluster whose head is at this "
+        "address (what `ray start --head` printed); run fedshop-sim on one of the cluster's "
+        "nodes, with the storefronts and --out at the same paths on every node (default: "
+        "$RAY_ADDRESS if set, else a Ray instance of the run's own on this machine)",
     )
     group.add_argument(
         "--sweep-dir",

@@ -44,7 +44,13 @@ from simulations.cli import (
 from simulations.privacy_report import SITES_DIR, write_ledger_privacy_report
 from simulations.progress import Progress
 from simulations.run_configs import MAIN_RUN_CONFIG
-from simulations.runner import DEFAULT_CLIENT_CPUS, FLWR_HOME_DIR, RUN_LOG, run_simulation_job
+from simulations.runner import (
+    DEFAULT_CLIENT_CPUS,
+    FLWR_HOME_DIR,
+    RUN_LOG,
+    ray_cluster_address,
+    run_simulation_job,
+)
 from simulations.storefronts import format_summary, prepare_bundled_storefronts
 
 STOREFRONTS_DIR = "storefronts"
@@ -61,6 +67,9 @@ class MainRun:
     run_config: dict[str, Any] = field(default_factory=lambda: dict(MAIN_RUN_CONFIG))
     """Overrides of the app's ``[tool.flwr.app.config]`` for the federated run."""
     client_cpus: int = DEFAULT_CLIENT_CPUS
+    ray_address: str | None = None
+    """``HOST:PORT`` of a running Ray cluster to run the ClientApps on; None: a Ray of the
+    run's own."""
     verbose: bool = False
     """Show Flower's whole log live instead of one line per round."""
     site_policy: list[str] = field(default_factory=list)
@@ -102,6 +111,7 @@ def federated_training_stage(run: MainRun) -> None:
             run.out_dir,
             run_config=config,
             client_cpus=run.client_cpus,
+            ray_address=run.ray_address,
             resume=run.resume,
             verbose=run.verbose,
             site_policy=run.site_policy,
@@ -200,12 +210,14 @@ MAIN_STAGES: list[Callable[[MainRun], None]] = [prepare_storefronts_stage, *SIMU
 def run_run(args: argparse.Namespace) -> int:
     """Prepare or take a split, train on it federatedly, write the privacy report and
     ``report.html``."""
+    ray_address = ray_cluster_address(args.ray_address)  # before any work: a bad one stops
     run = MainRun(
         out_dir=args.out,
         min_customers=args.min_customers,
         progress=Progress(PROG),
         run_config=training_config(args, {}),
         client_cpus=args.client_cpus,
+        ray_address=ray_address,
         verbose=args.verbose,
         site_policy=args.site_policy,
         resume=args.resume,
@@ -240,12 +252,14 @@ def run_run(args: argparse.Namespace) -> int:
 
 def run_main(args: argparse.Namespace) -> int:
     """Run every stage of ``MAIN_STAGES`` on the bundled data."""
+    ray_address = ray_cluster_address(args.ray_address)  # before any work: a bad one stops
     run = MainRun(
         out_dir=args.out,
         min_customers=args.min_customers,
         progress=Progress(PROG),
         run_config=training_config(args, MAIN_RUN_CONFIG),
         client_cpus=args.client_cpus,
+        ray_address=ray_address,
         verbose=args.verbose,
         site_policy=args.site_policy,
         sweep_dir=args.sweep_dir,

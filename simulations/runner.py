@@ -11,6 +11,13 @@ per-run dependency installation. The SuperLink ``flwr`` leaves running (and the 
 below it) is stopped by pid when the job ends, however it ends
 (:mod:`simulations.local_superlink`).
 
+Flower's simulation backend calls ``ray.init()`` without an address, so Ray decides where
+the ClientApps run from ``RAY_ADDRESS`` in the environment it inherits. The job sets it:
+to a running cluster's address when asked (``ray_address``; the ClientApps then run as
+Ray actors on every node of that cluster, as many per node as its CPUs divided by
+``client_cpus``), else to ``local``, a Ray instance of the job's own, so that a cluster
+someone started on the machine with ``ray start`` is never joined by accident.
+
 The console shows one line per round and model, and a ticker on a terminal
 (:class:`RunConsole`); with ``verbose``, the whole log live. What the job leaves in the
 run directory besides the ServerApp's outputs::
@@ -55,6 +62,11 @@ SUPERLINK_START_ATTEMPTS = 3
 """``flwr`` gives its managed SuperLink 15 s to start (not configurable); on a busy machine
 that can fail, and the job tries again."""
 
+LOCAL_RAY = "local"
+"""``RAY_ADDRESS`` that makes ``ray.init()`` start a Ray instance of its own."""
+RAY_CONNECT_TIMEOUT = 5.0
+"""Seconds to wait for a Ray cluster's head to accept a connection before giving up."""
+
 _SUPERLINK_START_FAILED = "Failed to start local SuperLink"
 _RUN_STARTED = re.compile(r"Successfully started run (\d+)")
 _ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")
@@ -87,6 +99,7 @@ def run_simulation_job(
     out: TextIO | None = None,
     verbose: bool = False,
     site_policy: Sequence[str] = (),
+    ray_address: str | None = None,
 ) -> Path:
     """Run the federated simulation of the app on a storefront split; returns ``run_dir``.
 
@@ -105,14 +118,20 @@ def run_simulation_job(
         verbose: show ``flwr run``'s whole output live instead of one line per round.
         site_policy: ``KEY=VALUE`` settings of every simulated site's privacy policy
             (:mod:`simulations.site_policies`); none: the sites' defaults.
+        ray_address: ``HOST:PORT`` of a running Ray cluster's head (what ``ray start
+            --head`` prints) to run the ClientApps on; this machine must be one of the
+            cluster's nodes, and every node must see the storefronts and the run directory
+            at the same paths. None (or ``local``): a Ray instance of the job's own.
 
     Raises:
-        SimulationError: bad arguments, ``flwr`` failed, or the run did not complete.
+        SimulationError: bad arguments, the Ray cluster cannot be reached, ``flwr``
+            failed, or the run did not complete.
     """
     out = sys.stderr if out is None else out
     storefronts_dir = Path(storefronts_dir).resolve()
     run_dir = Path(run_dir).resolve()
     supernodes = _supernodes(storefronts_dir, num_supernodes)
+    attach_to = ray_cluster_address(ray_address)
     if not resume and any((run_dir / CHECKPOINT_DIR).glob("*")):
         raise SimulationError(
             f"{run_dir} already holds a run (checkpoints); choose a new directory or resume it"
@@ -140,6 +159,7 @@ def run_simulation_job(
     env = flower_environment(flwr_home)
     env["FLWR_LOCAL_SUPERLINK_HTTP_API_PORT"] = str(port)
     env["FLWR_LOCAL_CONTROL_API_PORT"] = str(control_port)
+    env["RAY_ADDRESS"] = attach_to or LOCAL_RAY
     command = [
         "flwr",
         "run",
@@ -152,6 +172,10 @@ def run_simulation_job(
     ]
     (run_dir / RUN_LOG).unlink(missing_ok=True)
     console = RunConsole(out, verbose=verbose)
+    if attach_to is not None:
+        print(
+            f"[fedshop-sim] ClientApps run on the Ray cluster at {attach_to}", file=out, flush=True
+        )
     try:
         for attempt in range(1, SUPERLINK_START_ATTEMPTS + 1):
             run_id = _run_streaming(command, env, run_dir / RUN_LOG, console)
@@ -175,8 +199,41 @@ def run_simulation_job(
             pids = ", ".join(f"{p.name} {p.pid}" for p in stopped)
             print(f"[fedshop-sim] stopped the local SuperLink by pid: {pids}", file=out, flush=True)
     if status != COMPLETED:
+        ray_problem = _ray_problem(run_dir / RUN_LOG)
+        if ray_problem:
+            where = f"the Ray cluster at {attach_to}" if attach_to else "Ray"
+            raise SimulationError(
+                f"the simulation could not run on {where}: {ray_problem}; see {run_dir / RUN_LOG}"
+            )
         raise SimulationError(f"flwr run ended with status {status!r}; see {run_dir / RUN_LOG}")
     return run_dir
+
+
+def ray_cluster_address(address: str | None, timeout: float = RAY_CONNECT_TIMEOUT) -> str | None:
+    """The Ray cluster a job should attach to: None for none (``address`` None, empty or
+    ``local``), else ``address`` once it is ``HOST:PORT`` and something accepts connections
+    there (whether it is a Ray head shows when Ray connects).
+
+    Raises:
+        SimulationError: in one line, saying which of the two is not the case.
+    """
+    if address is None or address.strip() in ("", LOCAL_RAY):
+        return None
+    host, separator, port = address.strip().rpartition(":")
+    if "://" in address or not separator or not host or not port.isdigit():
+        raise SimulationError(
+            f"a Ray cluster address is HOST:PORT, as `ray start --head` prints it, got {address!r}"
+        )
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+            pass
+    except OSError as error:
+        reason = error.strerror or str(error) or type(error).__name__
+        raise SimulationError(
+            f"cannot reach the Ray cluster at {address} ({reason}); is its head running "
+            f"(`ray start --head --port {port}`)?"
+        ) from None
+    return address.strip()
 
 
 def _supernodes(storefronts_dir: Path, requested: int | None) -> int:
@@ -315,6 +372,24 @@ def _run_status(env: dict[str, str], run_id: int) -> str:
     except (json.JSONDecodeError, KeyError):
         runs = []
     return str(runs[0].get("status", "unknown")) if runs else "unknown"
+
+
+_RAY_PROBLEMS = (
+    # ray.init() could not connect to the cluster
+    re.compile(r"ConnectionError: (.+)"),
+    # Flower's Ray backend: no node has the CPUs one ClientApp asks for (client_cpus)
+    re.compile(r"(The ActorPool is empty\. .+?)(?: Lowering these resources could help\.)?$"),
+)
+
+
+def _ray_problem(log: Path) -> str | None:
+    """What Ray, or Flower's Ray backend, said stopped the simulation, if the log says so."""
+    for line in log.read_text(errors="replace").splitlines():
+        for pattern in _RAY_PROBLEMS:
+            found = pattern.search(line)
+            if found:
+                return found.group(1).strip()
+    return None
 
 
 def _last_line(path: Path) -> str:
