@@ -178,6 +178,11 @@ BY_HAND: tuple[HandWrittenSection, ...] = (
         " --synthetic-customers M --models churn --rounds R",
         "two runs of that command, before and after a change, and one fedshop-sim run",
     ),
+    HandWrittenSection(
+        "Beyond one machine: a Ray cluster (issue #11)",
+        "ray start --head …; ray start --address …; fedshop-sim run --ray-address …",
+        "a recorded drill: the commands as run, their wall times and where ClientApps ran",
+    ),
 )
 """Sections written by hand from a command's output; ``bench`` keeps them as they are."""
 
