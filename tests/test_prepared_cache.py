@@ -13,12 +13,18 @@ from clients import site_task
 from clients.prepared_cache import ByteBudgetCache, estimated_bytes
 from clients.site_data import load_orders, locate_site
 from models import schema
+from privacy import wire
 from server.server_app import plan_models
 from simulations.runner import app_run_config
 from simulations.storefronts import prepare_storefronts
 from simulations.synthetic import generate_orders
 
 SITES = 12
+
+
+def shared(facts: dict) -> site_task.SharedFacts:
+    """Facts as a site holds them: with their digest, the cache's key."""
+    return site_task.SharedFacts(facts, wire.facts_digest(facts))
 
 
 @pytest.fixture
@@ -38,7 +44,7 @@ def many_sites(tmp_path):
         for site in range(SITES)
     ]
     site_task.site_data_cache.clear()
-    yield locations, run.model, run.facts
+    yield locations, run.model, shared(run.facts)
     site_task.site_data_cache.clear()
 
 
@@ -75,7 +81,8 @@ def test_a_new_export_is_read_again_and_the_old_one_dropped(many_sites):
 def test_other_shared_facts_are_another_entry(many_sites):
     locations, model, facts = many_sites
     site_task.prepared_data(locations[0], model, facts)
-    earlier = {**facts, "cutoff": str(pd.Timestamp(facts["cutoff"]) - pd.Timedelta(days=30))}
+    cutoff = pd.Timestamp(facts.values["cutoff"]) - pd.Timedelta(days=30)
+    earlier = shared({**facts.values, "cutoff": str(cutoff)})
     site_task.prepared_data(locations[0], model, earlier)
     assert site_task.site_data_cache.stats.misses == 2
     assert len(site_task.site_data_cache) == 2
