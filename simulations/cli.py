@@ -20,7 +20,6 @@ import argparse
 import importlib
 import os
 import sys
-import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +32,7 @@ from clients.site_privacy import PolicyCommandError
 from privacy.console_errors import run_handler
 from privacy.pseudonymise import KeyFileError
 from server.errors import ReportError
+from simulations.assignments import parse_assignments
 from simulations.bench import BenchError, add_bench_arguments, run_bench
 from simulations.compare_options import add_compare_arguments
 from simulations.errors import PrivacyReportError
@@ -259,20 +259,11 @@ def training_config(args: argparse.Namespace, defaults: dict[str, Any]) -> dict[
     ):
         if getattr(args, option) is not None:
             config[key] = getattr(args, option)
-    for assignment in args.set:
-        key, separator, value = assignment.partition("=")
-        if not separator or not key.strip():
-            raise CommandError(f"--set expects KEY=VALUE, got {assignment!r}")
-        config[key.strip()] = _toml_scalar(value.strip())
-    return config
-
-
-def _toml_scalar(text: str) -> Any:
-    """A ``--set`` value: a TOML scalar if it parses as one, else the text itself."""
     try:
-        return tomllib.loads(f"value = {text}")["value"]
-    except tomllib.TOMLDecodeError:
-        return text
+        config.update(parse_assignments(args.set))
+    except ValueError as error:
+        raise CommandError(str(error)) from None
+    return config
 
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
