@@ -4,7 +4,7 @@ federated simulation runs with their report, the main run, the benchmarks).
 Every subcommand is a :class:`Command` in ``COMMANDS``: a name, a help line, a function
 declaring its arguments and a handler ``(args) -> int``. To add one, write those two
 functions (in any module) and append a :class:`Command`. Commands that train (``main``,
-``run``, ``compare``) have a :class:`DeferredHandler`, so their module, and
+``run``, ``compare``, ``tune``) have a :class:`DeferredHandler`, so their module, and
 the torch/Flower/matplotlib stack it imports, loads only when such a command runs:
 ``--help``, ``synth`` and ``storefronts`` start without it. ``main`` and ``run`` are the
 staged jobs of :mod:`simulations.jobs`.
@@ -46,6 +46,7 @@ from simulations.storefronts import (
     prepare_storefronts,
 )
 from simulations.synthetic import generate_orders
+from simulations.tune_options import add_tune_arguments
 
 PROG = "fedshop-sim"
 DEFAULT_MAIN_OUT = Path("runs/main")
@@ -333,6 +334,13 @@ COMMANDS: list[Command] = [
         " side by side with the baselines",
         add_compare_arguments,
         DeferredHandler("simulations.compare", "run_compare"),
+    ),
+    Command(
+        "tune",
+        "seeded random search of a model's DP settings at one ε, scored on the validation"
+        " split only (never on test)",
+        add_tune_arguments,
+        DeferredHandler("simulations.tuning", "run_tune"),
     ),
     Command(
         "synth",
