@@ -27,8 +27,8 @@ def positive_epsilon(text: str) -> float:
 
 
 def add_tune_arguments(parser: argparse.ArgumentParser) -> None:
-    """Declare ``tune --model M --epsilon E --mode MODE [--trials N] [--seed S] [--out DIR]
-    [--storefronts DIR] [--write-settings]``."""
+    """Declare ``tune --model M --epsilon E --mode MODE [--trials N] [--seed S] [--repeats R]
+    [--out DIR] [--storefronts DIR] [--write-settings]``."""
     parser.add_argument("--model", choices=TUNABLE_MODELS, required=True)
     parser.add_argument("--epsilon", type=positive_epsilon, required=True, help="target ε")
     parser.add_argument("--mode", choices=MODES, required=True)
@@ -39,6 +39,13 @@ def add_tune_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"settings tried: the current ones, then random draws (default {DEFAULT_TRIALS})",
     )
     parser.add_argument("--seed", type=int, default=0, help="seeds the draws and the training")
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        help="centralized mode: train each trial with this many seeds (--seed, --seed + 1, "
+        "...) and score their mean (default 1; federated trials are one run)",
+    )
     parser.add_argument(
         "--out",
         type=Path,

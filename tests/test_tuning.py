@@ -81,6 +81,7 @@ def test_a_centralized_search_runs_and_writes_its_table(small, tmp_path: Path) -
     assert chosen.settings == best.settings
     assert chosen.validation_score == round(best.score, 4)
     assert chosen.chosen_on == CHOSEN_ON["recommender"] and chosen.trials == 3
+    assert chosen.seeds == [0] and "trial 0 was the entry before (" in chosen.note
     table = pd.read_csv(tmp_path / TRIALS_CSV)
     assert table["trial"].tolist() == [0, 1, 2]
     assert table["ndcg@10"].tolist() == [round(score, 4) for score in scores]
@@ -140,14 +141,16 @@ def test_the_command_tunes_a_split_and_leaves_the_settings_file_alone(
         [
             *("tune", "--model", "churn", "--mode", "centralized", "--epsilon", "1"),
             *("--trials", "2", "--storefronts", str(split), "--out", str(tmp_path / "out")),
+            *("--seed", "4", "--repeats", "2"),
         ]
     )
     assert code == 0
     printed = capsys.readouterr().out
     assert printed.startswith("# churn, centralized, ε = 1: 2 trials")
-    assert json.loads((tmp_path / "out" / CHOSEN_JSON).read_text())["data"].startswith(
-        "storefronts"
-    )
+    chosen = json.loads((tmp_path / "out" / CHOSEN_JSON).read_text())
+    assert chosen["data"].startswith("storefronts") and chosen["seeds"] == [4, 5]
+    table = pd.read_csv(tmp_path / "out" / TRIALS_CSV)
+    assert (table["spread"] > 0).all()  # two training seeds, two scores per trial
     assert load_entries() == before  # only --write-settings records the choice
 
 
@@ -165,8 +168,24 @@ def test_a_federated_search_trains_every_trial_with_fresh_site_budgets(tmp_path:
             data="synthetic",
         )
         assert [trial.number for trial in result.trials] == [0, 1]
+        assert all(len(trial.scores) == 1 for trial in result.trials)
         assert all(0 < trial.score <= 1 for trial in result.trials)
         assert result.trials[0].settings == settings_for(model, "federated", 8.0).settings
         assert f"{FEDERATED_ROUNDS} rounds" in result.chosen.note
         # one run directory (with the sites' own ledgers) per trial
         assert {path.name for path in (tmp_path / model).glob("trial-*")} == {"trial-0", "trial-1"}
+
+
+def test_federated_trials_are_one_run_each(small, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="exactly 1 in federated mode"):
+        tune(
+            small,
+            model="churn",
+            mode="federated",
+            epsilon=3.0,
+            trials=2,
+            seed=0,
+            out_dir=tmp_path,
+            data="synthetic",
+            repeats=2,
+        )
