@@ -56,6 +56,8 @@ class EpsilonSettings:
     data: str | None = None
     """What the search ran on (e.g. ``bundled``), None if untuned."""
     seeds: list[int] = field(default_factory=list)
+    """Centralized: the training seeds each trial's score is the mean over. Federated: the
+    seed of the draws (the simulation seeds every site per site and round)."""
     trials: int = 0
     note: str = ""
 
