@@ -4,7 +4,7 @@ federated simulation runs with their report, the main run, the benchmarks).
 Every subcommand is a :class:`Command` in ``COMMANDS``: a name, a help line, a function
 declaring its arguments and a handler ``(args) -> int``. To add one, write those two
 functions (in any module) and append a :class:`Command`. Commands that train (``main``,
-``run``, ``compare``) have a :class:`DeferredHandler`, so their module, and
+``run``, ``compare``, ``tune``) have a :class:`DeferredHandler`, so their module, and
 the torch/Flower/matplotlib stack it imports, loads only when such a command runs:
 ``--help``, ``synth`` and ``storefronts`` start without it. ``main`` and ``run`` are the
 staged jobs of :mod:`simulations.jobs`.
@@ -20,7 +20,6 @@ import argparse
 import importlib
 import os
 import sys
-import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +32,7 @@ from clients.site_privacy import PolicyCommandError
 from privacy.console_errors import run_handler
 from privacy.pseudonymise import KeyFileError
 from server.errors import ReportError
+from simulations.assignments import parse_assignments
 from simulations.bench import BenchError, add_bench_arguments, run_bench
 from simulations.compare_options import add_compare_arguments
 from simulations.errors import PrivacyReportError
@@ -46,6 +46,7 @@ from simulations.storefronts import (
     prepare_storefronts,
 )
 from simulations.synthetic import generate_orders
+from simulations.tune_options import add_tune_arguments
 
 PROG = "fedshop-sim"
 DEFAULT_MAIN_OUT = Path("runs/main")
@@ -259,20 +260,11 @@ def training_config(args: argparse.Namespace, defaults: dict[str, Any]) -> dict[
     ):
         if getattr(args, option) is not None:
             config[key] = getattr(args, option)
-    for assignment in args.set:
-        key, separator, value = assignment.partition("=")
-        if not separator or not key.strip():
-            raise CommandError(f"--set expects KEY=VALUE, got {assignment!r}")
-        config[key.strip()] = _toml_scalar(value.strip())
-    return config
-
-
-def _toml_scalar(text: str) -> Any:
-    """A ``--set`` value: a TOML scalar if it parses as one, else the text itself."""
     try:
-        return tomllib.loads(f"value = {text}")["value"]
-    except tomllib.TOMLDecodeError:
-        return text
+        config.update(parse_assignments(args.set))
+    except ValueError as error:
+        raise CommandError(str(error)) from None
+    return config
 
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
@@ -342,6 +334,13 @@ COMMANDS: list[Command] = [
         " side by side with the baselines",
         add_compare_arguments,
         DeferredHandler("simulations.compare", "run_compare"),
+    ),
+    Command(
+        "tune",
+        "seeded random search of a model's DP settings at one ε, scored on the validation"
+        " split only (never on test)",
+        add_tune_arguments,
+        DeferredHandler("simulations.tuning", "run_tune"),
     ),
     Command(
         "synth",

@@ -5,13 +5,16 @@ order-line frame in several ways and evaluates each on the models' fixed protoco
 
 * ``centralized``: every customer's data pooled, non-private;
 * ``centralized-dp-eps-<ε>``: pooled, user-level DP-SGD (one example per customer) at
-  each target ε, with δ = :func:`privacy.planning.default_delta` of the training
-  customers and σ calibrated once for the whole planned training at the sample rate
-  Opacus really uses (:func:`privacy.planning.plan_dp`, a one-round plan, by the default
-  accountant); the ε recorded is recomputed from the DP segment the training really ran;
+  each target ε with the centralized settings of the nearest ε
+  (:mod:`simulations.settings_per_epsilon`, overridden by ``--set``), with
+  δ = :func:`privacy.planning.default_delta` of the training customers and σ calibrated
+  once for the whole planned training at the sample rate Opacus really uses
+  (:func:`privacy.planning.plan_dp`, a one-round plan, by the default accountant); the ε
+  recorded is recomputed from the DP segment the training really ran;
 * ``federated`` and ``federated-dp-eps-<ε>`` (with ``federated=True``; the command's
   default): real simulations of the Flower app on the same storefronts, non-private and
-  at each target ε per site (:mod:`simulations.federated_runs`);
+  at each target ε per site with the federated settings of the nearest ε
+  (:mod:`simulations.federated_runs`);
 * ``storefront-alone``: one non-private model per storefront
   (:func:`simulations.storefronts.assign_storefronts`), trained on that storefront's
   customers only and scored on that storefront's test customers only.
@@ -69,6 +72,7 @@ from simulations.federated_runs import federated_references
 from simulations.progress import SILENT, Progress
 from simulations.run_configs import QUICK_OVERRIDES
 from simulations.runner import DEFAULT_CLIENT_CPUS
+from simulations.settings_per_epsilon import TARGET_WINDOW, EpsilonSettings, settings_for
 from simulations.storefronts import (
     BUNDLED_DATA,
     DEFAULT_MIN_CUSTOMERS,
@@ -90,20 +94,6 @@ RECOMMENDER_PLAIN = TrainingSettings(
     local_epochs=20, optimizer="adam", learning_rate=0.01, batch_size=64, max_grad_norm=1.0
 )
 """Non-private recommender (NDCG@10 ≈ 0.290 on the bundled data; no clipping without DP)."""
-RECOMMENDER_DP: dict[float, TrainingSettings] = {
-    8.0: TrainingSettings(
-        local_epochs=20, optimizer="momentum", learning_rate=3.0, batch_size=500, max_grad_norm=0.1
-    ),
-    3.0: TrainingSettings(
-        local_epochs=20, optimizer="momentum", learning_rate=1.0, batch_size=500, max_grad_norm=0.3
-    ),
-}
-"""The best DP settings the recommender's tuning found, by target ε; any other ε uses the
-entry of the nearest tuned ε at or above it (or the largest)."""
-CHURN_DP = TrainingSettings(
-    local_epochs=40, optimizer="adam", learning_rate=0.01, batch_size=256, max_grad_norm=1.0
-)
-"""DP churn training (Adam on the 89 weights; not tuned per ε)."""
 QUICK_EPOCHS = 2
 """Epochs of every epoch-based run in quick mode (tests)."""
 
@@ -118,6 +108,7 @@ def run_comparison(
     min_customers: int = DEFAULT_MIN_CUSTOMERS,
     federated: bool = False,
     client_cpus: int = DEFAULT_CLIENT_CPUS,
+    settings_overrides: Mapping[str, Any] | None = None,
     progress: Progress = SILENT,
 ) -> dict[str, Any]:
     """Train and evaluate every run (module docstring) and write the JSON and Markdown.
@@ -133,6 +124,8 @@ def run_comparison(
             :func:`simulations.federated_runs.federated_references` (non-private and each
             ε) on the same storefronts, written under ``out_dir`` (minutes each).
         client_cpus: CPUs per simulated ClientApp of the federated runs.
+        settings_overrides: run-config keys ``<model>.<key>`` that replace the settings
+            per ε of every DP run (centralized and federated) of that model.
         progress: reports each training and evaluation with its wall time.
 
     Returns:
@@ -142,6 +135,7 @@ def run_comparison(
         raise ValueError(f"every target ε must be finite and > 0, got {list(epsilons)}")
     with progress.step(f"split into storefronts (at least {min_customers} customers)"):
         assigned = assign_storefronts(frame, min_customers)
+    overrides = dict(settings_overrides or {})
     result = {
         "settings": {
             "seed": seed,
@@ -149,8 +143,8 @@ def run_comparison(
             "min-customers": min_customers,
             "epsilons": [float(e) for e in epsilons],
         },
-        "recommender": compare_recommender(assigned, epsilons, seed, quick, progress),
-        "churn": compare_churn(assigned, epsilons, seed, quick, progress),
+        "recommender": compare_recommender(assigned, epsilons, seed, quick, overrides, progress),
+        "churn": compare_churn(assigned, epsilons, seed, quick, overrides, progress),
     }
     out_dir.mkdir(parents=True, exist_ok=True)
     if federated:
@@ -162,6 +156,7 @@ def run_comparison(
             out_dir,
             list(epsilons),
             overrides=QUICK_OVERRIDES if quick else None,
+            settings_overrides=overrides,
             client_cpus=client_cpus,
             progress=progress,
         )
@@ -179,7 +174,12 @@ def _before_storefront_alone(runs: dict[str, Any], inserted: dict[str, Any]) -> 
 
 
 def compare_recommender(
-    frame: pd.DataFrame, epsilons: Sequence[float], seed: int, quick: bool, progress: Progress
+    frame: pd.DataFrame,
+    epsilons: Sequence[float],
+    seed: int,
+    quick: bool,
+    overrides: Mapping[str, Any],
+    progress: Progress,
 ) -> dict[str, Any]:
     """Every recommender run and baseline on the next-basket protocol, as JSON-ready dicts."""
     with progress.step("next-basket split and training histories"):
@@ -195,16 +195,18 @@ def compare_recommender(
             "metrics": _rows(evaluate_recommender(model, split)),
         }
     for epsilon in epsilons:
-        settings = quick_settings(recommender_dp_settings(epsilon), quick)
+        entry = centralized_dp_settings(RECOMMENDER.name, epsilon, overrides)
+        settings = quick_settings(entry.training(), quick)
+        examples = TrainingExamples(histories, seed=seed, target_window=entry.target_window())
         plan = centralized_dp_plan(
-            epsilon, len(dataset), split.train[schema.CUSTOMER].nunique(), settings
+            epsilon, len(examples), split.train[schema.CUSTOMER].nunique(), settings
         )
         with progress.step(f"recommender: {dp_run_name(epsilon)} (σ {plan.noise_multiplier:.3g})"):
             model, steps = fit_recommender(
-                len(split.items), dataset, settings, seed, plan.noise_multiplier
+                len(split.items), examples, settings, seed, plan.noise_multiplier
             )
             runs[dp_run_name(epsilon)] = {
-                "training": _settings(settings, len(dataset)),
+                "training": _dp_settings(entry, settings, len(examples)),
                 "privacy": privacy_spent(plan, steps),
                 "metrics": _rows(evaluate_recommender(model, split)),
             }
@@ -271,7 +273,12 @@ def fit_recommender(
 
 
 def compare_churn(
-    frame: pd.DataFrame, epsilons: Sequence[float], seed: int, quick: bool, progress: Progress
+    frame: pd.DataFrame,
+    epsilons: Sequence[float],
+    seed: int,
+    quick: bool,
+    overrides: Mapping[str, Any],
+    progress: Progress,
 ) -> dict[str, Any]:
     """Every churn run and baseline on the fixed holdout, as JSON-ready dicts."""
     with progress.step("churn features, labels and holdout"):
@@ -284,13 +291,14 @@ def compare_churn(
             "training": {"examples": len(train.labels), "full-batch": True},
             "metrics": _rows(evaluate_churn(model, held_out)),
         }
-    settings = quick_settings(CHURN_DP, quick)
     for epsilon in epsilons:
+        entry = centralized_dp_settings(CHURN.name, epsilon, overrides)
+        settings = quick_settings(entry.training(), quick)
         plan = centralized_dp_plan(epsilon, len(train.labels), len(train.labels), settings)
         with progress.step(f"churn: {dp_run_name(epsilon)} (σ {plan.noise_multiplier:.3g})"):
             model, steps = fit_churn_dp(train, settings, plan.noise_multiplier, seed)
             runs[dp_run_name(epsilon)] = {
-                "training": _settings(settings, len(train.labels)),
+                "training": _dp_settings(entry, settings, len(train.labels)),
                 "privacy": privacy_spent(plan, steps),
                 "metrics": _rows(evaluate_churn(model, held_out)),
             }
@@ -354,10 +362,13 @@ def privacy_spent(plan: DPPlan, steps: int) -> dict[str, Any]:
     }
 
 
-def recommender_dp_settings(epsilon: float) -> TrainingSettings:
-    """The tuned DP settings for ``epsilon`` (see :data:`RECOMMENDER_DP`)."""
-    tuned = sorted(RECOMMENDER_DP)
-    return RECOMMENDER_DP[next((e for e in tuned if e >= epsilon), tuned[-1])]
+def centralized_dp_settings(
+    model: str, epsilon: float, overrides: Mapping[str, Any] | None = None
+) -> EpsilonSettings:
+    """The centralized settings of the nearest ε for ``model``
+    (:func:`simulations.settings_per_epsilon.settings_for`), with ``overrides``
+    (run-config keys ``<model>.<key>``) replacing its values."""
+    return settings_for(model, "centralized", epsilon).with_overrides(overrides or {})
 
 
 def dp_run_name(epsilon: float) -> str:
@@ -374,6 +385,14 @@ def quick_settings(settings: TrainingSettings, quick: bool) -> TrainingSettings:
 
 def _settings(settings: TrainingSettings, examples: int) -> dict[str, Any]:
     return {**settings.to_config(), "examples": examples}
+
+
+def _dp_settings(
+    entry: EpsilonSettings, settings: TrainingSettings, examples: int
+) -> dict[str, Any]:
+    """A DP run's settings, its target window where it has one, and their provenance."""
+    extra = {key: value for key, value in entry.settings.items() if key == TARGET_WINDOW}
+    return {**_settings(settings, examples), **extra, "chosen-on": entry.chosen_on}
 
 
 def _rows(table: pd.DataFrame) -> dict[str, dict[str, float | None]]:
@@ -461,6 +480,7 @@ def run_compare(args: argparse.Namespace) -> int:
         quick=args.quick,
         federated=args.federated,
         client_cpus=args.client_cpus,
+        settings_overrides=dict(args.set),
         progress=progress,
     )
     print((args.out / COMPARISON_MARKDOWN).read_text(), end="")

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
+from simulations.assignments import parse_assignments
 from simulations.runner import DEFAULT_CLIENT_CPUS
 
 DEFAULT_EPSILONS: tuple[float, ...] = (1.0, 3.0, 8.0)
@@ -24,8 +26,18 @@ def epsilon_list(text: str) -> tuple[float, ...]:
     return values
 
 
+def assignment(text: str) -> tuple[str, Any]:
+    """An argparse type: one ``MODEL.KEY=VALUE`` (value a TOML scalar) as ``(key, value)``."""
+    try:
+        ((key, value),) = parse_assignments([text]).items()
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return key, value
+
+
 def add_compare_arguments(parser: argparse.ArgumentParser) -> None:
-    """Declare ``compare --out DIR [--epsilons 1,3,8] [--seed 0] [--quick] [--no-federated]``."""
+    """Declare ``compare --out DIR [--epsilons 1,3,8] [--seed 0] [--quick] [--no-federated]
+    [--set MODEL.KEY=VALUE ...]``."""
     parser.add_argument("--out", type=Path, required=True, help="directory for the results")
     parser.add_argument(
         "--epsilons",
@@ -41,6 +53,16 @@ def add_compare_arguments(parser: argparse.ArgumentParser) -> None:
         default=True,
         help="also run the federated simulations, non-private and at each ε (default: yes; "
         "each is a real flwr run of a few minutes)",
+    )
+    parser.add_argument(
+        "--set",
+        type=assignment,
+        action="append",
+        default=[],
+        metavar="MODEL.KEY=VALUE",
+        help="replace a setting of every DP run of a model, whatever its ε (default: the "
+        "settings of the nearest ε in simulations/data/settings-per-epsilon.json), e.g. "
+        "recommender.learning-rate=1.0 or recommender.target-window=2",
     )
     parser.add_argument(
         "--client-cpus",

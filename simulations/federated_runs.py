@@ -8,12 +8,15 @@ storefront-alone runs: ``overall``, ``outside United Kingdom`` (recommender: the
 storefront sums pooled; churn: not available, as the server keeps no per-site score
 histograms) and one row per storefront.
 
-The run configs are those of :mod:`simulations.run_configs`.
+The run configs are those of :mod:`simulations.run_configs`; each DP run takes its models'
+local-training settings from the federated entries of the nearest ε
+(:func:`simulations.settings_per_epsilon.federated_run_config`).
 """
 
 from __future__ import annotations
 
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +24,7 @@ from server.run_results import final_rows, load_run
 from simulations.progress import SILENT, Progress
 from simulations.run_configs import MAIN_RUN_CONFIG, PLAIN_RUN_CONFIG, PLAIN_SITE_POLICY
 from simulations.runner import DEFAULT_CLIENT_CPUS, run_simulation_job
+from simulations.settings_per_epsilon import federated_run_config
 
 FEDERATED = "federated"
 """Name of the non-private federated run."""
@@ -37,19 +41,23 @@ def federated_references(
     epsilons: list[float],
     *,
     overrides: dict[str, Any] | None = None,
+    settings_overrides: Mapping[str, Any] | None = None,
     client_cpus: int = DEFAULT_CLIENT_CPUS,
     progress: Progress = SILENT,
 ) -> dict[str, dict[str, Any]]:
     """Run the non-private and each DP federated simulation into ``out_dir/<run name>``.
 
-    ``overrides`` change every run's config (e.g. :data:`simulations.run_configs.QUICK_OVERRIDES`).
+    ``overrides`` change every run's config (e.g. :data:`simulations.run_configs.QUICK_OVERRIDES`);
+    ``settings_overrides`` (``<model>.<key>``) replace the settings per ε of the DP runs.
 
     Returns:
         model -> run name -> ``{"training": run config, "metrics": rows by group}``.
     """
     configs = {FEDERATED: ({**PLAIN_RUN_CONFIG, **(overrides or {})}, PLAIN_SITE_POLICY)}
     for epsilon in epsilons:
-        dp_config = {**MAIN_RUN_CONFIG, **(overrides or {}), "epsilon": epsilon}
+        models = str(MAIN_RUN_CONFIG["models"]).split(",")
+        tuned = federated_run_config(models, epsilon, settings_overrides)
+        dp_config = {**MAIN_RUN_CONFIG, **tuned, **(overrides or {}), "epsilon": epsilon}
         configs[federated_dp_run_name(epsilon)] = (dp_config, [])
     runs: dict[str, dict[str, Any]] = {}
     for name, (run_config, site_policy) in configs.items():

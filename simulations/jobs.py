@@ -3,7 +3,9 @@ on one :class:`MainRun`.
 
 ``main`` runs ``MAIN_STAGES``: the bundled data's storefront split, then the stages of
 ``SIMULATION_STAGES`` (federated DP training through ``flwr run``, the privacy report,
-``report.html``), which ``run`` also uses on any split. This module imports the training
+``report.html``), which ``run`` also uses on any split. ``run`` trains with the federated
+settings of the nearest ε (:func:`with_settings_per_epsilon`); ``main`` keeps its own
+fixed run config (:data:`simulations.run_configs.MAIN_RUN_CONFIG`). This module imports the training
 stack (torch, Flower, matplotlib); :mod:`simulations.cli` imports it only when one of
 these commands runs, so the light commands start fast.
 """
@@ -48,9 +50,11 @@ from simulations.runner import (
     DEFAULT_CLIENT_CPUS,
     FLWR_HOME_DIR,
     RUN_LOG,
+    app_run_config,
     ray_cluster_address,
     run_simulation_job,
 )
+from simulations.settings_per_epsilon import federated_run_config
 from simulations.storefronts import format_summary, prepare_bundled_storefronts
 
 STOREFRONTS_DIR = "storefronts"
@@ -215,7 +219,7 @@ def run_run(args: argparse.Namespace) -> int:
         out_dir=args.out,
         min_customers=args.min_customers,
         progress=Progress(PROG),
-        run_config=training_config(args, {}),
+        run_config=with_settings_per_epsilon(training_config(args, {})),
         client_cpus=args.client_cpus,
         ray_address=ray_address,
         verbose=args.verbose,
@@ -248,6 +252,22 @@ def run_run(args: argparse.Namespace) -> int:
         stage(run)
     print(outputs_line(run))
     return 0
+
+
+def with_settings_per_epsilon(config: dict[str, Any]) -> dict[str, Any]:
+    """``config`` over the federated settings of the nearest ε for its models
+    (:func:`simulations.settings_per_epsilon.federated_run_config`; ε and models from
+    ``config``, else the app's defaults): what the command line sets wins. Without DP
+    (ε ≤ 0) ``config`` is returned unchanged."""
+    app = app_run_config()
+    epsilon = float(config.get("epsilon", app["epsilon"]))
+    if epsilon <= 0:
+        return config
+    models = [name.strip() for name in str(config.get("models", app["models"])).split(",")]
+    try:
+        return {**federated_run_config(models, epsilon), **config}
+    except ValueError as error:
+        raise CommandError(str(error)) from None
 
 
 def run_main(args: argparse.Namespace) -> int:

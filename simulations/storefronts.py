@@ -204,6 +204,20 @@ def prepare_bundled_storefronts(
             return _write_split(frame, staging, metadata)
 
 
+def read_split(directory: Path) -> pd.DataFrame:
+    """All order lines of a split directory, every storefront's rows under its name.
+
+    Raises:
+        StorefrontError: ``directory`` holds no split index.
+    """
+    index_file = Path(directory) / INDEX_FILE
+    if not index_file.is_file():
+        raise StorefrontError(f"{directory} is not a storefront split (no {INDEX_FILE})")
+    entries = json.loads(index_file.read_text())["storefronts"]
+    frames = [pd.read_parquet(Path(directory) / entry["file"]) for entry in entries]
+    return pd.concat(frames, ignore_index=True)
+
+
 def _write_split(frame: pd.DataFrame, directory: Path, metadata: dict[str, Any]) -> pd.DataFrame:
     missing = [column for column in schema.COLUMNS if column not in frame.columns]
     if missing:

@@ -97,6 +97,6 @@ def test_training_commands_defer_to_handlers_that_exist() -> None:
         for command in sim_cli.COMMANDS
         if isinstance(command.handler, sim_cli.DeferredHandler)
     }
-    assert sorted(deferred) == ["compare", "main", "run"]
+    assert sorted(deferred) == ["compare", "main", "run", "tune"]
     for handler in deferred.values():
         assert callable(getattr(importlib.import_module(handler.module), handler.function))

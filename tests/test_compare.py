@@ -19,11 +19,13 @@ from simulations.compare import (
     CENTRALIZED,
     COMPARISON_JSON,
     COMPARISON_MARKDOWN,
+    QUICK_EPOCHS,
     STOREFRONT_ALONE,
     dp_run_name,
     run_comparison,
 )
 from simulations.federated_runs import FEDERATED, federated_dp_run_name
+from simulations.settings_per_epsilon import settings_for
 from simulations.storefronts import assign_storefronts
 from simulations.synthetic import generate_orders
 
@@ -74,6 +76,18 @@ def test_dp_runs_spend_close_to_but_not_over_their_target(comparison) -> None:
             assert 0 < privacy["delta"] <= 1e-5
         sigmas = [result[model]["runs"][dp_run_name(e)]["privacy"] for e in EPSILONS]
         assert sigmas[0]["noise_multiplier"] > sigmas[1]["noise_multiplier"]
+
+
+def test_dp_runs_train_with_the_settings_of_their_epsilon(comparison) -> None:
+    result, _, _ = comparison
+    for model in ("recommender", "churn"):
+        for epsilon in EPSILONS:
+            entry = settings_for(model, "centralized", epsilon)
+            training = result[model]["runs"][dp_run_name(epsilon)]["training"]
+            assert training["chosen-on"] == entry.chosen_on
+            for key in (wire.LEARNING_RATE, wire.BATCH_SIZE, wire.MAX_GRAD_NORM):
+                assert training[key] == entry.settings[key]
+            assert training[wire.LOCAL_EPOCHS] == QUICK_EPOCHS  # quick mode
 
 
 def test_every_storefront_has_its_rows(comparison) -> None:

@@ -61,15 +61,14 @@ from models.recommender import CATALOGUE, basket_loss
 from models.registry import Facts, get_model
 from models.training import TrainingSettings
 from simulations.compare import (
-    CHURN_DP,
     QUICK_EPOCHS,
     RECOMMENDER_PLAIN,
     centralized_dp_plan,
+    centralized_dp_settings,
     fit_churn_dp,
     fit_recommender,
     ingest_bundled,
     quick_settings,
-    recommender_dp_settings,
 )
 from simulations.membership_attack import (
     LOW_FPR,
@@ -216,8 +215,9 @@ class RecommenderAudit(ModelAudit):
                 torch.cat([basket_loss(module, batch) for batch in self.batches]).double().numpy()
             )
 
-    def _examples(self, keep: np.ndarray) -> TrainingExamples:
-        return TrainingExamples({c: self.histories[c] for c in self.customers[keep]})
+    def _examples(self, keep: np.ndarray, target_window: int | None = 1) -> TrainingExamples:
+        histories = {c: self.histories[c] for c in self.customers[keep]}
+        return TrainingExamples(histories, target_window=target_window)
 
     def train_plain(self, keep: np.ndarray, seed: int) -> nn.Module:
         """:data:`simulations.compare.RECOMMENDER_PLAIN` on the kept customers."""
@@ -225,9 +225,10 @@ class RecommenderAudit(ModelAudit):
         return fit_recommender(len(self.facts[CATALOGUE]), self._examples(keep), settings, seed)[0]
 
     def train_private(self, epsilon: float, seed: int) -> nn.Module:
-        """The comparison's tuned DP settings for ``epsilon``, σ for one centralized plan."""
-        settings = quick_settings(recommender_dp_settings(epsilon), self.quick)
-        members = self._examples(self.is_member)
+        """The comparison's DP settings for ``epsilon``, σ for one centralized plan."""
+        entry = centralized_dp_settings(self.name, epsilon)
+        settings = quick_settings(entry.training(), self.quick)
+        members = self._examples(self.is_member, entry.target_window())
         plan = centralized_dp_plan(epsilon, len(members), self.delta_customers, settings)
         num_items = len(self.facts[CATALOGUE])
         return fit_recommender(num_items, members, settings, seed, plan.noise_multiplier)[0]
@@ -282,8 +283,10 @@ class ChurnAudit(ModelAudit):
         return train_centralized(self.data.subset(keep), seed=seed)
 
     def train_private(self, epsilon: float, seed: int) -> nn.Module:
-        """:data:`simulations.compare.CHURN_DP`, σ for one centralized plan."""
-        settings = quick_settings(CHURN_DP, self.quick)
+        """The comparison's DP settings for ``epsilon``, σ for one centralized plan."""
+        settings = quick_settings(
+            centralized_dp_settings(self.name, epsilon).training(), self.quick
+        )
         members = self.data.subset(self.is_member)
         customers = len(members.labels)
         plan = centralized_dp_plan(epsilon, customers, customers, settings)

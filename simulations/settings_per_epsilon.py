@@ -1,0 +1,178 @@
+"""The training settings per model, mode and ε, with where they came from: one file the
+runs read.
+
+``simulations/data/settings-per-epsilon.json`` holds, for each model, mode (centralized /
+federated, :data:`simulations.tune_options.MODES`) and target ε, an entry: the settings in
+run-config spelling (``local-epochs``, ``optimizer``, ``learning-rate``, ``batch-size``,
+``max-grad-norm``, and for the recommender in centralized mode ``target-window``), the
+validation score they reached, the split they were chosen on (``chosen-on``), the data,
+seeds and trials of that search, and a note. ``fedshop-sim tune --write-settings`` writes
+an entry; ``fedshop-sim run`` (federated entries) and ``compare`` (both) read the entry of
+the nearest ε (:func:`settings_for`), and ``--set`` overrides any of its values.
+
+An entry never tuned says so: ``chosen-on`` is :data:`UNTUNED`, and its note says how the
+values were picked before (some by hand on the test score, before a validation split
+existed). Federated entries carry no round count: ``num-server-rounds`` is one value for
+all the models of a run.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from models.training import TrainingSettings
+from privacy import wire
+from privacy.atomic_files import atomic_write
+from simulations.tune_options import MODES
+
+SETTINGS_FILE = Path(__file__).resolve().parent / "data" / "settings-per-epsilon.json"
+UNTUNED = "none (current defaults, not yet tuned)"
+"""``chosen-on`` of an entry that no tuning chose."""
+TARGET_WINDOW = "target-window"
+"""The recommender's target window (:class:`models.nextbasket_features.TrainingExamples`):
+a whole number, or ``"all"`` for ``None``."""
+ALL_INVOICES = "all"
+
+
+@dataclass(frozen=True)
+class EpsilonSettings:
+    """One entry of the settings file (see the module docstring)."""
+
+    model: str
+    mode: str
+    epsilon: float
+    settings: dict[str, Any]
+    """Run-config spelling: the keys of :data:`privacy.wire.MODEL_TRAINING_KEYS`, and
+    :data:`TARGET_WINDOW` where it applies."""
+    metric: str
+    """The validation metric of :attr:`validation_score` (e.g. ``ndcg@10``)."""
+    validation_score: float | None
+    chosen_on: str
+    """The split the settings were chosen on, or :data:`UNTUNED`."""
+    data: str | None = None
+    """What the search ran on (e.g. ``bundled``), None if untuned."""
+    seeds: list[int] = field(default_factory=list)
+    """Centralized: the training seeds each trial's score is the mean over. Federated: the
+    seed of the draws (the simulation seeds every site per site and round)."""
+    trials: int = 0
+    note: str = ""
+
+    def training(self) -> TrainingSettings:
+        """The five local-training knobs as :class:`models.training.TrainingSettings`."""
+        return training_settings(self.settings)
+
+    def target_window(self) -> int | None:
+        """The recommender's target window (see :func:`target_window`)."""
+        return target_window(self.settings)
+
+    def run_config(self) -> dict[str, Any]:
+        """The entry's local-training knobs as run-config keys ``<model>.<key>``."""
+        return {
+            f"{self.model}.{key}": self.settings[key]
+            for key in wire.MODEL_TRAINING_KEYS
+            if key in self.settings
+        }
+
+    def with_overrides(self, overrides: Mapping[str, Any]) -> EpsilonSettings:
+        """The entry with the settings of ``overrides`` (run-config keys ``<model>.<key>``;
+        other models' keys are ignored) replacing its own."""
+        prefix = f"{self.model}."
+        own = {k[len(prefix) :]: v for k, v in overrides.items() if k.startswith(prefix)}
+        return replace(self, settings={**self.settings, **own}) if own else self
+
+
+def training_settings(settings: Mapping[str, Any]) -> TrainingSettings:
+    """The five local-training knobs of settings in run-config spelling.
+
+    Raises:
+        ValueError: a knob is missing or invalid.
+    """
+    return TrainingSettings.from_config(settings, defaults=None)
+
+
+def target_window(settings: Mapping[str, Any]) -> int | None:
+    """The recommender's target window of settings in run-config spelling: 1 when they do
+    not set one, None for :data:`ALL_INVOICES`."""
+    value = settings.get(TARGET_WINDOW, 1)
+    return None if value == ALL_INVOICES else int(value)
+
+
+def load_entries(path: Path = SETTINGS_FILE) -> list[EpsilonSettings]:
+    """Every entry of the settings file.
+
+    Raises:
+        ValueError: the file cannot be read or an entry is malformed.
+    """
+    try:
+        document = json.loads(Path(path).read_text(encoding="utf-8"))
+        entries = [
+            EpsilonSettings(
+                model=model,
+                mode=mode,
+                epsilon=float(epsilon),
+                **{key.replace("-", "_"): value for key, value in entry.items()},
+            )
+            for model, modes in document["models"].items()
+            for mode, by_epsilon in modes.items()
+            for epsilon, entry in by_epsilon.items()
+        ]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+        raise ValueError(f"{path}: not a readable settings file ({error})") from None
+    unknown = sorted({entry.mode for entry in entries} - set(MODES))
+    if unknown:
+        raise ValueError(f"{path}: unknown mode(s) {unknown}; modes are {list(MODES)}")
+    return entries
+
+
+def settings_for(
+    model: str, mode: str, epsilon: float, path: Path = SETTINGS_FILE
+) -> EpsilonSettings:
+    """The entry of ``model`` and ``mode`` whose ε is nearest to ``epsilon`` (a tie goes to
+    the smaller ε, tuned for more noise).
+
+    Raises:
+        ValueError: ``epsilon`` is not > 0, or the file has no entry for the model and mode.
+    """
+    if not epsilon > 0:
+        raise ValueError(f"settings per ε are for DP training (ε > 0), got ε = {epsilon}")
+    candidates = [e for e in load_entries(path) if e.model == model and e.mode == mode]
+    if not candidates:
+        raise ValueError(f"{path}: no {mode} settings for the model {model!r}")
+    return min(candidates, key=lambda entry: (abs(entry.epsilon - epsilon), entry.epsilon))
+
+
+def federated_run_config(
+    models: Iterable[str],
+    epsilon: float,
+    overrides: Mapping[str, Any] | None = None,
+    path: Path = SETTINGS_FILE,
+) -> dict[str, Any]:
+    """Run-config keys of the federated entries nearest to ``epsilon`` of those ``models``
+    the file lists (a plug-in model without an entry keeps its own defaults), with
+    ``overrides`` (``<model>.<key>``) replacing their values; only the local-training
+    knobs a site reads are returned."""
+    listed = {entry.model for entry in load_entries(path)}
+    config: dict[str, Any] = {}
+    for model in models:
+        if model in listed:
+            entry = settings_for(model, "federated", epsilon, path)
+            config.update(entry.with_overrides(overrides or {}).run_config())
+    return config
+
+
+def record(entry: EpsilonSettings, path: Path = SETTINGS_FILE) -> None:
+    """Write ``entry`` into the settings file (replacing the one of its model, mode and
+    ε), atomically."""
+    document = json.loads(Path(path).read_text(encoding="utf-8"))
+    fields = asdict(entry)
+    for key in ("model", "mode", "epsilon"):
+        del fields[key]
+    modes = document["models"].setdefault(entry.model, {})
+    modes.setdefault(entry.mode, {})[f"{entry.epsilon:g}"] = {
+        key.replace("_", "-"): value for key, value in fields.items()
+    }
+    atomic_write(Path(path), json.dumps(document, indent=2, ensure_ascii=False) + "\n")

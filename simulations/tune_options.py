@@ -1,0 +1,66 @@
+"""The options of ``fedshop-sim tune``, declared apart from :mod:`simulations.tuning` so that
+building the command line does not import the training stack."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+TUNABLE_MODELS: tuple[str, ...] = ("churn", "recommender")
+"""The models with a validation protocol and a search space (the built-in ones)."""
+MODES: tuple[str, ...] = ("centralized", "federated")
+"""How a model is trained: on the pooled data in one process, or federated over the
+storefronts (the sites' own code, DP planning and ledgers, FedAvg)."""
+DEFAULT_TRIALS = 8
+DEFAULT_TUNE_OUT = Path("runs/tune")
+
+
+def positive_epsilon(text: str) -> float:
+    """An argparse type: a finite ε > 0 (settings are tuned under DP only)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"ε must be finite and > 0, got {text!r}")
+    return value
+
+
+def add_tune_arguments(parser: argparse.ArgumentParser) -> None:
+    """Declare ``tune --model M --epsilon E --mode MODE [--trials N] [--seed S] [--repeats R]
+    [--out DIR] [--storefronts DIR] [--write-settings]``."""
+    parser.add_argument("--model", choices=TUNABLE_MODELS, required=True)
+    parser.add_argument("--epsilon", type=positive_epsilon, required=True, help="target ε")
+    parser.add_argument("--mode", choices=MODES, required=True)
+    parser.add_argument(
+        "--trials",
+        type=int,
+        default=DEFAULT_TRIALS,
+        help=f"settings tried: the current ones, then random draws (default {DEFAULT_TRIALS})",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seeds the draws and the training")
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        help="centralized mode: train each trial with this many seeds (--seed, --seed + 1, "
+        "...) and score their mean (default 1; federated trials are one run)",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=DEFAULT_TUNE_OUT,
+        help=f"directory for the trial table and the chosen settings (default {DEFAULT_TUNE_OUT})",
+    )
+    parser.add_argument(
+        "--storefronts",
+        type=Path,
+        help="a storefront split (e.g. from `fedshop-sim synth`) to tune on; default: the "
+        "bundled data split into storefronts",
+    )
+    parser.add_argument(
+        "--write-settings",
+        action="store_true",
+        help="record the chosen settings as this model, mode and ε's entry of "
+        "simulations/data/settings-per-epsilon.json",
+    )

@@ -1,0 +1,82 @@
+"""What ``fedshop-sim tune`` searches: a grid of values per setting for each model and mode,
+and the seeded draw of the trials from it.
+
+Each setting has a short list of values (learning rates on a rough geometric grid around
+the current ones), so the trial table reads plainly and a seed fixes the whole search.
+Trial 0 is always the current entry of the settings file, so the search never chooses
+something that scored worse on validation than what runs use today. Federated spaces hold
+no ``target-window`` (the sites draw their examples with the model's default; the run
+config does not carry it yet) and no round count (one value for all models of a run).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+SEARCH_SPACES: dict[tuple[str, str], dict[str, tuple[Any, ...]]] = {
+    ("recommender", "centralized"): {
+        "local-epochs": (10, 20, 30),
+        "optimizer": ("momentum",),
+        "learning-rate": (0.3, 0.5, 1.0, 2.0, 3.0, 5.0, 8.0),
+        "batch-size": (250, 500, 1000),
+        "max-grad-norm": (0.03, 0.1, 0.3, 1.0),
+        "target-window": (1, 2, 3, "all"),
+    },
+    ("recommender", "federated"): {
+        "local-epochs": (2, 3, 5, 8),
+        "optimizer": ("momentum",),
+        "learning-rate": (2.0, 3.0, 4.5, 6.0, 8.0, 12.0),
+        "batch-size": (250, 500, 1000),
+        "max-grad-norm": (0.03, 0.1, 0.3),
+    },
+    ("churn", "centralized"): {
+        "local-epochs": (20, 40, 80),
+        "optimizer": ("adam",),
+        "learning-rate": (0.003, 0.01, 0.03, 0.1),
+        "batch-size": (64, 128, 256, 512),
+        "max-grad-norm": (0.3, 1.0, 3.0),
+    },
+    ("churn", "federated"): {
+        "local-epochs": (1, 2, 4),
+        "optimizer": ("sgd",),
+        "learning-rate": (0.02, 0.05, 0.1, 0.2),
+        "batch-size": (32, 64, 128),
+        "max-grad-norm": (0.3, 1.0, 3.0),
+    },
+}
+"""Per (model, mode): setting (run-config spelling) -> the values tried."""
+
+
+def draw_trials(
+    model: str, mode: str, current: Mapping[str, Any], trials: int, seed: int
+) -> list[dict[str, Any]]:
+    """The settings of ``trials`` trials: ``current`` first, then distinct draws from the
+    model and mode's space (uniform per setting, seeded; fewer if the space runs out).
+
+    Raises:
+        ValueError: no space for the model and mode, or ``trials`` < 1.
+    """
+    if (model, mode) not in SEARCH_SPACES:
+        raise ValueError(f"no search space for {model} in {mode} mode")
+    if trials < 1:
+        raise ValueError(f"run at least one trial, got {trials}")
+    space = SEARCH_SPACES[(model, mode)]
+    size = int(np.prod([len(values) for values in space.values()]))
+    chosen = [dict(current)]
+    drawn: set[tuple[tuple[str, str], ...]] = set()
+    draw = np.random.default_rng(seed)
+    while len(chosen) < trials and len(drawn) < size:
+        candidate = {name: values[draw.integers(len(values))] for name, values in space.items()}
+        key = _key(candidate)
+        if key not in drawn:
+            drawn.add(key)
+            if key != _key(current):
+                chosen.append(candidate)
+    return chosen
+
+
+def _key(settings: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
+    return tuple(sorted((name, repr(value)) for name, value in settings.items()))

@@ -1,0 +1,150 @@
+"""The settings per model, mode and ε: complete, honest about their provenance, looked up
+by nearest ε, overridden by ``--set``, and what ``run`` and ``compare`` train with."""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+from pathlib import Path
+
+import pytest
+
+from models.training import TrainingSettings
+from privacy import wire
+from simulations import cli
+from simulations.compare import centralized_dp_settings
+from simulations.jobs import with_settings_per_epsilon
+from simulations.settings_per_epsilon import (
+    SETTINGS_FILE,
+    TARGET_WINDOW,
+    UNTUNED,
+    EpsilonSettings,
+    federated_run_config,
+    load_entries,
+    record,
+    settings_for,
+)
+from simulations.tune_options import MODES, TUNABLE_MODELS
+from simulations.tuning import CHOSEN_ON
+
+
+def test_every_model_mode_and_epsilon_has_valid_settings() -> None:
+    entries = {(e.model, e.mode, e.epsilon): e for e in load_entries()}
+    for model in TUNABLE_MODELS:
+        for mode in MODES:
+            for epsilon in (1.0, 3.0, 8.0):
+                entry = entries[(model, mode, epsilon)]
+                assert isinstance(entry.training(), TrainingSettings)
+                assert entry.metric == {"recommender": "ndcg@10", "churn": "roc-auc"}[model]
+
+
+def test_an_entry_claims_only_the_tuning_that_happened() -> None:
+    for entry in load_entries():
+        if entry.chosen_on == UNTUNED:
+            assert entry.validation_score is None and entry.trials == 0 and not entry.seeds
+            assert entry.note  # how the values were picked before
+        else:
+            assert entry.chosen_on == CHOSEN_ON[entry.model]  # what `tune` scores on
+            assert 0 < entry.validation_score <= 1
+            assert entry.trials >= 1 and entry.seeds and entry.data
+
+
+def test_nearest_epsilon_with_ties_to_the_smaller() -> None:
+    nearest = {
+        epsilon: settings_for("recommender", "centralized", epsilon).epsilon
+        for epsilon in (0.1, 1.0, 2.0, 2.5, 5.0, 5.6, 8.0, 50.0)
+    }
+    assert nearest == {
+        0.1: 1.0,
+        1.0: 1.0,
+        2.0: 1.0,
+        2.5: 3.0,
+        5.0: 3.0,
+        5.6: 8.0,
+        8.0: 8.0,
+        50.0: 8.0,
+    }
+    with pytest.raises(ValueError, match="DP training"):
+        settings_for("churn", "federated", 0.0)
+
+
+def test_overrides_replace_only_their_model_and_knobs_reach_the_run_config() -> None:
+    entry = centralized_dp_settings("recommender", 3.0, {"recommender.learning-rate": 0.25})
+    assert entry.training().learning_rate == 0.25
+    assert (
+        entry.training().batch_size
+        == settings_for("recommender", "centralized", 3).settings[wire.BATCH_SIZE]
+    )
+    churn = centralized_dp_settings("churn", 3.0, {"recommender.learning-rate": 0.25})
+    assert churn == settings_for("churn", "centralized", 3.0)
+    config = federated_run_config(
+        ["recommender", "my_package.plugin"], 8.0, {"recommender.target-window": 3}
+    )
+    assert set(config) == {f"recommender.{key}" for key in wire.MODEL_TRAINING_KEYS}
+
+
+def test_record_replaces_one_entry_and_reads_back(tmp_path: Path) -> None:
+    path = tmp_path / "settings.json"
+    shutil.copy(SETTINGS_FILE, path)
+    before = load_entries(path)
+    entry = EpsilonSettings(
+        model="churn",
+        mode="centralized",
+        epsilon=3.0,
+        settings={**settings_for("churn", "centralized", 3.0).settings, wire.LEARNING_RATE: 0.1},
+        metric="roc-auc",
+        validation_score=0.7,
+        chosen_on="validation (churn: cutoff one horizon before the test cutoff)",
+        data="synthetic",
+        seeds=[0],
+        trials=4,
+        note="a test",
+    )
+    record(entry, path)
+    after = load_entries(path)
+    assert settings_for("churn", "centralized", 3.0, path) == entry
+    assert len(after) == len(before)
+    assert [e for e in after if e != entry] == [
+        e for e in before if e.epsilon != 3.0 or (e.model, e.mode) != ("churn", "centralized")
+    ]
+
+
+def run_args(*argv: str) -> argparse.Namespace:
+    return cli.build_parser().parse_args(["run", "--bundled", "--out", "x", *argv])
+
+
+def test_run_trains_with_the_federated_settings_of_the_nearest_epsilon() -> None:
+    config = with_settings_per_epsilon(cli.training_config(run_args("--epsilon", "2.5"), {}))
+    expected = settings_for("recommender", "federated", 3.0).run_config()
+    assert {key: config[key] for key in expected} == expected
+    assert config["epsilon"] == 2.5
+    # --set wins over the file; without --epsilon, the app's default ε (8) picks the entry.
+    args = run_args("--set", "recommender.learning-rate=0.5", "--models", "recommender")
+    config = with_settings_per_epsilon(cli.training_config(args, {}))
+    assert config["recommender.learning-rate"] == 0.5
+    eight = settings_for("recommender", "federated", 8.0).settings
+    assert config["recommender.batch-size"] == eight[wire.BATCH_SIZE]
+    assert not any(key.startswith("churn.") for key in config)
+    # Without DP the file's DP settings do not apply.
+    plain = cli.training_config(run_args("--epsilon", "0"), {})
+    assert with_settings_per_epsilon(plain) == plain
+
+
+def test_compare_takes_set_assignments() -> None:
+    args = cli.build_parser().parse_args(
+        [
+            "compare",
+            "--out",
+            "x",
+            "--set",
+            "recommender.learning-rate=1.5",
+            "--set",
+            f"recommender.{TARGET_WINDOW}='all'",
+        ]
+    )
+    assert dict(args.set) == {
+        "recommender.learning-rate": 1.5,
+        f"recommender.{TARGET_WINDOW}": "all",
+    }
+    with pytest.raises(SystemExit):
+        cli.build_parser().parse_args(["compare", "--out", "x", "--set", "no-equals-sign"])

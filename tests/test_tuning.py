@@ -1,0 +1,191 @@
+"""``fedshop-sim tune``: seeded draws, a real centralized search on small data, its table and
+chosen entry, and that the test split never changes a trial's score."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from models import schema
+from models.churn_protocol import churn_cutoff
+from simulations import cli
+from simulations.settings_per_epsilon import load_entries, settings_for
+from simulations.storefronts import prepare_storefronts
+from simulations.synthetic import generate_orders
+from simulations.tuning import (
+    CHOSEN_JSON,
+    CHOSEN_ON,
+    FEDERATED_ROUNDS,
+    TRIALS_CSV,
+    TRIALS_MARKDOWN,
+    tune,
+)
+from simulations.tuning_space import SEARCH_SPACES, draw_trials
+from tests.test_validation_protocols import scrambled_test_invoices
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as `fedshop-sim tune` does: tiny models, busy cores
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def small() -> pd.DataFrame:
+    return generate_orders(n_storefronts=2, n_customers=160, n_items=40, seed=5)
+
+
+def test_draws_start_with_the_current_settings_and_are_seeded() -> None:
+    current = settings_for("churn", "centralized", 3.0).settings
+    draws = draw_trials("churn", "centralized", current, 6, seed=1)
+    assert draws[0] == current
+    assert draws == draw_trials("churn", "centralized", current, 6, seed=1)
+    assert draws != draw_trials("churn", "centralized", current, 6, seed=2)
+    assert len({json.dumps(d, sort_keys=True) for d in draws}) == 6
+    space = SEARCH_SPACES[("churn", "centralized")]
+    for draw in draws[1:]:
+        assert all(draw[key] in values for key, values in space.items())
+    # A space smaller than the trials asked for is tried whole, once.
+    tiny = SEARCH_SPACES[("churn", "federated")]
+    size = 1
+    for values in tiny.values():
+        size *= len(values)
+    everything = draw_trials("churn", "federated", {"local-epochs": 0}, size + 10, seed=0)
+    assert len(everything) == size + 1
+
+
+def test_a_centralized_search_runs_and_writes_its_table(small, tmp_path: Path) -> None:
+    result = tune(
+        small,
+        model="recommender",
+        mode="centralized",
+        epsilon=3.0,
+        trials=3,
+        seed=0,
+        out_dir=tmp_path,
+        data="synthetic",
+    )
+    scores = [trial.score for trial in result.trials]
+    assert len(scores) == 3 and all(0 < score <= 1 for score in scores)
+    assert result.trials[0].settings == settings_for("recommender", "centralized", 3.0).settings
+    best = max(result.trials, key=lambda trial: (trial.score, -trial.number))
+    chosen = result.chosen
+    assert chosen.settings == best.settings
+    assert chosen.validation_score == round(best.score, 4)
+    assert chosen.chosen_on == CHOSEN_ON["recommender"] and chosen.trials == 3
+    assert chosen.seeds == [0] and "trial 0 was the entry before (" in chosen.note
+    table = pd.read_csv(tmp_path / TRIALS_CSV)
+    assert table["trial"].tolist() == [0, 1, 2]
+    assert table["ndcg@10"].tolist() == [round(score, 4) for score in scores]
+    assert table["chosen"].tolist() == [trial is best for trial in result.trials]
+    assert "| trial | local-epochs |" in (tmp_path / TRIALS_MARKDOWN).read_text()
+    entry = json.loads((tmp_path / CHOSEN_JSON).read_text())
+    assert entry["settings"] == best.settings and entry["chosen-on"].startswith("validation")
+    # The same seed gives the same search, number for number.
+    again = tune(
+        small,
+        model="recommender",
+        mode="centralized",
+        epsilon=3.0,
+        trials=3,
+        seed=0,
+        out_dir=tmp_path / "again",
+        data="synthetic",
+    )
+    assert [trial.score for trial in again.trials] == scores
+
+
+def test_the_test_split_never_changes_a_trial(small, tmp_path: Path) -> None:
+    # Recommender: scramble every test invoice; churn: everyone buys again after the test
+    # cutoff (its last timestamp stays). The validation scores stay the same to the bit.
+    test_cutoff = churn_cutoff(small)
+    everyone = small.drop_duplicates(schema.CUSTOMER).assign(
+        **{schema.TIMESTAMP: test_cutoff + pd.Timedelta(days=1), schema.IS_RETURN: False}
+    )
+    changed = {
+        "recommender": scrambled_test_invoices(small),
+        "churn": pd.concat([small, everyone], ignore_index=True),
+    }
+    for model, other in changed.items():
+        scores = []
+        for number, frame in enumerate((small, other)):
+            result = tune(
+                frame,
+                model=model,
+                mode="centralized",
+                epsilon=8.0,
+                trials=2,
+                seed=3,
+                out_dir=tmp_path / f"{model}-{number}",
+                data="synthetic",
+            )
+            scores.append([trial.score for trial in result.trials])
+        assert scores[0] == scores[1], model
+
+
+def test_the_command_tunes_a_split_and_leaves_the_settings_file_alone(
+    small, tmp_path: Path, capsys
+) -> None:
+    split = tmp_path / "split"
+    prepare_storefronts(small, split)
+    before = load_entries()
+    code = cli.main(
+        [
+            *("tune", "--model", "churn", "--mode", "centralized", "--epsilon", "1"),
+            *("--trials", "2", "--storefronts", str(split), "--out", str(tmp_path / "out")),
+            *("--seed", "4", "--repeats", "2"),
+        ]
+    )
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith("# churn, centralized, ε = 1: 2 trials")
+    chosen = json.loads((tmp_path / "out" / CHOSEN_JSON).read_text())
+    assert chosen["data"].startswith("storefronts") and chosen["seeds"] == [4, 5]
+    table = pd.read_csv(tmp_path / "out" / TRIALS_CSV)
+    assert (table["spread"] > 0).all()  # two training seeds, two scores per trial
+    assert load_entries() == before  # only --write-settings records the choice
+
+
+def test_a_federated_search_trains_every_trial_with_fresh_site_budgets(tmp_path: Path) -> None:
+    frame = generate_orders(n_storefronts=2, n_customers=600, n_items=40, seed=5)
+    for model in ("churn", "recommender"):
+        result = tune(
+            frame,
+            model=model,
+            mode="federated",
+            epsilon=8.0,
+            trials=2,
+            seed=0,
+            out_dir=tmp_path / model,
+            data="synthetic",
+        )
+        assert [trial.number for trial in result.trials] == [0, 1]
+        assert all(len(trial.scores) == 1 for trial in result.trials)
+        assert all(0 < trial.score <= 1 for trial in result.trials)
+        assert result.trials[0].settings == settings_for(model, "federated", 8.0).settings
+        assert f"{FEDERATED_ROUNDS} rounds" in result.chosen.note
+        # one run directory (with the sites' own ledgers) per trial
+        assert {path.name for path in (tmp_path / model).glob("trial-*")} == {"trial-0", "trial-1"}
+
+
+def test_federated_trials_are_one_run_each(small, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="exactly 1 in federated mode"):
+        tune(
+            small,
+            model="churn",
+            mode="federated",
+            epsilon=3.0,
+            trials=2,
+            seed=0,
+            out_dir=tmp_path,
+            data="synthetic",
+            repeats=2,
+        )
