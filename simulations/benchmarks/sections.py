@@ -163,6 +163,13 @@ SECTIONS: tuple[BenchSection, ...] = (
         full=("--bundle", "runs/main/bundle"),
         seeds="none (timing; customers in storefront order)",
     ),
+    _benchmark(
+        "rolling_cutoff",
+        "Time-respecting evaluation (weekly rolling cutoff, issue #12)",
+        quick=("--seeds", "0", "--epochs", "2"),
+        full=(),
+        seeds="training seeds 0, 1, 2 (one model per week and seed)",
+    ),
 )
 """Every section a command prints, in BENCHMARKS.md's order."""
 
