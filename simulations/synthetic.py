@@ -407,18 +407,24 @@ def _to_frame(
     def coded(codes: np.ndarray, names) -> pa.Array:
         return pa.DictionaryArray.from_arrays(pa.array(codes), pa.array(names)).dictionary_decode()
 
+    # Rows in time order, then by order number. The integer codes are put in that order
+    # before the string columns are decoded from them, so the strings of millions of lines
+    # exist once (sorting the decoded table copied them: 7.5 GiB at 20M lines).
+    order_rank = np.concatenate([order_number, n_orders + order_number])[order_index]
+    rows = np.lexsort((order_rank, micros))
+    del order_rank, days, offset
+    customer, order_index, item = customer[rows], order_index[rows], item[rows]
     table = pa.Table.from_arrays(
         [
             coded(customer, _tokens(rng, customers["first"].size)),
             coded(order_index, order_names),
             coded(item, (item_base + np.arange(n_items)).astype(str)),
-            pa.array(np.concatenate([lines["quantity"], returns["quantity"]])),
-            pa.array(np.concatenate([lines["price"], lines["price"][returned]])),
-            pa.array(micros, type=pa.timestamp("us", tz="UTC")),
+            pa.array(np.concatenate([lines["quantity"], returns["quantity"]])[rows]),
+            pa.array(np.concatenate([lines["price"], lines["price"][returned]])[rows]),
+            pa.array(micros[rows], type=pa.timestamp("us", tz="UTC")),
             coded(customers["storefront"][customer], storefront_names),
-            pa.array(np.arange(customer.size) >= lines["order"].size),
+            pa.array(rows >= lines["order"].size),
         ],
         schema=schema.ARROW_SCHEMA,
     )
-    order_rank = np.concatenate([order_number, n_orders + order_number])[order_index]
-    return table.take(np.lexsort((order_rank, micros))).to_pandas()
+    return table.to_pandas(self_destruct=True)
