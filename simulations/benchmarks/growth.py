@@ -33,8 +33,10 @@ from typing import Any
 
 from server.run_files import ROUNDS_LOG
 from simulations.cli import ZIPF
+from simulations.jobs import STOREFRONTS_DIR
 from simulations.local_superlink import PROC, processes_of_home
 from simulations.runner import FLWR_HOME_DIR
+from simulations.storefronts import INDEX_FILE
 
 MIB = 1024 * 1024
 TARGET_ROUND_SECONDS = 15 * 60.0
@@ -179,24 +181,27 @@ def run_cell(
         "rounds": {
             m[1]: float(m[3]) for line in console if (m := _ROUND_LINE.search(line.strip()))
         },
-        "sites": site_outcomes(out / ROUNDS_LOG),
+        "sites": site_outcomes(out / ROUNDS_LOG, out / STOREFRONTS_DIR / INDEX_FILE),
         "command": " ".join(["fedshop-sim", *command[1:]]),
     }
     (work / f"console-{cell.storefronts}x{cell.customers}.log").write_text("".join(console))
     return record
 
 
-def site_outcomes(rounds_log: Path) -> dict[str, dict[str, int]]:
-    """Per model (its first round): sites sampled, accepted, declined, failed, rejected."""
+def site_outcomes(rounds_log: Path, index: Path) -> dict[str, dict[str, int]]:
+    """Per model (its first round): sites sampled, accepted, declined, failed, rejected,
+    and the customers of the largest storefront that trained (``largest``)."""
     if not rounds_log.exists():
         return {}
+    customers = {s["name"]: s["customers"] for s in json.loads(index.read_text())["storefronts"]}
     outcomes = {}
     for line in rounds_log.read_text().splitlines():
         record = json.loads(line)
         if record.get("round") != 1:
             continue
         counts = {k: len(record.get(k, [])) for k in ("accepted", "declined", "failed", "rejected")}
-        outcomes[record["model"]] = {"sampled": sum(counts.values()), **counts}
+        largest = max((customers.get(site, 0) for site in record.get("accepted", [])), default=0)
+        outcomes[record["model"]] = {"sampled": sum(counts.values()), **counts, "largest": largest}
     return outcomes
 
 
@@ -221,8 +226,9 @@ def markdown_table(records: Iterable[dict[str, Any]]) -> str:
         "| storefronts | customers | order lines | round s (churn + recommender) | "
         "generate + split s | whole run s | peak summed RSS GiB (federation only) | "
         "peak summed PSS GiB | sites sampled / accepted / declined / failed "
-        "(churn; recommender) | load avg |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---|---|",
+        "(churn; recommender) | largest trained site, customers (churn; recommender) | "
+        "load avg |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---|---|---|",
     ]
     for r in records:
         rounds = r["rounds"]
@@ -233,12 +239,13 @@ def markdown_table(records: Iterable[dict[str, Any]]) -> str:
         )
         per_model = " + ".join(f"{rounds[m]:.0f}" for m in sorted(rounds))
         status = "" if r["exit_code"] == 0 else f" (exit {r['exit_code']})"
+        largest = "; ".join(f"{o.get('largest', 0):,}" for o in r["sites"].values())
         lines.append(
             f"| {r['storefronts']:,} | {r['customers']:,} | {r['order_lines']:,} | "
             f"{round_seconds(r):.0f} ({per_model}){status} | {split:.0f} | "
             f"{r['wall_seconds']:.0f} | {r['peak']['rss'] / 1024 / MIB:.2f} "
             f"({r['peak'].get('federation_rss', 0) / 1024 / MIB:.2f}) | "
-            f"{r['peak']['pss'] / 1024 / MIB:.2f} | {sites or '—'} | "
+            f"{r['peak']['pss'] / 1024 / MIB:.2f} | {sites or '—'} | {largest or '—'} | "
             f"{r['load_before']:.1f} → {r['load_after']:.1f} |"
         )
     return "\n".join(lines)
