@@ -14,6 +14,11 @@ Each cell appends one JSON line to ``--results`` (so cells can be run in separat
 invocations, and a cell run again replaces its earlier line in the table); the command
 then prints the Markdown table of every cell in that file and draws ``--plot``: wall per
 round and peak summed RSS against customers, one line per number of storefronts.
+
+Two probes time one piece in this process, on a split a cell wrote: ``--facts SPLIT``, the
+ServerApp's shared facts of both models (before round 1), and ``--site SPLIT STOREFRONT
+MODEL``, one site's answer to a train message without Flower: read, featurise, DP-SGD
+with the model's default settings (σ = 1), evaluate.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import argparse
 import json
 import os
 import re
+import resource
 import subprocess
 import sys
 import threading
@@ -288,6 +294,60 @@ def plot(records: list[dict[str, Any]], path: Path) -> None:
     plt.close(figure)
 
 
+def _resident_gib() -> float:
+    status = (PROC / "self" / "status").read_text()
+    return int(status.split("VmRSS:")[1].split()[0]) / MIB
+
+
+def _peak_gib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / MIB
+
+
+def facts_cost(split: Path) -> str:
+    """Seconds and memory of the shared facts of both models derived from ``split``."""
+    from models.registry import BUILTIN_MODELS, get_model
+    from server.shared_facts import shared_facts
+
+    models = [get_model(name) for name in BUILTIN_MODELS]
+    before, began = _resident_gib(), time.perf_counter()
+    for model in models:
+        shared_facts({"storefronts-dir": str(split)}, model)
+    return (
+        f"shared facts of {', '.join(BUILTIN_MODELS)}: {time.perf_counter() - began:.1f} s; "
+        f"RSS {before:.2f} GiB before, {_resident_gib():.2f} after, peak {_peak_gib():.2f}"
+    )
+
+
+def site_cost(split: Path, storefront: str, model_name: str) -> str:
+    """Seconds and peak memory of one site's read, featurisation, DP training, evaluation."""
+    import pyarrow.parquet as pq
+
+    from models.registry import get_model
+    from models.schema import ORDERS_FILE
+    from models.training import LocalTraining
+    from server.shared_facts import shared_facts
+
+    model = get_model(model_name)
+    facts = shared_facts({"storefronts-dir": str(split)}, model)
+    seconds = {}
+    began = time.perf_counter()
+    orders = pq.read_table(split / storefront / ORDERS_FILE).to_pandas()
+    seconds["read"] = time.perf_counter() - began
+    data = model.site_data(orders, facts)
+    seconds["featurise"] = time.perf_counter() - began - sum(seconds.values())
+    module = model.build(facts)
+    plan = LocalTraining(settings=model.default_training, noise_multiplier=1.0, seed=1)
+    steps = model.train(module, data.train, plan).dp_steps
+    seconds["DP train"] = time.perf_counter() - began - sum(seconds.values())
+    model.evaluate(module.eval(), data.evaluation, 20)
+    seconds["evaluate"] = time.perf_counter() - began - sum(seconds.values())
+    parts = ", ".join(f"{name} {value:.1f} s" for name, value in seconds.items())
+    return (
+        f"{storefront} ({len(orders):,} lines, {len(data.train):,} training customers), "
+        f"{model_name}: {parts} ({steps} DP steps); peak RSS {_peak_gib():.2f} GiB"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the cells asked for, then print the table of every cell and draw the plot."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -302,7 +362,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", type=Path, default=Path("runs/growth"))
     parser.add_argument("--results", type=Path, default=Path("runs/growth/results.jsonl"))
     parser.add_argument("--plot", type=Path, default=Path("docs/growth.png"))
+    parser.add_argument("--facts", type=Path, metavar="SPLIT", help="probe: shared facts")
+    parser.add_argument(
+        "--site", nargs=3, metavar=("SPLIT", "STOREFRONT", "MODEL"), help="probe: one site"
+    )
     args = parser.parse_args(argv)
+    if args.facts or args.site:
+        load = os.getloadavg()[0]
+        if args.facts:
+            print(facts_cost(args.facts))
+        if args.site:
+            print(site_cost(Path(args.site[0]), args.site[1], args.site[2]))
+        print(f"load average {load:.1f} -> {os.getloadavg()[0]:.1f}")
+        return 0
     args.work.mkdir(parents=True, exist_ok=True)
     for cell in args.cell:
         record = run_cell(
