@@ -263,6 +263,7 @@ def plot(records: list[dict[str, Any]], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     figure, (time_axis, memory_axis) = plt.subplots(1, 2, figsize=(10, 4))
     for storefronts in sorted({r["storefronts"] for r in records}):
@@ -278,12 +279,14 @@ def plot(records: list[dict[str, Any]], path: Path) -> None:
         )
     time_axis.axhline(TARGET_ROUND_SECONDS, color="grey", linestyle="--", label="target 15 min")
     memory_axis.axhline(TARGET_PEAK_BYTES / 1024 / MIB, color="grey", linestyle="--", label="8 GiB")
+    time_axis.set_yscale("log")
+    time_axis.yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    memory_axis.set_ylim(0, 1.15 * TARGET_PEAK_BYTES / 1024 / MIB)
     for axis, title in (
         (time_axis, "wall per round, both models (s)"),
         (memory_axis, "peak RSS summed over the run's processes (GiB)"),
     ):
         axis.set_xscale("log")
-        axis.set_yscale("log")
         axis.set_xlabel("customers (all storefronts)")
         axis.set_title(title, fontsize=10)
         axis.grid(True, which="both", alpha=0.3)
