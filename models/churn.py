@@ -25,7 +25,7 @@ held-out customers, and the server pools them into one ROC-AUC over all of them.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import numpy as np
@@ -39,7 +39,7 @@ from models import metrics, schema
 from models.churn_protocol import FEATURES, ChurnData, churn_cutoff, churn_data, churn_features
 from models.churn_risk import ChurnRisk, risk_table
 from models.optimizers import build_optimizer
-from models.registry import Facts, FederatedModel, SiteData
+from models.registry import Facts, FederatedModel, SiteData, WholeSplit
 from models.site_use import CHURN_RISK
 from models.training import LocalResult, LocalTraining, TrainingSettings, mean_finite
 from privacy import wire
@@ -300,14 +300,12 @@ class Churn(FederatedModel):
     }
     site_use = CHURN_RISK
 
-    def shared_facts(
-        self, declared: Mapping[str, Any], whole_split: Callable[[], pd.DataFrame]
-    ) -> dict[str, Any]:
+    def shared_facts(self, declared: Mapping[str, Any], whole_split: WholeSplit) -> dict[str, Any]:
         """The cutoff ``churn.cutoff`` (deployment; a zone-less time is UTC), else the
         whole split's last timestamp − 90 days (simulation)."""
         text = str(declared.get(CUTOFF, "")).strip()
         if not text:
-            return {CUTOFF: churn_cutoff(whole_split()).isoformat()}
+            return {CUTOFF: churn_cutoff(whole_split([schema.TIMESTAMP])).isoformat()}
         try:
             cutoff = pd.Timestamp(text)
         except ValueError:

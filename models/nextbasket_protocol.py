@@ -67,6 +67,15 @@ class NextBasketSplit:
         return targets
 
 
+CATALOGUE_COLUMNS: tuple[str, ...] = (
+    schema.ITEM,
+    schema.IS_RETURN,
+    schema.QUANTITY,
+    schema.UNIT_PRICE,
+)
+"""The columns :func:`clean_purchases`, hence :func:`catalogue_of`, reads."""
+
+
 def clean_purchases(frame: pd.DataFrame) -> pd.DataFrame:
     """Product purchase lines: item id starts with five digits, not a return, quantity > 0
     and unit price > 0 (fresh index)."""
@@ -139,8 +148,9 @@ def split_next_basket(frame: pd.DataFrame) -> NextBasketSplit:
 
 def catalogue_of(frame: pd.DataFrame) -> list[str]:
     """The protocol's catalogue of some order lines: the sorted distinct item ids of their
-    clean purchase lines (what the centralized protocol ranks)."""
-    return sorted(np.unique(clean_purchases(frame)[schema.ITEM].to_numpy(dtype=str)).tolist())
+    clean purchase lines (what the centralized protocol ranks). Distinct values first,
+    then text: a catalogue is thousands of items, a split millions of lines."""
+    return sorted(str(item) for item in pd.unique(clean_purchases(frame)[schema.ITEM]))
 
 
 def read_catalogue(path: str | Path) -> list[str]:

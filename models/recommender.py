@@ -22,7 +22,7 @@ tensor is ever built. ``python -m simulations.benchmarks.dp_step`` measures the 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,6 +44,7 @@ from models.nextbasket_features import (
     collate_examples,
 )
 from models.nextbasket_protocol import (
+    CATALOGUE_COLUMNS,
     NextBasketSplit,
     catalogue_of,
     clean_purchases,
@@ -59,7 +60,7 @@ from models.recommender_layers import (
     personal_scorer_grad_sample,
     register_grad_samplers,
 )
-from models.registry import Facts, FederatedModel, SiteData
+from models.registry import Facts, FederatedModel, SiteData, WholeSplit
 from models.site_use import MAX_ITEMS, RECOMMEND
 from models.training import LocalResult, LocalTraining, TrainingSettings, mean_finite
 from privacy import wire
@@ -313,13 +314,11 @@ class Recommender(FederatedModel):
     }
     site_use = RECOMMEND
 
-    def shared_facts(
-        self, declared: Mapping[str, Any], whole_split: Callable[[], pd.DataFrame]
-    ) -> dict[str, Any]:
+    def shared_facts(self, declared: Mapping[str, Any], whole_split: WholeSplit) -> dict[str, Any]:
         """The catalogue file named by ``recommender.catalogue`` (deployment), else the
         protocol's catalogue of the whole split (:func:`catalogue_of`, simulation)."""
         path = str(declared.get(CATALOGUE, "")).strip()
-        items = read_catalogue(path) if path else catalogue_of(whole_split())
+        items = read_catalogue(path) if path else catalogue_of(whole_split(CATALOGUE_COLUMNS))
         if not items:
             raise ValueError("the item catalogue is empty")
         return {CATALOGUE: items}

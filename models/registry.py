@@ -26,9 +26,9 @@ from __future__ import annotations
 
 import importlib
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
@@ -36,6 +36,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from models import schema
 from models.site_use import SiteScores, SiteUse
 from models.training import LocalResult, LocalTraining, TrainingSettings
 
@@ -44,6 +45,20 @@ BUILTIN_MODELS: tuple[str, ...] = ("churn", "recommender")
 
 Facts = Mapping[str, Any]
 """A model's shared facts by key (JSON-serialisable values)."""
+
+
+class WholeSplit(Protocol):
+    """All storefronts' order lines of a simulation's split, read when called.
+
+    Only ``columns`` are read (default: every canonical column), and string columns come
+    as pandas categoricals: a split of 20M order lines in full, with a Python string per
+    customer token and order id, is many GiB, while the column or two a fact needs is a
+    few hundred MB. Nothing is kept after the call.
+    """
+
+    def __call__(self, columns: Sequence[str] = schema.COLUMNS) -> pd.DataFrame:
+        """The chosen columns of every order line of the split."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -77,12 +92,11 @@ class FederatedModel(ABC):
     site_use: SiteUse | None = None
     """How a storefront uses the model (None: it is trained, not served)."""
 
-    def shared_facts(
-        self, declared: Mapping[str, Any], whole_split: Callable[[], pd.DataFrame]
-    ) -> dict[str, Any]:
+    def shared_facts(self, declared: Mapping[str, Any], whole_split: WholeSplit) -> dict[str, Any]:
         """The facts every site needs, from the run config's values (``declared``: the
         model's table, keys of :attr:`shared_fact_keys`) or, where a value is empty (in
-        simulation), derived from ``whole_split()``, all storefronts' order lines.
+        simulation), derived from ``whole_split(columns)``, all storefronts' order lines
+        (ask only for the columns the derivation reads).
 
         Raises:
             ValueError: a declared value is invalid, or a fact can be neither read nor derived.

@@ -241,7 +241,8 @@ def run_run(args: argparse.Namespace) -> int:
             storefronts=args.synthetic_storefronts,
             customers=args.synthetic_customers,
             items=args.synthetic_items,
-            order_lines=None,
+            order_lines=args.synthetic_order_lines,
+            largest=args.synthetic_largest_share,
             seed=args.seed,
             progress=run.progress,
         )

@@ -9,9 +9,9 @@ import pytest
 
 from models import schema
 from models.churn_protocol import HORIZON
-from models.nextbasket_protocol import catalogue_of
+from models.nextbasket_protocol import CATALOGUE_COLUMNS, catalogue_of
 from models.registry import get_model
-from server.shared_facts import shared_facts
+from server.shared_facts import shared_facts, split_columns
 from simulations.storefronts import prepare_storefronts
 from simulations.synthetic import generate_orders
 
@@ -54,3 +54,36 @@ def test_declared_catalogue_file_is_read_and_a_bad_one_refused(tmp_path: Path) -
         shared_facts({"recommender.catalogue": str(path)}, RECOMMENDER)
     with pytest.raises(ValueError, match="cannot read the item catalogue"):
         shared_facts({"recommender.catalogue": str(tmp_path / "missing.txt")}, RECOMMENDER)
+
+
+def test_the_models_read_only_the_columns_their_facts_need(tmp_path: Path) -> None:
+    frame = generate_orders(n_storefronts=4, n_customers=200, n_items=60, seed=5)
+    prepare_storefronts(frame, tmp_path / "split")
+    asked: list[tuple[str, ...]] = []
+
+    def whole_split(columns=schema.COLUMNS) -> pd.DataFrame:
+        asked.append(tuple(columns))
+        return split_columns(str(tmp_path / "split"), columns)
+
+    cutoff = CHURN.shared_facts({}, whole_split)["cutoff"]
+    catalogue = RECOMMENDER.shared_facts({}, whole_split)["catalogue"]
+    assert asked == [(schema.TIMESTAMP,), CATALOGUE_COLUMNS]
+    assert pd.Timestamp(cutoff) == frame[schema.TIMESTAMP].max() - HORIZON
+    assert catalogue == catalogue_of(frame)
+
+
+def test_split_columns_reads_strings_as_categoricals_and_refuses_unknown_columns(
+    tmp_path: Path,
+) -> None:
+    frame = generate_orders(n_storefronts=3, n_customers=90, n_items=40, seed=2)
+    prepare_storefronts(frame, tmp_path / "split")
+    read = split_columns(str(tmp_path / "split"), [schema.ITEM, schema.QUANTITY])
+    assert list(read.columns) == [schema.ITEM, schema.QUANTITY]
+    assert isinstance(read[schema.ITEM].dtype, pd.CategoricalDtype)
+    # three files, one dictionary each, unified: every item keeps its id
+    assert sorted(read[schema.ITEM].astype(str)) == sorted(frame[schema.ITEM])
+    assert read[schema.QUANTITY].sum() == frame[schema.QUANTITY].sum()
+    with pytest.raises(ValueError, match="no column.*colour"):
+        split_columns(str(tmp_path / "split"), ["colour"])
+    with pytest.raises(ValueError, match="holds no storefront"):
+        split_columns(str(tmp_path), [schema.ITEM])

@@ -71,6 +71,25 @@ def test_storefront_sizes_are_skewed(orders: pd.DataFrame) -> None:
     assert (orders.groupby(schema.CUSTOMER)[schema.STOREFRONT].nunique() == 1).all()
 
 
+def test_largest_share_sets_the_big_storefront_or_puts_it_on_the_zipf_curve() -> None:
+    sizes = dict(n_storefronts=20, n_customers=4000, n_items=50, n_order_lines=12_000, seed=1)
+
+    def customers(frame: pd.DataFrame) -> pd.Series:
+        per_storefront = frame.groupby(schema.STOREFRONT)[schema.CUSTOMER].nunique()
+        return per_storefront.sort_values(ascending=False)
+
+    default = customers(generate_orders(**sizes))
+    assert default.iloc[0] == pytest.approx(0.85 * 4000, abs=20)
+    half = customers(generate_orders(**sizes, largest_share=0.5))
+    assert half.iloc[0] == pytest.approx(0.5 * 4000, abs=20)
+    zipf = customers(generate_orders(**sizes, largest_share=None))
+    # One curve k^-1.2: the largest is about 2^1.2 = 2.3 times the second, and the
+    # smallest storefronts are far larger than under the 85 % split.
+    assert 1.9 < zipf.iloc[0] / zipf.iloc[1] < 2.7
+    assert zipf.iloc[0] / zipf.sum() < 0.4
+    assert zipf.iloc[-1] > 3 * default.iloc[-1]
+
+
 def test_storefronts_favour_different_items(orders: pd.DataFrame) -> None:
     counts = orders.groupby([schema.STOREFRONT, schema.ITEM]).size().unstack(fill_value=0)
     top = counts.idxmax(axis=1)
@@ -176,6 +195,7 @@ def test_default_size_and_tiny_catalogue() -> None:
         (dict(n_storefronts=1, n_customers=50, n_items=5, n_order_lines=40), "n_order_lines"),
         (dict(n_storefronts=1, n_customers=5, n_items=5, churn_rate=1.0), "churn_rate"),
         (dict(n_storefronts=1, n_customers=5, n_items=5, return_rate=-0.1), "return_rate"),
+        (dict(n_storefronts=2, n_customers=5, n_items=5, largest_share=1.0), "largest_share"),
     ],
 )
 def test_inconsistent_arguments_are_refused(arguments: dict, message: str) -> None:

@@ -190,6 +190,12 @@ BY_HAND: tuple[HandWrittenSection, ...] = (
         "ray start --head …; ray start --address …; fedshop-sim run --ray-address …",
         "a recorded drill: the commands as run, their wall times and where ClientApps ran",
     ),
+    HandWrittenSection(
+        "Scale: growth and a million customers (issue #11)",
+        "python -m simulations.benchmarks.growth --cell STOREFRONTSxCUSTOMERS ...",
+        "its table and docs/growth.png (one fedshop-sim run per cell, tens of minutes at 1M), "
+        "its --facts/--site probes, and before/after runs of the same command",
+    ),
 )
 """Sections written by hand from a command's output; ``bench`` keeps them as they are."""
 
