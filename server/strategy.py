@@ -164,9 +164,9 @@ class ValidatedAggregation(FedAvg):
         self.round_offset = round_offset
         self.update_encoding = update_encoding
         self.round_reports: dict[int, RoundReport] = {}
-        self.shared_facts: dict[str, Any] = {}
-        """The model's shared facts, sent in their own record (see :meth:`share_facts`)."""
         self._facts_digest = ""
+        self._packed_facts = b""
+        """The model's shared facts, packed once per run (see :meth:`share_facts`)."""
         self._nodes_holding_facts: set[int] = set()
         self.model_name = ""
         self.total_rounds = 0
@@ -180,8 +180,8 @@ class ValidatedAggregation(FedAvg):
     def share_facts(self, facts: dict[str, Any]) -> None:
         """Send ``facts`` with this model's messages: in full to a node until it has answered
         a message that carried them, then only their digest (:data:`privacy.wire.FACTS`)."""
-        self.shared_facts = facts
-        self._facts_digest = wire.facts_digest(facts)
+        self._facts_digest = wire.facts_digest(facts) if facts else ""
+        self._packed_facts = wire.pack_facts(facts) if facts else b""
         self._nodes_holding_facts = set()
 
     def summary(self) -> None:
@@ -237,9 +237,9 @@ class ValidatedAggregation(FedAvg):
         """``messages`` carrying the shared facts in their own record (not in the config,
         which Flower logs): in full to nodes not yet known to hold them, else the digest."""
         messages = list(messages)
-        if self.shared_facts:
-            digest_only = facts_record(self.shared_facts, self._facts_digest, in_full=False)
-            in_full = facts_record(self.shared_facts, self._facts_digest, in_full=True)
+        if self._facts_digest:
+            digest_only = facts_record(self._facts_digest)
+            in_full = facts_record(self._facts_digest, self._packed_facts)
             for msg in messages:
                 holds = msg.metadata.dst_node_id in self._nodes_holding_facts
                 # Flower's strategies give all messages of a round one content object.
@@ -448,12 +448,12 @@ def _site_update(
     return SiteUpdate(node_id, storefront, weights, metrics, reply=msg, privacy_note=note), None
 
 
-def facts_record(facts: dict[str, Any], digest: str, *, in_full: bool) -> ConfigRecord:
-    """The :data:`privacy.wire.FACTS` record of a message: the facts (packed) and their
-    digest, or the digest alone for a node that holds them."""
+def facts_record(digest: str, packed: bytes | None = None) -> ConfigRecord:
+    """The :data:`privacy.wire.FACTS` record of a message: the facts' digest, with the
+    facts themselves (:func:`privacy.wire.pack_facts`) for a node not known to hold them."""
     record: dict[str, Any] = {wire.FACTS_DIGEST: digest}
-    if in_full:
-        record[wire.FACTS_PACKED] = wire.pack_facts(facts)
+    if packed is not None:
+        record[wire.FACTS_PACKED] = packed
     return ConfigRecord(record)
 
 

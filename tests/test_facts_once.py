@@ -117,6 +117,24 @@ def test_facts_go_in_full_once_per_site_and_again_after_a_site_lost_them(tmp_pat
     assert all(len(r["accepted"]) == 2 for r in rounds if r["model"] == "recommender")
 
 
+def recall_in_a_fresh_process(ledger_dir: Path, digest: str) -> dict | None:
+    """``recall_facts`` in a new Python process, as a deployed site answers each message."""
+    recalled = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import json, sys; from pathlib import Path; from clients.facts_store import "
+            "recall_facts; print(json.dumps(recall_facts(Path(sys.argv[1]), sys.argv[2])))",
+            str(ledger_dir),
+            digest,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return json.loads(recalled.stdout)
+
+
 def test_a_site_keeps_the_facts_on_disk_and_refuses_a_digest_it_does_not_hold(tmp_path):
     split = write_split(tmp_path, names=("storefront-a", "storefront-b"))
     run_config = {
@@ -133,20 +151,8 @@ def test_a_site_keeps_the_facts_on_disk_and_refuses_a_digest_it_does_not_hold(tm
     assert not client_app.train(first, context).has_error()
 
     stored = tmp_path / "run" / "sites" / "storefront-a" / FACTS_DIR / f"{digest}.json"
-    recalled = subprocess.run(  # a fresh process, as a deployed site answers each message
-        [
-            sys.executable,
-            "-c",
-            "import json, sys; from pathlib import Path; from clients.facts_store import "
-            "recall_facts; print(json.dumps(recall_facts(Path(sys.argv[1]), sys.argv[2])))",
-            str(stored.parent.parent),
-            digest,
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    assert json.loads(recalled.stdout) == json.loads(stored.read_text()) == run.facts
+    recalled = recall_in_a_fresh_process(stored.parent.parent, digest)
+    assert recalled == json.loads(stored.read_text()) == run.facts
 
     def digest_only(value: str):
         request = run.content(initial_arrays(run), run.evaluate_config)
@@ -167,17 +173,5 @@ def test_a_site_keeps_the_facts_on_disk_and_refuses_a_digest_it_does_not_hold(tm
     assert "do not match their digest" in refused.error.reason
 
     stored.write_text(json.dumps({**run.facts, "catalogue": ["changed"]}))
-    rerun = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            "import sys; from pathlib import Path; from clients.facts_store import "
-            "recall_facts; print(recall_facts(Path(sys.argv[1]), sys.argv[2]))",
-            str(stored.parent.parent),
-            digest,
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    assert rerun.stdout.strip() == "None"  # a stored copy that no longer matches is not used
+    # a stored copy that no longer matches is not used
+    assert recall_in_a_fresh_process(stored.parent.parent, digest) is None

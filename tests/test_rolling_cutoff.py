@@ -20,8 +20,8 @@ from simulations.synthetic import generate_orders
 def test_every_week_trains_only_on_the_past_and_tests_its_own_baskets():
     frame = generate_orders(n_storefronts=3, n_customers=400, n_items=60, seed=3)
     since = datetime(2011, 8, 1, tzinfo=UTC)
-    weeks = weekly_splits(frame, since)
     protocol = split_next_basket(frame)
+    weeks = weekly_splits(frame, protocol, since)
     purchases = clean_purchases(frame)
     starts = purchases.groupby([schema.CUSTOMER, schema.ORDER], observed=True)[
         schema.TIMESTAMP
@@ -47,7 +47,7 @@ def test_every_week_trains_only_on_the_past_and_tests_its_own_baskets():
 
 def test_a_week_is_scored_by_a_trained_model_and_by_repeat_buying():
     frame = generate_orders(n_storefronts=2, n_customers=300, n_items=40, seed=4)
-    week = weekly_splits(frame, datetime(2011, 10, 1, tzinfo=UTC))[-1]
+    week = weekly_splits(frame, split_next_basket(frame), datetime(2011, 10, 1, tzinfo=UTC))[-1]
     learned = per_customer_ndcg(week.split, model_scores(week.split, seed=0, epochs=2))
     repeat = per_customer_ndcg(week.split, own_history_scores(week.split))
     assert learned.shape == repeat.shape == (len(week.split.test_customers),)

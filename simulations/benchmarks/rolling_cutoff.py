@@ -62,10 +62,10 @@ class Week:
     """Test customers of the week with no purchase before it (left out)."""
 
 
-def weekly_splits(frame: pd.DataFrame, since: datetime) -> list[Week]:
+def weekly_splits(frame: pd.DataFrame, split: NextBasketSplit, since: datetime) -> list[Week]:
     """The protocol's test baskets on or after ``since``, week by week, each with the
-    purchase lines before its week (module docstring)."""
-    split = split_next_basket(frame)
+    purchase lines before its week (module docstring); ``split`` is the fixed protocol's
+    split of ``frame``."""
     purchases = clean_purchases(frame)
     invoice_start = (
         purchases.groupby([schema.CUSTOMER, schema.ORDER], observed=True)[schema.TIMESTAMP]
@@ -131,8 +131,8 @@ def main(argv: list[str] | None = None) -> int:
     command = " ".join(["python -m simulations.benchmarks.rolling_cutoff", *(argv or sys.argv[1:])])
     started = time.perf_counter()
     frame = ingest_bundled()
-    weeks = weekly_splits(frame, since)
     static_split = split_next_basket(frame)
+    weeks = weekly_splits(frame, static_split, since)
     late = pd.Index(np.concatenate([w.split.test_customers.to_numpy() for w in weeks]))
     rows = static_split.test_customers.get_indexer(late)
 

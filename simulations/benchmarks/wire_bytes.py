@@ -55,14 +55,14 @@ def measure_model(run: ModelRun, config: dict, node: int, encoding: str) -> list
         wire.ROUND_OFFSET: 0,
         wire.UPDATE_ENCODING: encoding,
     }
-    digest = wire.facts_digest(run.facts)
+    digest, packed = wire.facts_digest(run.facts), wire.pack_facts(run.facts)
     sent = {}
     for in_full in (True, False):
         content = RecordDict(
             {
                 wire.ARRAYS: training_arrays(weights, encoding),
                 wire.CONFIG: ConfigRecord(train_config),
-                wire.FACTS: facts_record(run.facts, digest, in_full=in_full),
+                wire.FACTS: facts_record(digest, packed if in_full else None),
             }
         )
         sent[in_full] = server_message(content, "train", node)
