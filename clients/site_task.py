@@ -46,7 +46,7 @@ from clients.prepared_cache import ByteBudgetCache
 from clients.site_data import SiteDataError, SiteLocation, load_orders, locate_site, storefront_of
 from models import schema
 from models.registry import BUILTIN_MODELS, FederatedModel, SiteData, get_model
-from models.training import LocalTraining, TrainingSettings
+from models.training import LocalTraining, TrainingSettings, simulation_seed
 from privacy import wire
 from privacy.console_errors import withheld
 from privacy.ledger import LEDGER_FILE, BudgetExceeded, LedgerError, PrivacyLedger
@@ -469,5 +469,7 @@ def site_reply(
 
 
 def _simulation_seed(context: Context, server_round: int) -> int:
-    """Reproducible simulations: one seed per (simulated site, round)."""
-    return 1000 * server_round + int(context.node_config["partition-id"])
+    """Reproducible simulations: one seed per (simulated site, round) within a simulation
+    seed (``simulation-seed``; sites are fewer than 1000, rounds fewer than 1000)."""
+    site_round = 1000 * server_round + int(context.node_config["partition-id"])
+    return 1_000_000 * simulation_seed(context.run_config) + site_round

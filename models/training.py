@@ -6,7 +6,8 @@ learning rate, batch size, DP clipping norm): each model declares its defaults
 (``[tool.flwr.app.config.<model>]``) overrides them, and the server sends them to the
 sites under the keys of :data:`privacy.wire.MODEL_TRAINING_KEYS`.
 :class:`LocalTraining` adds what a round needs beyond them: FedProx's μ, the DP noise
-multiplier (or none) and a seed.
+multiplier (or none) and a seed; :func:`simulation_seed` says which of a simulation's
+reproducible runs is being trained.
 """
 
 from __future__ import annotations
@@ -18,6 +19,9 @@ from typing import Any
 
 from models.optimizers import OPTIMIZERS
 from privacy import wire
+
+SIMULATION_SEED = "simulation-seed"
+"""Run-config key: which reproducible run of a simulation this is (default 0)."""
 
 
 @dataclass(frozen=True)
@@ -111,6 +115,21 @@ class LocalResult:
 
     train_loss: float
     dp_steps: int
+
+
+def simulation_seed(run_config: Mapping[str, Any]) -> int:
+    """The run config's :data:`SIMULATION_SEED`: it seeds a simulation's initial weights and
+    every simulated site's sampling, target draws and DP noise, so that runs differing
+    only in it measure the spread over seeds. Deployed sites ignore it (fresh randomness).
+
+    Raises:
+        ValueError: the value is not a whole number ≥ 0.
+    """
+    value = run_config.get(SIMULATION_SEED, 0)
+    seed = _whole(value, SIMULATION_SEED)
+    if seed < 0:
+        raise ValueError(f"'{SIMULATION_SEED}' must be >= 0, got {value!r}")
+    return seed
 
 
 def mean_finite(values: list[float]) -> float:

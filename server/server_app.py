@@ -34,7 +34,7 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.supercore import log
 
 from models.registry import BUILTIN_MODELS, FederatedModel, get_model, model_names
-from models.training import TrainingSettings
+from models.training import TrainingSettings, simulation_seed
 from privacy import wire
 from privacy.atomic_files import atomic_write
 from privacy.wire_encoding import FLOAT32
@@ -103,8 +103,9 @@ def plan_models(run_config: dict[str, Any]) -> list[ModelRun]:
 
     Raises:
         ValueError: an unknown model, a bad training plan, a fact that can be neither read
-            nor derived.
+            nor derived, or a bad ``simulation-seed``.
     """
+    simulation_seed(run_config)
     runs = []
     for name in model_names(run_config.get("models", ",".join(BUILTIN_MODELS))):
         model = get_model(name)
@@ -140,7 +141,7 @@ def run_federation(grid: Grid, run_config: dict[str, Any]) -> Checkpoint:
             weights = checkpoint.models[model.name].weights
             strategy.load_optimizer_state(checkpoint.models[model.name].optimizer_state)
         else:
-            weights = model.initial_weights(run.facts)
+            weights = model.initial_weights(run.facts, simulation_seed(run_config))
 
         start = strategy.start
         if secure.enabled:  # same rounds, but the server sees only the sum of the updates

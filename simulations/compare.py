@@ -20,7 +20,9 @@ order-line frame in several ways and evaluates each on the models' fixed protoco
   customers only and scored on that storefront's test customers only.
 
 It writes ``comparison.json`` (every number) and ``comparison.md`` (tables side by side
-with the baselines of :mod:`models.baselines`), both atomically.
+with the baselines of :mod:`models.baselines`), both atomically. :func:`run_seeds` repeats
+the comparison for several seeds (each in ``seed-<s>/``) and writes their pooled means and
+spreads (:mod:`simulations.compare_seeds`).
 """
 
 from __future__ import annotations
@@ -68,6 +70,7 @@ from privacy.atomic_files import atomic_write
 from privacy.planning import DPPlan, default_delta, plan_dp
 from privacy.pseudonymise import generate_key, load_key
 from simulations.compare_options import DEFAULT_EPSILONS
+from simulations.compare_seeds import pool_seeds
 from simulations.federated_runs import federated_references
 from simulations.progress import SILENT, Progress
 from simulations.run_configs import QUICK_OVERRIDES
@@ -158,13 +161,45 @@ def run_comparison(
             overrides=QUICK_OVERRIDES if quick else None,
             settings_overrides=overrides,
             client_cpus=client_cpus,
+            seed=seed,
             progress=progress,
         )
         for model, federated_runs in runs.items():
             result[model]["runs"] = _before_storefront_alone(result[model]["runs"], federated_runs)
+    write_comparison(result, out_dir)
+    return result
+
+
+def run_seeds(
+    frame: pd.DataFrame, out_dir: Path, seeds: Sequence[int], **options: Any
+) -> dict[str, Any]:
+    """:func:`run_comparison` once per seed; with several seeds each goes to
+    ``out_dir/seed-<s>`` and ``out_dir`` gets their means and spreads
+    (:func:`simulations.compare_seeds.pool_seeds`). ``options``: those of
+    :func:`run_comparison` but ``seed``.
+
+    Raises:
+        ValueError: no seed, a repeated seed, or an invalid option.
+    """
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ValueError(f"give one or more distinct seeds, got {list(seeds)}")
+    if len(seeds) == 1:
+        return run_comparison(frame, out_dir, seed=seeds[0], **options)
+    progress: Progress = options.get("progress", SILENT)
+    results = []
+    for number, seed in enumerate(seeds, start=1):
+        with progress.step(f"seed {seed} ({number} of {len(seeds)})"):
+            results.append(run_comparison(frame, out_dir / f"seed-{seed}", seed=seed, **options))
+    pooled = pool_seeds(results, seeds)
+    write_comparison(pooled, out_dir)
+    return pooled
+
+
+def write_comparison(result: dict[str, Any], out_dir: Path) -> None:
+    """``comparison.json`` and ``comparison.md`` of ``result`` in ``out_dir``, atomically."""
+    out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write(out_dir / COMPARISON_JSON, json.dumps(result, indent=2, allow_nan=False) + "\n")
     atomic_write(out_dir / COMPARISON_MARKDOWN, comparison_markdown(result))
-    return result
 
 
 def _before_storefront_alone(runs: dict[str, Any], inserted: dict[str, Any]) -> dict[str, Any]:
@@ -409,8 +444,16 @@ def _clean(row: dict[str, Any]) -> dict[str, float | None]:
 
 def comparison_markdown(result: dict[str, Any]) -> str:
     """Tables side by side, one per model and metric: groups (overall, outside UK,
-    storefronts) down, runs and baselines across; ``—`` where a run has no such row."""
+    storefronts) down, runs and baselines across; ``—`` where a run has no such row. A
+    pooled comparison of several seeds shows each run's mean and, in brackets, its
+    smallest and largest value over the seeds."""
     sections = ["# Centralized, federated and storefront-alone runs, with and without DP\n"]
+    seeds = result["settings"].get("seeds")
+    if seeds:
+        sections.append(
+            f"Runs: mean over seeds {', '.join(map(str, seeds))} (smallest–largest); "
+            "baselines are deterministic.\n"
+        )
     for model, names in (("recommender", RECOMMENDER_METRICS), ("churn", CHURN_METRICS)):
         columns = {**result[model]["runs"], **result[model]["baselines"]}
         groups: list[str] = []
@@ -430,11 +473,20 @@ def comparison_markdown(result: dict[str, Any]) -> str:
                 cells = [group, "—" if customers is None else f"{customers:.0f}"]
                 for run in columns.values():
                     value = run.get("metrics", run).get(group, {}).get(name)
-                    cells.append("—" if value is None else f"{value:.3f}")
+                    spread = run.get("spread", {}).get(group, {}).get(name)
+                    cells.append(_cell(value, spread))
                 lines.append("| " + " | ".join(cells) + " |")
             sections.append("\n".join(lines) + "\n")
     sections.append(_privacy_table(result))
     return "\n".join(sections)
+
+
+def _cell(value: float | None, spread: list[float] | None) -> str:
+    if value is None:
+        return "—"
+    if spread is None:
+        return f"{value:.3f}"
+    return f"{value:.3f} ({spread[0]:.3f}–{spread[1]:.3f})"
 
 
 def _privacy_table(result: dict[str, Any]) -> str:
@@ -472,11 +524,11 @@ def run_compare(args: argparse.Namespace) -> int:
     torch.set_num_threads(1)
     progress = Progress()
     frame = ingest_bundled(progress)
-    run_comparison(
+    run_seeds(
         frame,
         args.out,
+        args.seeds,
         epsilons=args.epsilons,
-        seed=args.seed,
         quick=args.quick,
         federated=args.federated,
         client_cpus=args.client_cpus,

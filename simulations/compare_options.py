@@ -26,6 +26,17 @@ def epsilon_list(text: str) -> tuple[float, ...]:
     return values
 
 
+def seed_list(text: str) -> tuple[int, ...]:
+    """An argparse type: comma-separated distinct seeds, each a whole number ≥ 0 (``0,1,2``)."""
+    try:
+        values = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a comma-separated list of seeds: {text!r}") from None
+    if any(value < 0 for value in values) or len(set(values)) != len(values):
+        raise argparse.ArgumentTypeError(f"seeds must be distinct and >= 0, got {text!r}")
+    return values
+
+
 def assignment(text: str) -> tuple[str, Any]:
     """An argparse type: one ``MODEL.KEY=VALUE`` (value a TOML scalar) as ``(key, value)``."""
     try:
@@ -36,8 +47,8 @@ def assignment(text: str) -> tuple[str, Any]:
 
 
 def add_compare_arguments(parser: argparse.ArgumentParser) -> None:
-    """Declare ``compare --out DIR [--epsilons 1,3,8] [--seed 0] [--quick] [--no-federated]
-    [--set MODEL.KEY=VALUE ...]``."""
+    """Declare ``compare --out DIR [--epsilons 1,3,8] [--seeds 0,1,2] [--quick]
+    [--no-federated] [--set MODEL.KEY=VALUE ...]``."""
     parser.add_argument("--out", type=Path, required=True, help="directory for the results")
     parser.add_argument(
         "--epsilons",
@@ -45,7 +56,13 @@ def add_compare_arguments(parser: argparse.ArgumentParser) -> None:
         default=DEFAULT_EPSILONS,
         help="target ε of the centralized DP runs (default 1,3,8)",
     )
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--seeds",
+        type=seed_list,
+        default=(0,),
+        help="seeds of the training runs, comma-separated (default 0); with several, each "
+        "seed's comparison goes to OUT/seed-<s> and OUT gets their means and spreads",
+    )
     parser.add_argument("--quick", action="store_true", help="few epochs (smoke test)")
     parser.add_argument(
         "--federated",

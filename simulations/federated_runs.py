@@ -20,6 +20,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from models.training import SIMULATION_SEED
 from server.run_results import final_rows, load_run
 from simulations.progress import SILENT, Progress
 from simulations.run_configs import MAIN_RUN_CONFIG, PLAIN_RUN_CONFIG, PLAIN_SITE_POLICY
@@ -43,12 +44,14 @@ def federated_references(
     overrides: dict[str, Any] | None = None,
     settings_overrides: Mapping[str, Any] | None = None,
     client_cpus: int = DEFAULT_CLIENT_CPUS,
+    seed: int = 0,
     progress: Progress = SILENT,
 ) -> dict[str, dict[str, Any]]:
     """Run the non-private and each DP federated simulation into ``out_dir/<run name>``.
 
     ``overrides`` change every run's config (e.g. :data:`simulations.run_configs.QUICK_OVERRIDES`);
-    ``settings_overrides`` (``<model>.<key>``) replace the settings per ε of the DP runs.
+    ``settings_overrides`` (``<model>.<key>``) replace the settings per ε of the DP runs;
+    ``seed`` is every run's ``simulation-seed``.
 
     Returns:
         model -> run name -> ``{"training": run config, "metrics": rows by group}``.
@@ -61,6 +64,7 @@ def federated_references(
         configs[federated_dp_run_name(epsilon)] = (dp_config, [])
     runs: dict[str, dict[str, Any]] = {}
     for name, (run_config, site_policy) in configs.items():
+        run_config = {**run_config, SIMULATION_SEED: seed}
         run_dir = out_dir / name
         if run_dir.is_dir():
             shutil.rmtree(run_dir)  # an earlier comparison's run: train afresh

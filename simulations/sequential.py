@@ -30,6 +30,7 @@ from flwr.app.metadata import Metadata
 from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 
 from clients.site_task import evaluate_round, train_round
+from models.training import simulation_seed
 from privacy import wire
 from server.evaluation import evaluation_aggregator
 from server.server_app import plan_models
@@ -84,7 +85,8 @@ def run_sequential_federation(
     for run in plan_models(config):
         model = run.model.name
         pool = evaluation_aggregator(run.model)
-        arrays = ArrayRecord({k: Array(v) for k, v in run.model.initial_weights(run.facts).items()})
+        initial = run.model.initial_weights(run.facts, simulation_seed(config))
+        arrays = ArrayRecord({k: Array(v) for k, v in initial.items()})
         result.metrics[model], result.declined[model] = [], []
         for server_round in range(1, rounds + 1):
             with progress.step(f"{model} round {server_round}/{rounds}"):
