@@ -126,9 +126,11 @@ def simulation_seed(run_config: Mapping[str, Any]) -> int:
         ValueError: the value is not a whole number ≥ 0.
     """
     value = run_config.get(SIMULATION_SEED, 0)
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        raise ValueError(f"'{SIMULATION_SEED}' must be a whole number >= 0, got {value!r}")
     seed = _whole(value, SIMULATION_SEED)
     if seed < 0:
-        raise ValueError(f"'{SIMULATION_SEED}' must be >= 0, got {value!r}")
+        raise ValueError(f"'{SIMULATION_SEED}' must be a whole number >= 0, got {value!r}")
     return seed
 
 

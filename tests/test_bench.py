@@ -304,7 +304,7 @@ def test_list_shows_every_section_with_its_quick_and_full_command(
     for by_hand in BY_HAND:
         assert f"## {by_hand.heading}\n    from `{by_hand.command}`" in listing
     assert "python -m simulations.benchmarks.synthetic --sizes 100000 300000" in listing
-    assert "fedshop-sim compare --out runs/compare\n" in listing
+    assert "fedshop-sim compare --out runs/compare --seeds 0,1,2\n" in listing
     assert f"hand-written analysis: a section's lines from '{ANALYSIS_OPEN}' to\n" in listing
     cli_startup = listing.split("cli_startup: ", 1)[1].split("\n")
     assert cli_startup[3].startswith("    note   full mode times this checkout only; the ")

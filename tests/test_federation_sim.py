@@ -17,7 +17,7 @@ from independent_accounting import matches_ledger_oracle
 from privacy.accountants import DPSegment
 from privacy.ledger import LEDGER_FILE, PrivacyLedger
 from server.bundle import load_bundle
-from server.server_app import run_federation
+from server.server_app import plan_models, run_federation
 from simulations.runner import app_run_config
 from simulations.sequential import run_sequential_federation
 from simulations.site_policies import apply_site_policy
@@ -178,3 +178,24 @@ def test_a_plug_in_model_trains_through_the_registry_alone(storefronts, tmp_path
         assert 0.99 * 3.0 <= reported["epsilon"] <= 3.0
     manifest = json.loads((run_dir / "bundle" / "manifest.json").read_text())
     assert manifest["models"][plugin]["rounds-done"] == 2
+
+
+def test_the_simulation_seed_alone_changes_a_sequential_federation(storefronts, tmp_path):
+    def final_weights(name: str, seed: int) -> dict[str, np.ndarray]:
+        run_dir = tmp_path / name
+        config = run_config_for(
+            storefronts, run_dir, **{"num-server-rounds": 1, "simulation-seed": seed}
+        )
+        apply_site_policy(storefronts, run_dir, SITE_POLICY, set_by="test")
+        return run_sequential_federation(storefronts, run_dir, config).weights[MODEL]
+
+    first, again, other = final_weights("a", 0), final_weights("b", 0), final_weights("c", 1)
+    for name, array in first.items():
+        np.testing.assert_array_equal(array, again[name])
+    assert any(not np.array_equal(array, other[name]) for name, array in first.items())
+
+
+@pytest.mark.parametrize("seed", [-1, 1.5, "x"])
+def test_a_bad_simulation_seed_is_refused_before_any_round(seed):
+    with pytest.raises(ValueError, match="simulation-seed"):
+        plan_models({**app_run_config(), "models": MODEL, "simulation-seed": seed})

@@ -21,7 +21,10 @@ from simulations.markdown_sections import demote_headings
 QUICK = "quick"
 FULL = "full"
 MODES = (QUICK, FULL)
-SITE_SEEDS = "per simulated site and round, 1000 × round + the site's index"
+SITE_SEEDS = (
+    "per simulated site and round, 10⁶ × simulation-seed (default 0) + 1000 × round + the "
+    "site's index"
+)
 
 
 @dataclass(frozen=True)
@@ -112,8 +115,8 @@ SECTIONS: tuple[BenchSection, ...] = (
         module="simulations.cli",
         prog="fedshop-sim",
         quick=("compare", "--out", "runs/bench/compare", "--quick", "--no-federated"),
-        full=("compare", "--out", "runs/compare"),
-        seeds=f"seed 0 (training, holdout split); federated: {SITE_SEEDS}",
+        full=("compare", "--out", "runs/compare", "--seeds", "0,1,2"),
+        seeds=f"training and simulation-seed 0, 1, 2 (quick: 0); federated: {SITE_SEEDS}",
         postprocess=demote_headings,
     ),
     _benchmark(
