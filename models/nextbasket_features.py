@@ -140,21 +140,30 @@ def build_histories(orders: pd.DataFrame, vocabulary: Sequence[str]) -> dict[str
     per_item = (
         lines.groupby([CUSTOMER, "day", ORDER, "item"], sort=True)[QUANTITY].sum().reset_index()
     )
+    # One pass over the sorted rows: boundaries of customers and of their invoices as
+    # positions, then each history is slices of four shared arrays (a DataFrame group per
+    # customer costs ~0.4 ms, which is minutes for a storefront of 200k customers).
+    customer_codes, customers = pd.factorize(per_item[CUSTOMER], sort=False)
+    order_codes, _ = pd.factorize(per_item[ORDER], sort=False)
+    days = per_item["day"].to_numpy(np.float64)
+    items = per_item["item"].to_numpy(np.int64)
+    quantities = per_item[QUANTITY].to_numpy(np.float64)
+    new_customer = np.r_[True, customer_codes[1:] != customer_codes[:-1]]
+    new_invoice = (
+        new_customer | np.r_[True, (days[1:] != days[:-1]) | (order_codes[1:] != order_codes[:-1])]
+    )
+    customer_starts = np.flatnonzero(new_customer)
+    customer_ends = np.r_[customer_starts[1:], len(per_item)]
+    invoice_starts = np.flatnonzero(new_invoice)
+    first_invoices = np.searchsorted(invoice_starts, np.r_[customer_starts, len(per_item)])
     histories: dict[str, CustomerHistory] = {}
-    for customer, rows in per_item.groupby(CUSTOMER, sort=True):
-        invoice_keys = rows["day"].to_numpy(), rows[ORDER].to_numpy()
-        starts = np.flatnonzero(
-            np.r_[
-                True,
-                (invoice_keys[0][1:] != invoice_keys[0][:-1])
-                | (invoice_keys[1][1:] != invoice_keys[1][:-1]),
-            ]
-        )
-        histories[customer] = CustomerHistory(
-            invoice_days=invoice_keys[0][starts].astype(np.float64),
-            offsets=np.r_[starts, len(rows)].astype(np.int64),
-            items=rows["item"].to_numpy(np.int64),
-            quantities=rows[QUANTITY].to_numpy(np.float64),
+    for number, (start, end) in enumerate(zip(customer_starts, customer_ends, strict=True)):
+        starts = invoice_starts[first_invoices[number] : first_invoices[number + 1]]
+        histories[customers[customer_codes[start]]] = CustomerHistory(
+            invoice_days=days[starts],
+            offsets=np.r_[starts - start, end - start],
+            items=items[start:end],
+            quantities=quantities[start:end],
         )
     return histories
 
@@ -301,12 +310,16 @@ class EvaluationExamples(Dataset):
             raise ValueError(
                 f"{len(missing)} test customers have no training history over the vocabulary"
             )
-        index = pd.Index(list(vocabulary))
         self._histories = [histories[c] for c in self.customers]
+        # One lookup for every basket's items, then split back per customer.
+        baskets = [np.asarray(test_baskets[c], dtype=object) for c in self.customers]
+        flat = np.concatenate([np.empty(0, dtype=object), *baskets])
+        positions = pd.Index(list(vocabulary)).get_indexer(flat)
+        bounds = np.cumsum([0, *map(len, baskets)])
         self._targets = []
-        for customer in self.customers:
-            positions = index.get_indexer(list(test_baskets[customer]))
-            self._targets.append(positions[positions >= 0])
+        for start, end in zip(bounds[:-1], bounds[1:], strict=True):
+            found = positions[start:end]
+            self._targets.append(found[found >= 0])
 
     def __len__(self) -> int:
         return len(self.customers)
@@ -314,6 +327,10 @@ class EvaluationExamples(Dataset):
     def __getitem__(self, index: int) -> NextBasketExample:
         history = self._histories[index]
         return _example(history, history.num_invoices, self._targets[index])
+
+    def target_items(self, index: int) -> np.ndarray:
+        """Catalogue indices of example ``index``'s test basket (without its features)."""
+        return self._targets[index]
 
 
 def collate_examples(examples: Sequence[NextBasketExample]) -> NextBasketBatch:

@@ -134,16 +134,25 @@ def split_next_basket(frame: pd.DataFrame) -> NextBasketSplit:
     is_test = pd.MultiIndex.from_frame(purchases[[schema.CUSTOMER, schema.ORDER]]).isin(
         pd.MultiIndex.from_frame(last)
     )
-    test_rows = purchases[is_test]
-    baskets = test_rows.groupby(schema.CUSTOMER)[schema.ITEM].agg(
-        lambda items: np.unique(items.to_numpy(dtype=str))
-    )
     return NextBasketSplit(
         train=purchases[~is_test].reset_index(drop=True),
-        test_baskets=baskets.rename("basket"),
+        test_baskets=distinct_items_per_customer(purchases[is_test]),
         home_storefront=customer_home_storefront(purchases),
         items=pd.Index(np.unique(purchases[schema.ITEM].to_numpy(dtype=str)), name=schema.ITEM),
     )
+
+
+def distinct_items_per_customer(lines: pd.DataFrame) -> pd.Series:
+    """Customer token (sorted) -> sorted array of the distinct item ids in ``lines``,
+    named ``basket``: one sort of all lines, then a slice per customer (a grouped
+    ``np.unique`` per customer takes minutes at 200k customers)."""
+    pairs = lines[[schema.CUSTOMER, schema.ITEM]].drop_duplicates()
+    pairs = pairs.sort_values([schema.CUSTOMER, schema.ITEM])
+    customers = pairs[schema.CUSTOMER].to_numpy()
+    starts = np.flatnonzero(np.r_[True, customers[1:] != customers[:-1]])[: len(pairs)]
+    baskets = np.split(pairs[schema.ITEM].to_numpy(dtype=str), starts[1:])[: len(starts)]
+    index = pd.Index(customers[starts], name=schema.CUSTOMER)
+    return pd.Series(baskets, index=index, dtype=object, name="basket")
 
 
 def catalogue_of(frame: pd.DataFrame) -> list[str]:

@@ -284,6 +284,8 @@ def evaluate_recommender(
 
 TOP_K = 10
 """The protocol's cut-off: HR, Recall and NDCG at 10."""
+EVALUATION_CHUNK = 1024
+"""Test customers a site ranks and scores at a time."""
 HIT_SUM = "hit-sum"
 RECALL_SUM = "recall-sum"
 NDCG_SUM = "ndcg-sum"
@@ -364,19 +366,19 @@ class Recommender(FederatedModel):
         """Sums of HR@10, Recall@10 and NDCG@10 over the site's test customers, and their
         count (each a sum over all of them: no finer aggregate, whatever ``min_cohort``)."""
         del min_cohort
-        if len(evaluation) == 0:
-            return {wire.NUM_EXAMPLES: 0, HIT_SUM: 0.0, RECALL_SUM: 0.0, NDCG_SUM: 0.0}
-        ranked, _ = rank_items(module, evaluation, TOP_K)
-        targets = np.zeros((len(evaluation), module.num_items), dtype=bool)
-        for row in range(len(evaluation)):
-            targets[row, evaluation[row]["target_items"].numpy()] = True
-        scores = metrics.ranking_metrics(ranked, targets, k=TOP_K)
-        return {
-            wire.NUM_EXAMPLES: len(evaluation),
-            HIT_SUM: float(scores[f"hr@{TOP_K}"].sum()),
-            RECALL_SUM: float(scores[f"recall@{TOP_K}"].sum()),
-            NDCG_SUM: float(scores[f"ndcg@{TOP_K}"].sum()),
-        }
+        sums = {HIT_SUM: 0.0, RECALL_SUM: 0.0, NDCG_SUM: 0.0}
+        # A chunk of customers at a time: the target matrix of a 200k-customer storefront
+        # over the catalogue would be most of a GiB.
+        for start in range(0, len(evaluation), EVALUATION_CHUNK):
+            rows = range(start, min(start + EVALUATION_CHUNK, len(evaluation)))
+            ranked, _ = rank_items(module, Subset(evaluation, rows), TOP_K)
+            targets = np.zeros((len(rows), module.num_items), dtype=bool)
+            for position, row in enumerate(rows):
+                targets[position, evaluation.target_items(row)] = True
+            scores = metrics.ranking_metrics(ranked, targets, k=TOP_K)
+            for key, metric in ((HIT_SUM, "hr"), (RECALL_SUM, "recall"), (NDCG_SUM, "ndcg")):
+                sums[key] += float(scores[f"{metric}@{TOP_K}"].sum())
+        return {wire.NUM_EXAMPLES: len(evaluation), **sums}
 
     def summarise(self, sums: list[Mapping[str, Any]]) -> dict[str, float]:
         """HR@10, Recall@10 and NDCG@10 as means over the test customers, and their count."""

@@ -11,6 +11,7 @@ from models.nextbasket_protocol import (
     NextBasketSplit,
     clean_purchases,
     customer_home_storefront,
+    distinct_items_per_customer,
     split_next_basket,
 )
 
@@ -137,3 +138,15 @@ def test_uk_local_time_gives_the_same_split(bundled_orders, bundled_split) -> No
         for a, b in zip(split.test_baskets, bundled_split.test_baskets, strict=True)
     )
     assert len(split.train) == len(bundled_split.train)
+
+
+def test_distinct_items_per_customer_sorts_customers_and_items_and_handles_no_lines() -> None:
+    lines = pd.DataFrame(
+        {schema.CUSTOMER: ["b", "a", "b", "b", "a"], schema.ITEM: ["2", "9", "1", "2", "3"]}
+    )
+    baskets = distinct_items_per_customer(lines)
+    assert list(baskets.index) == ["a", "b"]
+    assert [list(basket) for basket in baskets] == [["3", "9"], ["1", "2"]]
+    assert baskets.name == "basket"
+    empty = distinct_items_per_customer(lines.iloc[:0])
+    assert empty.empty and empty.index.name == schema.CUSTOMER

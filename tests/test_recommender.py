@@ -9,6 +9,7 @@ import pytest
 import torch
 from opacus import GradSampleModule
 
+from models import recommender
 from models.nextbasket_features import TrainingExamples, build_histories, collate_examples
 from models.nextbasket_protocol import split_next_basket
 from models.recommender import (
@@ -143,3 +144,23 @@ def test_trained_model_beats_the_repeat_buy_baseline(bundled_orders):
     assert results.loc["overall", "hr@10"] > 0.722
     with pytest.raises(ValueError, match="catalogue"):
         evaluate_recommender(NextBasketRecommender(10), split)
+
+
+def test_a_sites_evaluation_sums_match_the_protocol_in_chunks(monkeypatch):
+    frame, vocabulary = random_orders(customers=80, items=25, seed=3)
+    facts = {recommender.CATALOGUE: vocabulary}
+    data = recommender.MODEL.site_data(frame, facts)
+    torch.manual_seed(1)
+    module = recommender.MODEL.build(facts)
+    with torch.no_grad():
+        module.item_bias.bias.normal_()
+    monkeypatch.setattr(recommender, "EVALUATION_CHUNK", 7)  # several chunks, a partial last
+    assert len(data.evaluation) > 3 * recommender.EVALUATION_CHUNK
+    sums = recommender.MODEL.evaluate(module, data.evaluation, 20)
+
+    split = split_next_basket(frame)
+    assert list(split.items) == vocabulary
+    overall = evaluate_recommender(module, split).loc["overall"]
+    assert sums["num-examples"] == overall["customers"] == len(data.evaluation)
+    for key, metric in (("hit-sum", "hr@10"), ("recall-sum", "recall@10"), ("ndcg-sum", "ndcg@10")):
+        assert sums[key] == pytest.approx(overall[metric] * overall["customers"], rel=1e-9)

@@ -324,12 +324,16 @@ def facts_cost(split: Path) -> str:
 def site_cost(split: Path, storefront: str, model_name: str) -> str:
     """Seconds and peak memory of one site's read, featurisation, DP training, evaluation."""
     import pyarrow.parquet as pq
+    import torch
 
     from models.registry import get_model
     from models.schema import ORDERS_FILE
     from models.training import LocalTraining
     from server.shared_facts import shared_facts
 
+    # As in a simulated ClientApp of 1 CPU (Ray sets OMP_NUM_THREADS to the actor's CPUs):
+    # torch's default of one thread per core makes these tiny products wait on each other.
+    torch.set_num_threads(1)
     model = get_model(model_name)
     facts = shared_facts({"storefronts-dir": str(split)}, model)
     seconds = {}
