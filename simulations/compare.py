@@ -75,13 +75,19 @@ from simulations.federated_runs import federated_references
 from simulations.progress import SILENT, Progress
 from simulations.run_configs import QUICK_OVERRIDES
 from simulations.runner import DEFAULT_CLIENT_CPUS
-from simulations.settings_per_epsilon import TARGET_WINDOW, EpsilonSettings, settings_for
+from simulations.settings_per_epsilon import (
+    TARGET_WINDOW,
+    EpsilonSettings,
+    settings_for,
+    validation_record,
+)
 from simulations.storefronts import (
     BUNDLED_DATA,
     DEFAULT_MIN_CUSTOMERS,
     assign_storefronts,
     prepare_storefronts,
 )
+from simulations.tune_options import CENTRALIZED_MODE
 
 COMPARISON_JSON = "comparison.json"
 COMPARISON_MARKDOWN = "comparison.md"
@@ -242,6 +248,9 @@ def compare_recommender(
             )
             runs[dp_run_name(epsilon)] = {
                 "training": _dp_settings(entry, settings, len(examples)),
+                "validation": validation_record(
+                    RECOMMENDER.name, CENTRALIZED_MODE, epsilon, overrides
+                ),
                 "privacy": privacy_spent(plan, steps),
                 "metrics": _rows(evaluate_recommender(model, split)),
             }
@@ -334,6 +343,7 @@ def compare_churn(
             model, steps = fit_churn_dp(train, settings, plan.noise_multiplier, seed)
             runs[dp_run_name(epsilon)] = {
                 "training": _dp_settings(entry, settings, len(train.labels)),
+                "validation": validation_record(CHURN.name, CENTRALIZED_MODE, epsilon, overrides),
                 "privacy": privacy_spent(plan, steps),
                 "metrics": _rows(evaluate_churn(model, held_out)),
             }
@@ -477,8 +487,36 @@ def comparison_markdown(result: dict[str, Any]) -> str:
                     cells.append(_cell(value, spread))
                 lines.append("| " + " | ".join(cells) + " |")
             sections.append("\n".join(lines) + "\n")
+    sections.append(_validation_table(result))
     sections.append(_privacy_table(result))
     return "\n".join(sections)
+
+
+def _validation_table(result: dict[str, Any]) -> str:
+    """Each DP run's headline metric on validation (what its settings were chosen by)
+    beside its test score (mean and range over seeds when pooled)."""
+    lines = [
+        "\n## settings per ε: chosen on validation, scored on test\n",
+        "| model | run | settings of ε | chosen on | trials | metric | validation | test |",
+        "|---|---|---:|---|---:|---|---:|---:|",
+    ]
+    for model in ("recommender", "churn"):
+        for name, run in result[model]["runs"].items():
+            chosen = run.get("validation")
+            if not chosen:
+                continue
+            metric = chosen["metric"]
+            test = _cell(
+                run["metrics"][metrics.OVERALL].get(metric),
+                run.get("spread", {}).get(metrics.OVERALL, {}).get(metric),
+            )
+            score = "—" if chosen["score"] is None else f"{chosen['score']:.4f}"
+            split = chosen["chosen-on"].split(" (")[0]
+            lines.append(
+                f"| {model} | {name} | {chosen['epsilon']:g} | {split} | {chosen['trials']} | "
+                f"{metric} | {score} | {test} |"
+            )
+    return "\n".join(lines) + "\n"
 
 
 def _cell(value: float | None, spread: list[float] | None) -> str:

@@ -25,7 +25,8 @@ from server.run_results import final_rows, load_run
 from simulations.progress import SILENT, Progress
 from simulations.run_configs import MAIN_RUN_CONFIG, PLAIN_RUN_CONFIG, PLAIN_SITE_POLICY
 from simulations.runner import DEFAULT_CLIENT_CPUS, run_simulation_job
-from simulations.settings_per_epsilon import federated_run_config
+from simulations.settings_per_epsilon import federated_run_config, validation_record
+from simulations.tune_options import FEDERATED_MODE
 
 FEDERATED = "federated"
 """Name of the non-private federated run."""
@@ -77,9 +78,14 @@ def federated_references(
                 site_policy=site_policy,
             )
         results = load_run(run_dir)
+        epsilon = run_config.get("epsilon") if name != FEDERATED else None
         for model in results.rounds:
             runs.setdefault(model, {})[name] = {
                 "training": run_config,
                 "metrics": final_rows(results.final(model), model),
             }
+            if epsilon is not None:
+                runs[model][name]["validation"] = validation_record(
+                    model, FEDERATED_MODE, float(epsilon), settings_overrides
+                )
     return runs

@@ -145,6 +145,31 @@ def settings_for(
     return min(candidates, key=lambda entry: (abs(entry.epsilon - epsilon), entry.epsilon))
 
 
+def validation_record(
+    model: str,
+    mode: str,
+    epsilon: float,
+    overrides: Mapping[str, Any] | None = None,
+    path: Path = SETTINGS_FILE,
+) -> dict[str, Any] | None:
+    """How the settings a DP run at ``epsilon`` trains with were chosen, for reports: the
+    entry's ε, split, metric, validation score, trials and seeds. None when the file has
+    no entry for the model and mode (a plug-in keeps its defaults); the score is None and
+    the split ``"--set"`` when ``overrides`` changed the entry's settings."""
+    if model not in {entry.model for entry in load_entries(path) if entry.mode == mode}:
+        return None
+    entry = settings_for(model, mode, epsilon, path)
+    overridden = entry.with_overrides(overrides or {}).settings != entry.settings
+    return {
+        "epsilon": entry.epsilon,
+        "chosen-on": "--set" if overridden else entry.chosen_on,
+        "metric": entry.metric,
+        "score": None if overridden else entry.validation_score,
+        "trials": entry.trials,
+        "seeds": entry.seeds,
+    }
+
+
 def federated_run_config(
     models: Iterable[str],
     epsilon: float,

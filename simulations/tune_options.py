@@ -8,7 +8,9 @@ from pathlib import Path
 
 TUNABLE_MODELS: tuple[str, ...] = ("churn", "recommender")
 """The models with a validation protocol and a search space (the built-in ones)."""
-MODES: tuple[str, ...] = ("centralized", "federated")
+CENTRALIZED_MODE = "centralized"
+FEDERATED_MODE = "federated"
+MODES: tuple[str, ...] = (CENTRALIZED_MODE, FEDERATED_MODE)
 """How a model is trained: on the pooled data in one process, or federated over the
 storefronts (the sites' own code, DP planning and ledgers, FedAvg)."""
 DEFAULT_TRIALS = 8

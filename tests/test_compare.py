@@ -136,6 +136,10 @@ def test_federated_columns_come_from_real_simulations_of_the_same_storefronts(tm
             *federated,
             STOREFRONT_ALONE,
         ]
+        chosen = result[model]["runs"][federated_dp_run_name(8.0)]["validation"]
+        entry = settings_for(model, "federated", 8.0)
+        assert (chosen["chosen-on"], chosen["score"]) == (entry.chosen_on, entry.validation_score)
+        assert "validation" not in result[model]["runs"][FEDERATED]
     storefronts = set(assign_storefronts(frame)[schema.STOREFRONT])
     for name in federated:
         rows = result["recommender"]["runs"][name]["metrics"]
@@ -161,3 +165,36 @@ def test_federated_columns_come_from_real_simulations_of_the_same_storefronts(tm
             assert ledger.policy().dp_required is False and ledger.models() == []
     header = (tmp_path / COMPARISON_MARKDOWN).read_text().splitlines()
     assert any(f"| {FEDERATED} | {federated_dp_run_name(8.0)} |" in line for line in header)
+
+
+def test_each_dp_run_says_how_its_settings_were_chosen_beside_its_test_score(comparison) -> None:
+    result, out_dir, _ = comparison
+    text = Path(out_dir / COMPARISON_MARKDOWN).read_text()
+    assert "## settings per ε: chosen on validation, scored on test" in text
+    for model in ("recommender", "churn"):
+        for epsilon in EPSILONS:
+            run = result[model]["runs"][dp_run_name(epsilon)]
+            entry = settings_for(model, "centralized", epsilon)
+            assert run["validation"]["score"] == entry.validation_score
+            assert run["validation"]["chosen-on"] == entry.chosen_on
+            test = run["metrics"][metrics.OVERALL][entry.metric]
+            row = f"| {model} | {dp_run_name(epsilon)} | {entry.epsilon:g} | validation |"
+            assert any(
+                line.startswith(row) and line.endswith(f"| {test:.3f} |")
+                for line in text.splitlines()
+            )
+        assert "validation" not in result[model]["runs"][CENTRALIZED]
+
+
+def test_a_set_override_leaves_no_validation_score(tmp_path) -> None:
+    frame = generate_orders(n_storefronts=2, n_customers=120, n_items=40, seed=2)
+    result = run_comparison(
+        frame,
+        tmp_path,
+        epsilons=(8.0,),
+        quick=True,
+        settings_overrides={"churn.learning-rate": 0.123},
+    )
+    churn = result["churn"]["runs"][dp_run_name(8.0)]["validation"]
+    assert churn["score"] is None and churn["chosen-on"] == "--set"
+    assert result["recommender"]["runs"][dp_run_name(8.0)]["validation"]["score"] is not None
