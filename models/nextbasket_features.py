@@ -38,9 +38,9 @@ INVOICE_DECAY_RATES: tuple[float, ...] = (0.5, 0.8, 0.95)
 # Time scales τ (days) of the recency-weighted counts Σ_j exp(-(T - t_j)/τ).
 DAY_DECAY_SCALES: tuple[float, ...] = (30.0, 90.0, 365.0)
 # log1p of one year: puts day counts of the data's horizon on a unit scale.
-_LOG_YEAR = float(np.log1p(365.0))
+LOG_YEAR = float(np.log1p(365.0))
 # log1p(150) ~ 5: puts invoice counts, item counts and quantities on a unit scale.
-_LOG_COUNT_SCALE = 5.0
+LOG_COUNT_SCALE = 5.0
 
 FEATURE_NAMES: tuple[str, ...] = (
     "log_invoices_with_item",
@@ -195,7 +195,7 @@ def personal_features(history: CustomerHistory, invoices: int) -> tuple[np.ndarr
 
     count = per_item_sum(np.ones(end))
     features = np.empty((size, NUM_FEATURES), dtype=np.float64)
-    features[:, 0] = np.log1p(count) / _LOG_COUNT_SCALE
+    features[:, 0] = np.log1p(count) / LOG_COUNT_SCALE
     features[:, 1] = count / invoices
     features[:, 2] = per_item_sum((line_invoice == invoices - 1).astype(np.float64))
     column = 3
@@ -210,13 +210,13 @@ def personal_features(history: CustomerHistory, invoices: int) -> tuple[np.ndarr
     np.minimum.at(last_age, item_of_line, line_age)
     first_age = np.zeros(size)
     np.maximum.at(first_age, item_of_line, line_age)
-    features[:, column] = np.log1p(last_age) / _LOG_YEAR
-    features[:, column + 1] = np.log1p(first_age) / _LOG_YEAR
+    features[:, column] = np.log1p(last_age) / LOG_YEAR
+    features[:, column + 1] = np.log1p(first_age) / LOG_YEAR
     mean_quantity = per_item_sum(np.maximum(history.quantities[:end], 0.0)) / count
-    features[:, column + 2] = np.log1p(mean_quantity) / _LOG_COUNT_SCALE
-    features[:, column + 3] = np.log1p(invoices) / _LOG_COUNT_SCALE
-    features[:, column + 4] = np.log1p(size) / _LOG_COUNT_SCALE
-    features[:, column + 5] = np.log1p(age_days[0]) / _LOG_YEAR
+    features[:, column + 2] = np.log1p(mean_quantity) / LOG_COUNT_SCALE
+    features[:, column + 3] = np.log1p(invoices) / LOG_COUNT_SCALE
+    features[:, column + 4] = np.log1p(size) / LOG_COUNT_SCALE
+    features[:, column + 5] = np.log1p(age_days[0]) / LOG_YEAR
     return items, features.astype(np.float32)
 
 

@@ -31,7 +31,7 @@ import argparse
 import json
 import math
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -302,16 +302,14 @@ def fit_recommender(
     seed: int,
     noise_multiplier: float | None = None,
     *,
-    hidden: Sequence[int] | None = None,
+    build: Callable[[int], NextBasketRecommender] = NextBasketRecommender,
 ) -> tuple[NextBasketRecommender, int]:
     """A fresh recommender over ``num_items`` catalogue items trained on ``dataset``
     (DP-SGD at ``noise_multiplier`` if given) by the model's own training, and the DP steps
-    it took. ``hidden`` widens the personal MLP (default: the model's own widths)."""
+    it took. ``build`` makes the module from ``num_items`` after seeding (default: the
+    model's own architecture; e.g. a wider MLP or a candidate variant)."""
     torch.manual_seed(seed)
-    if hidden is None:
-        model = NextBasketRecommender(num_items)
-    else:
-        model = NextBasketRecommender(num_items, hidden=hidden)
+    model = build(num_items)
     plan = LocalTraining(settings, noise_multiplier=noise_multiplier, seed=seed)
     return model, RECOMMENDER.train(model, dataset, plan).dp_steps
 

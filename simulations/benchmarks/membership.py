@@ -43,6 +43,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +58,7 @@ from models.churn import CUTOFF, churn_dataset, per_example_loss, train_centrali
 from models.churn_protocol import churn_data, holdout_mask
 from models.nextbasket_features import TrainingExamples, build_histories, collate_examples
 from models.nextbasket_protocol import catalogue_of, split_next_basket
-from models.recommender import CATALOGUE, basket_loss
+from models.recommender import CATALOGUE, NextBasketRecommender, basket_loss
 from models.registry import Facts, get_model
 from models.training import TrainingSettings
 from simulations.compare import (
@@ -239,7 +240,11 @@ class RecommenderAudit(ModelAudit):
         members = self._examples(self.is_member)
         num_items = len(self.facts[CATALOGUE])
         return fit_recommender(
-            num_items, members, settings, seed, hidden=OVERFIT_RECOMMENDER_HIDDEN
+            num_items,
+            members,
+            settings,
+            seed,
+            build=partial(NextBasketRecommender, hidden=OVERFIT_RECOMMENDER_HIDDEN),
         )[0]
 
 

@@ -173,6 +173,13 @@ SECTIONS: tuple[BenchSection, ...] = (
         full=(),
         seeds="training seeds 0, 1, 2 (one model per week and seed)",
     ),
+    _benchmark(
+        "recommender_candidates",
+        "Recommender candidates on validation (issue #12)",
+        quick=("--seeds", "0", "--epsilons", "8", "--epochs", "2"),
+        full=(),
+        seeds="training seeds 0, 1, 2 (weights, Poisson sampling, DP noise) per candidate and ε",
+    ),
 )
 """Every section a command prints, in BENCHMARKS.md's order."""
 

@@ -1,0 +1,248 @@
+"""Benchmark: candidate changes to the recommender, scored on validation only (issue #12).
+
+Run ``python -m simulations.benchmarks.recommender_candidates``; it prints a Markdown
+section for BENCHMARKS.md. Every candidate is the centralized recommender trained with
+user-level DP at each ``--epsilons`` value with that ε's settings-file entry
+(:func:`simulations.compare.centralized_dp_settings`, σ from
+:func:`simulations.compare.centralized_dp_plan`), once per training seed, and scored by
+NDCG@10 on the next-basket *validation* protocol (:mod:`models.nextbasket_validation`);
+the test split is never read. The "own history" repeat-buying baseline
+(:func:`models.baselines.own_history_scores`) is scored on the same validation split.
+
+Candidates (:data:`CANDIDATES`):
+
+- ``current``: the model as it is;
+- ``repeat-prior-γ``: the current model with the fixed repeat-buying prior
+  ``γ · log_invoices_with_item`` added to every history item's score
+  (``NextBasketRecommender(repeat_prior=γ)``): with the MLP at zero it ranks the history
+  as the own-history baseline does, so DP-SGD only has to learn a residual;
+- ``repurchase-cycle``: the current model with one more personal feature,
+  :func:`repurchase_cycle`, how the days since the customer last bought the item compare
+  with their mean interval between buying it.
+
+A candidate is worth keeping only if its mean beats the current model's by more than
+the spread over seeds (max − min) at every ε.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from models import schema
+from models.baselines import evaluate_next_basket, own_history_scores
+from models.metrics import OVERALL
+from models.nextbasket_features import (
+    FEATURE_NAMES,
+    LOG_COUNT_SCALE,
+    LOG_YEAR,
+    NUM_FEATURES,
+    EvaluationExamples,
+    NextBasketBatch,
+    TrainingExamples,
+    build_histories,
+)
+from models.nextbasket_protocol import NextBasketSplit
+from models.nextbasket_validation import split_next_basket_validation
+from models.recommender import MODEL, TOP_K, NextBasketRecommender, score_examples
+from simulations.compare import (
+    centralized_dp_plan,
+    centralized_dp_settings,
+    fit_recommender,
+    ingest_bundled,
+)
+from simulations.storefronts import assign_storefronts
+
+METRIC = f"ndcg@{TOP_K}"
+_LAST = FEATURE_NAMES.index("log_days_since_last_purchase")
+_FIRST = FEATURE_NAMES.index("log_days_since_first_purchase")
+_INVOICES = FEATURE_NAMES.index("log_invoices_with_item")
+# |log ratio| beyond log(20) (20 times too early or too late) is all the same: not due.
+_CYCLE_CLIP = float(np.log(20.0))
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One variant of the recommender: its prior weight γ and whether it reads the
+    repurchase-cycle feature."""
+
+    name: str
+    repeat_prior: float = 0.0
+    repurchase_cycle: bool = False
+
+    def build(self, num_items: int) -> NextBasketRecommender:
+        """A fresh model of this variant over ``num_items`` catalogue items."""
+        if self.repurchase_cycle:
+            return RepurchaseCycleRecommender(num_items)
+        return NextBasketRecommender(num_items, repeat_prior=self.repeat_prior)
+
+
+CANDIDATES: tuple[Candidate, ...] = (
+    Candidate("current"),
+    Candidate("repeat-prior-1", repeat_prior=1.0),
+    Candidate("repeat-prior-3", repeat_prior=3.0),
+    Candidate("repeat-prior-10", repeat_prior=10.0),
+    Candidate("repurchase-cycle", repurchase_cycle=True),
+)
+"""What the benchmark compares, the current model first."""
+
+
+def repurchase_cycle(features: torch.Tensor) -> torch.Tensor:
+    """``(L,)`` per history item: ``log((days since last bought + 1) / (mean days between
+    the invoices holding it + 1))``, clipped to ±log 20 and scaled to [-1, 1]; 0 for an
+    item bought in one invoice only (no interval to compare with).
+
+    A function of the item's own personal features (``(L, NUM_FEATURES)``: days since the
+    first and the last purchase, invoices holding it), so of the customer's own history
+    only; around 0 the item is "due" again.
+    """
+    last = torch.expm1(features[:, _LAST] * LOG_YEAR)
+    first = torch.expm1(features[:, _FIRST] * LOG_YEAR)
+    invoices = torch.expm1(features[:, _INVOICES] * LOG_COUNT_SCALE).round()
+    repeated = invoices >= 2
+    interval = (first - last) / (invoices - 1).clamp(min=1)
+    ratio = torch.log((last + 1) / (interval + 1)).clamp(-_CYCLE_CLIP, _CYCLE_CLIP)
+    return torch.where(repeated, ratio / _CYCLE_CLIP, torch.zeros_like(ratio))
+
+
+class RepurchaseCycleRecommender(NextBasketRecommender):
+    """The recommender whose personal MLP also reads :func:`repurchase_cycle`, appended to
+    each history row's features (before the forward pass and the per-example gradients
+    alike, so both DP modes see the same inputs)."""
+
+    def __init__(self, num_items: int) -> None:
+        super().__init__(num_items, num_features=NUM_FEATURES + 1)
+
+    def forward(self, batch: NextBasketBatch) -> torch.Tensor:
+        """Catalogue logits, the extra feature appended."""
+        return super().forward(with_repurchase_cycle(batch))
+
+    def per_example_gradients(
+        self, batch: NextBasketBatch, logit_grads: torch.Tensor
+    ) -> dict[nn.Parameter, torch.Tensor]:
+        """As the parent's, on the same augmented features as :meth:`forward`."""
+        return super().per_example_gradients(with_repurchase_cycle(batch), logit_grads)
+
+
+def with_repurchase_cycle(batch: NextBasketBatch) -> NextBasketBatch:
+    """``batch`` with :func:`repurchase_cycle` appended to its features."""
+    features = batch["features"]
+    cycle = repurchase_cycle(features).unsqueeze(1)
+    return NextBasketBatch(**{**batch, "features": torch.cat([features, cycle], dim=1)})
+
+
+def validation_ndcg(
+    candidate: Candidate,
+    split: NextBasketSplit,
+    histories: dict,
+    epsilon: float,
+    seed: int,
+    epochs: int | None,
+) -> float:
+    """Validation NDCG@10 of ``candidate`` trained with DP at ``epsilon`` (its settings
+    entry; ``epochs`` replaces the entry's epochs when given) from training seed ``seed``."""
+    entry = centralized_dp_settings(MODEL.name, epsilon)
+    if epochs is not None:
+        entry = entry.with_overrides({f"{MODEL.name}.local-epochs": epochs})
+    settings = entry.training()
+    training = TrainingExamples(histories, seed=seed, target_window=entry.target_window())
+    customers = split.train[schema.CUSTOMER].nunique()
+    plan = centralized_dp_plan(epsilon, len(training), customers, settings)
+    model, _ = fit_recommender(
+        len(split.items), training, settings, seed, plan.noise_multiplier, build=candidate.build
+    )
+    evaluation = EvaluationExamples(histories, split.test_baskets, split.items)
+    scores = score_examples(model, evaluation)
+    return float(evaluate_next_basket(split, scores, TOP_K).loc[OVERALL, METRIC])
+
+
+def markdown(
+    command: str,
+    results: dict[tuple[str, float], list[float]],
+    baseline: float,
+    seeds: Sequence[int],
+    epsilons: Sequence[float],
+    customers: int,
+    seconds: float,
+) -> str:
+    """The section: one row per candidate and ε, and the baseline."""
+    lines = [
+        "## Recommender candidates on validation (issue #12)",
+        "",
+        f"Command: `{command}`; bundled data, next-basket validation protocol "
+        f"({customers:,} validation customers; test invoices removed, the test split never "
+        f"read), centralized DP with each ε's settings-file entry, training seeds "
+        f"{', '.join(map(str, seeds))}. Δ is against the current model at the same ε.",
+        "",
+        "| candidate | ε | NDCG@10 (mean) | min–max over seeds | Δ mean |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for epsilon in epsilons:
+        current = float(np.mean(results[(CANDIDATES[0].name, epsilon)]))
+        for name in dict.fromkeys(name for name, _ in results):
+            scores = results[(name, epsilon)]
+            lines.append(
+                f"| {name} | {epsilon:g} | {np.mean(scores):.4f} | "
+                f"{min(scores):.4f}–{max(scores):.4f} | {np.mean(scores) - current:+.4f} |"
+            )
+    lines += [
+        f"| own history (repeat-buying baseline) | – | {baseline:.4f} | deterministic | |",
+        "",
+        f"Total time {seconds:.0f} s.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Train every candidate at every ε and seed; print the Markdown section."""
+    parser = argparse.ArgumentParser(prog="python -m simulations.benchmarks.recommender_candidates")
+    parser.add_argument("--epsilons", type=float, nargs="+", default=[1.0, 8.0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument(
+        "--candidates",
+        nargs="+",
+        choices=[c.name for c in CANDIDATES],
+        default=[c.name for c in CANDIDATES],
+        help="which candidates to train (default: all)",
+    )
+    parser.add_argument("--epochs", type=int, help="replace the entries' epochs (quick runs)")
+    args = parser.parse_args(argv)
+    argv_shown = argv if argv is not None else sys.argv[1:]
+    command = " ".join(["python -m simulations.benchmarks.recommender_candidates", *argv_shown])
+    torch.set_num_threads(1)  # tiny models on shared cores, as compare does
+    started = time.perf_counter()
+    split = split_next_basket_validation(assign_storefronts(ingest_bundled()))
+    histories = build_histories(split.train, split.items)
+    baseline = float(evaluate_next_basket(split, own_history_scores(split)).loc[OVERALL, METRIC])
+    chosen = [c for c in CANDIDATES if c.name in args.candidates]
+    if chosen[0] is not CANDIDATES[0]:
+        chosen.insert(0, CANDIDATES[0])  # the reference every Δ is taken against
+    results: dict[tuple[str, float], list[float]] = {}
+    for epsilon in args.epsilons:
+        for candidate in chosen:
+            scores = []
+            for seed in args.seeds:
+                scores.append(
+                    validation_ndcg(candidate, split, histories, epsilon, seed, args.epochs)
+                )
+                print(
+                    f"[candidates] ε {epsilon:g} {candidate.name} seed {seed}: {scores[-1]:.4f}",
+                    file=sys.stderr,
+                )
+            results[(candidate.name, epsilon)] = scores
+    seconds = time.perf_counter() - started
+    customers = len(split.test_customers)
+    print(markdown(command, results, baseline, args.seeds, args.epsilons, customers, seconds))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
