@@ -45,8 +45,8 @@ def add_tune_arguments(parser: argparse.ArgumentParser) -> None:
         "--repeats",
         type=int,
         default=1,
-        help="centralized mode: train each trial with this many seeds (--seed, --seed + 1, "
-        "...) and score their mean (default 1; federated trials are one run)",
+        help="train each trial with this many seeds (--seed, --seed + 1, ...; federated: "
+        "the runs' simulation-seed) and score their mean (default 1)",
     )
     parser.add_argument(
         "--out",

@@ -16,8 +16,8 @@ below reads only the validation protocols' data.
   invoices, or up to the test cutoff) in the sequential federation
   (:func:`simulations.sequential.run_sequential_federation`: the sites' own code, DP
   planning and ledgers, FedAvg) for :data:`FEDERATED_ROUNDS` rounds; a fresh run
-  directory per trial, so every trial starts with unspent site budgets. The simulation
-  seeds each site's training per (site, round), so a trial is one run.
+  directory per trial and seed, so every run starts with unspent site budgets. A trial's
+  score is the mean over ``repeats`` runs, each with its own ``simulation-seed``.
 
 It writes ``trials.csv`` and ``trials.md`` (every trial: settings, validation score,
 seconds) and ``chosen.json`` (the best trial's entry for the settings file) into the
@@ -49,6 +49,7 @@ from models.nextbasket_features import TrainingExamples, build_histories
 from models.nextbasket_validation import split_next_basket_validation, without_test_invoices
 from models.recommender import evaluate_recommender
 from models.registry import get_model
+from models.training import SIMULATION_SEED
 from privacy.atomic_files import atomic_write
 from simulations.compare import centralized_dp_plan, fit_churn_dp, fit_recommender, ingest_bundled
 from simulations.progress import SILENT, Progress
@@ -128,17 +129,15 @@ def tune(
         seed: seeds the draws and, in centralized mode, the first training seed.
         out_dir: where the table and the chosen entry go (created if missing).
         data: names the data in the chosen entry (e.g. ``bundled``).
-        repeats: centralized mode: training seeds ``seed .. seed + repeats - 1`` per trial.
+        repeats: training seeds ``seed .. seed + repeats - 1`` per trial (federated mode:
+            the runs' ``simulation-seed``).
         progress: reports each trial with its wall time.
 
     Raises:
-        ValueError: ``repeats`` < 1, or > 1 in federated mode (seeded by the simulation).
+        ValueError: ``repeats`` < 1.
     """
-    if repeats < 1 or (mode == "federated" and repeats != 1):
-        raise ValueError(
-            f"repeats must be at least 1 (exactly 1 in federated mode, whose sites are "
-            f"seeded per site and round by the simulation), got {repeats}"
-        )
+    if repeats < 1:
+        raise ValueError(f"repeats must be at least 1, got {repeats}")
     seeds = list(range(seed, seed + repeats))
     current = settings_for(model, mode, epsilon)
     candidates = draw_trials(model, mode, current.settings, trials, seed)
@@ -147,7 +146,7 @@ def tune(
         if mode == "centralized":
             objective = centralized_objective(frame, model, epsilon, seeds)
         else:
-            objective = federated_objective(frame, model, epsilon, out_dir)
+            objective = federated_objective(frame, model, epsilon, out_dir, seeds)
     done: list[Trial] = []
     for number, settings in enumerate(candidates):
         started = time.perf_counter()
@@ -168,11 +167,8 @@ def tune(
         trials=len(done),
         note=f"fedshop-sim tune --model {model} --mode {mode} --epsilon {epsilon:g} "
         f"--trials {trials} --seed {seed}: trial {best.number} of {len(done)}"
-        + (
-            f", {FEDERATED_ROUNDS} rounds, sites seeded per (site, round) by the simulation"
-            if mode == "federated"
-            else f", training seeds {seeds[0]}..{seeds[-1]}"
-        )
+        + (f", {FEDERATED_ROUNDS} rounds" if mode == "federated" else "")
+        + f", training seeds {seeds[0]}..{seeds[-1]}"
         + f"; trial 0 was the entry before ({_provenance(current)})",
     )
     result = TuningResult(done, chosen)
@@ -220,10 +216,11 @@ def centralized_objective(
 
 
 def federated_objective(
-    frame: pd.DataFrame, model: str, epsilon: float, out_dir: Path
+    frame: pd.DataFrame, model: str, epsilon: float, out_dir: Path, seeds: list[int]
 ) -> Objective:
     """Federate over the storefronts' validation data (written to
-    ``out_dir/validation-storefronts``) with DP at ``epsilon`` per site; score the pooled
+    ``out_dir/validation-storefronts``) with DP at ``epsilon`` per site, once per
+    ``simulation-seed`` in ``seeds`` (each with fresh site ledgers); score the pooled
     evaluation after the last round."""
     # Imported here: the sequential federation pulls in Flower, which centralized tuning
     # does not need.
@@ -241,19 +238,24 @@ def federated_objective(
     metric = get_model(model).headline_metric
 
     def federated_score(number: int, settings: Mapping[str, Any]) -> list[float]:
-        run_config = {
-            "models": model,
-            "epsilon": epsilon,
-            "num-server-rounds": FEDERATED_ROUNDS,
-            **{f"{model}.{key}": value for key, value in settings.items()},
-            **facts,
-        }
-        result = run_sequential_federation(split_dir, out_dir / f"trial-{number}", run_config)
-        final = result.metrics[model][-1]
-        if metric not in final:
-            reasons = "; ".join(result.declined[model]) or "no site sent an evaluation"
-            raise ValueError(f"trial {number}: no pooled {metric} ({reasons})")
-        return [float(final[metric])]
+        scores = []
+        for seed in seeds:
+            run_config = {
+                "models": model,
+                "epsilon": epsilon,
+                "num-server-rounds": FEDERATED_ROUNDS,
+                SIMULATION_SEED: seed,
+                **{f"{model}.{key}": value for key, value in settings.items()},
+                **facts,
+            }
+            run_dir = out_dir / f"trial-{number}" / f"seed-{seed}"
+            result = run_sequential_federation(split_dir, run_dir, run_config)
+            final = result.metrics[model][-1]
+            if metric not in final:
+                reasons = "; ".join(result.declined[model]) or "no site sent an evaluation"
+                raise ValueError(f"trial {number}: no pooled {metric} ({reasons})")
+            scores.append(float(final[metric]))
+        return scores
 
     return federated_score
 

@@ -154,7 +154,9 @@ def test_the_command_tunes_a_split_and_leaves_the_settings_file_alone(
     assert load_entries() == before  # only --write-settings records the choice
 
 
-def test_a_federated_search_trains_every_trial_with_fresh_site_budgets(tmp_path: Path) -> None:
+def test_a_federated_search_trains_every_trial_and_seed_with_fresh_site_budgets(
+    tmp_path: Path,
+) -> None:
     frame = generate_orders(n_storefronts=2, n_customers=600, n_items=40, seed=5)
     for model in ("churn", "recommender"):
         result = tune(
@@ -163,21 +165,29 @@ def test_a_federated_search_trains_every_trial_with_fresh_site_budgets(tmp_path:
             mode="federated",
             epsilon=8.0,
             trials=2,
-            seed=0,
+            seed=3,
             out_dir=tmp_path / model,
             data="synthetic",
+            repeats=2,
         )
         assert [trial.number for trial in result.trials] == [0, 1]
-        assert all(len(trial.scores) == 1 for trial in result.trials)
-        assert all(0 < trial.score <= 1 for trial in result.trials)
+        assert all(len(trial.scores) == 2 for trial in result.trials)
+        assert all(0 < score <= 1 for trial in result.trials for score in trial.scores)
+        # the simulation seed reaches the sites: the same settings score differently
+        assert result.trials[0].scores[0] != result.trials[0].scores[1]
         assert result.trials[0].settings == settings_for(model, "federated", 8.0).settings
-        assert f"{FEDERATED_ROUNDS} rounds" in result.chosen.note
-        # one run directory (with the sites' own ledgers) per trial
-        assert {path.name for path in (tmp_path / model).glob("trial-*")} == {"trial-0", "trial-1"}
+        assert f"{FEDERATED_ROUNDS} rounds, training seeds 3..4" in result.chosen.note
+        assert result.chosen.seeds == [3, 4]
+        # one run directory (with the sites' own ledgers) per trial and seed
+        runs = {
+            str(path.relative_to(tmp_path / model))
+            for path in (tmp_path / model).glob("trial-*/seed-*")
+        }
+        assert runs == {f"trial-{t}/seed-{s}" for t in (0, 1) for s in (3, 4)}
 
 
-def test_federated_trials_are_one_run_each(small, tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="exactly 1 in federated mode"):
+def test_a_search_needs_at_least_one_seed(small, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="repeats must be at least 1"):
         tune(
             small,
             model="churn",
@@ -187,5 +197,5 @@ def test_federated_trials_are_one_run_each(small, tmp_path: Path) -> None:
             seed=0,
             out_dir=tmp_path,
             data="synthetic",
-            repeats=2,
+            repeats=0,
         )
