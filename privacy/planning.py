@@ -87,7 +87,6 @@ def plan_dp(
     )
 
 
-@lru_cache(maxsize=1024)
 def _plan_dp(
     n_customers: int,
     batch_size: int,
@@ -98,14 +97,12 @@ def _plan_dp(
     accountant: str,
     prior: tuple[DPSegment, ...],
 ) -> DPPlan:
-    # Cached: a PLD calibration takes ~2 s, and a simulation process or the server's
-    # screening plans the same sizes every round.
     _check_positive_int("local_epochs", local_epochs)
     _check_positive_int("planned_rounds", planned_rounds)
     sample_rate = opacus_sample_rate(n_customers, batch_size)
     steps_per_round = local_epochs * opacus_steps_per_epoch(n_customers, batch_size)
-    noise_multiplier = create_accountant(accountant).calibrate_noise_multiplier(
-        epsilon_budget, delta, sample_rate, steps_per_round * planned_rounds, prior=prior
+    noise_multiplier = _calibrated_noise_multiplier(
+        accountant, epsilon_budget, delta, sample_rate, steps_per_round * planned_rounds, prior
     )
     return DPPlan(
         epsilon_budget=epsilon_budget,
@@ -116,6 +113,24 @@ def _plan_dp(
         steps_per_round=steps_per_round,
         planned_rounds=planned_rounds,
         accountant=accountant,
+    )
+
+
+@lru_cache(maxsize=1024)
+def _calibrated_noise_multiplier(
+    accountant: str,
+    epsilon_budget: float,
+    delta: float,
+    sample_rate: float,
+    steps: int,
+    prior: tuple[DPSegment, ...],
+) -> float:
+    # Cached by what σ depends on, not by site size: a PLD calibration takes 20 ms to 2 s,
+    # a simulation process or the server's screening plans the same sizes every round, and
+    # many sites of different sizes share a sample rate (every site of at most B customers
+    # has rate 1) and δ.
+    return create_accountant(accountant).calibrate_noise_multiplier(
+        epsilon_budget, delta, sample_rate, steps, prior=prior
     )
 
 

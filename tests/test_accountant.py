@@ -6,6 +6,7 @@ import math
 import pytest
 from independent_accounting import PLD_TOLERANCE, independent_epsilon
 
+from privacy import planning
 from privacy.accountants import DEFAULT_ACCOUNTANT, DPSegment, create_accountant
 from privacy.accountants.pld import MIN_NOISE_MULTIPLIER
 from privacy.planning import default_delta, opacus_sample_rate, opacus_steps_per_epoch
@@ -209,3 +210,21 @@ def test_accountants_by_name() -> None:
     assert {create_accountant(name).name for name in ("rdp", "pld")} == {"rdp", "pld"}
     with pytest.raises(ValueError, match="unknown privacy accountant 'prv'"):
         create_accountant("prv")
+
+
+def test_sites_of_different_sizes_with_one_sample_rate_share_one_calibration(monkeypatch) -> None:
+    calls = []
+    real = create_accountant
+
+    def counting(name: str):
+        calls.append(name)
+        return real(name)
+
+    monkeypatch.setattr(planning, "create_accountant", counting)
+    common = {"batch_size": 64, "local_epochs": 2, "planned_rounds": 3, "epsilon_budget": 2.718}
+    plans = [planning.plan_dp(n_customers=n, **common) for n in (20, 37, 64)]
+    assert len(calls) == 1  # every site of at most 64 customers has sample rate 1, δ 1e-5
+    assert {plan.noise_multiplier for plan in plans} == {plans[0].noise_multiplier}
+    assert [plan.customers for plan in plans] == [20, 37, 64]
+    other = planning.plan_dp(n_customers=65, **common)  # two batches: a new calibration
+    assert len(calls) == 2 and other.noise_multiplier != plans[0].noise_multiplier
