@@ -226,15 +226,7 @@ def federated_objective(
     # does not need.
     from simulations.sequential import run_sequential_federation
 
-    facts: dict[str, Any] = {}
-    if model == "recommender":
-        validation = without_test_invoices(frame)
-    else:
-        test_cutoff = churn_cutoff(frame)
-        validation = before_test_labels(frame, test_cutoff)
-        facts["churn.cutoff"] = validation_cutoff(test_cutoff).isoformat()
-    split_dir = out_dir / "validation-storefronts"
-    prepare_storefronts(validation, split_dir, metadata={"source": "validation protocol"})
+    split_dir, facts = validation_storefronts(frame, model, out_dir / "validation-storefronts")
     metric = get_model(model).headline_metric
 
     def federated_score(number: int, settings: Mapping[str, Any]) -> list[float]:
@@ -258,6 +250,23 @@ def federated_objective(
         return scores
 
     return federated_score
+
+
+def validation_storefronts(
+    frame: pd.DataFrame, model: str, split_dir: Path
+) -> tuple[Path, dict[str, Any]]:
+    """Write the storefronts' validation data of ``model`` to ``split_dir`` (each site's
+    orders without its test invoices, or up to the test cutoff) and return it with the
+    run-config facts a federation on it needs (churn: the validation cutoff)."""
+    facts: dict[str, Any] = {}
+    if model == "recommender":
+        validation = without_test_invoices(frame)
+    else:
+        test_cutoff = churn_cutoff(frame)
+        validation = before_test_labels(frame, test_cutoff)
+        facts["churn.cutoff"] = validation_cutoff(test_cutoff).isoformat()
+    prepare_storefronts(validation, split_dir, metadata={"source": "validation protocol"})
+    return split_dir, facts
 
 
 def write_tables(result: TuningResult, out_dir: Path) -> None:

@@ -174,6 +174,16 @@ SECTIONS: tuple[BenchSection, ...] = (
         seeds="training seeds 0, 1, 2 (one model per week and seed)",
     ),
     _benchmark(
+        "federated_choices",
+        "Rounds and server optimiser on validation (issue #12)",
+        quick=(
+            *("--models", "churn", "--epsilons", "8", "--rounds", "2", "4"),
+            *("--seeds", "0", "--server-learning-rates", "0.1"),
+        ),
+        full=(),
+        seeds="simulation-seed 0, 1 (rounds) and 0 (server optimiser) per model and ε",
+    ),
+    _benchmark(
         "recommender_candidates",
         "Recommender candidates on validation (issue #12)",
         quick=("--seeds", "0", "--epsilons", "8", "--epochs", "2"),
