@@ -18,7 +18,9 @@ Candidates (:data:`CANDIDATES`):
   as the own-history baseline does, so DP-SGD only has to learn a residual;
 - ``repurchase-cycle``: the current model with one more personal feature,
   :func:`repurchase_cycle`, how the days since the customer last bought the item compare
-  with their mean interval between buying it.
+  with their mean interval between buying it;
+- ``hidden-…``: the current model with other hidden widths of its MLP (it has one layer
+  of 16): the hidden size chosen on validation too.
 
 A candidate is worth keeping only if its mean beats the current model's by more than
 the spread over seeds (max − min) at every ε.
@@ -70,17 +72,20 @@ _CYCLE_CLIP = float(np.log(20.0))
 
 @dataclass(frozen=True)
 class Candidate:
-    """One variant of the recommender: its prior weight γ and whether it reads the
-    repurchase-cycle feature."""
+    """One variant of the recommender: its prior weight γ, whether it reads the
+    repurchase-cycle feature, and its MLP's hidden widths (None: the model's own)."""
 
     name: str
     repeat_prior: float = 0.0
     repurchase_cycle: bool = False
+    hidden: tuple[int, ...] | None = None
 
     def build(self, num_items: int) -> NextBasketRecommender:
         """A fresh model of this variant over ``num_items`` catalogue items."""
         if self.repurchase_cycle:
             return RepurchaseCycleRecommender(num_items)
+        if self.hidden is not None:
+            return NextBasketRecommender(num_items, hidden=self.hidden)
         return NextBasketRecommender(num_items, repeat_prior=self.repeat_prior)
 
 
@@ -90,6 +95,9 @@ CANDIDATES: tuple[Candidate, ...] = (
     Candidate("repeat-prior-3", repeat_prior=3.0),
     Candidate("repeat-prior-10", repeat_prior=10.0),
     Candidate("repurchase-cycle", repurchase_cycle=True),
+    Candidate("hidden-8", hidden=(8,)),
+    Candidate("hidden-32", hidden=(32,)),
+    Candidate("hidden-16-16", hidden=(16, 16)),
 )
 """What the benchmark compares, the current model first."""
 
