@@ -3,9 +3,9 @@ on one :class:`MainRun`.
 
 ``main`` runs ``MAIN_STAGES``: the bundled data's storefront split, then the stages of
 ``SIMULATION_STAGES`` (federated DP training through ``flwr run``, the privacy report,
-``report.html``), which ``run`` also uses on any split. ``run`` trains with the federated
-settings of the nearest ε (:func:`with_settings_per_epsilon`); ``main`` keeps its own
-fixed run config (:data:`simulations.run_configs.MAIN_RUN_CONFIG`). This module imports the training
+``report.html``), which ``run`` also uses on any split. Both train with the federated
+settings of the nearest ε (:func:`with_settings_per_epsilon`), ``main`` over its models, ε
+and rounds (:data:`simulations.run_configs.MAIN_RUN_CONFIG`). This module imports the training
 stack (torch, Flower, matplotlib); :mod:`simulations.cli` imports it only when one of
 these commands runs, so the light commands start fast.
 """
@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -255,18 +255,21 @@ def run_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def with_settings_per_epsilon(config: dict[str, Any]) -> dict[str, Any]:
-    """``config`` over the federated settings of the nearest ε for its models
-    (:func:`simulations.settings_per_epsilon.federated_run_config`; ε and models from
-    ``config``, else the app's defaults): what the command line sets wins. Without DP
-    (ε ≤ 0) ``config`` is returned unchanged."""
+def with_settings_per_epsilon(
+    config: dict[str, Any], base: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """``config`` (what the command line sets) over the federated settings of the nearest
+    ε for its models (:func:`simulations.settings_per_epsilon.federated_run_config`), over
+    ``base``; ε and models from ``config``, else ``base``, else the app's defaults. Without
+    DP (ε ≤ 0) the settings file has nothing to add."""
     app = app_run_config()
-    epsilon = float(config.get("epsilon", app["epsilon"]))
+    merged = {**(base or {}), **config}
+    epsilon = float(merged.get("epsilon", app["epsilon"]))
     if epsilon <= 0:
-        return config
-    models = [name.strip() for name in str(config.get("models", app["models"])).split(",")]
+        return merged
+    models = [name.strip() for name in str(merged.get("models", app["models"])).split(",")]
     try:
-        return {**federated_run_config(models, epsilon), **config}
+        return {**(base or {}), **federated_run_config(models, epsilon), **config}
     except ValueError as error:
         raise CommandError(str(error)) from None
 
@@ -278,7 +281,7 @@ def run_main(args: argparse.Namespace) -> int:
         out_dir=args.out,
         min_customers=args.min_customers,
         progress=Progress(PROG),
-        run_config=training_config(args, MAIN_RUN_CONFIG),
+        run_config=with_settings_per_epsilon(training_config(args, {}), MAIN_RUN_CONFIG),
         client_cpus=args.client_cpus,
         ray_address=ray_address,
         verbose=args.verbose,

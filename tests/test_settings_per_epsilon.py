@@ -14,6 +14,7 @@ from privacy import wire
 from simulations import cli
 from simulations.compare import centralized_dp_settings
 from simulations.jobs import with_settings_per_epsilon
+from simulations.run_configs import MAIN_RUN_CONFIG
 from simulations.settings_per_epsilon import (
     SETTINGS_FILE,
     TARGET_WINDOW,
@@ -128,6 +129,20 @@ def test_run_trains_with_the_federated_settings_of_the_nearest_epsilon() -> None
     # Without DP the file's DP settings do not apply.
     plain = cli.training_config(run_args("--epsilon", "0"), {})
     assert with_settings_per_epsilon(plain) == plain
+
+
+def test_the_main_job_trains_with_the_settings_of_its_epsilon_over_its_run_level_config():
+    config = with_settings_per_epsilon({}, MAIN_RUN_CONFIG)
+    for model in ("churn", "recommender"):
+        expected = settings_for(model, "federated", MAIN_RUN_CONFIG["epsilon"]).run_config()
+        assert {key: config[key] for key in expected} == expected  # epochs included
+    for key in ("models", "epsilon", "num-server-rounds"):
+        assert config[key] == MAIN_RUN_CONFIG[key]
+    # the command line wins, and its ε picks the entry
+    config = with_settings_per_epsilon({"epsilon": 1.0, "churn.batch-size": 7}, MAIN_RUN_CONFIG)
+    one = settings_for("churn", "federated", 1.0).run_config()
+    assert config["churn.learning-rate"] == one["churn.learning-rate"]
+    assert config["churn.batch-size"] == 7
 
 
 def test_compare_takes_set_assignments() -> None:
