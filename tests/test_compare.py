@@ -25,7 +25,7 @@ from simulations.compare import (
     run_comparison,
 )
 from simulations.federated_runs import FEDERATED, federated_dp_run_name
-from simulations.settings_per_epsilon import settings_for
+from simulations.settings_per_epsilon import settings_for, validation_record
 from simulations.storefronts import assign_storefronts
 from simulations.synthetic import generate_orders
 
@@ -186,15 +186,13 @@ def test_each_dp_run_says_how_its_settings_were_chosen_beside_its_test_score(com
         assert "validation" not in result[model]["runs"][CENTRALIZED]
 
 
-def test_a_set_override_leaves_no_validation_score(tmp_path) -> None:
-    frame = generate_orders(n_storefronts=2, n_customers=120, n_items=40, seed=2)
-    result = run_comparison(
-        frame,
-        tmp_path,
-        epsilons=(8.0,),
-        quick=True,
-        settings_overrides={"churn.learning-rate": 0.123},
+def test_a_set_override_leaves_no_validation_score() -> None:
+    changed = validation_record("churn", "centralized", 8.0, {"churn.learning-rate": 0.123})
+    assert changed["score"] is None and changed["chosen-on"] == "--set"
+    other_model = validation_record("recommender", "centralized", 8.0, {"churn.learning-rate": 1})
+    entry = settings_for("recommender", "centralized", 8.0)
+    assert (other_model["score"], other_model["chosen-on"]) == (
+        entry.validation_score,
+        entry.chosen_on,
     )
-    churn = result["churn"]["runs"][dp_run_name(8.0)]["validation"]
-    assert churn["score"] is None and churn["chosen-on"] == "--set"
-    assert result["recommender"]["runs"][dp_run_name(8.0)]["validation"]["score"] is not None
+    assert validation_record("tests.plugin_model", "centralized", 8.0) is None
