@@ -231,15 +231,9 @@ def federated_objective(
 
     def federated_score(number: int, settings: Mapping[str, Any]) -> list[float]:
         scores = []
+        trial = {f"{model}.{key}": value for key, value in settings.items()}
         for seed in seeds:
-            run_config = {
-                "models": model,
-                "epsilon": epsilon,
-                "num-server-rounds": FEDERATED_ROUNDS,
-                SIMULATION_SEED: seed,
-                **{f"{model}.{key}": value for key, value in settings.items()},
-                **facts,
-            }
+            run_config = validation_run_config(model, epsilon, seed, facts, trial)
             run_dir = out_dir / f"trial-{number}" / f"seed-{seed}"
             result = run_sequential_federation(split_dir, run_dir, run_config)
             final = result.metrics[model][-1]
@@ -267,6 +261,28 @@ def validation_storefronts(
         facts["churn.cutoff"] = validation_cutoff(test_cutoff).isoformat()
     prepare_storefronts(validation, split_dir, metadata={"source": "validation protocol"})
     return split_dir, facts
+
+
+def validation_run_config(
+    model: str,
+    epsilon: float,
+    seed: int,
+    facts: Mapping[str, Any],
+    *overrides: Mapping[str, Any],
+) -> dict[str, Any]:
+    """The run config of one federation of ``model`` over its validation storefronts: DP at
+    ``epsilon``, :data:`FEDERATED_ROUNDS` rounds, the split's ``facts``
+    (:func:`validation_storefronts`), then ``overrides`` in order (a later one wins), and
+    ``seed`` as its ``simulation-seed``."""
+    config: dict[str, Any] = {
+        "models": model,
+        "epsilon": epsilon,
+        "num-server-rounds": FEDERATED_ROUNDS,
+        **facts,
+    }
+    for override in overrides:
+        config.update(override)
+    return {**config, SIMULATION_SEED: seed}
 
 
 def write_tables(result: TuningResult, out_dir: Path) -> None:

@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 
 from models.training import SIMULATION_SEED
-from simulations.benchmarks.federated_choices import MAIN_ROUNDS, markdown_row, measure
+from simulations.benchmarks.federated_choices import markdown_row, measure
 from simulations.settings_per_epsilon import settings_for
+from simulations.tuning import FEDERATED_ROUNDS
 
 
 def test_each_seed_federates_with_the_epsilons_settings_the_facts_and_the_variant(tmp_path):
@@ -27,7 +28,7 @@ def test_each_seed_federates_with_the_epsilons_settings_the_facts_and_the_varian
     for (split_dir, _, config), seed in zip(seen, [0, 2], strict=True):
         assert split_dir == tmp_path / "split"
         assert config["models"] == "churn" and config["epsilon"] == 3.0
-        assert config["num-server-rounds"] == MAIN_ROUNDS
+        assert config["num-server-rounds"] == FEDERATED_ROUNDS
         assert tuned.items() <= config.items()
         assert config["churn.cutoff"] == "2011-06-12T00:00:00+00:00"
         assert variant.items() <= config.items()

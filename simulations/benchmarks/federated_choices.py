@@ -34,19 +34,16 @@ import numpy as np
 
 from models import metrics
 from models.registry import get_model
-from models.training import SIMULATION_SEED
 from server.run_results import final_rows, load_run
 from simulations.compare import ingest_bundled
-from simulations.run_configs import MAIN_RUN_CONFIG
 from simulations.runner import run_simulation_job
 from simulations.sequential import run_sequential_federation
 from simulations.settings_per_epsilon import settings_for
 from simulations.storefronts import assign_storefronts
 from simulations.tune_options import FEDERATED_MODE
-from simulations.tuning import validation_storefronts
+from simulations.tuning import FEDERATED_ROUNDS, validation_run_config, validation_storefronts
 
 MODELS = ("recommender", "churn")
-MAIN_ROUNDS = int(MAIN_RUN_CONFIG["num-server-rounds"])
 
 RunFederation = Callable[[Path, Path, dict[str, Any]], float]
 """Runs one federation (split, run directory, run config) and returns the model's
@@ -90,15 +87,7 @@ def measure(
     tuned = settings_for(model, FEDERATED_MODE, epsilon).run_config()
     scores = []
     for seed in seeds:
-        run_config = {
-            "models": model,
-            "epsilon": epsilon,
-            "num-server-rounds": MAIN_ROUNDS,
-            **tuned,
-            **facts,
-            **variant,
-            SIMULATION_SEED: seed,
-        }
+        run_config = validation_run_config(model, epsilon, seed, facts, tuned, variant)
         chosen = "-".join(f"{key}={value}" for key, value in variant.items()) or "current"
         run_dir = work / f"{model}-eps{epsilon:g}-{chosen}-seed{seed}"
         scores.append(federate(split_dir, run_dir, run_config))
@@ -140,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
             for epsilon in args.epsilons:
                 for rounds in args.rounds:
                     choice = f"FedAvg, {rounds} rounds" + (
-                        " (current)" if rounds == MAIN_ROUNDS else ""
+                        " (current)" if rounds == FEDERATED_ROUNDS else ""
                     )
                     variant = {"num-server-rounds": rounds}
                     scores = measure(
@@ -170,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
                     markdown_row(
                         model,
                         args.optimiser_epsilon,
-                        f"{name}, {MAIN_ROUNDS} rounds, flwr run",
+                        f"{name}, {FEDERATED_ROUNDS} rounds, flwr run",
                         scores,
                     )
                 )
