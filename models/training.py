@@ -126,12 +126,10 @@ def simulation_seed(run_config: Mapping[str, Any]) -> int:
         ValueError: the value is not a whole number ≥ 0.
     """
     value = run_config.get(SIMULATION_SEED, 0)
-    if not isinstance(value, int | float) or isinstance(value, bool):
+    whole = isinstance(value, int | float) and not isinstance(value, bool)
+    if not (whole and float(value).is_integer() and value >= 0):
         raise ValueError(f"'{SIMULATION_SEED}' must be a whole number >= 0, got {value!r}")
-    seed = _whole(value, SIMULATION_SEED)
-    if seed < 0:
-        raise ValueError(f"'{SIMULATION_SEED}' must be a whole number >= 0, got {value!r}")
-    return seed
+    return int(value)
 
 
 def mean_finite(values: list[float]) -> float:

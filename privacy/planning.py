@@ -75,34 +75,19 @@ def plan_dp(
     Raises:
         ValueError: invalid arguments, or no σ reaches the budget at this size.
     """
-    return _plan_dp(
-        n_customers,
-        batch_size,
-        local_epochs,
-        planned_rounds,
-        float(epsilon_budget),
-        default_delta(n_customers) if delta is None else float(delta),
-        accountant,
-        tuple(prior),
-    )
-
-
-def _plan_dp(
-    n_customers: int,
-    batch_size: int,
-    local_epochs: int,
-    planned_rounds: int,
-    epsilon_budget: float,
-    delta: float,
-    accountant: str,
-    prior: tuple[DPSegment, ...],
-) -> DPPlan:
+    epsilon_budget = float(epsilon_budget)
+    delta = default_delta(n_customers) if delta is None else float(delta)
     _check_positive_int("local_epochs", local_epochs)
     _check_positive_int("planned_rounds", planned_rounds)
     sample_rate = opacus_sample_rate(n_customers, batch_size)
     steps_per_round = local_epochs * opacus_steps_per_epoch(n_customers, batch_size)
     noise_multiplier = _calibrated_noise_multiplier(
-        accountant, epsilon_budget, delta, sample_rate, steps_per_round * planned_rounds, prior
+        accountant,
+        epsilon_budget,
+        delta,
+        sample_rate,
+        steps_per_round * planned_rounds,
+        tuple(prior),
     )
     return DPPlan(
         epsilon_budget=epsilon_budget,
