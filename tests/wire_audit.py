@@ -11,9 +11,9 @@ the weight arrays' payloads.
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from collections.abc import Iterable, Mapping
-import re
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +24,6 @@ from flwr.proto.message_pb2 import Message as ProtoMessage
 from models.registry import get_model
 from privacy import wire
 from privacy.wire_encoding import decode_int8
-
 
 FLOWER_MESSAGE_ID = re.compile(r"[0-9a-f]{64}")
 """How Flower 1.42 names a message: a SHA-256 hex digest."""
