@@ -24,6 +24,13 @@ seconds) and ``chosen.json`` (the best trial's entry for the settings file) into
 output directory; ``--write-settings`` records that entry in
 ``simulations/data/settings-per-epsilon.json``. The best trial is the highest score, the
 earlier trial on a tie (so the current settings stay unless a draw beats them).
+
+Churn is ranked by ROC-AUC, which ignores calibration, yet its probabilities are what a
+storefront acts on. So churn's best trial is chosen among the *calibrated* ones: those
+whose validation Brier score is below the base rate's, r(1 − r) for the held-out churn
+rate r, which is the Brier of forecasting r for every customer (Brier 1950). Without the
+guard the first federated searches chose settings whose Brier was 0.255 against 0.246.
+Only when no trial is calibrated is the best of all chosen, and its entry says so.
 """
 
 from __future__ import annotations
@@ -77,24 +84,61 @@ TRIALS_CSV = "trials.csv"
 TRIALS_MARKDOWN = "trials.md"
 CHOSEN_JSON = "chosen.json"
 
-Objective = Callable[[int, Mapping[str, Any]], list[float]]
-"""(trial number, settings in run-config spelling) -> validation score of each training
-seed (higher is better)."""
+Objective = Callable[[int, Mapping[str, Any]], list[dict[str, float]]]
+"""(trial number, settings in run-config spelling) -> validation metrics of each training
+seed: the model's headline metric (higher is better) and, for churn, ``brier`` and
+``churn-rate``."""
+BRIER = "brier"
+CHURN_RATE = "churn-rate"
 
 
 @dataclass(frozen=True)
 class Trial:
-    """One trial: its settings, validation scores (one per training seed) and wall time."""
+    """One trial: its settings, validation metrics (one dict per training seed), the metric
+    it is ranked by, and wall time."""
 
     number: int
     settings: dict[str, Any]
-    scores: list[float]
+    metrics: list[dict[str, float]]
+    metric: str
     seconds: float
+
+    @property
+    def scores(self) -> list[float]:
+        """The ranking metric of each training seed."""
+        return [seed[self.metric] for seed in self.metrics]
 
     @property
     def score(self) -> float:
         """The mean validation score over the training seeds."""
         return float(np.mean(self.scores))
+
+    @property
+    def brier(self) -> float | None:
+        """Mean validation Brier score over the seeds, if the model reports one."""
+        return _mean(self.metrics, BRIER)
+
+    @property
+    def base_rate_brier(self) -> float | None:
+        """Mean r(1 − r) over the seeds, r the held-out churn rate: the Brier of forecasting
+        the base rate for everyone (same customers every seed, so the same each time)."""
+        if CHURN_RATE not in self.metrics[0]:
+            return None
+        return float(np.mean([seed[CHURN_RATE] * (1 - seed[CHURN_RATE]) for seed in self.metrics]))
+
+    @property
+    def calibrated(self) -> bool:
+        """Brier below the base rate's (module docstring); true for a model without one."""
+        if self.brier is None or self.base_rate_brier is None:
+            return True
+        return self.brier < self.base_rate_brier
+
+
+def best_trial(trials: list[Trial]) -> Trial:
+    """The highest mean score among the calibrated trials (all trials if none is), the
+    earlier trial on a tie."""
+    eligible = [trial for trial in trials if trial.calibrated] or trials
+    return max(eligible, key=lambda trial: (trial.score, -trial.number))
 
 
 @dataclass(frozen=True)
@@ -151,9 +195,10 @@ def tune(
     for number, settings in enumerate(candidates):
         started = time.perf_counter()
         with progress.step(f"{model} trial {number + 1}/{len(candidates)}: {_brief(settings)}"):
-            scores = objective(number, settings)
-        done.append(Trial(number, dict(settings), scores, time.perf_counter() - started))
-    best = max(done, key=lambda trial: (trial.score, -trial.number))
+            metrics = objective(number, settings)
+        seconds = time.perf_counter() - started
+        done.append(Trial(number, dict(settings), metrics, current.metric, seconds))
+    best = best_trial(done)
     chosen = EpsilonSettings(
         model=model,
         mode=mode,
@@ -169,6 +214,7 @@ def tune(
         f"--trials {trials} --seed {seed}: trial {best.number} of {len(done)}"
         + (f", {FEDERATED_ROUNDS} rounds" if mode == "federated" else "")
         + f", training seeds {seeds[0]}..{seeds[-1]}"
+        + _calibration_note(done)
         + f"; trial 0 was the entry before ({_provenance(current)})",
     )
     result = TuningResult(done, chosen)
@@ -186,9 +232,9 @@ def centralized_objective(
         histories = build_histories(split.train, split.items)
         customers = split.train[schema.CUSTOMER].nunique()
 
-        def recommender_score(number: int, settings: Mapping[str, Any]) -> list[float]:
+        def recommender_score(number: int, settings: Mapping[str, Any]) -> list[dict[str, float]]:
             training = training_settings(settings)
-            scores = []
+            per_seed = []
             for seed in seeds:
                 window = target_window(settings)
                 examples = TrainingExamples(histories, seed=seed, target_window=window)
@@ -196,21 +242,23 @@ def centralized_objective(
                 trained, _ = fit_recommender(
                     len(split.items), examples, training, seed, plan.noise_multiplier
                 )
-                scores.append(float(evaluate_recommender(trained, split).loc[OVERALL, "ndcg@10"]))
-            return scores
+                per_seed.append(_overall(evaluate_recommender(trained, split), ["ndcg@10"]))
+            return per_seed
 
         return recommender_score
     data = churn_validation_data(frame)
     train, held_out = data.part(held_out=False), data.part(held_out=True)
 
-    def churn_score(number: int, settings: Mapping[str, Any]) -> list[float]:
+    def churn_score(number: int, settings: Mapping[str, Any]) -> list[dict[str, float]]:
         training = training_settings(settings)
         plan = centralized_dp_plan(epsilon, len(train.labels), len(train.labels), training)
-        scores = []
+        per_seed = []
         for seed in seeds:
             trained, _ = fit_churn_dp(train, training, plan.noise_multiplier, seed)
-            scores.append(float(evaluate_churn(trained, held_out).loc[OVERALL, "roc-auc"]))
-        return scores
+            per_seed.append(
+                _overall(evaluate_churn(trained, held_out), ["roc-auc", BRIER, CHURN_RATE])
+            )
+        return per_seed
 
     return churn_score
 
@@ -229,8 +277,8 @@ def federated_objective(
     split_dir, facts = validation_storefronts(frame, model, out_dir / "validation-storefronts")
     metric = get_model(model).headline_metric
 
-    def federated_score(number: int, settings: Mapping[str, Any]) -> list[float]:
-        scores = []
+    def federated_score(number: int, settings: Mapping[str, Any]) -> list[dict[str, float]]:
+        per_seed = []
         trial = {f"{model}.{key}": value for key, value in settings.items()}
         for seed in seeds:
             run_config = validation_run_config(model, epsilon, seed, facts, trial)
@@ -240,10 +288,30 @@ def federated_objective(
             if metric not in final:
                 reasons = "; ".join(result.declined[model]) or "no site sent an evaluation"
                 raise ValueError(f"trial {number}: no pooled {metric} ({reasons})")
-            scores.append(float(final[metric]))
-        return scores
+            kept = (metric, BRIER, CHURN_RATE)
+            per_seed.append({key: float(final[key]) for key in kept if key in final})
+        return per_seed
 
     return federated_score
+
+
+def _overall(table: pd.DataFrame, metrics: list[str]) -> dict[str, float]:
+    """The pooled row's ``metrics`` of an evaluation table."""
+    return {metric: float(table.loc[OVERALL, metric]) for metric in metrics}
+
+
+def _mean(metrics: list[dict[str, float]], key: str) -> float | None:
+    return float(np.mean([seed[key] for seed in metrics])) if key in metrics[0] else None
+
+
+def _calibration_note(trials: list[Trial]) -> str:
+    """What the churn calibration guard did, for the chosen entry's note ('' without one)."""
+    if trials[0].brier is None:
+        return ""
+    calibrated = sum(trial.calibrated for trial in trials)
+    if calibrated == 0:
+        return "; no trial's Brier beat the base rate's, so the best of all was chosen"
+    return f"; chosen among the {calibrated} trials whose Brier beat the base rate's"
 
 
 def validation_storefronts(
@@ -294,6 +362,7 @@ def write_tables(result: TuningResult, out_dir: Path) -> None:
                 **trial.settings,
                 result.chosen.metric: round(trial.score, 4),
                 "spread": round(max(trial.scores) - min(trial.scores), 4),
+                **_calibration_columns(trial),
                 "seconds": round(trial.seconds, 1),
                 "chosen": trial.settings == result.chosen.settings,
             }
@@ -307,7 +376,12 @@ def write_tables(result: TuningResult, out_dir: Path) -> None:
         "",
         f"Scored on {chosen.chosen_on}; {chosen.metric} (mean over training seeds "
         f"{', '.join(map(str, chosen.seeds))}; spread = max − min), data: {chosen.data}. "
-        "Trial 0 is the settings file's entry before this search.",
+        "Trial 0 is the settings file's entry before this search."
+        + (
+            " Chosen among the calibrated trials: Brier below the base rate's r(1 − r)."
+            if "calibrated" in rows
+            else ""
+        ),
         "",
         "| " + " | ".join(rows.columns) + " |",
         "|" + "---|" * len(rows.columns),
@@ -320,6 +394,17 @@ def write_tables(result: TuningResult, out_dir: Path) -> None:
     atomic_write(out_dir / TRIALS_MARKDOWN, "\n".join(lines))
     entry = {key.replace("_", "-"): value for key, value in asdict(chosen).items()}
     atomic_write(out_dir / CHOSEN_JSON, json.dumps(entry, indent=2, ensure_ascii=False) + "\n")
+
+
+def _calibration_columns(trial: Trial) -> dict[str, Any]:
+    """Brier, the base rate's and whether the trial is calibrated (churn only)."""
+    if trial.brier is None or trial.base_rate_brier is None:
+        return {}
+    return {
+        BRIER: round(trial.brier, 4),
+        "base-rate brier": round(trial.base_rate_brier, 4),
+        "calibrated": trial.calibrated,
+    }
 
 
 def _cell(value: Any) -> str:

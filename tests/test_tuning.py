@@ -22,6 +22,8 @@ from simulations.tuning import (
     FEDERATED_ROUNDS,
     TRIALS_CSV,
     TRIALS_MARKDOWN,
+    Trial,
+    best_trial,
     tune,
 )
 from simulations.tuning_space import SEARCH_SPACES, draw_trials
@@ -60,6 +62,25 @@ def test_draws_start_with_the_current_settings_and_are_seeded() -> None:
         size *= len(values)
     everything = draw_trials("churn", "federated", {"local-epochs": 0}, size + 10, seed=0)
     assert len(everything) == size + 1
+
+
+def _churn_trial(number: int, roc_auc: float, brier: float) -> Trial:
+    seeds = [{"roc-auc": roc_auc, "brier": brier, "churn-rate": 0.4}] * 2
+    return Trial(number, {"learning-rate": number}, seeds, "roc-auc", 1.0)
+
+
+def test_churn_is_chosen_among_trials_that_beat_the_base_rates_brier() -> None:
+    base = 0.4 * 0.6  # forecasting the churn rate 0.4 for everyone
+    sharp_but_miscalibrated = _churn_trial(0, roc_auc=0.76, brier=base + 0.01)
+    calibrated = _churn_trial(1, roc_auc=0.74, brier=base - 0.01)
+    also_calibrated = _churn_trial(2, roc_auc=0.73, brier=base - 0.03)
+    assert calibrated.base_rate_brier == pytest.approx(base)
+    assert [t.calibrated for t in (sharp_but_miscalibrated, calibrated)] == [False, True]
+    assert best_trial([sharp_but_miscalibrated, calibrated, also_calibrated]) is calibrated
+    # with no calibrated trial, the best of all; a model without Brier is never held back
+    assert best_trial([sharp_but_miscalibrated, _churn_trial(3, 0.7, 0.3)]).number == 0
+    ndcg = Trial(0, {}, [{"ndcg@10": 0.2}], "ndcg@10", 1.0)
+    assert ndcg.calibrated and ndcg.brier is None
 
 
 def test_a_centralized_search_runs_and_writes_its_table(small, tmp_path: Path) -> None:
@@ -151,6 +172,11 @@ def test_the_command_tunes_a_split_and_leaves_the_settings_file_alone(
     assert chosen["data"].startswith("storefronts") and chosen["seeds"] == [4, 5]
     table = pd.read_csv(tmp_path / "out" / TRIALS_CSV)
     assert (table["spread"] > 0).all()  # two training seeds, two scores per trial
+    # churn's table shows each trial's calibration against the base rate's Brier
+    assert (table["calibrated"] == (table["brier"] < table["base-rate brier"])).all()
+    assert table["base-rate brier"].between(0.05, 0.25).all()
+    if table["calibrated"].any():
+        assert table.loc[table["chosen"], "calibrated"].all()
     assert load_entries() == before  # only --write-settings records the choice
 
 
