@@ -23,6 +23,13 @@ as ``fedshop-sim run --synthetic`` does (:func:`simulations.cli.write_synthetic_
 and ``--models``/``--rounds`` override the run config. Both sides record where each
 message's time went at the site (:mod:`clients.site_timing`); the section shows it per
 site-round.
+
+That measure charges the fixed start and stop of ``flwr run`` (local SuperLink, Ray, the
+app's install, the final delivery) to the site-rounds. ``--more-rounds R2`` runs both
+sides again with R2 rounds on the same storefronts and splits the gap into its two parts
+by the two runs: the *marginal* overhead per site-round,
+(gap(R2) − gap(R1)) ÷ (site-rounds(R2) − site-rounds(R1)), and the fixed cost per run,
+gap(R1) − marginal × site-rounds(R1).
 """
 
 from __future__ import annotations
@@ -53,6 +60,7 @@ TARGET_RATIO = 1.25
 TARGET_OVERHEAD_MS = 50.0
 PHASES = ("read", "featurise", "policy", "plan", "ledger", "train", "evaluate", "reply")
 """The site phases of :mod:`clients.site_task`, in the order a train message meets them."""
+SIDES = ("federated", "sequential")
 
 
 def measure(
@@ -128,7 +136,7 @@ def print_overhead(result: dict[str, Any], rounds_of_sites: int) -> None:
     print("Where a site-round goes, ms per site-round (site code summed over its messages):\n")
     print("| side | wall | site code | " + " | ".join(PHASES) + " |")
     print("|---|---:|---:|" + "---:|" * len(PHASES))
-    for side in ("federated", "sequential"):
+    for side in SIDES:
         phases = result[f"{side}-phases"]
         cells = [
             1000 * result[f"{side}-seconds"] / rounds_of_sites,
@@ -140,6 +148,23 @@ def print_overhead(result: dict[str, Any], rounds_of_sites: int) -> None:
         "\nThe federated side runs two ClientApps at once (one CPU each), so its site code can "
         "add up to more than its wall; wall − site code is transport, the ClientApp runtime "
         "and the ServerApp."
+    )
+
+
+def print_marginal_overhead(
+    first: dict[str, Any], first_site_rounds: int, second: dict[str, Any], second_site_rounds: int
+) -> None:
+    """The gap split into a fixed cost per run and a marginal overhead per site-round
+    (module docstring), from runs with two round counts."""
+    gaps = [run["federated-seconds"] - run["sequential-seconds"] for run in (first, second)]
+    marginal = (gaps[1] - gaps[0]) / (second_site_rounds - first_site_rounds)
+    fixed = gaps[0] - marginal * first_site_rounds
+    verdict = "met" if 1000 * marginal <= TARGET_OVERHEAD_MS else "NOT met"
+    print(
+        f"\nSplit by the two runs ({first_site_rounds} and {second_site_rounds} site-rounds; "
+        f"gaps {gaps[0]:.1f} s and {gaps[1]:.1f} s): fixed cost per run **{fixed:.1f} s**, "
+        f"marginal overhead per site-round **{1000 * marginal:.0f} ms** "
+        f"(target ≤ {TARGET_OVERHEAD_MS:.0f} ms: {verdict}).\n"
     )
 
 
@@ -160,6 +185,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--models", help="comma-separated models (default: the main job's)")
     parser.add_argument("--rounds", type=int, help="server rounds (default: the main job's)")
+    parser.add_argument(
+        "--more-rounds",
+        type=int,
+        help="also run with this many rounds, to split the gap into a fixed cost per run "
+        "and a marginal overhead per site-round",
+    )
     args = parser.parse_args(argv)
     logging.getLogger("flwr").propagate = False
     run_config = dict(MAIN_RUN_CONFIG)
@@ -185,6 +216,10 @@ def main(argv: list[str] | None = None) -> int:
             prepare_bundled_storefronts(split, min_customers=DEFAULT_MIN_CUSTOMERS)
         rounds_of_sites = site_rounds(split, run_config)
         result = measure(split, work, run_config, args.client_cpus)
+        if args.more_rounds:
+            longer = {**run_config, "num-server-rounds": args.more_rounds}
+            (work / "longer").mkdir()
+            longer_result = measure(split, work / "longer", longer, args.client_cpus)
     ratio = result["federated-seconds"] / result["sequential-seconds"]
     given = sys.argv[1:] if argv is None else argv
     command = " ".join(["python -m simulations.benchmarks.federation_cost", *given])
@@ -199,12 +234,21 @@ def main(argv: list[str] | None = None) -> int:
     headers = [f"{m} {headline_metric(m)}" for m in result["sequential"]]
     print("| run | wall s | " + " | ".join(headers) + " |")
     print("|---|---:|" + "---:|" * len(result["sequential"]))
-    for side in ("federated", "sequential"):
+    for side in SIDES:
         values = " | ".join(f"{result[side][m]:.3f}" for m in result["sequential"])
         print(f"| {side} | {result[f'{side}-seconds']:.1f} | {values} |")
     verdict = "met" if ratio <= TARGET_RATIO else "NOT met"
     print(f"\nFederated ÷ sequential: **{ratio:.2f}×** (target ≤ {TARGET_RATIO}: {verdict}).")
     print_overhead(result, rounds_of_sites)
+    if args.more_rounds:
+        longer_site_rounds = site_rounds(split, longer)
+        federated, sequential = (longer_result[f"{side}-seconds"] for side in SIDES)
+        print(
+            f"\nWith {args.more_rounds} rounds: federated {federated:.1f} s, "
+            f"sequential {sequential:.1f} s."
+        )
+        print_overhead(longer_result, longer_site_rounds)
+        print_marginal_overhead(result, rounds_of_sites, longer_result, longer_site_rounds)
     return 0
 
 
