@@ -334,7 +334,9 @@ class EvaluationExamples(Dataset):
 
 
 def collate_examples(examples: Sequence[NextBasketExample]) -> NextBasketBatch:
-    """Pack histories and pad targets of ``examples`` into a :class:`NextBasketBatch`."""
+    """Pack histories and pad targets of ``examples`` into a :class:`NextBasketBatch`
+    (features as wide as the examples', :data:`NUM_FEATURES` for none)."""
+    width = examples[0]["features"].shape[1] if examples else NUM_FEATURES
     lengths = torch.tensor([len(e["history_items"]) for e in examples], dtype=torch.int64)
     target_items, target_mask = _pad([e["target_items"] for e in examples])
     return NextBasketBatch(
@@ -343,7 +345,7 @@ def collate_examples(examples: Sequence[NextBasketExample]) -> NextBasketBatch:
         history_offsets=torch.cumsum(lengths, 0) - lengths,
         history_example=torch.repeat_interleave(torch.arange(len(examples)), lengths),
         history_items=torch.cat([e["history_items"] for e in examples]),
-        features=torch.cat([e["features"] for e in examples]).reshape(-1, NUM_FEATURES),
+        features=torch.cat([e["features"] for e in examples]).reshape(-1, width),
     )
 
 

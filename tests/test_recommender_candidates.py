@@ -1,19 +1,30 @@
 """The recommender-candidates benchmark: its repurchase-cycle feature reads the customer's
-own history as documented, its candidate models keep exact per-example gradients, and its
-table puts every candidate next to the current model and the baseline."""
+own history as documented, the item-trend candidate dates its examples as documented, its
+candidate models keep exact per-example gradients, and its table puts every candidate next
+to the current model and the baseline."""
 
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
-from models.nextbasket_features import CustomerHistory, collate_examples, personal_features
+from models.nextbasket_features import (
+    NUM_FEATURES,
+    CustomerHistory,
+    collate_examples,
+    personal_features,
+)
 from models.recommender import basket_loss
 from simulations.benchmarks.recommender_candidates import (
     CANDIDATES,
+    DatedEvaluationExamples,
+    DatedTrainingExamples,
+    ItemTrendRecommender,
     RepurchaseCycleRecommender,
     markdown,
     repurchase_cycle,
+    with_age,
 )
 
 
@@ -39,20 +50,44 @@ def test_the_repurchase_cycle_compares_the_last_purchase_with_the_mean_interval(
     assert cycle[3] == -1.0  # just bought, 50 days between: (0 + 1) / (50 + 1) < 1/20, clipped
 
 
-def test_the_cycle_model_gives_exact_per_example_gradients():
+def test_a_dated_example_carries_its_target_baskets_age_in_years_and_zero_when_predicting():
+    later = CustomerHistory(  # the site's data ends on day 415 with this customer
+        invoice_days=np.array([15.0, 415.0]),
+        offsets=np.array([0, 1, 2]),
+        items=np.array([0, 4]),
+        quantities=np.ones(2),
+    )
+    training = DatedTrainingExamples({"a": history(), "b": later}, seed=0)
+    assert training.last_day == 415.0
+    first, second = training[0], training[1]  # target: each customer's last invoice
+    assert torch.all(first["features"][:, -1] == (415.0 - 50.0) / 365.0)
+    assert torch.all(second["features"][:, -1] == 0.0)
+    assert first["features"].shape[1] == NUM_FEATURES + 1
+    evaluation = DatedEvaluationExamples({"a": history()}, {"a": ["x"]}, ["w", "x"])
+    assert torch.all(evaluation[0]["features"][:, -1] == 0.0)
+
+
+@pytest.mark.parametrize("candidate", ["repurchase-cycle", "item-trend"])
+def test_the_candidate_models_give_exact_per_example_gradients(candidate: str):
     rng = np.random.default_rng(0)
     examples = []
     for _ in range(5):
         items, features = personal_features(history(), int(rng.integers(1, 5)))
-        examples.append(
-            {
-                "history_items": torch.from_numpy(items),
-                "features": torch.from_numpy(features),
-                "target_items": torch.tensor([int(rng.integers(0, 6))]),
-            }
-        )
+        example = {
+            "history_items": torch.from_numpy(items),
+            "features": torch.from_numpy(features),
+            "target_items": torch.tensor([int(rng.integers(0, 6))]),
+        }
+        if candidate == "item-trend":
+            example = with_age(example, float(rng.uniform(0, 2)))
+        examples.append(example)
     torch.manual_seed(0)
-    model = RepurchaseCycleRecommender(6)
+    if candidate == "repurchase-cycle":
+        model = RepurchaseCycleRecommender(6)
+    else:
+        model = ItemTrendRecommender(6)
+        with torch.no_grad():  # a trend away from zero, so its gradient reaches the others
+            model.item_trend.normal_()
     batch = collate_examples(examples)
     logits = model(batch)
     losses = basket_loss(lambda _: logits, batch)

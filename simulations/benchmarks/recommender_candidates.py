@@ -20,7 +20,14 @@ Candidates (:data:`CANDIDATES`):
   :func:`repurchase_cycle`, how the days since the customer last bought the item compare
   with their mean interval between buying it;
 - ``hidden-…``: the current model with other hidden widths of its MLP (it has one layer
-  of 16): the hidden size chosen on validation too.
+  of 16): the hidden size chosen on validation too;
+- ``item-trend``: time-aware popularity learned inside the global model: every item gets
+  a trend ``a_i`` beside its bias, ``s_i = b_i + a_i · age + …``, where ``age`` is how long
+  before the end of the site's data the target basket was bought (years; 0 when
+  predicting, so ``b`` is the popularity *now*). Why: ranking ties in own-history by the
+  last 8–26 weeks' buyers instead of all-time buyers lifts that baseline from 0.277 to
+  0.281 on validation. The age of a training example is its target invoice's; it travels
+  as an extra feature column that the model takes off before its MLP.
 
 A candidate is worth keeping only if its mean beats the current model's by more than
 the spread over seeds (max − min) at every ε.
@@ -31,8 +38,9 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -46,8 +54,10 @@ from models.nextbasket_features import (
     LOG_COUNT_SCALE,
     LOG_YEAR,
     NUM_FEATURES,
+    CustomerHistory,
     EvaluationExamples,
     NextBasketBatch,
+    NextBasketExample,
     TrainingExamples,
     build_histories,
 )
@@ -79,11 +89,14 @@ class Candidate:
     repeat_prior: float = 0.0
     repurchase_cycle: bool = False
     hidden: tuple[int, ...] | None = None
+    item_trend: bool = False
 
     def build(self, num_items: int) -> NextBasketRecommender:
         """A fresh model of this variant over ``num_items`` catalogue items."""
         if self.repurchase_cycle:
             return RepurchaseCycleRecommender(num_items)
+        if self.item_trend:
+            return ItemTrendRecommender(num_items)
         if self.hidden is not None:
             return NextBasketRecommender(num_items, hidden=self.hidden)
         return NextBasketRecommender(num_items, repeat_prior=self.repeat_prior)
@@ -98,6 +111,7 @@ CANDIDATES: tuple[Candidate, ...] = (
     Candidate("hidden-8", hidden=(8,)),
     Candidate("hidden-32", hidden=(32,)),
     Candidate("hidden-16-16", hidden=(16, 16)),
+    Candidate("item-trend", item_trend=True),
 )
 """What the benchmark compares, the current model first."""
 
@@ -146,6 +160,69 @@ def with_repurchase_cycle(batch: NextBasketBatch) -> NextBasketBatch:
     return NextBasketBatch(**{**batch, "features": torch.cat([features, cycle], dim=1)})
 
 
+AGE_UNIT_DAYS = 365.0
+"""A target basket's age is in years: the bundled data spans two."""
+
+
+def with_age(example: NextBasketExample, age: float) -> NextBasketExample:
+    """``example`` with ``age`` appended to every history row's features."""
+    features = example["features"]
+    column = torch.full((len(features), 1), age, dtype=features.dtype)
+    return NextBasketExample(**{**example, "features": torch.cat([features, column], dim=1)})
+
+
+class DatedTrainingExamples(TrainingExamples):
+    """Training examples whose rows also carry the target basket's age: years from the
+    target invoice to the last invoice of the site's data."""
+
+    def __init__(self, histories: Mapping[str, CustomerHistory], **options: Any) -> None:
+        super().__init__(histories, **options)
+        self.last_day = max(history.invoice_days[-1] for history in self.histories)
+
+    def __getitem__(self, index: int) -> NextBasketExample:
+        target = self.target_invoice(index)  # the same draw as the parent's
+        days = self.last_day - self.histories[index].invoice_days[target]
+        return with_age(super().__getitem__(index), days / AGE_UNIT_DAYS)
+
+
+class DatedEvaluationExamples(EvaluationExamples):
+    """Evaluation examples at age 0: the prediction is for now, the end of the data."""
+
+    def __getitem__(self, index: int) -> NextBasketExample:
+        return with_age(super().__getitem__(index), 0.0)
+
+
+class ItemTrendRecommender(NextBasketRecommender):
+    """The recommender plus a per-item trend on the target basket's age (module docstring),
+    read from the last feature column of each example's first history row."""
+
+    def __init__(self, num_items: int) -> None:
+        super().__init__(num_items)
+        self.item_trend = nn.Parameter(torch.zeros(num_items))
+
+    def forward(self, batch: NextBasketBatch) -> torch.Tensor:
+        """Catalogue logits with ``a_i · age`` added."""
+        plain, age = _split_age(batch)
+        return super().forward(plain) + age.unsqueeze(1) * self.item_trend
+
+    def per_example_gradients(
+        self, batch: NextBasketBatch, logit_grads: torch.Tensor
+    ) -> dict[nn.Parameter, torch.Tensor]:
+        """The parent's, plus the trend's: ``∂loss_b/∂a_i = ∂loss_b/∂s_bi · age_b``."""
+        plain, age = _split_age(batch)
+        grads = super().per_example_gradients(plain, logit_grads)
+        return grads | {self.item_trend: logit_grads * age.unsqueeze(1)}
+
+
+def _split_age(batch: NextBasketBatch) -> tuple[NextBasketBatch, torch.Tensor]:
+    """The batch without its age column, and each example's age ``(B,)``."""
+    features = batch["features"]
+    if features.shape[1] == NUM_FEATURES:  # an empty Poisson batch, built without ages
+        return batch, features.new_zeros(len(batch["history_offsets"]))
+    age = features[batch["history_offsets"], -1]
+    return NextBasketBatch(**{**batch, "features": features[:, :-1]}), age
+
+
 def validation_ndcg(
     candidate: Candidate,
     split: NextBasketSplit,
@@ -160,13 +237,16 @@ def validation_ndcg(
     if epochs is not None:
         entry = entry.with_overrides({f"{MODEL.name}.local-epochs": epochs})
     settings = entry.training()
-    training = TrainingExamples(histories, seed=seed, target_window=entry.target_window())
+    examples, evaluation_examples = (TrainingExamples, EvaluationExamples)
+    if candidate.item_trend:
+        examples, evaluation_examples = (DatedTrainingExamples, DatedEvaluationExamples)
+    training = examples(histories, seed=seed, target_window=entry.target_window())
     customers = split.train[schema.CUSTOMER].nunique()
     plan = centralized_dp_plan(epsilon, len(training), customers, settings)
     model, _ = fit_recommender(
         len(split.items), training, settings, seed, plan.noise_multiplier, build=candidate.build
     )
-    evaluation = EvaluationExamples(histories, split.test_baskets, split.items)
+    evaluation = evaluation_examples(histories, split.test_baskets, split.items)
     scores = score_examples(model, evaluation)
     return float(evaluate_next_basket(split, scores, TOP_K).loc[OVERALL, METRIC])
 
