@@ -218,6 +218,7 @@ def main(argv: list[str] | None = None) -> int:
         result = measure(split, work, run_config, args.client_cpus)
         if args.more_rounds:
             longer = {**run_config, "num-server-rounds": args.more_rounds}
+            longer_site_rounds = site_rounds(split, longer)  # before the split is removed
             (work / "longer").mkdir()
             longer_result = measure(split, work / "longer", longer, args.client_cpus)
     ratio = result["federated-seconds"] / result["sequential-seconds"]
@@ -241,7 +242,6 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nFederated ÷ sequential: **{ratio:.2f}×** (target ≤ {TARGET_RATIO}: {verdict}).")
     print_overhead(result, rounds_of_sites)
     if args.more_rounds:
-        longer_site_rounds = site_rounds(split, longer)
         federated, sequential = (longer_result[f"{side}-seconds"] for side in SIDES)
         print(
             f"\nWith {args.more_rounds} rounds: federated {federated:.1f} s, "
