@@ -47,6 +47,10 @@ def test_an_order_id_spelt_by_flowers_message_id_is_no_leak_but_one_in_the_conte
     with pytest.raises(AssertionError, match="carries 1 customer or order values"):
         _check(tmp_path / "content")
 
+    uuid = f"ab{ORDER_ID}-0000-4000-8000-000000000000"  # a simulation's message id
+    _install_reply("storefront-0", tmp_path / "uuid", reply_to_id=uuid)
+    assert _check(tmp_path / "uuid") == {"install": 1}
+
     # an id that is not a digest could carry anything, so it is not let through unsearched
     _install_reply("storefront-0", tmp_path / "not-an-id", reply_to_id=f"order {ORDER_ID}")
     with pytest.raises(AssertionError, match="reply_to_message_id"):

@@ -25,8 +25,9 @@ from models.registry import get_model
 from privacy import wire
 from privacy.wire_encoding import decode_int8
 
-FLOWER_MESSAGE_ID = re.compile(r"[0-9a-f]{64}")
-"""How Flower 1.42 names a message: a SHA-256 hex digest."""
+FLOWER_MESSAGE_ID = re.compile(r"[0-9a-f]{64}|[0-9a-f]{8}(-[0-9a-f]{4}){3}-[0-9a-f]{12}")
+"""How Flower 1.42 names a message: a SHA-256 hex digest (deployment) or a UUID
+(simulation)."""
 
 
 def read_sent(audit_dir: Path) -> list[tuple[Path, bytes]]:
@@ -38,10 +39,10 @@ def searchable_bytes(proto: ProtoMessage, message: Message) -> bytes:
     """The bytes of one sent message in which no customer or order value may appear.
 
     Left out: the weight payloads, checked as arrays instead (names, shapes, dtype), since
-    float32 bytes spell a short digit string now and then; and Flower's own message ids,
-    the SHA-256 hex digests Flower gives each message, whose 64 hex digits spell one of a
-    synthetic site's 6-digit order ids about once in 300 ids. The ids are checked to be
-    exactly such digests (or empty), so nothing else can hide in them.
+    float32 bytes spell a short digit string now and then; and Flower's own message ids
+    (:data:`FLOWER_MESSAGE_ID`), whose 32 or 64 random hex digits spell one of a synthetic
+    site's 6-digit order ids about once in 300 ids. The ids are checked to be exactly
+    such ids (or empty), so nothing else can hide in them.
     """
     stripped = ProtoMessage()
     stripped.CopyFrom(proto)
