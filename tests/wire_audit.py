@@ -92,7 +92,8 @@ def check_sent_messages(
         proto = ProtoMessage()
         proto.ParseFromString(raw)
         message = message_from_proto(proto)
-        leaked = [needle for needle in needles if needle in searchable_bytes(proto, message)]
+        searched = searchable_bytes(proto, message)
+        leaked = [needle for needle in needles if needle in searched]
         assert not leaked, f"{path}: carries {len(leaked)} customer or order values"
         if message.has_error():
             code, reason = message.error.code, message.error.reason
