@@ -42,11 +42,14 @@ from models.baselines import buyer_counts, evaluate_next_basket
 from models.nextbasket_features import (
     FEATURE_NAMES,
     NUM_FEATURES,
+    TARGET_WINDOW,
     EvaluationExamples,
     NextBasketBatch,
     TrainingExamples,
     build_histories,
     collate_examples,
+    parse_target_window,
+    spell_target_window,
 )
 from models.nextbasket_protocol import (
     CATALOGUE_COLUMNS,
@@ -322,7 +325,7 @@ class Recommender(FederatedModel):
     default_training = TrainingSettings(
         local_epochs=2, optimizer="momentum", learning_rate=8.0, batch_size=500, max_grad_norm=0.1
     )
-    shared_fact_keys = (CATALOGUE,)
+    shared_fact_keys = (CATALOGUE, TARGET_WINDOW)
     customer_means = (f"hr@{TOP_K}", f"recall@{TOP_K}", f"ndcg@{TOP_K}")
     metric_labels = {
         f"hr@{TOP_K}": f"HR@{TOP_K}",
@@ -334,25 +337,30 @@ class Recommender(FederatedModel):
 
     def shared_facts(self, declared: Mapping[str, Any], whole_split: WholeSplit) -> dict[str, Any]:
         """The catalogue file named by ``recommender.catalogue`` (deployment), else the
-        protocol's catalogue of the whole split (:func:`catalogue_of`, simulation)."""
+        protocol's catalogue of the whole split (:func:`catalogue_of`, simulation); and the
+        training examples' ``recommender.target-window`` (empty: the default), so that every
+        site draws its targets alike."""
+        window = spell_target_window(parse_target_window(declared.get(TARGET_WINDOW, "")))
         path = str(declared.get(CATALOGUE, "")).strip()
         items = read_catalogue(path) if path else catalogue_of(whole_split(CATALOGUE_COLUMNS))
         if not items:
             raise ValueError("the item catalogue is empty")
-        return {CATALOGUE: items}
+        return {CATALOGUE: items, TARGET_WINDOW: window}
 
     def build(self, facts: Facts) -> NextBasketRecommender:
         """The recommender over the shared catalogue."""
         return NextBasketRecommender(len(_catalogue(facts)))
 
     def site_data(self, orders: pd.DataFrame, facts: Facts) -> SiteData:
-        """Next-basket protocol on the site's customers, over the shared catalogue."""
+        """Next-basket protocol on the site's customers, over the shared catalogue, with
+        the shared target window (the default where the facts carry none: a bundle's)."""
         vocabulary = _catalogue(facts)
+        window = parse_target_window(facts.get(TARGET_WINDOW, ""))
         split = split_next_basket(orders)
         histories = build_histories(split.train, vocabulary)
         tested = {c: b for c, b in split.test_baskets.items() if c in histories}
         return SiteData(
-            train=TrainingExamples(histories),
+            train=TrainingExamples(histories, target_window=window),
             evaluation=EvaluationExamples(histories, tested, vocabulary),
         )
 

@@ -4,7 +4,7 @@ runs read.
 ``simulations/data/settings-per-epsilon.json`` holds, for each model, mode (centralized /
 federated, :data:`simulations.tune_options.MODES`) and target ε, an entry: the settings in
 run-config spelling (``local-epochs``, ``optimizer``, ``learning-rate``, ``batch-size``,
-``max-grad-norm``, and for the recommender in centralized mode ``target-window``), the
+``max-grad-norm``, and for the recommender ``target-window``), the
 validation score they reached, the split they were chosen on (``chosen-on``), the data,
 seeds and trials of that search, and a note. ``fedshop-sim tune --write-settings`` writes
 an entry; ``fedshop-sim run`` (federated entries) and ``compare`` (both) read the entry of
@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from models.nextbasket_features import TARGET_WINDOW, parse_target_window
 from models.training import TrainingSettings
 from privacy import wire
 from privacy.atomic_files import atomic_write
@@ -32,10 +33,6 @@ from simulations.tune_options import MODES
 SETTINGS_FILE = Path(__file__).resolve().parent / "data" / "settings-per-epsilon.json"
 UNTUNED = "none (current defaults, not yet tuned)"
 """``chosen-on`` of an entry that no tuning chose."""
-TARGET_WINDOW = "target-window"
-"""The recommender's target window (:class:`models.nextbasket_features.TrainingExamples`):
-a whole number, or ``"all"`` for ``None``."""
-ALL_INVOICES = "all"
 
 
 @dataclass(frozen=True)
@@ -70,10 +67,11 @@ class EpsilonSettings:
         return target_window(self.settings)
 
     def run_config(self) -> dict[str, Any]:
-        """The entry's local-training knobs as run-config keys ``<model>.<key>``."""
+        """The entry's local-training knobs, and its target window where it has one, as
+        run-config keys ``<model>.<key>``."""
         return {
             f"{self.model}.{key}": self.settings[key]
-            for key in wire.MODEL_TRAINING_KEYS
+            for key in (*wire.MODEL_TRAINING_KEYS, TARGET_WINDOW)
             if key in self.settings
         }
 
@@ -95,10 +93,9 @@ def training_settings(settings: Mapping[str, Any]) -> TrainingSettings:
 
 
 def target_window(settings: Mapping[str, Any]) -> int | None:
-    """The recommender's target window of settings in run-config spelling: 1 when they do
-    not set one, None for :data:`ALL_INVOICES`."""
-    value = settings.get(TARGET_WINDOW, 1)
-    return None if value == ALL_INVOICES else int(value)
+    """The recommender's target window of settings in run-config spelling
+    (:func:`models.nextbasket_features.parse_target_window`; the default when they set none)."""
+    return parse_target_window(settings.get(TARGET_WINDOW, ""))
 
 
 def load_entries(path: Path = SETTINGS_FILE) -> list[EpsilonSettings]:

@@ -28,9 +28,17 @@ def positive_epsilon(text: str) -> float:
     return value
 
 
+def setting_names(text: str) -> list[str]:
+    """An argparse type: comma-separated setting names in run-config spelling."""
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError(f"name one or more settings, got {text!r}")
+    return names
+
+
 def add_tune_arguments(parser: argparse.ArgumentParser) -> None:
     """Declare ``tune --model M --epsilon E --mode MODE [--trials N] [--seed S] [--repeats R]
-    [--out DIR] [--storefronts DIR] [--write-settings]``."""
+    [--vary SETTINGS] [--out DIR] [--storefronts DIR] [--write-settings]``."""
     parser.add_argument("--model", choices=TUNABLE_MODELS, required=True)
     parser.add_argument("--epsilon", type=positive_epsilon, required=True, help="target ε")
     parser.add_argument("--mode", choices=MODES, required=True)
@@ -47,6 +55,12 @@ def add_tune_arguments(parser: argparse.ArgumentParser) -> None:
         default=1,
         help="train each trial with this many seeds (--seed, --seed + 1, ...; federated: "
         "the runs' simulation-seed) and score their mean (default 1)",
+    )
+    parser.add_argument(
+        "--vary",
+        type=setting_names,
+        help="draw only these settings (comma-separated, e.g. target-window), holding the "
+        "others at the settings file's entry (default: draw every setting of the space)",
     )
     parser.add_argument(
         "--out",

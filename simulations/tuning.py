@@ -39,7 +39,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -161,6 +161,7 @@ def tune(
     out_dir: Path,
     data: str,
     repeats: int = 1,
+    vary: Sequence[str] | None = None,
     progress: Progress = SILENT,
 ) -> TuningResult:
     """Run the search (module docstring) and write its table and chosen entry.
@@ -176,6 +177,8 @@ def tune(
         data: names the data in the chosen entry (e.g. ``bundled``).
         repeats: training seeds ``seed .. seed + repeats - 1`` per trial (federated mode:
             the runs' ``simulation-seed``).
+        vary: draw only these settings, holding the others at the current entry's
+            (default: draw all).
         progress: reports each trial with its wall time.
 
     Raises:
@@ -185,7 +188,7 @@ def tune(
         raise ValueError(f"repeats must be at least 1, got {repeats}")
     seeds = list(range(seed, seed + repeats))
     current = settings_for(model, mode, epsilon)
-    candidates = draw_trials(model, mode, current.settings, trials, seed)
+    candidates = draw_trials(model, mode, current.settings, trials, seed, vary)
     out_dir.mkdir(parents=True, exist_ok=True)
     with progress.step(f"{model}: validation data ({mode})"):
         if mode == "centralized":
@@ -212,7 +215,9 @@ def tune(
         seeds=seeds,
         trials=len(done),
         note=f"fedshop-sim tune --model {model} --mode {mode} --epsilon {epsilon:g} "
-        f"--trials {trials} --seed {seed}: trial {best.number} of {len(done)}"
+        f"--trials {trials} --seed {seed}"
+        + (f" --vary {','.join(vary)}" if vary else "")
+        + f": trial {best.number} of {len(done)}"
         + (f", {FEDERATED_ROUNDS} rounds" if mode == "federated" else "")
         + f", training seeds {seeds[0]}..{seeds[-1]}"
         + _calibration_note(done)
@@ -443,6 +448,7 @@ def run_tune(args: argparse.Namespace) -> int:
         out_dir=args.out,
         data=data,
         repeats=args.repeats,
+        vary=args.vary,
         progress=progress,
     )
     if args.write_settings:

@@ -4,14 +4,15 @@ and the seeded draw of the trials from it.
 Each setting has a short list of values (learning rates on a rough geometric grid around
 the current ones), so the trial table reads plainly and a seed fixes the whole search.
 Trial 0 is always the current entry of the settings file, so the search never chooses
-something that scored worse on validation than what runs use today. Federated spaces hold
-no ``target-window`` (the sites draw their examples with the model's default; the run
-config does not carry it yet) and no round count (one value for all models of a run).
+something that scored worse on validation than what runs use today. A search may vary only
+some settings and hold the others at the current entry's values (a coordinate step, e.g.
+the federated recommender's ``target-window`` alone). Federated spaces hold no round count
+(one value for all models of a run).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -33,6 +34,7 @@ SEARCH_SPACES: dict[tuple[str, str], dict[str, tuple[Any, ...]]] = {
         "learning-rate": (0.5, 1.0, 2.0, 3.0, 4.5, 6.0, 8.0, 12.0),
         "batch-size": (250, 500, 1000, 2000),
         "max-grad-norm": (0.03, 0.1, 0.3, 1.0),
+        "target-window": (1, 2, 3, "all"),
     },
     ("churn", "centralized"): {
         "local-epochs": (20, 40, 80),
@@ -54,25 +56,43 @@ SEARCH_SPACES: dict[tuple[str, str], dict[str, tuple[Any, ...]]] = {
 
 
 def draw_trials(
-    model: str, mode: str, current: Mapping[str, Any], trials: int, seed: int
+    model: str,
+    mode: str,
+    current: Mapping[str, Any],
+    trials: int,
+    seed: int,
+    vary: Sequence[str] | None = None,
 ) -> list[dict[str, Any]]:
     """The settings of ``trials`` trials: ``current`` first, then distinct draws from the
     model and mode's space (uniform per setting, seeded; fewer if the space runs out).
+    With ``vary``, only those settings are drawn; the others keep ``current``'s values.
 
     Raises:
-        ValueError: no space for the model and mode, or ``trials`` < 1.
+        ValueError: no space for the model and mode, ``trials`` < 1, or ``vary`` names a
+            setting outside the space.
     """
     if (model, mode) not in SEARCH_SPACES:
         raise ValueError(f"no search space for {model} in {mode} mode")
     if trials < 1:
         raise ValueError(f"run at least one trial, got {trials}")
     space = SEARCH_SPACES[(model, mode)]
+    if vary is not None:
+        unknown = sorted(set(vary) - set(space))
+        if unknown or not vary:
+            raise ValueError(
+                f"vary one or more of {', '.join(space)} for {model} in {mode} mode, "
+                f"got {', '.join(unknown) or 'none'}"
+            )
+        space = {name: values for name, values in space.items() if name in vary}
     size = int(np.prod([len(values) for values in space.values()]))
     chosen = [dict(current)]
     drawn: set[tuple[tuple[str, str], ...]] = set()
     draw = np.random.default_rng(seed)
     while len(chosen) < trials and len(drawn) < size:
-        candidate = {name: values[draw.integers(len(values))] for name, values in space.items()}
+        candidate = {
+            **current,
+            **{name: values[draw.integers(len(values))] for name, values in space.items()},
+        }
         key = _key(candidate)
         if key not in drawn:
             drawn.add(key)

@@ -174,6 +174,22 @@ def test_a_sites_evaluation_sums_match_the_protocol_in_chunks(monkeypatch):
         assert sums[key] == pytest.approx(overall[metric] * overall["customers"], rel=1e-9)
 
 
+def test_a_sites_training_examples_draw_targets_from_the_shared_window():
+    frame, vocabulary = random_orders(customers=80, items=25, seed=3)
+    facts = {recommender.CATALOGUE: vocabulary}
+    default = recommender.MODEL.site_data(frame, facts).train
+    widest = recommender.MODEL.site_data(frame, {**facts, "target-window": "all"}).train
+    two = recommender.MODEL.site_data(frame, {**facts, "target-window": 2}).train
+    assert (default.target_window, two.target_window, widest.target_window) == (1, 2, None)
+    last = [h.num_invoices - 1 for h in default.histories]
+    assert [default.target_invoice(i) for i in range(len(default))] == last
+    offsets: set[int] = set()
+    for epoch in range(8):
+        two.set_epoch(epoch)
+        offsets |= {two.target_invoice(i) - n for i, n in enumerate(last)}
+    assert offsets == {-1, 0}  # the last two invoices, never an earlier one
+
+
 def test_the_repeat_prior_alone_ranks_as_the_own_history_baseline():
     """With the MLP and the item bias at zero, the prior ranks the whole catalogue as the
     own-history baseline with item-code ties: history items by invoices holding them."""

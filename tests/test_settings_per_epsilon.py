@@ -81,7 +81,9 @@ def test_overrides_replace_only_their_model_and_knobs_reach_the_run_config() -> 
     config = federated_run_config(
         ["recommender", "my_package.plugin"], 8.0, {"recommender.target-window": 3}
     )
-    assert set(config) == {f"recommender.{key}" for key in wire.MODEL_TRAINING_KEYS}
+    knobs = {f"recommender.{key}" for key in (*wire.MODEL_TRAINING_KEYS, TARGET_WINDOW)}
+    assert set(config) == knobs
+    assert config[f"recommender.{TARGET_WINDOW}"] == 3
 
 
 def test_record_replaces_one_entry_and_reads_back(tmp_path: Path) -> None:

@@ -32,7 +32,7 @@ def test_simulated_cutoff_is_the_whole_splits_last_timestamp_minus_the_horizon(
     assert (per_storefront_last - HORIZON).min() < cutoff
     # the simulated catalogue is the whole split's, as the centralized protocol ranks it
     catalogue = shared_facts({"storefronts-dir": str(tmp_path / "split")}, RECOMMENDER)
-    assert catalogue == {"catalogue": catalogue_of(frame)}
+    assert catalogue == {"catalogue": catalogue_of(frame), "target-window": 1}
 
 
 def test_declared_cutoff_is_normalised_to_utc_and_bad_values_are_refused() -> None:
@@ -48,12 +48,26 @@ def test_declared_catalogue_file_is_read_and_a_bad_one_refused(tmp_path: Path) -
     path = tmp_path / "catalogue.txt"
     path.write_text("20725\n\n84879\n22423\n")
     facts = shared_facts({"recommender.catalogue": str(path)}, RECOMMENDER)
-    assert facts == {"catalogue": ["20725", "84879", "22423"]}  # file order = output index
+    assert facts["catalogue"] == ["20725", "84879", "22423"]  # file order = output index
     path.write_text("20725\n20725\n")
     with pytest.raises(ValueError, match="lists an item id twice"):
         shared_facts({"recommender.catalogue": str(path)}, RECOMMENDER)
     with pytest.raises(ValueError, match="cannot read the item catalogue"):
         shared_facts({"recommender.catalogue": str(tmp_path / "missing.txt")}, RECOMMENDER)
+
+
+def test_the_target_window_is_shared_in_run_config_spelling_and_bad_values_refused(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "catalogue.txt"
+    path.write_text("20725\n84879\n")
+    declared = {"recommender.catalogue": str(path)}
+    for value, shared in (("", 1), (1, 1), (3, 3), ("3", 3), ("all", "all")):
+        facts = shared_facts({**declared, "recommender.target-window": value}, RECOMMENDER)
+        assert facts["target-window"] == shared
+    for bad in (0, -2, "2.5", "last", "²"):
+        with pytest.raises(ValueError, match="target-window.*whole number >= 1 nor 'all'"):
+            shared_facts({**declared, "recommender.target-window": bad}, RECOMMENDER)
 
 
 def test_the_models_read_only_the_columns_their_facts_need(tmp_path: Path) -> None:

@@ -64,6 +64,18 @@ def test_draws_start_with_the_current_settings_and_are_seeded() -> None:
     assert len(everything) == size + 1
 
 
+def test_a_search_can_vary_some_settings_and_hold_the_rest() -> None:
+    current = settings_for("recommender", "federated", 8.0).settings
+    draws = draw_trials("recommender", "federated", current, 10, seed=0, vary=["target-window"])
+    windows = SEARCH_SPACES[("recommender", "federated")]["target-window"]
+    assert draws[0] == current
+    assert sorted(map(str, (d["target-window"] for d in draws))) == sorted(map(str, windows))
+    held = [{k: v for k, v in d.items() if k != "target-window"} for d in draws]
+    assert all(settings == held[0] for settings in held)
+    with pytest.raises(ValueError, match="vary one or more of .*got hidden-size"):
+        draw_trials("recommender", "federated", current, 4, seed=0, vary=["hidden-size"])
+
+
 def _churn_trial(number: int, roc_auc: float, brier: float) -> Trial:
     seeds = [{"roc-auc": roc_auc, "brier": brier, "churn-rate": 0.4}] * 2
     return Trial(number, {"learning-rate": number}, seeds, "roc-auc", 1.0)
