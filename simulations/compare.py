@@ -3,7 +3,8 @@
 :func:`run_comparison` trains both models (next-basket recommender, churn MLP) on one
 order-line frame in several ways and evaluates each on the models' fixed protocols:
 
-* ``centralized``: every customer's data pooled, non-private;
+* ``centralized``: every customer's data pooled, non-private, with the centralized
+  non-private settings (the settings file's ε = 0 entry, chosen on validation);
 * ``centralized-dp-eps-<ε>``: pooled, user-level DP-SGD (one example per customer) at
   each target ε with the centralized settings of the nearest ε
   (:mod:`simulations.settings_per_epsilon`, overridden by ``--set``), with
@@ -16,8 +17,9 @@ order-line frame in several ways and evaluates each on the models' fixed protoco
   at each target ε per site with the federated settings of the nearest ε
   (:mod:`simulations.federated_runs`);
 * ``storefront-alone``: one non-private model per storefront
-  (:func:`simulations.storefronts.assign_storefronts`), trained on that storefront's
-  customers only and scored on that storefront's test customers only.
+  (:func:`simulations.storefronts.assign_storefronts`) with the centralized non-private
+  settings, trained on that storefront's customers only and scored on that storefront's
+  test customers only.
 
 It writes ``comparison.json`` (every number) and ``comparison.md`` (tables side by side
 with the baselines of :mod:`models.baselines`), both atomically. :func:`run_seeds` repeats
@@ -44,12 +46,7 @@ from clients.ingest import ingest_table
 from models import metrics, schema
 from models.baselines import NEXT_BASKET_BASELINES, churn_baselines, evaluate_next_basket
 from models.churn import MODEL as CHURN
-from models.churn import (
-    ChurnModel,
-    churn_dataset,
-    evaluate_churn,
-    train_centralized,
-)
+from models.churn import ChurnModel, churn_dataset, evaluate_churn
 from models.churn_protocol import ChurnData, churn_data
 from models.nextbasket_features import (
     CustomerHistory,
@@ -76,6 +73,7 @@ from simulations.progress import SILENT, Progress
 from simulations.run_configs import QUICK_OVERRIDES
 from simulations.runner import DEFAULT_CLIENT_CPUS
 from simulations.settings_per_epsilon import (
+    NON_PRIVATE,
     TARGET_WINDOW,
     EpsilonSettings,
     settings_for,
@@ -99,10 +97,6 @@ RECOMMENDER_METRICS = ("hr@10", "recall@10", "ndcg@10")
 CHURN_METRICS = ("roc-auc", "pr-auc", "brier")
 
 
-RECOMMENDER_PLAIN = TrainingSettings(
-    local_epochs=20, optimizer="adam", learning_rate=0.01, batch_size=64, max_grad_norm=1.0
-)
-"""Non-private recommender (NDCG@10 ≈ 0.290 on the bundled data; no clipping without DP)."""
 QUICK_EPOCHS = 2
 """Epochs of every epoch-based run in quick mode (tests)."""
 
@@ -226,13 +220,16 @@ def compare_recommender(
     with progress.step("next-basket split and training histories"):
         split = split_next_basket(frame)
         histories = build_histories(split.train, split.items)
-        dataset = TrainingExamples(histories, seed=seed)
     runs: dict[str, Any] = {}
-    plain = quick_settings(RECOMMENDER_PLAIN, quick)
+    entry = non_private_settings(RECOMMENDER.name)
+    plain = quick_settings(entry.training(), quick)
+    window = entry.target_window()
     with progress.step(f"recommender: {CENTRALIZED} ({plain.local_epochs} epochs)"):
+        dataset = TrainingExamples(histories, seed=seed, target_window=window)
         model, _ = fit_recommender(len(split.items), dataset, plain, seed)
         runs[CENTRALIZED] = {
-            "training": _settings(plain, len(dataset)),
+            "training": _entry_settings(entry, plain, len(dataset)),
+            "validation": validation_record(RECOMMENDER.name, CENTRALIZED_MODE, NON_PRIVATE),
             "metrics": _rows(evaluate_recommender(model, split)),
         }
     for epsilon in epsilons:
@@ -247,14 +244,16 @@ def compare_recommender(
                 len(split.items), examples, settings, seed, plan.noise_multiplier
             )
             runs[dp_run_name(epsilon)] = {
-                "training": _dp_settings(entry, settings, len(examples)),
+                "training": _entry_settings(entry, settings, len(examples)),
                 "validation": validation_record(
                     RECOMMENDER.name, CENTRALIZED_MODE, epsilon, overrides
                 ),
                 "privacy": privacy_spent(plan, steps),
                 "metrics": _rows(evaluate_recommender(model, split)),
             }
-    runs[STOREFRONT_ALONE] = _recommender_storefront_alone(split, histories, plain, seed, progress)
+    runs[STOREFRONT_ALONE] = _recommender_storefront_alone(
+        split, histories, plain, window, seed, progress
+    )
     with progress.step("recommender: baselines"):
         baselines = {
             name: _rows(evaluate_next_basket(split, scores(split)))
@@ -267,6 +266,7 @@ def _recommender_storefront_alone(
     split: NextBasketSplit,
     histories: Mapping[str, CustomerHistory],
     settings: TrainingSettings,
+    target_window: int | None,
     seed: int,
     progress: Progress,
 ) -> dict[str, Any]:
@@ -278,7 +278,7 @@ def _recommender_storefront_alone(
     training: dict[str, Any] = {}
     for storefront in homes.value_counts().index:
         own = {c: h for c, h in histories.items() if homes.get(c) == storefront}
-        dataset = TrainingExamples(own, seed=seed)
+        dataset = TrainingExamples(own, seed=seed, target_window=target_window)
         rows = np.flatnonzero(test_storefronts == storefront)
         if len(dataset) == 0 or rows.size == 0:
             continue  # no customer to learn from, or none to score: nothing to compare
@@ -327,10 +327,13 @@ def compare_churn(
         data = churn_data(frame)
         train, held_out = data.part(held_out=False), data.part(held_out=True)
     runs: dict[str, Any] = {}
-    with progress.step(f"churn: {CENTRALIZED} (full-batch Adam)"):
-        model = train_centralized(train, seed=seed)
+    entry = non_private_settings(CHURN.name)
+    plain = quick_settings(entry.training(), quick)
+    with progress.step(f"churn: {CENTRALIZED} ({plain.local_epochs} epochs)"):
+        model, _ = fit_churn(train, plain, seed)
         runs[CENTRALIZED] = {
-            "training": {"examples": len(train.labels), "full-batch": True},
+            "training": _entry_settings(entry, plain, len(train.labels)),
+            "validation": validation_record(CHURN.name, CENTRALIZED_MODE, NON_PRIVATE),
             "metrics": _rows(evaluate_churn(model, held_out)),
         }
     for epsilon in epsilons:
@@ -338,9 +341,9 @@ def compare_churn(
         settings = quick_settings(entry.training(), quick)
         plan = centralized_dp_plan(epsilon, len(train.labels), len(train.labels), settings)
         with progress.step(f"churn: {dp_run_name(epsilon)} (σ {plan.noise_multiplier:.3g})"):
-            model, steps = fit_churn_dp(train, settings, plan.noise_multiplier, seed)
+            model, steps = fit_churn(train, settings, seed, plan.noise_multiplier)
             runs[dp_run_name(epsilon)] = {
-                "training": _dp_settings(entry, settings, len(train.labels)),
+                "training": _entry_settings(entry, settings, len(train.labels)),
                 "validation": validation_record(CHURN.name, CENTRALIZED_MODE, epsilon, overrides),
                 "privacy": privacy_spent(plan, steps),
                 "metrics": _rows(evaluate_churn(model, held_out)),
@@ -352,9 +355,9 @@ def compare_churn(
             continue
         own_train = train.subset((train.storefront == storefront).to_numpy())
         with progress.step(f"churn: {STOREFRONT_ALONE} {storefront} ({len(own_train.labels)})"):
-            model = train_centralized(own_train, seed=seed)
+            model, _ = fit_churn(own_train, plain, seed)
             alone["metrics"][storefront] = _rows(evaluate_churn(model, own_test))[storefront]
-        alone["training"][storefront] = {"examples": len(own_train.labels), "full-batch": True}
+        alone["training"][storefront] = _settings(plain, len(own_train.labels))
     runs[STOREFRONT_ALONE] = alone
     with progress.step("churn: baselines (5-fold CV on the whole population)"):
         baselines = {
@@ -364,11 +367,14 @@ def compare_churn(
     return {"runs": runs, "baselines": baselines}
 
 
-def fit_churn_dp(
-    train: ChurnData, settings: TrainingSettings, noise_multiplier: float, seed: int
+def fit_churn(
+    train: ChurnData,
+    settings: TrainingSettings,
+    seed: int,
+    noise_multiplier: float | None = None,
 ) -> tuple[ChurnModel, int]:
-    """A fresh churn model trained with DP-SGD on ``train`` by the model's own training,
-    and the DP steps it took."""
+    """A fresh churn model trained on ``train`` by the model's own training (DP-SGD at
+    ``noise_multiplier`` if given), and the DP steps it took."""
     torch.manual_seed(seed)
     model = ChurnModel()
     plan = LocalTraining(settings, noise_multiplier=noise_multiplier, seed=seed)
@@ -405,6 +411,12 @@ def privacy_spent(plan: DPPlan, steps: int) -> dict[str, Any]:
     }
 
 
+def non_private_settings(model: str) -> EpsilonSettings:
+    """The centralized non-private settings of ``model``: the settings file's entry for
+    ε = :data:`~simulations.settings_per_epsilon.NON_PRIVATE`."""
+    return settings_for(model, CENTRALIZED_MODE, NON_PRIVATE)
+
+
 def centralized_dp_settings(
     model: str, epsilon: float, overrides: Mapping[str, Any] | None = None
 ) -> EpsilonSettings:
@@ -430,10 +442,11 @@ def _settings(settings: TrainingSettings, examples: int) -> dict[str, Any]:
     return {**settings.to_config(), "examples": examples}
 
 
-def _dp_settings(
+def _entry_settings(
     entry: EpsilonSettings, settings: TrainingSettings, examples: int
 ) -> dict[str, Any]:
-    """A DP run's settings, its target window where it has one, and their provenance."""
+    """A run's settings from the settings file, its target window where it has one, and
+    their provenance."""
     extra = {key: value for key, value in entry.settings.items() if key == TARGET_WINDOW}
     return {**_settings(settings, examples), **extra, "chosen-on": entry.chosen_on}
 
@@ -491,8 +504,9 @@ def comparison_markdown(result: dict[str, Any]) -> str:
 
 
 def _validation_table(result: dict[str, Any]) -> str:
-    """Each DP run's headline metric on validation (what its settings were chosen by)
-    beside its test score (mean and range over seeds when pooled)."""
+    """Each run's headline metric on validation (what its settings were chosen by) beside
+    its test score (mean and range over seeds when pooled); "no DP" for the settings of the
+    non-private runs."""
     lines = [
         "\n## settings per ε: chosen on validation, scored on test\n",
         "| model | run | settings of ε | chosen on | trials | metric | validation | test |",
@@ -510,8 +524,9 @@ def _validation_table(result: dict[str, Any]) -> str:
             )
             score = "—" if chosen["score"] is None else f"{chosen['score']:.4f}"
             split = chosen["chosen-on"].split(" (")[0]
+            epsilon = "no DP" if chosen["epsilon"] == NON_PRIVATE else f"{chosen['epsilon']:g}"
             lines.append(
-                f"| {model} | {name} | {chosen['epsilon']:g} | {split} | {chosen['trials']} | "
+                f"| {model} | {name} | {epsilon} | {split} | {chosen['trials']} | "
                 f"{metric} | {score} | {test} |"
             )
     return "\n".join(lines) + "\n"

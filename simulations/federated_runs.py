@@ -8,8 +8,9 @@ storefront-alone runs: ``overall``, ``outside United Kingdom`` (recommender: the
 storefront sums pooled; churn: not available, as the server keeps no per-site score
 histograms) and one row per storefront.
 
-The run configs are those of :mod:`simulations.run_configs`; each DP run takes its models'
-local-training settings from the federated entries of the nearest ε
+The run configs are those of :mod:`simulations.run_configs`; each run takes its models'
+local-training settings from the settings file's federated entries: the non-private
+run those of ε = 0, each DP run those of the nearest ε
 (:func:`simulations.settings_per_epsilon.federated_run_config`).
 """
 
@@ -25,7 +26,11 @@ from server.run_results import final_rows, load_run
 from simulations.progress import SILENT, Progress
 from simulations.run_configs import MAIN_RUN_CONFIG, PLAIN_RUN_CONFIG, PLAIN_SITE_POLICY
 from simulations.runner import DEFAULT_CLIENT_CPUS, run_simulation_job
-from simulations.settings_per_epsilon import federated_run_config, validation_record
+from simulations.settings_per_epsilon import (
+    NON_PRIVATE,
+    federated_run_config,
+    validation_record,
+)
 from simulations.tune_options import FEDERATED_MODE
 
 FEDERATED = "federated"
@@ -50,16 +55,19 @@ def federated_references(
 ) -> dict[str, dict[str, Any]]:
     """Run the non-private and each DP federated simulation into ``out_dir/<run name>``.
 
-    ``overrides`` change every run's config (e.g. :data:`simulations.run_configs.QUICK_OVERRIDES`);
-    ``settings_overrides`` (``<model>.<key>``) replace the settings per ε of the DP runs;
+    The non-private run trains with the settings file's non-private federated entries, each
+    DP run with those of its nearest ε. ``overrides`` change every run's config (e.g.
+    :data:`simulations.run_configs.QUICK_OVERRIDES`); ``settings_overrides``
+    (``<model>.<key>``) replace the settings per ε of the DP runs;
     ``seed`` is every run's ``simulation-seed``.
 
     Returns:
         model -> run name -> ``{"training": run config, "metrics": rows by group}``.
     """
-    configs = {FEDERATED: ({**PLAIN_RUN_CONFIG, **(overrides or {})}, PLAIN_SITE_POLICY)}
+    models = str(MAIN_RUN_CONFIG["models"]).split(",")
+    plain = {**PLAIN_RUN_CONFIG, **federated_run_config(models, NON_PRIVATE), **(overrides or {})}
+    configs = {FEDERATED: (plain, PLAIN_SITE_POLICY)}
     for epsilon in epsilons:
-        models = str(MAIN_RUN_CONFIG["models"]).split(",")
         tuned = federated_run_config(models, epsilon, settings_overrides)
         dp_config = {**MAIN_RUN_CONFIG, **tuned, **(overrides or {}), "epsilon": epsilon}
         configs[federated_dp_run_name(epsilon)] = (dp_config, [])
@@ -78,14 +86,12 @@ def federated_references(
                 site_policy=site_policy,
             )
         results = load_run(run_dir)
-        epsilon = run_config.get("epsilon") if name != FEDERATED else None
+        epsilon = max(float(run_config["epsilon"]), NON_PRIVATE)
+        overridden = settings_overrides if epsilon != NON_PRIVATE else None
         for model in results.rounds:
             runs.setdefault(model, {})[name] = {
                 "training": run_config,
                 "metrics": final_rows(results.final(model), model),
+                "validation": validation_record(model, FEDERATED_MODE, epsilon, overridden),
             }
-            if epsilon is not None:
-                runs[model][name]["validation"] = validation_record(
-                    model, FEDERATED_MODE, float(epsilon), settings_overrides
-                )
     return runs

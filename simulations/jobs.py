@@ -54,7 +54,7 @@ from simulations.runner import (
     ray_cluster_address,
     run_simulation_job,
 )
-from simulations.settings_per_epsilon import federated_run_config
+from simulations.settings_per_epsilon import NON_PRIVATE, federated_run_config
 from simulations.storefronts import format_summary, prepare_bundled_storefronts
 
 STOREFRONTS_DIR = "storefronts"
@@ -259,14 +259,12 @@ def with_settings_per_epsilon(
     config: dict[str, Any], base: Mapping[str, Any] | None = None
 ) -> dict[str, Any]:
     """``config`` (what the command line sets) over the federated settings of the nearest
-    ε for its models (:func:`simulations.settings_per_epsilon.federated_run_config`), over
-    ``base``; ε and models from ``config``, else ``base``, else the app's defaults. Without
-    DP (ε ≤ 0) the settings file has nothing to add."""
+    ε for its models (:func:`simulations.settings_per_epsilon.federated_run_config`; without
+    DP, ε ≤ 0, the non-private ones), over ``base``; ε and models from ``config``, else
+    ``base``, else the app's defaults."""
     app = app_run_config()
     merged = {**(base or {}), **config}
-    epsilon = float(merged.get("epsilon", app["epsilon"]))
-    if epsilon <= 0:
-        return merged
+    epsilon = max(float(merged.get("epsilon", app["epsilon"])), NON_PRIVATE)
     models = [name.strip() for name in str(merged.get("models", app["models"])).split(",")]
     try:
         return {**(base or {}), **federated_run_config(models, epsilon), **config}

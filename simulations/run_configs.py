@@ -34,15 +34,10 @@ PLAIN_SITE_POLICY: list[str] = ["dp-required=false"]
 """The simulated sites' policy for :data:`PLAIN_RUN_CONFIG`: they consent to training
 without DP (the default policy declines it)."""
 
-PLAIN_RUN_CONFIG: dict[str, Any] = {
-    **MAIN_RUN_CONFIG,
-    "epsilon": 0.0,
-    "recommender.optimizer": "adam",
-    "recommender.learning-rate": 0.01,
-    "recommender.batch-size": 64,
-}
-"""Non-private federated training: the recommender with the centralized non-private
-reference's Adam settings, otherwise as :data:`MAIN_RUN_CONFIG`."""
+PLAIN_RUN_CONFIG: dict[str, Any] = {**MAIN_RUN_CONFIG, "epsilon": 0.0}
+"""Non-private federated training, otherwise as :data:`MAIN_RUN_CONFIG`; the runs that use
+it add each model's non-private federated settings (the settings file's ε = 0 entries,
+:func:`simulations.settings_per_epsilon.federated_run_config`)."""
 
 QUICK_OVERRIDES: dict[str, Any] = {
     "num-server-rounds": 1,

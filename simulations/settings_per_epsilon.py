@@ -10,6 +10,10 @@ seeds and trials of that search, and a note. ``fedshop-sim tune --write-settings
 an entry; ``fedshop-sim run`` (federated entries) and ``compare`` (both) read the entry of
 the nearest ε (:func:`settings_for`), and ``--set`` overrides any of its values.
 
+The non-private runs have entries too, under ε = :data:`NON_PRIVATE` (0, as the run config
+spells "no DP"); they are read only for training without DP, never as the nearest ε of a
+DP run.
+
 An entry never tuned says so: ``chosen-on`` is :data:`UNTUNED`, and its note says how the
 values were picked before (some by hand on the test score, before a validation split
 existed). Federated entries carry no round count: ``num-server-rounds`` is one value for
@@ -31,6 +35,8 @@ from privacy.atomic_files import atomic_write
 from simulations.tune_options import MODES
 
 SETTINGS_FILE = Path(__file__).resolve().parent / "data" / "settings-per-epsilon.json"
+NON_PRIVATE = 0.0
+"""The ε of the entries for training without DP (the run config's ``epsilon = 0``)."""
 UNTUNED = "none (current defaults, not yet tuned)"
 """``chosen-on`` of an entry that no tuning chose."""
 
@@ -129,16 +135,24 @@ def settings_for(
     model: str, mode: str, epsilon: float, path: Path = SETTINGS_FILE
 ) -> EpsilonSettings:
     """The entry of ``model`` and ``mode`` whose ε is nearest to ``epsilon`` (a tie goes to
-    the smaller ε, tuned for more noise).
+    the smaller ε, tuned for more noise); for ``epsilon`` = :data:`NON_PRIVATE`, the
+    non-private entry.
 
     Raises:
-        ValueError: ``epsilon`` is not > 0, or the file has no entry for the model and mode.
+        ValueError: ``epsilon`` is neither > 0 nor :data:`NON_PRIVATE`, or the file has no
+            such entry for the model and mode.
     """
-    if not epsilon > 0:
-        raise ValueError(f"settings per ε are for DP training (ε > 0), got ε = {epsilon}")
-    candidates = [e for e in load_entries(path) if e.model == model and e.mode == mode]
+    if not (epsilon > 0 or epsilon == NON_PRIVATE):
+        raise ValueError(f"settings are for ε > 0 (DP) or ε = 0 (no DP), got ε = {epsilon}")
+    private = epsilon > 0
+    candidates = [
+        entry
+        for entry in load_entries(path)
+        if entry.model == model and entry.mode == mode and (entry.epsilon > 0) == private
+    ]
     if not candidates:
-        raise ValueError(f"{path}: no {mode} settings for the model {model!r}")
+        kind = "DP" if private else "non-private"
+        raise ValueError(f"{path}: no {mode} {kind} settings for the model {model!r}")
     return min(candidates, key=lambda entry: (abs(entry.epsilon - epsilon), entry.epsilon))
 
 

@@ -17,14 +17,14 @@ DEFAULT_TRIALS = 8
 DEFAULT_TUNE_OUT = Path("runs/tune")
 
 
-def positive_epsilon(text: str) -> float:
-    """An argparse type: a finite ε > 0 (settings are tuned under DP only)."""
+def tunable_epsilon(text: str) -> float:
+    """An argparse type: a finite ε > 0 (DP), or 0 for the non-private settings."""
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"ε must be finite and > 0, got {text!r}")
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"ε must be finite and > 0, or 0 for no DP, got {text!r}")
     return value
 
 
@@ -40,7 +40,12 @@ def add_tune_arguments(parser: argparse.ArgumentParser) -> None:
     """Declare ``tune --model M --epsilon E --mode MODE [--trials N] [--seed S] [--repeats R]
     [--vary SETTINGS] [--out DIR] [--storefronts DIR] [--write-settings]``."""
     parser.add_argument("--model", choices=TUNABLE_MODELS, required=True)
-    parser.add_argument("--epsilon", type=positive_epsilon, required=True, help="target ε")
+    parser.add_argument(
+        "--epsilon",
+        type=tunable_epsilon,
+        required=True,
+        help="target ε; 0 tunes the non-private runs' settings",
+    )
     parser.add_argument("--mode", choices=MODES, required=True)
     parser.add_argument(
         "--trials",

@@ -1,12 +1,13 @@
-"""``fedshop-sim tune``: a seeded random search of a model's DP training settings at one ε,
-scored on the validation protocols only.
+"""``fedshop-sim tune``: a seeded random search of a model's training settings at one ε
+(or without DP, ε = 0), scored on the validation protocols only.
 
 Each trial trains the model with one draw of settings (:mod:`simulations.tuning_space`;
-trial 0 is the settings file's current entry) under user-level DP at the target ε and
-scores it on validation: the recommender's NDCG@10 on the second-to-last invoices
-(:mod:`models.nextbasket_validation`), churn's ROC-AUC one horizon before the test cutoff
-(:mod:`models.churn_validation`). The test split is never scored here: every objective
-below reads only the validation protocols' data.
+trial 0 is the settings file's current entry) under user-level DP at the target ε, or
+without DP for the non-private runs' settings, and scores it on validation: the
+recommender's NDCG@10 on the second-to-last invoices (:mod:`models.nextbasket_validation`),
+churn's ROC-AUC one horizon before the test cutoff (:mod:`models.churn_validation`). The
+test split is never scored here: every objective below reads only the validation
+protocols' data.
 
 - ``centralized``: the pooled validation data in this process, σ calibrated for the
   whole planned training as :mod:`simulations.compare` does; a trial's score is the mean
@@ -57,18 +58,20 @@ from models.nextbasket_features import TrainingExamples, build_histories
 from models.nextbasket_validation import split_next_basket_validation, without_test_invoices
 from models.recommender import evaluate_recommender
 from models.registry import get_model
-from models.training import SIMULATION_SEED
+from models.training import SIMULATION_SEED, TrainingSettings
 from privacy.atomic_files import atomic_write
-from simulations.compare import centralized_dp_plan, fit_churn_dp, fit_recommender, ingest_bundled
+from simulations.compare import centralized_dp_plan, fit_churn, fit_recommender, ingest_bundled
 from simulations.progress import SILENT, Progress
-from simulations.run_configs import MAIN_RUN_CONFIG
+from simulations.run_configs import MAIN_RUN_CONFIG, PLAIN_SITE_POLICY
 from simulations.settings_per_epsilon import (
+    NON_PRIVATE,
     EpsilonSettings,
     record,
     settings_for,
     target_window,
     training_settings,
 )
+from simulations.site_policies import apply_site_policy
 from simulations.storefronts import assign_storefronts, prepare_storefronts, read_split
 from simulations.tuning_space import draw_trials
 
@@ -188,7 +191,8 @@ def tune(
         raise ValueError(f"repeats must be at least 1, got {repeats}")
     seeds = list(range(seed, seed + repeats))
     current = settings_for(model, mode, epsilon)
-    candidates = draw_trials(model, mode, current.settings, trials, seed, vary)
+    private = epsilon != NON_PRIVATE
+    candidates = draw_trials(model, mode, current.settings, trials, seed, vary, private=private)
     out_dir.mkdir(parents=True, exist_ok=True)
     with progress.step(f"{model}: validation data ({mode})"):
         if mode == "centralized":
@@ -231,8 +235,8 @@ def tune(
 def centralized_objective(
     frame: pd.DataFrame, model: str, epsilon: float, seeds: list[int]
 ) -> Objective:
-    """Train on the pooled validation training data with DP at ``epsilon``, once per
-    training seed; score the validation holdout."""
+    """Train on the pooled validation training data with DP at ``epsilon`` (none at
+    :data:`NON_PRIVATE`), once per training seed; score the validation holdout."""
     if model == "recommender":
         split = split_next_basket_validation(frame)
         histories = build_histories(split.train, split.items)
@@ -244,10 +248,8 @@ def centralized_objective(
             for seed in seeds:
                 window = target_window(settings)
                 examples = TrainingExamples(histories, seed=seed, target_window=window)
-                plan = centralized_dp_plan(epsilon, len(examples), customers, training)
-                trained, _ = fit_recommender(
-                    len(split.items), examples, training, seed, plan.noise_multiplier
-                )
+                noise = _noise(epsilon, len(examples), customers, training)
+                trained, _ = fit_recommender(len(split.items), examples, training, seed, noise)
                 per_seed.append(_overall(evaluate_recommender(trained, split), ["ndcg@10"]))
             return per_seed
 
@@ -257,10 +259,10 @@ def centralized_objective(
 
     def churn_score(number: int, settings: Mapping[str, Any]) -> list[dict[str, float]]:
         training = training_settings(settings)
-        plan = centralized_dp_plan(epsilon, len(train.labels), len(train.labels), training)
+        noise = _noise(epsilon, len(train.labels), len(train.labels), training)
         per_seed = []
         for seed in seeds:
-            trained, _ = fit_churn_dp(train, training, plan.noise_multiplier, seed)
+            trained, _ = fit_churn(train, training, seed, noise)
             per_seed.append(
                 _overall(evaluate_churn(trained, held_out), ["roc-auc", BRIER, CHURN_RATE])
             )
@@ -269,13 +271,23 @@ def centralized_objective(
     return churn_score
 
 
+def _noise(
+    epsilon: float, examples: int, customers: int, training: TrainingSettings
+) -> float | None:
+    """σ of a centralized plan at ``epsilon``; None without DP (:data:`NON_PRIVATE`)."""
+    if epsilon == NON_PRIVATE:
+        return None
+    return centralized_dp_plan(epsilon, examples, customers, training).noise_multiplier
+
+
 def federated_objective(
     frame: pd.DataFrame, model: str, epsilon: float, out_dir: Path, seeds: list[int]
 ) -> Objective:
     """Federate over the storefronts' validation data (written to
     ``out_dir/validation-storefronts``) with DP at ``epsilon`` per site, once per
     ``simulation-seed`` in ``seeds`` (each with fresh site ledgers); score the pooled
-    evaluation after the last round."""
+    evaluation after the last round. At :data:`NON_PRIVATE` the simulated sites' policy
+    lets them train without DP, as the comparison's non-private run does."""
     # Imported here: the sequential federation pulls in Flower, which centralized tuning
     # does not need.
     from simulations.sequential import run_sequential_federation
@@ -289,6 +301,8 @@ def federated_objective(
         for seed in seeds:
             run_config = validation_run_config(model, epsilon, seed, facts, trial)
             run_dir = out_dir / f"trial-{number}" / f"seed-{seed}"
+            if epsilon == NON_PRIVATE:
+                apply_site_policy(split_dir, run_dir, PLAIN_SITE_POLICY, set_by="fedshop-sim tune")
             result = run_sequential_federation(split_dir, run_dir, run_config)
             final = result.metrics[model][-1]
             if metric not in final:

@@ -52,7 +52,43 @@ SEARCH_SPACES: dict[tuple[str, str], dict[str, tuple[Any, ...]]] = {
         "max-grad-norm": (0.1, 0.3, 1.0, 3.0),
     },
 }
-"""Per (model, mode): setting (run-config spelling) -> the values tried."""
+"""Per (model, mode): setting (run-config spelling) -> the values tried under DP."""
+
+NON_PRIVATE_SPACES: dict[tuple[str, str], dict[str, tuple[Any, ...]]] = {
+    ("recommender", "centralized"): {
+        "local-epochs": (10, 20, 40),
+        "optimizer": ("adam",),
+        "learning-rate": (0.003, 0.01, 0.03),
+        "batch-size": (32, 64, 128, 256),
+        "max-grad-norm": (1.0,),
+        "target-window": (1, 2, 3, "all"),
+    },
+    ("recommender", "federated"): {
+        "local-epochs": (1, 2, 5, 10),
+        "optimizer": ("adam",),
+        "learning-rate": (0.003, 0.01, 0.03),
+        "batch-size": (32, 64, 128, 256),
+        "max-grad-norm": (1.0,),
+        "target-window": (1, 2, 3, "all"),
+    },
+    # 4,096 holds every training customer of the bundled data: full-batch Adam.
+    ("churn", "centralized"): {
+        "local-epochs": (50, 100, 300, 600),
+        "optimizer": ("adam",),
+        "learning-rate": (0.003, 0.01, 0.03, 0.1),
+        "batch-size": (64, 256, 1024, 4096),
+        "max-grad-norm": (1.0,),
+    },
+    ("churn", "federated"): {
+        "local-epochs": (1, 2, 4, 8),
+        "optimizer": ("sgd",),
+        "learning-rate": (0.02, 0.05, 0.1, 0.2, 0.5),
+        "batch-size": (32, 64, 128),
+        "max-grad-norm": (1.0,),
+    },
+}
+"""Per (model, mode): the values tried without DP (``max-grad-norm`` is unused there and
+held at one value)."""
 
 
 def draw_trials(
@@ -62,20 +98,24 @@ def draw_trials(
     trials: int,
     seed: int,
     vary: Sequence[str] | None = None,
+    *,
+    private: bool = True,
 ) -> list[dict[str, Any]]:
     """The settings of ``trials`` trials: ``current`` first, then distinct draws from the
-    model and mode's space (uniform per setting, seeded; fewer if the space runs out).
-    With ``vary``, only those settings are drawn; the others keep ``current``'s values.
+    model and mode's space, under DP or not (``private``; uniform per setting, seeded;
+    fewer if the space runs out). With ``vary``, only those settings are drawn; the others
+    keep ``current``'s values.
 
     Raises:
         ValueError: no space for the model and mode, ``trials`` < 1, or ``vary`` names a
             setting outside the space.
     """
-    if (model, mode) not in SEARCH_SPACES:
+    spaces = SEARCH_SPACES if private else NON_PRIVATE_SPACES
+    if (model, mode) not in spaces:
         raise ValueError(f"no search space for {model} in {mode} mode")
     if trials < 1:
         raise ValueError(f"run at least one trial, got {trials}")
-    space = SEARCH_SPACES[(model, mode)]
+    space = spaces[(model, mode)]
     if vary is not None:
         unknown = sorted(set(vary) - set(space))
         if unknown or not vary:

@@ -25,7 +25,7 @@ from simulations.compare import (
     run_comparison,
 )
 from simulations.federated_runs import FEDERATED, federated_dp_run_name
-from simulations.settings_per_epsilon import settings_for, validation_record
+from simulations.settings_per_epsilon import NON_PRIVATE, settings_for, validation_record
 from simulations.storefronts import assign_storefronts
 from simulations.synthetic import generate_orders
 
@@ -136,10 +136,17 @@ def test_federated_columns_come_from_real_simulations_of_the_same_storefronts(tm
             *federated,
             STOREFRONT_ALONE,
         ]
-        chosen = result[model]["runs"][federated_dp_run_name(8.0)]["validation"]
-        entry = settings_for(model, "federated", 8.0)
-        assert (chosen["chosen-on"], chosen["score"]) == (entry.chosen_on, entry.validation_score)
-        assert "validation" not in result[model]["runs"][FEDERATED]
+        for name, epsilon in ((federated_dp_run_name(8.0), 8.0), (FEDERATED, NON_PRIVATE)):
+            chosen = result[model]["runs"][name]["validation"]
+            entry = settings_for(model, "federated", epsilon)
+            assert (chosen["epsilon"], chosen["chosen-on"], chosen["score"]) == (
+                epsilon,
+                entry.chosen_on,
+                entry.validation_score,
+            )
+            trained = result[model]["runs"][name]["training"]  # quick: 1 local epoch
+            settings = {k: v for k, v in entry.settings.items() if k != "local-epochs"}
+            assert all(trained[f"{model}.{k}"] == v for k, v in settings.items())
     storefronts = set(assign_storefronts(frame)[schema.STOREFRONT])
     for name in federated:
         rows = result["recommender"]["runs"][name]["metrics"]
@@ -183,7 +190,13 @@ def test_each_dp_run_says_how_its_settings_were_chosen_beside_its_test_score(com
                 line.startswith(row) and line.endswith(f"| {test:.3f} |")
                 for line in text.splitlines()
             )
-        assert "validation" not in result[model]["runs"][CENTRALIZED]
+        # the non-private run trains with, and reports, the settings file's ε = 0 entry
+        plain = result[model]["runs"][CENTRALIZED]
+        entry = settings_for(model, "centralized", NON_PRIVATE)
+        assert plain["validation"]["score"] == entry.validation_score
+        expected = {**entry.settings, "local-epochs": QUICK_EPOCHS, "chosen-on": entry.chosen_on}
+        assert {k: plain["training"][k] for k in expected} == expected
+        assert f"| {model} | {CENTRALIZED} | no DP |" in text
 
 
 def test_a_set_override_leaves_no_validation_score() -> None:

@@ -16,6 +16,7 @@ from simulations.compare import centralized_dp_settings
 from simulations.jobs import with_settings_per_epsilon
 from simulations.run_configs import MAIN_RUN_CONFIG
 from simulations.settings_per_epsilon import (
+    NON_PRIVATE,
     SETTINGS_FILE,
     TARGET_WINDOW,
     UNTUNED,
@@ -33,7 +34,7 @@ def test_every_model_mode_and_epsilon_has_valid_settings() -> None:
     entries = {(e.model, e.mode, e.epsilon): e for e in load_entries()}
     for model in TUNABLE_MODELS:
         for mode in MODES:
-            for epsilon in (1.0, 3.0, 8.0):
+            for epsilon in (NON_PRIVATE, 1.0, 3.0, 8.0):
                 entry = entries[(model, mode, epsilon)]
                 assert isinstance(entry.training(), TrainingSettings)
                 assert entry.metric == {"recommender": "ndcg@10", "churn": "roc-auc"}[model]
@@ -65,8 +66,11 @@ def test_nearest_epsilon_with_ties_to_the_smaller() -> None:
         8.0: 8.0,
         50.0: 8.0,
     }
-    with pytest.raises(ValueError, match="DP training"):
-        settings_for("churn", "federated", 0.0)
+    # ε = 0 is no DP: the non-private entry, never the nearest of a DP run
+    assert settings_for("churn", "federated", 0.0).epsilon == NON_PRIVATE
+    assert settings_for("churn", "federated", 1e-6).epsilon == 1.0
+    with pytest.raises(ValueError, match="ε > 0 .DP. or ε = 0 .no DP."):
+        settings_for("churn", "federated", -1.0)
 
 
 def test_overrides_replace_only_their_model_and_knobs_reach_the_run_config() -> None:
@@ -128,9 +132,15 @@ def test_run_trains_with_the_federated_settings_of_the_nearest_epsilon() -> None
     eight = settings_for("recommender", "federated", 8.0).settings
     assert config["recommender.batch-size"] == eight[wire.BATCH_SIZE]
     assert not any(key.startswith("churn.") for key in config)
-    # Without DP the file's DP settings do not apply.
-    plain = cli.training_config(run_args("--epsilon", "0"), {})
-    assert with_settings_per_epsilon(plain) == plain
+    # Without DP (ε ≤ 0) the non-private entries apply, never a DP one.
+    for epsilon in ("0", "-1"):
+        plain = cli.training_config(run_args("--epsilon", epsilon), {})
+        expected = {
+            **settings_for("recommender", "federated", NON_PRIVATE).run_config(),
+            **settings_for("churn", "federated", NON_PRIVATE).run_config(),
+            **plain,
+        }
+        assert with_settings_per_epsilon(plain) == expected
 
 
 def test_the_main_job_trains_with_the_settings_of_its_epsilon_over_its_run_level_config():

@@ -12,8 +12,9 @@ import torch
 
 from models import schema
 from models.churn_protocol import churn_cutoff
+from privacy.ledger import PrivacyLedger
 from simulations import cli
-from simulations.settings_per_epsilon import load_entries, settings_for
+from simulations.settings_per_epsilon import NON_PRIVATE, load_entries, settings_for
 from simulations.storefronts import prepare_storefronts
 from simulations.synthetic import generate_orders
 from simulations.tuning import (
@@ -26,7 +27,7 @@ from simulations.tuning import (
     best_trial,
     tune,
 )
-from simulations.tuning_space import SEARCH_SPACES, draw_trials
+from simulations.tuning_space import NON_PRIVATE_SPACES, SEARCH_SPACES, draw_trials
 from tests.test_validation_protocols import scrambled_test_invoices
 
 pytestmark = pytest.mark.slow
@@ -222,6 +223,50 @@ def test_a_federated_search_trains_every_trial_and_seed_with_fresh_site_budgets(
         assert runs == {f"trial-{t}/seed-{s}" for t in (0, 1) for s in seeds}
         if len(seeds) > 1:  # the simulation seed reaches the sites
             assert result.trials[0].scores[0] != result.trials[0].scores[1]
+
+
+def test_the_non_private_settings_are_searched_without_dp(small, tmp_path: Path) -> None:
+    # centralized: the ε = 0 entry first, then draws from the non-private space
+    result = tune(
+        small,
+        model="churn",
+        mode="centralized",
+        epsilon=NON_PRIVATE,
+        trials=3,
+        seed=1,
+        out_dir=tmp_path / "centralized",
+        data="synthetic",
+    )
+    space = NON_PRIVATE_SPACES[("churn", "centralized")]
+    assert result.trials[0].settings == settings_for("churn", "centralized", 0.0).settings
+    for trial in result.trials[1:]:
+        assert all(trial.settings[key] in values for key, values in space.items())
+    assert result.chosen.epsilon == NON_PRIVATE and all(t.brier for t in result.trials)
+    # federated: the simulated sites consent to no DP, and no DP step is recorded
+    federated = tune(
+        generate_orders(n_storefronts=2, n_customers=600, n_items=40, seed=5),
+        model="recommender",
+        mode="federated",
+        epsilon=NON_PRIVATE,
+        trials=2,
+        seed=2,
+        out_dir=tmp_path / "federated",
+        data="synthetic",
+        vary=["target-window"],
+    )
+    first, second = (trial.settings for trial in federated.trials)
+    assert first == settings_for("recommender", "federated", 0.0).settings
+    assert {k: v for k, v in second.items() if k != "target-window"} == {
+        k: v for k, v in first.items() if k != "target-window"
+    }
+    assert second["target-window"] != first["target-window"]
+    assert all(0 < trial.score <= 1 for trial in federated.trials)
+    assert "--epsilon 0 --trials 2 --seed 2 --vary target-window:" in federated.chosen.note
+    ledgers = list((tmp_path / "federated").glob("trial-*/seed-*/sites/*/*.sqlite"))
+    assert len(ledgers) == 4  # two sites, two trials
+    for ledger_file in ledgers:
+        with PrivacyLedger(ledger_file) as ledger:
+            assert ledger.policy().dp_required is False and ledger.models() == []
 
 
 def test_a_search_needs_at_least_one_seed(small, tmp_path: Path) -> None:

@@ -63,12 +63,12 @@ from models.registry import Facts, get_model
 from models.training import TrainingSettings
 from simulations.compare import (
     QUICK_EPOCHS,
-    RECOMMENDER_PLAIN,
     centralized_dp_plan,
     centralized_dp_settings,
-    fit_churn_dp,
+    fit_churn,
     fit_recommender,
     ingest_bundled,
+    non_private_settings,
     quick_settings,
 )
 from simulations.membership_attack import (
@@ -88,6 +88,7 @@ from simulations.run_configs import (
     QUICK_OVERRIDES,
 )
 from simulations.sequential import run_sequential_federation
+from simulations.settings_per_epsilon import NON_PRIVATE, federated_run_config
 from simulations.site_policies import apply_site_policy
 from simulations.storefronts import assign_storefronts, prepare_storefronts
 
@@ -221,9 +222,11 @@ class RecommenderAudit(ModelAudit):
         return TrainingExamples(histories, target_window=target_window)
 
     def train_plain(self, keep: np.ndarray, seed: int) -> nn.Module:
-        """:data:`simulations.compare.RECOMMENDER_PLAIN` on the kept customers."""
-        settings = quick_settings(RECOMMENDER_PLAIN, self.quick)
-        return fit_recommender(len(self.facts[CATALOGUE]), self._examples(keep), settings, seed)[0]
+        """The comparison's centralized non-private settings on the kept customers."""
+        entry = non_private_settings(self.name)
+        settings = quick_settings(entry.training(), self.quick)
+        examples = self._examples(keep, entry.target_window())
+        return fit_recommender(len(self.facts[CATALOGUE]), examples, settings, seed)[0]
 
     def train_private(self, epsilon: float, seed: int) -> nn.Module:
         """The comparison's DP settings for ``epsilon``, σ for one centralized plan."""
@@ -295,7 +298,7 @@ class ChurnAudit(ModelAudit):
         members = self.data.subset(self.is_member)
         customers = len(members.labels)
         plan = centralized_dp_plan(epsilon, customers, customers, settings)
-        return fit_churn_dp(members, settings, plan.noise_multiplier, seed)[0]
+        return fit_churn(members, settings, seed, plan.noise_multiplier)[0]
 
     def train_overfitted(self, seed: int) -> nn.Module:
         """Full-batch Adam, :data:`OVERFIT_CHURN_HIDDEN_UNITS` wide, no weight decay."""
@@ -329,7 +332,8 @@ def federated_weights(
     progress: Progress,
 ) -> tuple[dict[float | None, dict[str, dict[str, np.ndarray]]], list[str]]:
     """Federated training of both models on the member-only storefronts: non-private
-    (:data:`PLAIN_RUN_CONFIG`) and at each ε (:data:`MAIN_RUN_CONFIG`).
+    (:data:`PLAIN_RUN_CONFIG` with the non-private federated settings) and at each ε
+    (:data:`MAIN_RUN_CONFIG`).
 
     Returns:
         Per ε (``None``: non-private), the final global weights per model; and every
@@ -345,7 +349,8 @@ def federated_weights(
         f"churn.{CUTOFF}": facts["churn"][CUTOFF],
         **(QUICK_OVERRIDES if quick else {}),
     }
-    configs: dict[float | None, dict[str, Any]] = {None: PLAIN_RUN_CONFIG}
+    plain = federated_run_config(list(facts), NON_PRIVATE)
+    configs: dict[float | None, dict[str, Any]] = {None: {**PLAIN_RUN_CONFIG, **plain}}
     configs.update({epsilon: {**MAIN_RUN_CONFIG, "epsilon": epsilon} for epsilon in epsilons})
     weights, declined = {}, []
     for epsilon, config in configs.items():

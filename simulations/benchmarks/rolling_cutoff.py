@@ -11,7 +11,7 @@ scored by a model trained only on what happened before the week it falls in:
 2. for each week, the training data are all cleaned purchase lines before the week's
    first day (other customers' earlier test invoices included: they are past by then);
    a fresh centralized recommender (the comparison's non-private settings,
-   :data:`simulations.compare.RECOMMENDER_PLAIN`) is trained on them and scores the
+   :func:`simulations.compare.non_private_settings`) is trained on them and scores the
    week's test customers from their history before the week;
 3. repeat-buying (:func:`models.baselines.own_history_scores`: the customer's own most
    often bought items, ties by popularity) scores the same customers from the same data.
@@ -43,8 +43,9 @@ from models.nextbasket_protocol import (
     last_invoices,
     split_next_basket,
 )
+from models.recommender import MODEL as RECOMMENDER
 from models.recommender import TOP_K, score_examples
-from simulations.compare import RECOMMENDER_PLAIN, fit_recommender, ingest_bundled
+from simulations.compare import fit_recommender, ingest_bundled, non_private_settings
 
 DEFAULT_SINCE = "2011-10-01"
 WEEK = timedelta(days=7)
@@ -105,10 +106,10 @@ def weekly_splits(frame: pd.DataFrame, split: NextBasketSplit, since: datetime) 
 def model_scores(split: NextBasketSplit, seed: int, epochs: int) -> np.ndarray:
     """Test customers × catalogue scores of a recommender trained on ``split.train``."""
     histories = build_histories(split.train, split.items)
-    settings = replace(RECOMMENDER_PLAIN, local_epochs=epochs)
-    model, _ = fit_recommender(
-        len(split.items), TrainingExamples(histories, seed=seed), settings, seed
-    )
+    entry = non_private_settings(RECOMMENDER.name)
+    settings = replace(entry.training(), local_epochs=epochs)
+    examples = TrainingExamples(histories, seed=seed, target_window=entry.target_window())
+    model, _ = fit_recommender(len(split.items), examples, settings, seed)
     return score_examples(model, EvaluationExamples(histories, split.test_baskets, split.items))
 
 
@@ -124,7 +125,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--since", default=DEFAULT_SINCE, help="first test day (ISO date)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument(
-        "--epochs", type=int, default=RECOMMENDER_PLAIN.local_epochs, help="training epochs"
+        "--epochs",
+        type=int,
+        default=non_private_settings(RECOMMENDER.name).training().local_epochs,
+        help="training epochs (default: the non-private settings')",
     )
     args = parser.parse_args(argv)
     since = datetime.fromisoformat(args.since).replace(tzinfo=UTC)
