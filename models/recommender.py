@@ -79,12 +79,17 @@ REPEAT_PRIOR_FEATURE = FEATURE_NAMES.index("log_invoices_with_item")
 customer's invoices hold the item, the own-history baseline's ranking."""
 
 
+MLP_HIDDEN: tuple[int, ...] = (16,)
+"""Widths of the MLP's hidden layers (checked on validation:
+``python -m simulations.benchmarks.hidden_size``)."""
+
+
 class NextBasketRecommender(nn.Module):
     """Item bias + shared MLP over personal repeat-buying features (no BatchNorm).
 
     Args:
         num_items: catalogue size V (length of the item vocabulary).
-        hidden: widths of the MLP's hidden layers.
+        hidden: widths of the MLP's hidden layers (default :data:`MLP_HIDDEN`).
         num_features: personal features per (customer, item); default the builder's.
         repeat_prior: γ of the fixed repeat-buying prior (module docstring); 0 leaves it out.
     """
@@ -93,7 +98,7 @@ class NextBasketRecommender(nn.Module):
         self,
         num_items: int,
         *,
-        hidden: Sequence[int] = (16,),
+        hidden: Sequence[int] = MLP_HIDDEN,
         num_features: int = NUM_FEATURES,
         repeat_prior: float = 0.0,
     ):

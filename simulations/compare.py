@@ -45,8 +45,8 @@ import torch
 from clients.ingest import ingest_table
 from models import metrics, schema
 from models.baselines import NEXT_BASKET_BASELINES, churn_baselines, evaluate_next_basket
+from models.churn import HIDDEN_UNITS, ChurnModel, churn_dataset, evaluate_churn
 from models.churn import MODEL as CHURN
-from models.churn import ChurnModel, churn_dataset, evaluate_churn
 from models.churn_protocol import ChurnData, churn_data
 from models.nextbasket_features import (
     CustomerHistory,
@@ -372,11 +372,14 @@ def fit_churn(
     settings: TrainingSettings,
     seed: int,
     noise_multiplier: float | None = None,
+    *,
+    hidden_units: int = HIDDEN_UNITS,
 ) -> tuple[ChurnModel, int]:
-    """A fresh churn model trained on ``train`` by the model's own training (DP-SGD at
-    ``noise_multiplier`` if given), and the DP steps it took."""
+    """A fresh churn model (``hidden_units`` wide; default: the model's own) trained on
+    ``train`` by the model's own training (DP-SGD at ``noise_multiplier`` if given), and
+    the DP steps it took."""
     torch.manual_seed(seed)
-    model = ChurnModel()
+    model = ChurnModel(hidden_units)
     plan = LocalTraining(settings, noise_multiplier=noise_multiplier, seed=seed)
     return model, CHURN.train(model, churn_dataset(train), plan).dp_steps
 

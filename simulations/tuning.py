@@ -50,13 +50,13 @@ import pandas as pd
 import torch
 
 from models import schema
-from models.churn import evaluate_churn
+from models.churn import HIDDEN_UNITS, evaluate_churn
 from models.churn_protocol import churn_cutoff
 from models.churn_validation import before_test_labels, churn_validation_data, validation_cutoff
 from models.metrics import OVERALL
 from models.nextbasket_features import TrainingExamples, build_histories
 from models.nextbasket_validation import split_next_basket_validation, without_test_invoices
-from models.recommender import evaluate_recommender
+from models.recommender import NextBasketRecommender, evaluate_recommender
 from models.registry import get_model
 from models.training import SIMULATION_SEED, TrainingSettings
 from privacy.atomic_files import atomic_write
@@ -233,14 +233,24 @@ def tune(
 
 
 def centralized_objective(
-    frame: pd.DataFrame, model: str, epsilon: float, seeds: list[int]
+    frame: pd.DataFrame,
+    model: str,
+    epsilon: float,
+    seeds: list[int],
+    hidden_size: int | None = None,
 ) -> Objective:
     """Train on the pooled validation training data with DP at ``epsilon`` (none at
-    :data:`NON_PRIVATE`), once per training seed; score the validation holdout."""
+    :data:`NON_PRIVATE`), once per training seed; score the validation holdout.
+    ``hidden_size`` replaces the width of the model's hidden layer (default: its own)."""
     if model == "recommender":
         split = split_next_basket_validation(frame)
         histories = build_histories(split.train, split.items)
         customers = split.train[schema.CUSTOMER].nunique()
+
+        def build(num_items: int) -> NextBasketRecommender:
+            if hidden_size is None:
+                return NextBasketRecommender(num_items)
+            return NextBasketRecommender(num_items, hidden=(hidden_size,))
 
         def recommender_score(number: int, settings: Mapping[str, Any]) -> list[dict[str, float]]:
             training = training_settings(settings)
@@ -249,20 +259,23 @@ def centralized_objective(
                 window = target_window(settings)
                 examples = TrainingExamples(histories, seed=seed, target_window=window)
                 noise = _noise(epsilon, len(examples), customers, training)
-                trained, _ = fit_recommender(len(split.items), examples, training, seed, noise)
+                trained, _ = fit_recommender(
+                    len(split.items), examples, training, seed, noise, build=build
+                )
                 per_seed.append(_overall(evaluate_recommender(trained, split), ["ndcg@10"]))
             return per_seed
 
         return recommender_score
     data = churn_validation_data(frame)
     train, held_out = data.part(held_out=False), data.part(held_out=True)
+    width = HIDDEN_UNITS if hidden_size is None else hidden_size
 
     def churn_score(number: int, settings: Mapping[str, Any]) -> list[dict[str, float]]:
         training = training_settings(settings)
         noise = _noise(epsilon, len(train.labels), len(train.labels), training)
         per_seed = []
         for seed in seeds:
-            trained, _ = fit_churn(train, training, seed, noise)
+            trained, _ = fit_churn(train, training, seed, noise, hidden_units=width)
             per_seed.append(
                 _overall(evaluate_churn(trained, held_out), ["roc-auc", BRIER, CHURN_RATE])
             )

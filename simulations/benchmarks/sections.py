@@ -184,6 +184,13 @@ SECTIONS: tuple[BenchSection, ...] = (
         seeds="simulation-seed 0, 1 (rounds) and 0 (server optimiser) per model and ε",
     ),
     _benchmark(
+        "hidden_size",
+        "Hidden-layer width on validation (issue #12)",
+        quick=("--models", "churn", "--epsilons", "8", "--seeds", "0", "--churn-widths", "8", "16"),
+        full=(),
+        seeds="training seeds 0, 1 (weights, Poisson sampling, DP noise) per model, ε and width",
+    ),
+    _benchmark(
         "recommender_candidates",
         "Recommender candidates on validation (issue #12)",
         quick=("--seeds", "0", "--epsilons", "8", "--epochs", "2"),
