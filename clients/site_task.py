@@ -43,6 +43,7 @@ from torch import nn
 from clients import site_timing
 from clients.facts_store import recall_facts, remember_facts
 from clients.prepared_cache import ByteBudgetCache
+from clients.prepared_store import load_or_prepare, prepared_file
 from clients.site_data import SiteDataError, SiteLocation, load_orders, locate_site, storefront_of
 from models import schema
 from models.registry import BUILTIN_MODELS, FederatedModel, SiteData, get_model
@@ -354,9 +355,11 @@ def prepared_data(
     """The site's data for ``model`` and its storefront name, cached per data version.
 
     A simulation process serves many messages of many sites, so each site's split is built
-    once and kept across rounds (:data:`PREPARED_DATA_BUDGET_BYTES`). The data version is
-    the file's modification time and size: a new export is read again (and the old one
-    dropped); changed shared facts (a new catalogue or cutoff) have a new digest, so a new key.
+    once and kept across rounds (:data:`PREPARED_DATA_BUDGET_BYTES`); a process that has
+    not built it yet loads it from the site's ledger directory when another process did
+    (:mod:`clients.prepared_store`). The data version is the file's modification time and
+    size: a new export is read again (and the old one dropped); changed shared facts (a new
+    catalogue or cutoff) have a new digest, so a new key.
 
     Raises:
         SiteRefusal: the data cannot be read, or the model's protocol finds nothing to
@@ -369,10 +372,18 @@ def prepared_data(
     except OSError:
         version = (0, 0)  # missing: load_orders below refuses with the reason
     key = (location, model.name, facts.digest)
-    try:
-        return site_data_cache.get(
-            key, version, lambda: _read_and_prepare(location, model, facts.values)
+
+    def from_store() -> tuple[SiteData, str]:
+        return load_or_prepare(
+            prepared_file(location.ledger_dir, model.name),
+            (str(location.orders_file), version, model.name, facts.digest),
+            type(model).__module__,
+            lambda: _read_and_prepare(location, model, facts.values),
+            PREPARED_DATA_BUDGET_BYTES,
         )
+
+    try:
+        return site_data_cache.get(key, version, from_store)
     except SiteDataError as error:
         raise SiteRefusal(wire.DECLINED_SITE_ERROR, str(error)) from None
     except ValueError as error:  # the model's protocol: e.g. no customer before the cutoff

@@ -17,7 +17,7 @@ from pathlib import Path
 
 
 @contextmanager
-def atomic_output(path: Path, *, mode: int | None = None) -> Iterator[Path]:
+def atomic_output(path: Path, *, mode: int | None = None, durable: bool = True) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; on success it replaces ``path``.
 
     Write the whole content to the yielded path (any writer: ``pq.write_table``,
@@ -29,6 +29,9 @@ def atomic_output(path: Path, *, mode: int | None = None) -> Iterator[Path]:
         path: the final file (its directory is created if missing).
         mode: permission bits for the new file (e.g. ``0o600`` for private data);
             ``None`` keeps ``mkstemp``'s private default (0600).
+        durable: fsync the file and its directory. Only a cache that can be rebuilt
+            may pass False: readers still see the old file or the new one, but a power
+            cut may leave a cut-short one.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -39,17 +42,21 @@ def atomic_output(path: Path, *, mode: int | None = None) -> Iterator[Path]:
         yield temp
         if mode is not None:
             os.chmod(temp, mode)
-        fsync_path(temp)
+        if durable:
+            fsync_path(temp)
         os.replace(temp, path)
     finally:
         temp.unlink(missing_ok=True)
-    fsync_path(path.parent)
+    if durable:
+        fsync_path(path.parent)
 
 
-def atomic_write(path: Path, data: bytes | str, *, mode: int | None = None) -> None:
+def atomic_write(
+    path: Path, data: bytes | str, *, mode: int | None = None, durable: bool = True
+) -> None:
     """Write ``data`` (bytes, or UTF-8 text) to ``path`` atomically (see :func:`atomic_output`)."""
     payload = data.encode("utf-8") if isinstance(data, str) else data
-    with atomic_output(path, mode=mode) as temp:
+    with atomic_output(path, mode=mode, durable=durable) as temp:
         temp.write_bytes(payload)
 
 

@@ -1,6 +1,7 @@
 """The sites' prepared-data cache: one process serves many sites across rounds without
 re-reading their exports, re-reads an export that changed, and stays within its byte
-budget (clients/prepared_cache.py, clients/site_task.py)."""
+budget; another process loads what the first prepared from the site's disk
+(clients/prepared_cache.py, clients/prepared_store.py, clients/site_task.py)."""
 
 import os
 
@@ -9,8 +10,9 @@ import pandas as pd
 import pytest
 import torch
 
-from clients import site_task
+from clients import prepared_store, site_task
 from clients.prepared_cache import ByteBudgetCache, estimated_bytes
+from clients.prepared_store import load_or_prepare, prepared_file
 from clients.site_data import load_orders, locate_site
 from models import schema
 from privacy import wire
@@ -110,3 +112,64 @@ def test_sizes_count_buffers_of_tensors_arrays_and_frames():
     size = estimated_bytes(nested)
     # the list holds one tensor twice: counted once
     assert 8000 + 4000 + 1000 <= size < 8000 + 4000 + 1000 + 2000
+
+
+def _orders_unreadable(monkeypatch) -> None:
+    def refuse(*args, **kwargs):
+        raise AssertionError("the orders were read again")
+
+    monkeypatch.setattr(site_task, "load_orders", refuse)
+
+
+def _same_examples(a, b) -> bool:
+    return all(
+        torch.equal(x, y) for x, y in zip(a.train.tensors, b.train.tensors, strict=True)
+    ) and a.evaluation.labels.equals(b.evaluation.labels)
+
+
+def test_another_process_loads_the_prepared_data_from_the_sites_disk(many_sites, monkeypatch):
+    locations, model, facts = many_sites
+    first = [site_task.prepared_data(location, model, facts) for location in locations]
+    stored = prepared_file(locations[0].ledger_dir, model.name)
+    assert stored.is_file() and stored.stat().st_mode & 0o777 == 0o600
+    site_task.site_data_cache.clear()  # as a fresh worker process starts
+    _orders_unreadable(monkeypatch)
+    again = [site_task.prepared_data(location, model, facts) for location in locations]
+    for (before, name), (after, again_name) in zip(first, again, strict=True):
+        assert after is not before and name == again_name and _same_examples(before, after)
+
+
+def test_the_stored_data_serve_only_their_exact_inputs(many_sites, monkeypatch):
+    locations, model, facts = many_sites
+    location = locations[0]
+    before, _ = site_task.prepared_data(location, model, facts)
+    stored = prepared_file(location.ledger_dir, model.name)
+    # other shared facts: prepared again from the orders, and the file replaced
+    cutoff = pd.Timestamp(facts.values["cutoff"]) - pd.Timedelta(days=30)
+    earlier = shared({**facts.values, "cutoff": str(cutoff)})
+    site_task.site_data_cache.clear()
+    other, _ = site_task.prepared_data(location, model, earlier)
+    assert not _same_examples(before, other)
+    site_task.site_data_cache.clear()
+    _orders_unreadable(monkeypatch)
+    assert _same_examples(site_task.prepared_data(location, model, earlier)[0], other)
+    # other code preparing the data, or a file cut short: a miss, not an error
+    monkeypatch.setattr(prepared_store, "_code_digest", lambda module: "other code")
+    site_task.site_data_cache.clear()
+    with pytest.raises(AssertionError, match="read again"):
+        site_task.prepared_data(location, model, earlier)
+    monkeypatch.undo()
+    stored.write_bytes(stored.read_bytes()[:100])
+    site_task.site_data_cache.clear()
+    assert _same_examples(site_task.prepared_data(location, model, earlier)[0], other)
+    assert len(stored.read_bytes()) > 100  # rewritten whole
+
+
+def test_data_over_the_budget_are_not_stored(tmp_path):
+    path = tmp_path / "prepared-big.pickle"
+    value = load_or_prepare(path, ("a",), "models.churn", lambda: np.zeros(1000), 100)
+    assert value.shape == (1000,) and not path.exists()
+    load_or_prepare(path, ("a",), "models.churn", lambda: np.zeros(10), 100)
+    assert path.is_file()
+    assert load_or_prepare(path, ("a",), "models.churn", lambda: np.ones(10), 100).sum() == 0
+    assert load_or_prepare(path, ("b",), "models.churn", lambda: np.ones(10), 100).sum() == 10
