@@ -2,8 +2,9 @@
 
 Off unless the environment variable :data:`TIMINGS_ENV` names a directory. Then every
 answer of :mod:`clients.site_task` appends one JSON line to ``<dir>/<pid>.jsonl``: the
-message kind, its wall seconds and the seconds of each :func:`phase` inside it (read,
-featurise, policy, plan, ledger, train, evaluate, reply). One file per process, because
+message kind, its wall seconds and the seconds of each :func:`phase` inside it
+(load-prepared, read, featurise, store-prepared, policy, plan, ledger, train, evaluate,
+reply). One file per process, because
 simulated sites answer from several Ray worker processes at once and a line per message
 then needs no lock. The variable reaches the simulated ClientApps through the
 environment ``flwr run`` passes down to its SuperLink and Ray workers; on a Ray cluster

@@ -174,7 +174,9 @@ def train_centralized(
     epochs: int = CENTRAL_EPOCHS,
     weight_decay: float = CENTRAL_WEIGHT_DECAY,
 ) -> ChurnModel:
-    """The centralized non-private reference: full-batch Adam on all of ``data``.
+    """Full-batch Adam on all of ``data``: the fixed recipe of the baselines benchmark's
+    MLP and of the membership audit's targets (the comparison's centralized run trains
+    with the model's own loop and its validation-chosen non-private settings instead).
 
     Full batches make the result depend on the seed only through the initial weights
     (held-out ROC-AUC within about 0.003 across seeds on the bundled data). The keyword

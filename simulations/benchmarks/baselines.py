@@ -3,8 +3,8 @@
 Next basket: the reference baselines of DESIGN.md overall, outside the UK and per home
 storefront (country). Churn: the 5-fold cross-validated references over the whole
 population, then the logistic regression and the torch churn MLP (centralized,
-non-private) trained on the training customers and scored on the fixed 20% holdout,
-overall and per storefront. Run::
+non-private, with the comparison's validation-chosen settings) trained on the training
+customers and scored on the fixed 20% holdout, overall and per storefront. Run::
 
     python -m simulations.benchmarks.baselines
 """
@@ -24,9 +24,11 @@ from threadpoolctl import threadpool_limits
 
 from clients.ingest import ingest_table
 from models import baselines, metrics
-from models.churn import evaluate_churn, train_centralized
+from models.churn import MODEL as CHURN
+from models.churn import evaluate_churn
 from models.churn_protocol import churn_data
 from models.nextbasket_protocol import split_next_basket
+from simulations.compare import fit_churn, non_private_settings
 
 BUNDLED = Path(__file__).resolve().parents[1] / "data" / "online_retail.csv.gz"
 NEXT_BASKET_COLUMNS = ["customers", "hr@10", "recall@10", "ndcg@10"]
@@ -95,7 +97,8 @@ def _churn_section(data, seed: int) -> list[str]:
     probabilities = regression.predict_proba(held_out.features)[:, 1]
     labels = held_out.labels.to_numpy()
     torch.set_num_threads(1)
-    mlp = evaluate_churn(train_centralized(train, seed=seed), held_out)
+    plain = non_private_settings(CHURN.name).training()
+    mlp = evaluate_churn(fit_churn(train, plain, seed)[0], held_out)
     held_out_summary = pd.DataFrame(
         {
             "logistic regression (log1p)": {

@@ -58,7 +58,18 @@ from simulations.storefronts import DEFAULT_MIN_CUSTOMERS, prepare_bundled_store
 
 TARGET_RATIO = 1.25
 TARGET_OVERHEAD_MS = 50.0
-PHASES = ("read", "featurise", "policy", "plan", "ledger", "train", "evaluate", "reply")
+PHASES = (
+    "load-prepared",
+    "read",
+    "featurise",
+    "store-prepared",
+    "policy",
+    "plan",
+    "ledger",
+    "train",
+    "evaluate",
+    "reply",
+)
 """The site phases of :mod:`clients.site_task`, in the order a train message meets them."""
 SIDES = ("federated", "sequential")
 
