@@ -14,7 +14,6 @@ import hashlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -30,6 +29,7 @@ import pytest
 from flwr.common.constant import ErrorCode
 from in_process import read_rounds
 from independent_accounting import matches_ledger_oracle
+from ports import free_port
 from wire_audit import check_sent_messages
 
 from clients.join import (
@@ -51,12 +51,6 @@ from simulations.synthetic import generate_orders
 ROUNDS = 2
 EPSILON = 3.0
 ROUND_TIMEOUT = 150
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 class Processes:
@@ -140,7 +134,7 @@ class TLSFederation:
             "--key",
             str(self.certs / "sites" / f"{name}.key"),
             "--port",
-            str(_free_port()),
+            str(free_port()),
             *options,
         ]
 
@@ -149,7 +143,7 @@ def _start_tls_server(tmp_path: Path, processes: Processes, names: list[str]) ->
     """Issue credentials for ``names`` and start ``fedshop-server start`` until it is ready."""
     certs, cli_home = tmp_path / "certs", tmp_path / "cli-home"
     issue_credentials(certs, names)
-    port = _free_port()
+    port = free_port()
     server, server_log = processes.start(
         "server",
         ["fedshop-server", "start", "--certs", str(certs), "--state", str(tmp_path / "state")]
@@ -207,7 +201,7 @@ def test_tls_federation_runs_two_rounds_and_refuses_an_unregistered_node(
     intruder, intruder_log = processes.start(
         "intruder",
         _join_command(federation.superlink, sites[0], "--ca", str(federation.certs / "ca.crt"))
-        + ["--key", str(tmp_path / "intruder.key"), "--port", str(_free_port())],
+        + ["--key", str(tmp_path / "intruder.key"), "--port", str(free_port())],
     )
 
     # the server never reads site data: it has the catalogue file; sites read their data-path.
@@ -340,7 +334,7 @@ def test_a_site_killed_mid_round_is_left_out_rejoins_and_the_run_completes(
             victim_data,
             ca=federation.certs / "ca.crt",
             key=federation.certs / "sites" / f"{victim_name}.key",
-            port=_free_port(),
+            port=free_port(),
         )
 
     victim, victim_log = processes.start(victim_name, victim_supernode())
@@ -439,7 +433,7 @@ def test_a_site_killed_mid_round_is_left_out_rejoins_and_the_run_completes(
 def test_site_stops_when_the_superlink_is_gone_for_good(
     tmp_path: Path, processes: Processes
 ) -> None:
-    port = _free_port()
+    port = free_port()
     server, server_log = processes.start(
         "server",
         ["fedshop-server", "start", "--insecure", "--state", str(tmp_path / "state")]
@@ -450,7 +444,7 @@ def test_site_stops_when_the_superlink_is_gone_for_good(
     (data,) = _site_dirs(tmp_path / "split")[:1]
     site, site_log = processes.start(
         "site",
-        _join_command(f"127.0.0.1:{port}", data, "--insecure", "--port", str(_free_port()))
+        _join_command(f"127.0.0.1:{port}", data, "--insecure", "--port", str(free_port()))
         + ["--max-retries", "3", "--max-wait-time", "10"],
     )
     _wait_for_line(site, site_log, "SuperNode ID", timeout=60)

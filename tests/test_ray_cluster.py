@@ -24,7 +24,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -34,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from ports import free_port
 
 from clients.site_timing import TIMINGS_ENV
 from privacy.flower_processes import FLOWER_SETTINGS
@@ -105,12 +105,6 @@ def processes_in(directory: Path) -> list[FlowerProcess]:
             args = tuple(arg.decode(errors="replace") for arg in command if arg)
             found.append(FlowerProcess(int(entry.name), int(fields[19]), args))
     return found
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def ray_start(directory: Path, node: RayNode, *args: str) -> None:

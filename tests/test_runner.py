@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -18,6 +17,7 @@ from conftest import SIMULATION_EPSILON as EPSILON
 from conftest import SIMULATION_MIN_COHORT as MIN_COHORT
 from conftest import SIMULATION_ROUNDS as ROUNDS
 from conftest import SIMULATION_STOREFRONTS as STOREFRONTS
+from ports import free_port
 from wire_audit import check_sent_messages
 
 from models.registry import get_model
@@ -184,12 +184,6 @@ def wait_for_superexec(flwr_home: Path, port: int, timeout: float = 60.0) -> lis
             return found
         time.sleep(0.5)
     raise AssertionError(f"no SuperLink with SuperExec for {flwr_home} within {timeout} s")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.mark.slow

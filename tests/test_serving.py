@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -31,6 +30,7 @@ import pytest
 from conftest import SIMULATION_ROUNDS, SimulationRun
 from in_process import read_rounds
 from independent_accounting import matches_ledger_oracle
+from ports import free_port
 
 from models import metrics, schema
 from models.nextbasket_protocol import clean_purchases, last_invoices, split_next_basket
@@ -118,12 +118,6 @@ def site(synthetic_run: SimulationRun, tmp_path_factory: pytest.TempPathFactory)
     return Site(data, key, export, mapping, test_baskets, run_dir)
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @dataclass(frozen=True)
 class Server:
     """A running ``fedshop-site serve`` and a client that sends its token."""
@@ -141,7 +135,7 @@ class Server:
 def running_server(site: Site, data: Path) -> Iterator[Server]:
     """``fedshop-site serve`` on the prepared directory ``data``, up until the block ends;
     stopped by its pid."""
-    port = _free_port()
+    port = free_port()
     log = data.parent / f"serve-{port}.log"
     with log.open("wb") as output:
         process = subprocess.Popen(
