@@ -47,6 +47,7 @@ from privacy.flower_processes import flower_environment
 from server import progress
 from server.checkpoint import CHECKPOINT_DIR
 from simulations.local_superlink import find_local_superlink, processes_of_home, stop_processes
+from simulations.loopback_ports import free_ports
 from simulations.site_policies import apply_site_policy
 
 APP_DIR = Path(__file__).resolve().parents[1]
@@ -155,7 +156,7 @@ def run_simulation_job(
     flwr_home.mkdir(parents=True, exist_ok=True)
     config_file = flwr_home / RUN_CONFIG_FILE
     config_file.write_text(config_toml)
-    port, control_port = _free_ports(2)
+    port, control_port = free_ports(2)
     env = flower_environment(flwr_home)
     env["FLWR_LOCAL_SUPERLINK_HTTP_API_PORT"] = str(port)
     env["FLWR_LOCAL_CONTROL_API_PORT"] = str(control_port)
@@ -396,18 +397,6 @@ def _last_line(path: Path) -> str:
     """The last line of ``path`` that says something (flwr draws boxes around errors)."""
     lines = [line.strip(" │╭╮╰╯─\n") for line in path.read_text().splitlines()]
     return next((line for line in reversed(lines) if any(c.isalnum() for c in line)), "")
-
-
-def _free_ports(count: int) -> list[int]:
-    """Ports free on loopback now (the OS picks them; held open together so they differ)."""
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
 
 
 def _toml_value(value: Any) -> str:

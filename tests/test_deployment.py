@@ -29,7 +29,6 @@ import pytest
 from flwr.common.constant import ErrorCode
 from in_process import read_rounds
 from independent_accounting import matches_ledger_oracle
-from ports import free_port
 from wire_audit import check_sent_messages
 
 from clients.join import (
@@ -45,6 +44,7 @@ from privacy.ledger import LEDGER_FILE, LedgerEntry, PrivacyLedger
 from server.certificates import issue_credentials, site_key_pair, write_new_file
 from server.cli import main as server_main
 from server.deployment import CONNECTION, SuperLinkSettings, write_connection
+from simulations.loopback_ports import free_port
 from simulations.storefronts import prepare_storefronts
 from simulations.synthetic import generate_orders
 

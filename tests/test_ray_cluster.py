@@ -33,11 +33,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from ports import free_port
 
 from clients.site_timing import TIMINGS_ENV
 from privacy.flower_processes import FLOWER_SETTINGS
 from simulations.local_superlink import FlowerProcess, is_running, stop_processes
+from simulations.loopback_ports import free_port
 
 BIN = Path(sys.executable).parent
 STOREFRONTS = 4

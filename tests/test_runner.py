@@ -17,7 +17,6 @@ from conftest import SIMULATION_EPSILON as EPSILON
 from conftest import SIMULATION_MIN_COHORT as MIN_COHORT
 from conftest import SIMULATION_ROUNDS as ROUNDS
 from conftest import SIMULATION_STOREFRONTS as STOREFRONTS
-from ports import free_port
 from wire_audit import check_sent_messages
 
 from models.registry import get_model
@@ -25,6 +24,7 @@ from privacy.flower_processes import flower_environment
 from server.bundle import load_bundle
 from server.checkpoint import CHECKPOINT_DIR
 from simulations.local_superlink import SUPERLINK_LOG, find_local_superlink, stop_processes
+from simulations.loopback_ports import free_port
 from simulations.runner import (
     FLWR_HOME_DIR,
     RUN_LOG,

@@ -27,7 +27,6 @@ import argparse
 import os
 import queue
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -48,6 +47,7 @@ from privacy.flower_processes import stop
 from privacy.pseudonymise import load_key
 from server.bundle import export_bundle
 from server.server_app import plan_models
+from simulations.loopback_ports import free_port
 from simulations.runner import app_run_config, storefront_slugs
 from simulations.storefronts import BUNDLED_DATA, KEY_FILE, prepare_bundled_storefronts
 
@@ -96,9 +96,7 @@ def initial_bundle(split: Path, run_dir: Path) -> Path:
 
 def start_server(site_cli: str, data: Path, key: Path, log: Path) -> tuple[subprocess.Popen, str]:
     """Start ``fedshop-site serve`` on a free loopback port; returns it once healthy."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     with log.open("wb") as output:
         process = subprocess.Popen(
             [site_cli, "serve", "--data", str(data), "--key", str(key), "--port", str(port)],
