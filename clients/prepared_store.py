@@ -72,16 +72,19 @@ def load_or_prepare(
 
 
 def _load(path: Path, key: str) -> object | None:
+    # The key is pickled on its own ahead of the value, so a stale file is recognised
+    # without unpickling its (possibly large) data.
     try:
         with open(path, "rb") as file:
-            stored_key, value = pickle.load(file)
+            if pickle.load(file) != key:
+                return None
+            return pickle.load(file)
     except Exception:  # missing, cut short, or classes of other code: a miss
         return None
-    return value if stored_key == key else None
 
 
 def _store(path: Path, key: str, value: object) -> None:
-    payload = pickle.dumps((key, value), protocol=pickle.HIGHEST_PROTOCOL)
+    payload = pickle.dumps(key) + pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
     try:
         # not fsynced: a file cut short by a power cut fails to load, which is a miss
         atomic_write(path, payload, durable=False)
