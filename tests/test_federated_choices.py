@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from models.training import SIMULATION_SEED
-from simulations.benchmarks.federated_choices import markdown_row, measure
+from simulations.benchmarks.federated_choices import markdown_row, measure, validation_section
 from simulations.settings_per_epsilon import settings_for
 from simulations.tuning import FEDERATED_ROUNDS
 
@@ -39,3 +39,19 @@ def test_each_seed_federates_with_the_epsilons_settings_the_facts_and_the_varian
 def test_a_row_shows_the_mean_and_the_range() -> None:
     row = markdown_row("recommender", 8.0, "FedAvg, 4 rounds", [0.28, 0.29])
     assert row == "| recommender | 8 | FedAvg, 4 rounds | 0.2850 | 0.2800–0.2900 |"
+
+
+def test_a_section_has_its_heading_description_table_and_time() -> None:
+    row = markdown_row("churn", 1.0, "width 8", [0.74, 0.75])
+    text = validation_section("Checks on validation", "Command: `x`.", [row], 12.4)
+    assert text.splitlines() == [
+        "## Checks on validation",
+        "",
+        "Command: `x`.",
+        "",
+        "| model | ε | choice | validation (mean) | min–max over seeds |",
+        "|---|---:|---|---:|---:|",
+        row,
+        "",
+        "Total time 12 s.",
+    ]

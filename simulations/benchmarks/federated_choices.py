@@ -103,6 +103,24 @@ def markdown_row(model: str, epsilon: float, choice: str, scores: Sequence[float
     )
 
 
+def validation_section(heading: str, description: str, rows: Sequence[str], seconds: float) -> str:
+    """A BENCHMARKS.md section of validation checks: heading, the ``Command:`` line and
+    what ran (``description``), the table of :func:`markdown_row` rows, the total time."""
+    return "\n".join(
+        [
+            f"## {heading}",
+            "",
+            description,
+            "",
+            "| model | ε | choice | validation (mean) | min–max over seeds |",
+            "|---|---:|---|---:|---:|",
+            *rows,
+            "",
+            f"Total time {seconds:.0f} s.",
+        ]
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     """Measure every variant and print the Markdown section."""
     parser = argparse.ArgumentParser(prog="python -m simulations.benchmarks.federated_choices")
@@ -164,26 +182,16 @@ def main(argv: list[str] | None = None) -> int:
                     )
                 )
                 _progress(rows[-1])
-    print(
-        "\n".join(
-            [
-                "## Rounds and server optimiser on validation (issue #12)",
-                "",
-                f"Command: `{command}`; bundled data, each model's validation protocol (the "
-                "test split never read), DP at each ε with that ε's federated settings-file "
-                f"entry; rounds: sequential federation, seeds {_list(args.seeds)}; server "
-                f"optimiser: `flwr run` simulations at ε = {args.optimiser_epsilon:g}, seeds "
-                f"{_list(args.optimiser_seeds)}. Metric: NDCG@10 (recommender), ROC-AUC (churn) "
-                "after the last round.",
-                "",
-                "| model | ε | choice | validation (mean) | min–max over seeds |",
-                "|---|---:|---|---:|---:|",
-                *rows,
-                "",
-                f"Total time {time.perf_counter() - started:.0f} s.",
-            ]
-        )
+    description = (
+        f"Command: `{command}`; bundled data, each model's validation protocol (the "
+        "test split never read), DP at each ε with that ε's federated settings-file "
+        f"entry; rounds: sequential federation, seeds {_list(args.seeds)}; server "
+        f"optimiser: `flwr run` simulations at ε = {args.optimiser_epsilon:g}, seeds "
+        f"{_list(args.optimiser_seeds)}. Metric: NDCG@10 (recommender), ROC-AUC (churn) "
+        "after the last round."
     )
+    heading = "Rounds and server optimiser on validation (issue #12)"
+    print(validation_section(heading, description, rows, time.perf_counter() - started))
     return 0
 
 

@@ -23,7 +23,7 @@ import pandas as pd
 
 from models.churn import HIDDEN_UNITS
 from models.recommender import MLP_HIDDEN
-from simulations.benchmarks.federated_choices import markdown_row
+from simulations.benchmarks.federated_choices import markdown_row, validation_section
 from simulations.compare import ingest_bundled
 from simulations.settings_per_epsilon import NON_PRIVATE, settings_for
 from simulations.storefronts import assign_storefronts
@@ -68,25 +68,14 @@ def main(argv: list[str] | None = None) -> int:
                 choice = f"width {width}" + (" (current)" if width == CURRENT[model] else "")
                 rows.append(markdown_row(model, epsilon, choice, scores))
                 print(f"[hidden-size] {rows[-1]}", file=sys.stderr, flush=True)
-    print(
-        "\n".join(
-            [
-                "## Hidden-layer width on validation (issue #12)",
-                "",
-                f"Command: `{command}`; bundled data, each model's validation protocol (the "
-                "test split never read), centralized training with the settings file's "
-                "centralized entry of each ε (ε = 0: without DP, its non-private entry), "
-                f"training seeds {', '.join(map(str, args.seeds))}. Metric: NDCG@10 "
-                "(recommender), ROC-AUC (churn).",
-                "",
-                "| model | ε | choice | validation (mean) | min–max over seeds |",
-                "|---|---:|---|---:|---:|",
-                *rows,
-                "",
-                f"Total time {time.perf_counter() - started:.0f} s.",
-            ]
-        )
+    description = (
+        f"Command: `{command}`; bundled data, each model's validation protocol (the test "
+        "split never read), centralized training with the settings file's centralized entry "
+        "of each ε (ε = 0: without DP, its non-private entry), training seeds "
+        f"{', '.join(map(str, args.seeds))}. Metric: NDCG@10 (recommender), ROC-AUC (churn)."
     )
+    heading = "Hidden-layer width on validation (issue #12)"
+    print(validation_section(heading, description, rows, time.perf_counter() - started))
     return 0
 
 
