@@ -29,6 +29,7 @@ from simulations.runner import DEFAULT_CLIENT_CPUS, run_simulation_job
 from simulations.settings_per_epsilon import (
     NON_PRIVATE,
     federated_run_config,
+    settings_epsilon,
     validation_record,
 )
 from simulations.tune_options import FEDERATED_MODE
@@ -86,7 +87,7 @@ def federated_references(
                 site_policy=site_policy,
             )
         results = load_run(run_dir)
-        epsilon = max(float(run_config["epsilon"]), NON_PRIVATE)
+        epsilon = settings_epsilon(run_config["epsilon"])
         overridden = settings_overrides if epsilon != NON_PRIVATE else None
         for model in results.rounds:
             runs.setdefault(model, {})[name] = {

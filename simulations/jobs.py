@@ -54,7 +54,7 @@ from simulations.runner import (
     ray_cluster_address,
     run_simulation_job,
 )
-from simulations.settings_per_epsilon import NON_PRIVATE, federated_run_config
+from simulations.settings_per_epsilon import federated_run_config, settings_epsilon
 from simulations.storefronts import format_summary, prepare_bundled_storefronts
 
 STOREFRONTS_DIR = "storefronts"
@@ -264,7 +264,7 @@ def with_settings_per_epsilon(
     ``base``, else the app's defaults."""
     app = app_run_config()
     merged = {**(base or {}), **config}
-    epsilon = max(float(merged.get("epsilon", app["epsilon"])), NON_PRIVATE)
+    epsilon = settings_epsilon(merged.get("epsilon", app["epsilon"]))
     models = [name.strip() for name in str(merged.get("models", app["models"])).split(",")]
     try:
         return {**(base or {}), **federated_run_config(models, epsilon), **config}

@@ -131,6 +131,12 @@ def load_entries(path: Path = SETTINGS_FILE) -> list[EpsilonSettings]:
     return entries
 
 
+def settings_epsilon(run_epsilon: float) -> float:
+    """The ε whose entries a run asking its sites for ``run_epsilon`` trains with: that ε
+    under DP, :data:`NON_PRIVATE` for the run config's "no DP" (any ε ≤ 0)."""
+    return max(float(run_epsilon), NON_PRIVATE)
+
+
 def settings_for(
     model: str, mode: str, epsilon: float, path: Path = SETTINGS_FILE
 ) -> EpsilonSettings:

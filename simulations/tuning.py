@@ -56,7 +56,7 @@ from models.churn_validation import before_test_labels, churn_validation_data, v
 from models.metrics import OVERALL
 from models.nextbasket_features import TrainingExamples, build_histories
 from models.nextbasket_validation import split_next_basket_validation, without_test_invoices
-from models.recommender import NextBasketRecommender, evaluate_recommender
+from models.recommender import MLP_HIDDEN, NextBasketRecommender, evaluate_recommender
 from models.registry import get_model
 from models.training import SIMULATION_SEED, TrainingSettings
 from privacy.atomic_files import atomic_write
@@ -247,10 +247,10 @@ def centralized_objective(
         histories = build_histories(split.train, split.items)
         customers = split.train[schema.CUSTOMER].nunique()
 
+        hidden = MLP_HIDDEN if hidden_size is None else (hidden_size,)
+
         def build(num_items: int) -> NextBasketRecommender:
-            if hidden_size is None:
-                return NextBasketRecommender(num_items)
-            return NextBasketRecommender(num_items, hidden=(hidden_size,))
+            return NextBasketRecommender(num_items, hidden=hidden)
 
         def recommender_score(number: int, settings: Mapping[str, Any]) -> list[dict[str, float]]:
             training = training_settings(settings)

@@ -24,6 +24,7 @@ from simulations.settings_per_epsilon import (
     federated_run_config,
     load_entries,
     record,
+    settings_epsilon,
     settings_for,
 )
 from simulations.tune_options import MODES, TUNABLE_MODELS
@@ -66,7 +67,8 @@ def test_nearest_epsilon_with_ties_to_the_smaller() -> None:
         8.0: 8.0,
         50.0: 8.0,
     }
-    # ε = 0 is no DP: the non-private entry, never the nearest of a DP run
+    # a run's ε ≤ 0 is no DP: the non-private entry, never the nearest of a DP run
+    assert [settings_epsilon(e) for e in (-1, 0, 0.5, 8)] == [NON_PRIVATE, NON_PRIVATE, 0.5, 8.0]
     assert settings_for("churn", "federated", 0.0).epsilon == NON_PRIVATE
     assert settings_for("churn", "federated", 1e-6).epsilon == 1.0
     with pytest.raises(ValueError, match="ε > 0 .DP. or ε = 0 .no DP."):
