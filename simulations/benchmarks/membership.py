@@ -1,9 +1,10 @@
 """Benchmark: membership inference against both models, without and with DP, centralized
 and federated.
 
-Run ``python -m simulations.benchmarks.membership`` (``--quick`` for a smoke run of a few
-epochs); it prints a Markdown section for BENCHMARKS.md. Progress goes to stderr; stdout
-is only the Markdown.
+Run ``python -m simulations.benchmarks.membership`` (``--quick`` for a smoke run: a few
+epochs, :data:`QUICK_REFERENCES` references, ε = 8 only); it prints a Markdown section for
+BENCHMARKS.md. Progress goes to stderr, with the seconds per trained model and the time
+left of each set of reference models; stdout is only the Markdown.
 
 Population: the bundled data (ingested under a throwaway key), split into storefronts. A
 seeded half of the customers of every storefront are **non-members** (chosen by a seeded
@@ -27,16 +28,36 @@ job's run configs (:mod:`simulations.run_configs`), trained by
 :func:`simulations.sequential.run_sequential_federation` (the sites' real code) and
 attacked through its final global weights.
 
-Attacks (:mod:`simulations.membership_attack`): the loss threshold (Yeom et al. 2018) and
-the calibrated loss, against ``--references`` non-private reference models (centralized
-plain settings), each trained on half of all attacked customers, members and non-members
-alike; the same reference models serve every target of a model.
+Attacks (:mod:`simulations.membership_attack`): the loss threshold (Yeom et al. 2018), the
+calibrated loss, and offline and online LiRA (Carlini et al. 2022). The last three compare
+the target with ``--references`` reference models trained **with the target's own
+recipe**: an attacker who knows how the target was trained (DP-SGD at its ε, or
+federated rounds) trains references the same way, and references of another recipe make
+the calibrated attacks under-state the risk (non-private references put a DP target's
+losses, all higher, on another scale). Per recipe:
+
+- centralized non-private, DP at ε and over-fitted: :meth:`ModelAudit.train` with the
+  target's method and ε (DP: the same settings and DP-SGD, σ planned for the reference's
+  own examples at the target's ε and δ);
+- federated at ε (or non-private): :func:`run_sequential_federation` with the target's run
+  config on the storefront split of the reference's customers only, one run giving both
+  models' references.
+
+The standard efficient design (Carlini et al. 2022): reference ``j`` trains on a seeded
+half of all customers (:class:`ReferenceHalves`, members and non-members alike), every
+customer in exactly half of the references, so each attacked example has IN and OUT
+references; online LiRA uses both, the calibrated loss and offline LiRA only the OUT ones.
+The halves are the same for every recipe; one set of references per (model, recipe)
+serves every target of that recipe. A federated reference counts as IN for the examples
+its run really trained on (:meth:`ModelAudit.trained_by_federation`: a site's churn
+protocol holds out a fifth of the customers it has).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import shutil
 import sys
 import tempfile
 import time
@@ -60,7 +81,7 @@ from models.nextbasket_features import TrainingExamples, build_histories, collat
 from models.nextbasket_protocol import catalogue_of, split_next_basket
 from models.recommender import CATALOGUE, NextBasketRecommender, basket_loss
 from models.registry import Facts, get_model
-from models.training import TrainingSettings
+from models.training import SIMULATION_SEED, TrainingSettings
 from simulations.compare import (
     QUICK_EPOCHS,
     centralized_dp_plan,
@@ -74,33 +95,45 @@ from simulations.compare import (
 from simulations.membership_attack import (
     LOW_FPR,
     AttackResult,
+    Variance,
     calibrated_scores,
     chance_auc_std,
     evaluate_attack,
+    lira_offline_scores,
+    lira_online_scores,
     loss_threshold_scores,
     reference_membership,
+    variance_for,
 )
-from simulations.progress import Progress
+from simulations.progress import SILENT, Progress
 from simulations.run_configs import (
     MAIN_RUN_CONFIG,
     PLAIN_RUN_CONFIG,
     PLAIN_SITE_POLICY,
     QUICK_OVERRIDES,
 )
-from simulations.sequential import run_sequential_federation
+from simulations.sequential import SequentialResult, run_sequential_federation
 from simulations.settings_per_epsilon import NON_PRIVATE, federated_run_config
 from simulations.site_policies import apply_site_policy
 from simulations.storefronts import assign_storefronts, prepare_storefronts
 
 EPSILONS: tuple[float, ...] = (1.0, 3.0, 8.0)
 """Target ε of the DP models, centralized and per site."""
+QUICK_EPSILONS: tuple[float, ...] = (8.0,)
+"""The ε of a ``--quick`` run: the goal's only."""
 GOAL_EPSILON = 8.0
 GOAL_AUC = 0.55
 """The audit's goal: no attack beats ROC-AUC 0.55 at ε = 8."""
 NON_MEMBER_SHARE = 0.5
 """Share of each storefront's customers left out of every target's data."""
-REFERENCES = 4
-QUICK_REFERENCES = 2
+REFERENCES = 32
+"""Reference models per (model, recipe): 16 IN and 16 OUT per example. Measured per
+reference on the shared 2-core machine (CPU s): recommender 5.6 non-private, 3.5-4.7 DP,
+67 over-fitted; churn 0.3, 0.8-2.4, 19; one federated split 42 (4 runs of both models). So
+about 150 s per reference and 1.4 h of CPU for the full run, where 64 (per-example
+variances) would take 2.7 h; with 32, LiRA's variance is pooled over examples
+(:func:`simulations.membership_attack.variance_for`)."""
+QUICK_REFERENCES = 4
 
 OVERFIT_RECOMMENDER = TrainingSettings(
     local_epochs=200, optimizer="adam", learning_rate=0.05, batch_size=16, max_grad_norm=1.0
@@ -117,10 +150,14 @@ OVERFIT_CHURN_EPOCHS = 5000
 CENTRALIZED = "centralized"
 OVERFITTED = "centralized, over-fitted"
 FEDERATED = "federated"
+DECLINED_SHOWN = 10
+"""Declined site replies listed in the report (the rest are counted)."""
 CLEAR_SIGMAS = 3.0
 """An AUC this many standard deviations of a signal-free attack above 0.5 is a clear leak."""
 LOSS_THRESHOLD = "loss threshold"
 CALIBRATED = "calibrated loss"
+LIRA_OFFLINE = "LiRA offline"
+LIRA_ONLINE = "LiRA online"
 
 
 @dataclass(frozen=True)
@@ -142,6 +179,42 @@ class Row:
     epsilon: float | None
     attack: str
     result: AttackResult
+
+
+@dataclass(frozen=True)
+class References:
+    """One recipe's reference models, as the attacks see them."""
+
+    losses: np.ndarray
+    """``(k, n)`` each reference's loss of each attacked example."""
+    is_in: np.ndarray
+    """``(k, n)`` bool, True where reference ``j`` trained on example ``i``."""
+
+
+@dataclass(frozen=True)
+class ReferenceHalves:
+    """Which customers each reference model trains on: a seeded half of all customers of the
+    data (:func:`simulations.membership_attack.reference_membership`), drawn once so that
+    a federated reference run, which trains both models on one split, and the centralized
+    references agree on who is IN."""
+
+    customers: pd.Index
+    is_in: np.ndarray
+    """``(references, customers)`` bool."""
+
+    @classmethod
+    def draw(cls, frame: pd.DataFrame, references: int, seed: int) -> ReferenceHalves:
+        """Halves of the customers of ``frame``."""
+        customers = pd.Index(np.sort(frame[schema.CUSTOMER].unique()))
+        return cls(customers, reference_membership(len(customers), references, seed))
+
+    def of(self, customers: np.ndarray) -> np.ndarray:
+        """``(references, len(customers))``: the halves restricted to ``customers``."""
+        return self.is_in[:, self.customers.get_indexer(customers)]
+
+    def frame(self, frame: pd.DataFrame, reference: int) -> pd.DataFrame:
+        """The rows of ``frame`` of reference ``reference``'s customers."""
+        return frame[frame[schema.CUSTOMER].isin(self.customers[self.is_in[reference]])]
 
 
 class ModelAudit(ABC):
@@ -177,12 +250,27 @@ class ModelAudit(ABC):
         centralized non-private settings."""
 
     @abstractmethod
-    def train_private(self, epsilon: float, seed: int) -> nn.Module:
-        """A model trained with DP-SGD at ``epsilon`` on the members (centralized settings)."""
+    def train_private(self, epsilon: float, seed: int, keep: np.ndarray | None = None) -> nn.Module:
+        """A model trained with DP-SGD at ``epsilon`` on the examples where ``keep`` is True
+        (default: the members), with the centralized settings; δ is the targets'."""
 
     @abstractmethod
-    def train_overfitted(self, seed: int) -> nn.Module:
-        """A model over-fitted on the members on purpose, without DP."""
+    def train_overfitted(self, seed: int, keep: np.ndarray | None = None) -> nn.Module:
+        """A model over-fitted on purpose, without DP, on the examples where ``keep`` is
+        True (default: the members)."""
+
+    @abstractmethod
+    def trained_by_federation(self, frame: pd.DataFrame) -> np.ndarray:
+        """Which attacked examples a federated run on the rows ``frame`` trains on."""
+
+    def train(self, training: str, epsilon: float | None, keep: np.ndarray, seed: int) -> nn.Module:
+        """A centralized model of the recipe of the targets ``(training, epsilon)`` on the
+        examples where ``keep`` is True: targets and their references share this."""
+        if training == OVERFITTED:
+            return self.train_overfitted(seed, keep)
+        if epsilon is None:
+            return self.train_plain(keep, seed)
+        return self.train_private(epsilon, seed, keep)
 
     def global_model(self, weights: Mapping[str, np.ndarray]) -> nn.Module:
         """The model as the federation built it, holding ``weights``."""
@@ -228,19 +316,19 @@ class RecommenderAudit(ModelAudit):
         examples = self._examples(keep, entry.target_window())
         return fit_recommender(len(self.facts[CATALOGUE]), examples, settings, seed)[0]
 
-    def train_private(self, epsilon: float, seed: int) -> nn.Module:
+    def train_private(self, epsilon: float, seed: int, keep: np.ndarray | None = None) -> nn.Module:
         """The comparison's DP settings for ``epsilon``, σ for one centralized plan."""
         entry = centralized_dp_settings(self.name, epsilon)
         settings = quick_settings(entry.training(), self.quick)
-        members = self._examples(self.is_member, entry.target_window())
-        plan = centralized_dp_plan(epsilon, len(members), self.delta_customers, settings)
+        examples = self._examples(_or(keep, self.is_member), entry.target_window())
+        plan = centralized_dp_plan(epsilon, len(examples), self.delta_customers, settings)
         num_items = len(self.facts[CATALOGUE])
-        return fit_recommender(num_items, members, settings, seed, plan.noise_multiplier)[0]
+        return fit_recommender(num_items, examples, settings, seed, plan.noise_multiplier)[0]
 
-    def train_overfitted(self, seed: int) -> nn.Module:
+    def train_overfitted(self, seed: int, keep: np.ndarray | None = None) -> nn.Module:
         """:data:`OVERFIT_RECOMMENDER` with :data:`OVERFIT_RECOMMENDER_HIDDEN`."""
         settings = quick_settings(OVERFIT_RECOMMENDER, self.quick)
-        members = self._examples(self.is_member)
+        members = self._examples(_or(keep, self.is_member))
         num_items = len(self.facts[CATALOGUE])
         return fit_recommender(
             num_items,
@@ -249,6 +337,11 @@ class RecommenderAudit(ModelAudit):
             seed,
             build=partial(NextBasketRecommender, hidden=OVERFIT_RECOMMENDER_HIDDEN),
         )[0]
+
+    def trained_by_federation(self, frame: pd.DataFrame) -> np.ndarray:
+        """The customers with rows in ``frame``: a customer's attacked example depends on
+        their own invoices only, so a site with their rows trains on it."""
+        return np.isin(self.customers, frame[schema.CUSTOMER].unique())
 
 
 class ChurnAudit(ModelAudit):
@@ -278,7 +371,10 @@ class ChurnAudit(ModelAudit):
             ~np.isin(customers, non_members),
             quick,
         )
+        self.cutoff = everyone.cutoff
         self.tensors = churn_dataset(self.data).tensors
+        # The centralized DP plan's δ counts the targets' training customers.
+        self.delta_customers = int(self.is_member.sum())
 
     def losses(self, module: nn.Module) -> np.ndarray:
         """Per-example :func:`models.churn.per_example_loss`."""
@@ -290,25 +386,34 @@ class ChurnAudit(ModelAudit):
         """The centralized reference recipe (:func:`models.churn.train_centralized`)."""
         return train_centralized(self.data.subset(keep), seed=seed)
 
-    def train_private(self, epsilon: float, seed: int) -> nn.Module:
+    def train_private(self, epsilon: float, seed: int, keep: np.ndarray | None = None) -> nn.Module:
         """The comparison's DP settings for ``epsilon``, σ for one centralized plan."""
         settings = quick_settings(
             centralized_dp_settings(self.name, epsilon).training(), self.quick
         )
-        members = self.data.subset(self.is_member)
-        customers = len(members.labels)
-        plan = centralized_dp_plan(epsilon, customers, customers, settings)
-        return fit_churn(members, settings, seed, plan.noise_multiplier)[0]
+        examples = self.data.subset(_or(keep, self.is_member))
+        plan = centralized_dp_plan(epsilon, len(examples.labels), self.delta_customers, settings)
+        return fit_churn(examples, settings, seed, plan.noise_multiplier)[0]
 
-    def train_overfitted(self, seed: int) -> nn.Module:
+    def train_overfitted(self, seed: int, keep: np.ndarray | None = None) -> nn.Module:
         """Full-batch Adam, :data:`OVERFIT_CHURN_HIDDEN_UNITS` wide, no weight decay."""
         return train_centralized(
-            self.data.subset(self.is_member),
+            self.data.subset(_or(keep, self.is_member)),
             seed=seed,
             hidden_units=OVERFIT_CHURN_HIDDEN_UNITS,
             epochs=QUICK_EPOCHS if self.quick else OVERFIT_CHURN_EPOCHS,
             weight_decay=0.0,
         )
+
+    def trained_by_federation(self, frame: pd.DataFrame) -> np.ndarray:
+        """The customers of the protocol's training part of ``frame`` at the shared cutoff,
+        as the targets' members: each site holds out a fifth of its own customers."""
+        trained = churn_data(frame, cutoff=self.cutoff).part(held_out=False)
+        return np.isin(self.customers, trained.features.index)
+
+
+def _or(keep: np.ndarray | None, default: np.ndarray) -> np.ndarray:
+    return default if keep is None else keep
 
 
 def non_member_customers(frame: pd.DataFrame, share: float, seed: int) -> pd.Index:
@@ -323,51 +428,167 @@ def non_member_customers(frame: pd.DataFrame, share: float, seed: int) -> pd.Ind
     return drawn.index[drawn.to_numpy()]
 
 
+class Federation:
+    """How the audit trains federated models: one run config per ε (``None``: non-private),
+    the shared facts, and a fresh site ledger per run, so targets and references are the
+    same recipe run on different customers.
+
+    Args:
+        work: a scratch directory (split and ledgers of every run go under it).
+        facts: the shared facts per model.
+        epsilons: the ε of the DP runs.
+        quick: one round of one epoch per model (:data:`QUICK_OVERRIDES`).
+    """
+
+    def __init__(
+        self, work: Path, facts: Mapping[str, Facts], epsilons: Sequence[float], quick: bool
+    ) -> None:
+        self.work = work
+        catalogue_file = work / "catalogue.txt"
+        catalogue_file.write_text("\n".join(facts["recommender"][CATALOGUE]) + "\n")
+        shared = {
+            f"recommender.{CATALOGUE}": str(catalogue_file),
+            f"churn.{CUTOFF}": facts["churn"][CUTOFF],
+            **(QUICK_OVERRIDES if quick else {}),
+        }
+        plain = federated_run_config(list(facts), NON_PRIVATE)
+        self.configs: dict[float | None, dict[str, Any]] = {
+            None: {**PLAIN_RUN_CONFIG, **plain, **shared}
+        }
+        self.configs.update(
+            {epsilon: {**MAIN_RUN_CONFIG, "epsilon": epsilon, **shared} for epsilon in epsilons}
+        )
+        self.rounds = int(self.configs[None]["num-server-rounds"])
+
+    def split(self, frame: pd.DataFrame, name: str) -> Path:
+        """Write ``frame`` as the storefront split ``name``."""
+        split = self.work / name
+        prepare_storefronts(frame, split)
+        return split
+
+    def run(
+        self,
+        split: Path,
+        epsilon: float | None,
+        seed: int | None = None,
+        progress: Progress = SILENT,
+    ) -> SequentialResult:
+        """The run config of ``epsilon`` on ``split`` (``seed``: the simulation seed, else
+        the app's), in a fresh run directory removed afterwards."""
+        config = self.configs[epsilon]
+        if seed is not None:
+            config = {**config, SIMULATION_SEED: seed}
+        run_dir = self.work / f"{split.name}-eps-{_epsilon_label(epsilon)}"
+        # the non-private baseline needs sites whose policy lets DP be off
+        policy = PLAIN_SITE_POLICY if epsilon is None else []
+        apply_site_policy(split, run_dir, policy, set_by="membership audit")
+        try:
+            return run_sequential_federation(split, run_dir, config, progress=progress)
+        finally:
+            shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def declined_replies(epsilon: float | None, result: SequentialResult, run: str) -> list[str]:
+    """A run's declined or failed site replies, for the report."""
+    label = _epsilon_label(epsilon)
+    return [f"{run} ε {label} {m} round {line}" for m, ls in result.declined.items() for line in ls]
+
+
 def federated_weights(
-    member_frame: pd.DataFrame,
-    work: Path,
-    facts: Mapping[str, Facts],
-    epsilons: Sequence[float],
-    quick: bool,
-    progress: Progress,
+    member_frame: pd.DataFrame, federation: Federation, progress: Progress
 ) -> tuple[dict[float | None, dict[str, dict[str, np.ndarray]]], list[str]]:
-    """Federated training of both models on the member-only storefronts: non-private
-    (:data:`PLAIN_RUN_CONFIG` with the non-private federated settings) and at each ε
-    (:data:`MAIN_RUN_CONFIG`).
+    """The federated targets: both models trained on the member-only storefronts,
+    non-private (:data:`PLAIN_RUN_CONFIG` with the non-private federated settings) and at
+    each ε (:data:`MAIN_RUN_CONFIG`).
 
     Returns:
         Per ε (``None``: non-private), the final global weights per model; and every
         declined or failed site reply.
     """
-    split = work / "storefronts"
-    with progress.step(f"write the member-only storefront split to {split}"):
-        prepare_storefronts(member_frame, split)
-    catalogue_file = work / "catalogue.txt"
-    catalogue_file.write_text("\n".join(facts["recommender"][CATALOGUE]) + "\n")
-    shared = {
-        f"recommender.{CATALOGUE}": str(catalogue_file),
-        f"churn.{CUTOFF}": facts["churn"][CUTOFF],
-        **(QUICK_OVERRIDES if quick else {}),
-    }
-    plain = federated_run_config(list(facts), NON_PRIVATE)
-    configs: dict[float | None, dict[str, Any]] = {None: {**PLAIN_RUN_CONFIG, **plain}}
-    configs.update({epsilon: {**MAIN_RUN_CONFIG, "epsilon": epsilon} for epsilon in epsilons})
+    with progress.step("write the member-only storefront split"):
+        split = federation.split(member_frame, "targets")
     weights, declined = {}, []
-    for epsilon, config in configs.items():
-        label = _epsilon_label(epsilon)
-        with progress.step(f"federated training, ε {label}"):
-            run_dir = work / f"federated-eps-{label}"
-            # the non-private baseline needs sites whose policy lets DP be off
-            policy = PLAIN_SITE_POLICY if epsilon is None else []
-            apply_site_policy(split, run_dir, policy, set_by="membership audit")
-            result = run_sequential_federation(
-                split, run_dir, {**config, **shared}, progress=progress
-            )
+    for epsilon in federation.configs:
+        with progress.step(f"federated target, ε {_epsilon_label(epsilon)}"):
+            result = federation.run(split, epsilon, progress=progress)
         weights[epsilon] = result.weights
-        declined += [
-            f"ε {label} {m} round {line}" for m, ls in result.declined.items() for line in ls
-        ]
+        declined += declined_replies(epsilon, result, "target")
+    shutil.rmtree(split)
     return weights, declined
+
+
+class SetClock:
+    """The progress label of the next model of a set of ``total``: the mean seconds per
+    model so far and the estimated time left of the set (the full run is long)."""
+
+    def __init__(self, label: str, total: int) -> None:
+        self.label = label
+        self.total = total
+        self.seconds: list[float] = []
+        self._began = 0.0
+
+    def next(self) -> str:
+        """Start timing the next model; its label for :meth:`Progress.step`."""
+        self._began = time.perf_counter()
+        done = len(self.seconds)
+        label = f"{self.label}: reference {done + 1}/{self.total}"
+        if not self.seconds:
+            return label
+        mean = sum(self.seconds) / done
+        left = mean * (self.total - done)
+        return f"{label} (~{mean:.1f} s per model so far, ~{left / 60:.1f} min left in the set)"
+
+    def done(self) -> None:
+        """The model started by :meth:`next` is trained."""
+        self.seconds.append(time.perf_counter() - self._began)
+
+
+def federated_references(
+    frame: pd.DataFrame,
+    audits: Sequence[ModelAudit],
+    federation: Federation,
+    halves: ReferenceHalves,
+    seed: int,
+    progress: Progress,
+) -> tuple[dict[float | None, dict[str, References]], list[str]]:
+    """Per ε (``None``: non-private), both models' references trained as the federated
+    targets were, each run on the storefront split of one reference half of the customers
+    (``seed + 1 + j`` seeds reference ``j``'s simulation, as the centralized ones).
+
+    Returns:
+        Per ε and model, the references; and every declined or failed site reply.
+    """
+    references = halves.is_in.shape[0]
+    losses: dict[float | None, dict[str, list[np.ndarray]]] = {
+        epsilon: {audit.name: [] for audit in audits} for epsilon in federation.configs
+    }
+    is_in: dict[str, list[np.ndarray]] = {audit.name: [] for audit in audits}
+    clocks = {
+        epsilon: SetClock(f"federated ε {_epsilon_label(epsilon)}", references)
+        for epsilon in federation.configs
+    }
+    declined: list[str] = []
+    for number in range(references):
+        reference_frame = halves.frame(frame, number)
+        split = federation.split(reference_frame, f"reference-{number + 1}")
+        for audit in audits:
+            is_in[audit.name].append(audit.trained_by_federation(reference_frame))
+        for epsilon, clock in clocks.items():
+            with progress.step(clock.next()):
+                result = federation.run(split, epsilon, seed + 1 + number)
+            clock.done()
+            declined += declined_replies(epsilon, result, f"reference {number + 1}")
+            for audit in audits:
+                module = audit.global_model(result.weights[audit.name])
+                losses[epsilon][audit.name].append(audit.losses(module))
+        shutil.rmtree(split)
+    result = {
+        epsilon: {
+            name: References(np.stack(per_model[name]), np.stack(is_in[name])) for name in per_model
+        }
+        for epsilon, per_model in losses.items()
+    }
+    return result, declined
 
 
 def targets(
@@ -378,60 +599,83 @@ def targets(
     progress: Progress,
 ) -> Iterator[Target]:
     """Every model to attack, trained (or loaded) one at a time."""
-    with progress.step(f"{audit.name}: centralized non-private"):
-        module = audit.train_plain(audit.is_member, seed)
-    yield Target(CENTRALIZED, None, module)
-    for epsilon in epsilons:
-        with progress.step(f"{audit.name}: centralized DP at ε {epsilon:g}"):
-            module = audit.train_private(epsilon, seed)
-        yield Target(CENTRALIZED, epsilon, module)
-    with progress.step(f"{audit.name}: over-fitted"):
-        module = audit.train_overfitted(seed)
-    yield Target(OVERFITTED, None, module)
+    centralized = [
+        (CENTRALIZED, None),
+        *((CENTRALIZED, epsilon) for epsilon in epsilons),
+        (OVERFITTED, None),
+    ]
+    for training, epsilon in centralized:
+        with progress.step(f"{audit.name}: target {_recipe(training, epsilon)}"):
+            module = audit.train(training, epsilon, audit.is_member, seed)
+        yield Target(training, epsilon, module)
     for epsilon, weights in federated.items():
         yield Target(FEDERATED, epsilon, audit.global_model(weights[audit.name]))
 
 
-def reference_losses(
-    audit: ModelAudit, references: int, seed: int, progress: Progress
-) -> tuple[np.ndarray, np.ndarray]:
-    """``(references, n)`` losses of reference models each trained on half of the attacked
-    customers, and which customers each trained on."""
-    reference_in = reference_membership(len(audit.customers), references, seed)
+def centralized_references(
+    audit: ModelAudit,
+    training: str,
+    epsilon: float | None,
+    halves: ReferenceHalves,
+    seed: int,
+    progress: Progress,
+) -> References:
+    """References of one centralized recipe, reference ``j`` trained on its half of the
+    attacked customers with seed ``seed + 1 + j``."""
+    reference_in = halves.of(audit.customers)
+    clock = SetClock(f"{audit.name}, {_recipe(training, epsilon)}", len(reference_in))
     losses = []
     for number, keep in enumerate(reference_in):
-        with progress.step(f"{audit.name}: reference model {number + 1}/{references}"):
-            losses.append(audit.losses(audit.train_plain(keep, seed + 1 + number)))
-    return np.stack(losses), reference_in
+        with progress.step(clock.next()):
+            module = audit.train(training, epsilon, keep, seed + 1 + number)
+        clock.done()
+        losses.append(audit.losses(module))
+    return References(np.stack(losses), reference_in)
+
+
+def attack_scores(
+    losses: np.ndarray, references: References, variance: Variance
+) -> dict[str, np.ndarray]:
+    """Every attack's membership scores of the target's ``losses``."""
+    matched = (losses, references.losses, references.is_in)
+    return {
+        LOSS_THRESHOLD: loss_threshold_scores(losses),
+        CALIBRATED: calibrated_scores(*matched),
+        LIRA_OFFLINE: lira_offline_scores(*matched, variance),
+        LIRA_ONLINE: lira_online_scores(*matched, variance),
+    }
 
 
 def audit_model(
     audit: ModelAudit,
     federated: Mapping[float | None, Mapping[str, Mapping[str, np.ndarray]]],
+    federated_refs: Mapping[float | None, Mapping[str, References]],
     epsilons: Sequence[float],
-    references: int,
+    halves: ReferenceHalves,
     seed: int,
     progress: Progress,
 ) -> list[Row]:
-    """Both attacks on every target of one model."""
-    out_losses, reference_in = reference_losses(audit, references, seed, progress)
+    """Every attack on every target of one model, each against references of its recipe."""
+    variance = variance_for(halves.is_in.shape[0])
     rows = []
     for target in targets(audit, federated, epsilons, seed, progress):
-        losses = audit.losses(target.module)
-        attacks = {
-            LOSS_THRESHOLD: loss_threshold_scores(losses),
-            CALIBRATED: calibrated_scores(losses, out_losses, reference_in),
-        }
-        for attack, scores in attacks.items():
-            result = evaluate_attack(scores, audit.is_member)
+        if target.training == FEDERATED:
+            references = federated_refs[target.epsilon][audit.name]
+        else:
+            references = centralized_references(
+                audit, target.training, target.epsilon, halves, seed, progress
+            )
+        scores = attack_scores(audit.losses(target.module), references, variance)
+        for attack, score in scores.items():
+            result = evaluate_attack(score, audit.is_member)
             rows.append(Row(audit.name, target.training, target.epsilon, attack, result))
     return rows
 
 
 def conclusion(rows: Sequence[Row]) -> str:
-    """Whether the goal holds at ε = 8, and how much the over-fitted models leak, from
-    the measured numbers (z: the AUC's distance above 0.5 in standard deviations of a
-    signal-free attack)."""
+    """The strongest attack's AUC at each ε, whether the goal holds at ε = 8, and how much
+    the over-fitted models leak, from the measured numbers (z: the AUC's distance above 0.5
+    in standard deviations of a signal-free attack)."""
     models = list(dict.fromkeys(row.model for row in rows))
 
     def strongest(model: str, keep: Callable[[Row], bool]) -> Row:
@@ -444,6 +688,17 @@ def conclusion(rows: Sequence[Row]) -> str:
             f"z {row.result.chance_sigmas:+.1f})"
         )
 
+    epsilons = sorted({r.epsilon for r in rows}, key=lambda e: np.inf if e is None else e)
+    per_epsilon = "; ".join(
+        f"ε = {_epsilon_label(epsilon, 'none (non-private)')}: "
+        + ", ".join(
+            described(
+                strongest(m, lambda r, e=epsilon: r.epsilon == e and r.training != OVERFITTED)
+            )
+            for m in models
+        )
+        for epsilon in epsilons
+    )
     at_goal = [strongest(m, lambda r: r.epsilon == GOAL_EPSILON) for m in models]
     failing = [row.model for row in at_goal if row.result.roc_auc > GOAL_AUC]
     if failing:
@@ -471,9 +726,9 @@ def conclusion(rows: Sequence[Row]) -> str:
     else:
         shown = f"no over-fitted model leaks clearly (z ≥ {CLEAR_SIGMAS:g})"
     return (
-        f"At ε = {GOAL_EPSILON:g} the strongest attacks reach ROC-AUC "
-        f"{'; '.join(described(row) for row in at_goal)}: {verdict}. The deliberately "
-        f"over-fitted non-private models are attacked at {leaks}: {shown}."
+        f"The strongest attack on each model, centralized or federated, reaches ROC-AUC "
+        f"{per_epsilon}. At ε = {GOAL_EPSILON:g} {verdict}. The deliberately over-fitted "
+        f"non-private models are attacked at {leaks}: {shown}."
     )
 
 
@@ -491,17 +746,22 @@ def markdown(
     sections = [
         "## Membership-inference audit",
         f"Command: `{command}`; {seconds / 60:.1f} min on the shared 2-core machine.",
-        protocol_text(references, rounds),
+        protocol_text(references, rounds, variance_for(references)),
         population_table(audits),
         results_table(rows),
         conclusion(rows),
     ]
     if declined:
-        sections.append("Declined or failed site replies: " + "; ".join(declined) + ".")
+        shown = "; ".join(declined[:DECLINED_SHOWN])
+        more = len(declined) - DECLINED_SHOWN
+        sections.append(
+            f"Declined or failed site replies ({len(declined)}): {shown}"
+            + (f"; and {more} more." if more > 0 else ".")
+        )
     return "\n\n".join(sections) + "\n"
 
 
-def protocol_text(references: int, rounds: int) -> str:
+def protocol_text(references: int, rounds: int, variance: Variance) -> str:
     """The protocol in a few sentences."""
     return (
         f"A seeded {NON_MEMBER_SHARE:.0%} of every storefront's customers are non-members: "
@@ -510,14 +770,32 @@ def protocol_text(references: int, rounds: int) -> str:
         "their own rows. Targets: centralized non-private and DP (the comparison's "
         "settings), an over-fitted non-private model, and federated non-private and DP (the "
         f"main job's run config, {rounds} round(s), ε per site, the sites' real code run "
-        "in-process; attacked through the final global weights). Attacks: the loss "
-        "threshold (score = −loss; Yeom et al. 2018) and the calibrated loss (score = "
-        "−(loss − the example's mean loss under the reference models that did not train on "
-        f"it); {references} non-private reference models, every attacked customer in "
-        f"exactly {references // 2} of them). ε: the target ε (—: non-private). Without any "
+        "in-process; attacked through the final global weights). Every target is attacked "
+        f"with {references} reference models trained with its own recipe (DP at its ε with "
+        "the same settings, non-private, over-fitted, or federated with its run config on "
+        "the storefronts of the reference's customers), each on a seeded half of all "
+        f"customers, so every attacked customer is IN {references // 2} of them and OUT of "
+        "the others (a federated churn reference is OUT for the customers its sites hold "
+        "out); one set per model and recipe serves all its targets. Attacks: the loss "
+        "threshold (score = −loss; Yeom et al. 2018); the calibrated loss (score = −(loss − "
+        "the example's mean loss under its OUT references)); and LiRA (Carlini et al. 2022) "
+        "on the logit-scaled confidence φ = log(p / (1 − p)), p = exp(−loss) (the churn "
+        "model's logit of the true label; ≈ −loss for the recommender), offline (one-sided: "
+        "log Pr[Z ≤ φ], Z ~ N(μ_out, σ²_out) fitted to the OUT references) and online "
+        "(log N(φ; μ_in, σ²_in) − log N(φ; μ_out, σ²_out)), with per-example means and "
+        f"{_variance_text(variance)}. ε: the target ε (—: non-private). Without any "
         "membership signal the AUC scatters around 0.5 with the SD below (Mann-Whitney: "
         "sqrt((m + n + 1) / (12 m n))); z is an AUC's distance above 0.5 in those SDs."
     )
+
+
+def _variance_text(variance: Variance) -> str:
+    if variance == "global":
+        return (
+            "one global variance per side pooled over the examples' within-example "
+            "spreads (few references: Carlini et al.'s fixed variance)"
+        )
+    return "a variance per example and side"
 
 
 def population_table(audits: Sequence[ModelAudit]) -> str:
@@ -538,12 +816,13 @@ def population_table(audits: Sequence[ModelAudit]) -> str:
 def results_table(rows: Sequence[Row]) -> str:
     """One line per model, target and attack."""
     lines = [
-        f"| model | training | ε | attack | ROC-AUC | TPR at {LOW_FPR:.0%} FPR |",
-        "|---|---|---:|---|---:|---:|",
+        f"| model | training | ε | attack | ROC-AUC | z | TPR at {LOW_FPR:.0%} FPR |",
+        "|---|---|---:|---|---:|---:|---:|",
     ]
     lines += [
         f"| {r.model} | {r.training} | {_epsilon_label(r.epsilon, '—')} | {r.attack} "
-        f"| {r.result.roc_auc:.3f} | {r.result.tpr_at_low_fpr:.3f} |"
+        f"| {r.result.roc_auc:.3f} | {r.result.chance_sigmas:+.1f} "
+        f"| {r.result.tpr_at_low_fpr:.3f} |"
         for r in rows
     ]
     return "\n".join(lines)
@@ -553,21 +832,32 @@ def _epsilon_label(epsilon: float | None, plain: str = "none") -> str:
     return plain if epsilon is None else f"{epsilon:g}"
 
 
+def _recipe(training: str, epsilon: float | None) -> str:
+    return f"{training} {'non-private' if epsilon is None else f'DP ε {epsilon:g}'}"
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Train every target, attack it and print the Markdown section."""
+    """Train every target and its references, attack it and print the Markdown section."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="a few epochs only (smoke run)")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"a few epochs, ε {', '.join(f'{e:g}' for e in QUICK_EPSILONS)} only (smoke run)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seeds the draw and the training")
     parser.add_argument(
         "--references",
         type=int,
         default=None,
-        help=f"reference models, even (default {REFERENCES}; {QUICK_REFERENCES} with --quick)",
+        help=f"reference models per model and recipe, even (default {REFERENCES}; "
+        f"{QUICK_REFERENCES} with --quick)",
     )
     args = parser.parse_args(argv)
     references = args.references or (QUICK_REFERENCES if args.quick else REFERENCES)
-    if references < 2 or references % 2:
-        parser.error(f"--references must be an even number >= 2, got {references}")
+    if references < 4 or references % 2:
+        # online LiRA needs two IN and two OUT references for its variances
+        parser.error(f"--references must be an even number >= 4, got {references}")
+    epsilons = QUICK_EPSILONS if args.quick else EPSILONS
     logging.getLogger("flwr").propagate = False
     # One thread: these small models gain nothing from a second one on a shared 2-core box.
     torch.set_num_threads(1)
@@ -581,15 +871,20 @@ def main(argv: list[str] | None = None) -> int:
             RecommenderAudit(frame, non_members, args.quick),
             ChurnAudit(frame, member_frame, non_members, args.quick),
         ]
+    halves = ReferenceHalves.draw(frame, references, args.seed)
     with tempfile.TemporaryDirectory(prefix="membership-") as temporary:
         facts = {audit.name: audit.facts for audit in audits}
-        federated, declined = federated_weights(
-            member_frame, Path(temporary), facts, EPSILONS, args.quick, progress
+        federation = Federation(Path(temporary), facts, epsilons, args.quick)
+        federated, declined = federated_weights(member_frame, federation, progress)
+        federated_refs, reference_declined = federated_references(
+            frame, audits, federation, halves, args.seed, progress
         )
     rows = [
         row
         for audit in audits
-        for row in audit_model(audit, federated, EPSILONS, references, args.seed, progress)
+        for row in audit_model(
+            audit, federated, federated_refs, epsilons, halves, args.seed, progress
+        )
     ]
     command = " ".join(
         ["python -m simulations.benchmarks.membership", *(sys.argv[1:] if argv is None else argv)]
@@ -600,9 +895,9 @@ def main(argv: list[str] | None = None) -> int:
             audits,
             command=command,
             references=references,
-            rounds=(QUICK_OVERRIDES if args.quick else MAIN_RUN_CONFIG)["num-server-rounds"],
+            rounds=federation.rounds,
             seconds=time.perf_counter() - began,
-            declined=declined,
+            declined=[*declined, *reference_declined],
         ),
         end="",
     )
