@@ -29,8 +29,24 @@ third for models that can derive their per-example gradients from their output g
 A custom Opacus grad sampler (``opacus.grad_sample.register_grad_sampler``, and
 ``register_norm_sampler`` for ghost mode) registered for a model's layer is picked up as is.
 
+**The plan is public, the data are not.** Poisson sampling runs at the rate Opacus uses,
+1/⌈n/B⌉, and the noisy sum is averaged by its expected batch size q·n — with n the
+training cohort's size *as the site released it* (``cohort_size``: a noisy count,
+:mod:`privacy.release`), not its exact size. So the sampling rate, the number of steps and
+the averaging denominator are all functions of public values, as the DP-SGD analysis
+assumes (Opacus derives them from the dataset's exact length). A cohort that is empty
+but released as large enough still takes every step: steps of pure noise.
+
+**A non-finite example contributes zero.** Weights a server crafted can make one
+customer's loss or gradient overflow; clipping an infinite gradient gives NaN, and the
+whole update would be NaN exactly when that customer was sampled — one bit about them per
+round, outside the noise. So before clipping, every example whose per-example gradient
+has a non-finite entry is set to zero (``"hooks"`` and ``"output"`` modes; ``"ghost"``
+mode, used only by the DP-step benchmark, drops non-finite per-example losses but not a
+finite loss with a non-finite gradient).
+
 Privacy accounting is *not* done here: the engine's own accountant is ignored. Record
-:meth:`DPTrainingSession.segment` (real sample rate, σ, steps taken) in the site's
+:meth:`DPTrainingSession.segment` (sample rate, σ, steps taken) in the site's
 :class:`privacy.ledger.PrivacyLedger`, which reports ε.
 
 Build a fresh module (with the global weights loaded) and a fresh session every round:
@@ -41,7 +57,7 @@ from __future__ import annotations
 
 import secrets
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import torch
@@ -55,6 +71,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from privacy.accountants import DPSegment
+from privacy.planning import opacus_sample_rate, opacus_steps_per_epoch
 
 PerExampleLoss = Callable[[nn.Module, Any], torch.Tensor]
 OutputGradSamples = Callable[[nn.Module, Any, torch.Tensor], dict[nn.Parameter, torch.Tensor]]
@@ -73,7 +90,8 @@ class DPTrainingSession:
             output); :meth:`close` removes them.
         optimizer: an optimizer over ``module``'s parameters (e.g. ``torch.optim.SGD``).
         dataset: map-style dataset with exactly one example per customer (user-level DP).
-        batch_size: nominal batch size B; the sampling rate is 1 / ⌈len(dataset) / B⌉.
+        batch_size: nominal batch size B; the sampling rate is 1 / ⌈n / B⌉ for the cohort
+            size n below.
         noise_multiplier: σ from :func:`privacy.planning.plan_dp`.
         max_grad_norm: per-example clipping norm C.
         loss_fn: ``loss_fn(module, batch)`` returns a 1-D tensor with one loss per example
@@ -84,6 +102,9 @@ class DPTrainingSession:
         collate_fn: batches examples, as for a ``DataLoader``.
         seed: seeds Poisson sampling and noise, for reproducible simulations and tests.
             ``None`` (deployment) seeds them from the operating system's entropy.
+        cohort_size: the training cohort's size the plan was made for, as the site released
+            it (module docstring); ``None``: ``len(dataset)``, for studies whose dataset
+            size is public.
     """
 
     def __init__(
@@ -100,6 +121,7 @@ class DPTrainingSession:
         output_grad_samples: OutputGradSamples | None = None,
         collate_fn: Callable[[list], Any] | None = None,
         seed: int | None = None,
+        cohort_size: int | None = None,
     ) -> None:
         if grad_sample_mode not in GRAD_SAMPLE_MODES:
             raise ValueError(
@@ -116,8 +138,11 @@ class DPTrainingSession:
             )
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        if len(dataset) == 0:
-            raise ValueError("cannot train on an empty dataset")
+        cohort = len(dataset) if cohort_size is None else cohort_size
+        if cohort < 1:
+            raise ValueError(f"the cohort size must be >= 1, got {cohort}")
+        sample_rate = opacus_sample_rate(cohort, batch_size)
+        expected_batch_size = int(cohort * sample_rate)
 
         # Own generators, so noise stays unpredictable even if model code seeds torch's global
         # generator. Opacus's secure_mode would need torchcsprng, which the stack lacks.
@@ -125,22 +150,18 @@ class DPTrainingSession:
             seed = secrets.randbits(62)
         sampling_generator = torch.Generator().manual_seed(seed)
         noise_generator = torch.Generator().manual_seed(seed + 1)
-        plain_loader = DataLoader(
-            dataset, batch_size=batch_size, collate_fn=collate_fn, generator=sampling_generator
-        )
         module.train()
         self._outputs: list[torch.Tensor] = []
-        if grad_sample_mode == "output":
-            # What make_private builds for hooks mode, minus the hooks: the same module check,
-            # Poisson loader (rate 1 / len(plain_loader)) and optimizer, whose averaging
-            # denominator make_private computes from the Poisson loader's length.
+        if len(dataset) == 0 or grad_sample_mode == "output":
+            # What make_private builds for hooks mode, minus the hooks: the same module check
+            # and optimizer; no per-example gradients come from hooks (output mode derives
+            # them, an empty cohort has none).
             ModuleValidator.validate(module, strict=True)
-            self.data_loader = DPDataLoader.from_data_loader(plain_loader)
             self.optimizer = DPOptimizer(
                 optimizer,
                 noise_multiplier=noise_multiplier,
                 max_grad_norm=max_grad_norm,
-                expected_batch_size=int(len(dataset) * (1 / len(self.data_loader))),
+                expected_batch_size=expected_batch_size,
                 loss_reduction="mean",
                 generator=noise_generator,
             )
@@ -155,6 +176,8 @@ class DPTrainingSession:
                         del parameter.grad_sample
 
             self._release = release
+            if len(dataset) == 0:
+                grad_sample_mode = "output"  # every batch empty: noise-only steps
         else:
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message="Secure RNG turned off")
@@ -162,20 +185,32 @@ class DPTrainingSession:
             made_private = engine.make_private(
                 module=module,
                 optimizer=optimizer,
-                data_loader=plain_loader,
+                data_loader=DataLoader(dataset, collate_fn=collate_fn),  # replaced below
                 noise_multiplier=noise_multiplier,
                 max_grad_norm=max_grad_norm,
-                poisson_sampling=True,
+                poisson_sampling=False,
                 noise_generator=noise_generator,
                 grad_sample_mode=grad_sample_mode,
             )
             if grad_sample_mode == "ghost":
                 # The returned criterion wrapper is unused: step() wraps the per-example
                 # losses the same way, so any loss function works, not just torch criteria.
-                self._wrapped, self.optimizer, _, self.data_loader = made_private
+                self._wrapped, self.optimizer, _, _ = made_private
             else:
-                self._wrapped, self.optimizer, self.data_loader = made_private
+                self._wrapped, self.optimizer, _ = made_private
+            self.optimizer.expected_batch_size = expected_batch_size  # public, not len(dataset)
             self._release = self._wrapped.cleanup
+        self.data_loader: Iterable[Any]
+        if len(dataset) == 0:
+            self.data_loader = [[] for _ in range(opacus_steps_per_epoch(cohort, batch_size))]
+        else:
+            self.data_loader = DPDataLoader(
+                dataset,
+                sample_rate=sample_rate,
+                collate_fn=collate_fn,
+                generator=sampling_generator,
+            )
+        self.sample_rate = sample_rate
         self._module = module
         self._output_grad_samples = output_grad_samples
         self._loss_fn = loss_fn
@@ -183,11 +218,6 @@ class DPTrainingSession:
         self.noise_multiplier = float(noise_multiplier)
         self.max_grad_norm = float(max_grad_norm)
         self.steps_taken = 0
-
-    @property
-    def sample_rate(self) -> float:
-        """The Poisson sampling rate the data loader really uses (record it in the ledger)."""
-        return self.data_loader.sample_rate
 
     @property
     def steps_per_epoch(self) -> int:
@@ -229,12 +259,20 @@ class DPTrainingSession:
                     # and torch warns at every step; by design (gradients are for weights).
                     warnings.filterwarnings("ignore", message="Full backward hook is firing")
                     if self.grad_sample_mode == "ghost":
+                        finite = per_example_loss.isfinite()
+                        kept = torch.where(
+                            finite,
+                            per_example_loss,
+                            torch.zeros_like(finite, dtype=per_example_loss.dtype),
+                        )
                         DPTensorFastGradientClipping(
-                            self._wrapped, self.optimizer, per_example_loss, loss_reduction="mean"
+                            self._wrapped, self.optimizer, kept, loss_reduction="mean"
                         ).backward()
                     else:
                         per_example_loss.mean().backward()
-            loss = per_example_loss.detach().mean().item()
+            _zero_non_finite_examples(self.optimizer.params)
+            finite = per_example_loss.detach().isfinite()
+            loss = per_example_loss.detach()[finite].mean().item() if finite.any() else None
         self.optimizer.step()
         self.steps_taken += 1
         return loss
@@ -288,6 +326,25 @@ class DPTrainingSession:
                 parameter.grad = torch.zeros_like(parameter)
             else:
                 parameter.grad_sample = parameter.new_zeros((0, *parameter.shape))
+
+
+def _zero_non_finite_examples(parameters: Iterable[nn.Parameter]) -> None:
+    """Set to zero every example whose per-example gradient has a non-finite entry in any
+    parameter, before Opacus clips (module docstring)."""
+    samples = [
+        parameter.grad_sample
+        for parameter in parameters
+        if isinstance(getattr(parameter, "grad_sample", None), torch.Tensor)
+    ]
+    if not samples or samples[0].shape[0] == 0:
+        return
+    finite = torch.stack([s.reshape(s.shape[0], -1).isfinite().all(dim=1) for s in samples])
+    finite = finite.all(dim=0)
+    if bool(finite.all()):
+        return
+    for sample in samples:
+        keep = finite.reshape(-1, *([1] * (sample.dim() - 1)))
+        sample.copy_(torch.where(keep, sample, torch.zeros_like(sample)))
 
 
 def _batch_size(batch: Any) -> int:

@@ -1,11 +1,20 @@
-"""A site's durable privacy ledger: every DP training segment it has run, with budget checks.
+"""A site's durable privacy ledger: every DP step it has taken, with budget checks.
 
-One SQLite file per site, one history per model name ("recommender", "churn"). The ledger
-is write-ahead: :meth:`PrivacyLedger.reserve` checks the budget and records the planned
-segment *before* training starts, and that record counts from then on, whether training
-finishes, crashes or is killed. :meth:`PrivacyLedger.commit` may afterwards lower the steps
-to the number really taken (never raise them). A crash therefore over-counts, never
-under-counts, and the update leaves the site only after its privacy cost is on disk.
+One SQLite file per site, one history per model name ("recommender", "churn"). Two kinds
+of spending share it: DP-SGD training segments, and *releases* (:mod:`privacy.release`:
+the cohort sizes, evaluation metrics and statistics a site sends), each a group of
+segments of the discrete Gaussian mechanism with a purpose. One accountant composes all
+of a model's segments, so training and releases draw on the same lifetime cap.
+
+The ledger is write-ahead: :meth:`PrivacyLedger.reserve` (training) and
+:meth:`PrivacyLedger.reserve_release` check the budget and record the planned segments
+*before* training starts or any noise is drawn, and that record counts from then on,
+whether the work finishes, crashes or is killed. :meth:`PrivacyLedger.commit` may
+afterwards lower a training segment's steps to the number really taken (never raise
+them); :meth:`PrivacyLedger.record_release` keeps what a release answered (its noisy,
+already public values — a run's cohort sizes are read back by its later messages). A
+crash therefore over-counts, never under-counts, and nothing leaves the site before its
+privacy cost is on disk.
 
 Every segment names the accountant that planned it (:mod:`privacy.accountants`). A
 model's ε is computed by that accountant over all of the model's segments; should a
@@ -13,7 +22,8 @@ model's segments name several accountants (a site changed its choice), each comp
 over all of them and the largest is reported, so a change of accountant can never lower
 the ε on record. An independent accountant given the same (sample rate, noise
 multiplier, steps) rows gets the same number. Ledgers of schema version 1 (before
-accountants were named) are upgraded in place: their segments were planned by RDP.
+accountants were named) are upgraded in place: their segments were planned by RDP;
+ledgers before version 4 hold only DP-SGD segments.
 
 Any doubt about the file — unreadable, not a database, corrupt, unknown schema, an invalid
 row — raises :class:`LedgerError`: fail closed.
@@ -29,6 +39,7 @@ transaction, so two processes sharing a ledger cannot both spend the last of a b
 
 from __future__ import annotations
 
+import json
 import math
 import sqlite3
 from collections.abc import Iterator
@@ -36,15 +47,17 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from privacy.accountants import ACCOUNTANTS, DPSegment, create_accountant
+from privacy.accountants.base import SUBSAMPLED_GAUSSIAN
 from privacy.policy import PolicyError, SitePolicy
 
 LEDGER_FILE = "privacy-ledger.sqlite"
 """The ledger's file name in a site's directory."""
 
-_SCHEMA_VERSION = 3
-_SCHEMA = """
+_SCHEMA_VERSION = 4
+_SEGMENTS = """
 CREATE TABLE segments (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     model TEXT NOT NULL CHECK (length(model) > 0),
@@ -53,37 +66,72 @@ CREATE TABLE segments (
     noise_multiplier REAL NOT NULL CHECK (noise_multiplier >= 0),
     planned_steps INTEGER NOT NULL CHECK (planned_steps >= 1),
     steps INTEGER NOT NULL CHECK (steps >= 0 AND steps <= planned_steps),
-    max_grad_norm REAL NOT NULL CHECK (max_grad_norm > 0),
+    max_grad_norm REAL CHECK (max_grad_norm IS NULL OR max_grad_norm > 0),
     budget_epsilon REAL NOT NULL,
     delta REAL NOT NULL,
     status TEXT NOT NULL CHECK (status IN ('reserved', 'committed')),
     reserved_at TEXT NOT NULL,
     committed_at TEXT,
     accountant TEXT NOT NULL DEFAULT 'rdp',
-    run TEXT
-);
-CREATE INDEX segments_by_model ON segments (model, id);
+    run TEXT,
+    mechanism TEXT NOT NULL DEFAULT 'subsampled-gaussian',
+    sensitivity INTEGER NOT NULL DEFAULT 1 CHECK (sensitivity >= 1),
+    release_id INTEGER REFERENCES releases (id)
+)"""
+_RELEASES = """
+CREATE TABLE releases (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    model TEXT NOT NULL CHECK (length(model) > 0),
+    run TEXT,
+    purpose TEXT NOT NULL CHECK (length(purpose) > 0),
+    server_round INTEGER,
+    facts_digest TEXT,
+    noise_multiplier REAL NOT NULL CHECK (noise_multiplier > 0),
+    answer TEXT,
+    reserved_at TEXT NOT NULL,
+    released_at TEXT
+)"""
+_POLICIES = """
 CREATE TABLE policies (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     set_at TEXT NOT NULL,
     set_by TEXT NOT NULL CHECK (length(set_by) > 0),
     reason TEXT NOT NULL CHECK (length(reason) > 0),
     policy TEXT NOT NULL
-);
-"""
+)"""
+_INDEXES = (
+    "CREATE INDEX segments_by_model ON segments (model, id)",
+    "CREATE INDEX releases_by_run ON releases (model, run, purpose)",
+)
+_SCHEMA = (_RELEASES, _SEGMENTS, _POLICIES, *_INDEXES)
+_V3_COLUMNS = (
+    "id, model, server_round, sample_rate, noise_multiplier, planned_steps, steps, "
+    "max_grad_norm, budget_epsilon, delta, status, reserved_at, committed_at, accountant, run"
+)
 _UPGRADES: dict[int, tuple[str, ...]] = {
     # Version 1 had no accountant column; its segments were all planned by RDP.
     1: ("ALTER TABLE segments ADD COLUMN accountant TEXT NOT NULL DEFAULT 'rdp'",),
     # Version 2 had no run column (older segments belong to no known run) and no policies.
-    2: (
-        "ALTER TABLE segments ADD COLUMN run TEXT",
-        _SCHEMA[_SCHEMA.index("CREATE TABLE policies") :],
+    2: ("ALTER TABLE segments ADD COLUMN run TEXT", _POLICIES),
+    # Version 3 held DP-SGD segments only; releases need a nullable clipping norm, so the
+    # table is rebuilt with its rows.
+    3: (
+        "ALTER TABLE segments RENAME TO segments_v3",
+        "DROP INDEX IF EXISTS segments_by_model",
+        _RELEASES,
+        _SEGMENTS,
+        f"INSERT INTO segments ({_V3_COLUMNS}) SELECT {_V3_COLUMNS} FROM segments_v3",
+        "DROP TABLE segments_v3",
+        *_INDEXES,
     ),
 }
 """Statements that take a ledger of a version to the next one."""
+TRAINING = "training"
+"""The purpose of DP-SGD segments (releases name their own)."""
 _COLUMNS = (
-    "id, model, server_round, sample_rate, noise_multiplier, planned_steps, steps, "
-    "max_grad_norm, budget_epsilon, delta, status, reserved_at, committed_at, accountant, run"
+    "s.id, s.model, s.server_round, s.sample_rate, s.noise_multiplier, s.planned_steps, "
+    "s.steps, s.max_grad_norm, s.budget_epsilon, s.delta, s.status, s.reserved_at, "
+    "s.committed_at, s.accountant, s.run, s.mechanism, s.sensitivity, s.release_id, r.purpose"
 )
 _BUSY_TIMEOUT_SECONDS = 30.0
 
@@ -93,6 +141,11 @@ class LedgerError(RuntimeError):
 
     Callers must treat it as "no privacy budget available" and not train.
     """
+
+
+class ReleaseLimit(Exception):
+    """A release would exceed what the policy allows a run for its purpose (how many, or
+    how much ε); nothing is recorded."""
 
 
 class BudgetExceeded(Exception):
@@ -122,7 +175,8 @@ class LedgerEntry:
     server_round: int | None
     segment: DPSegment
     planned_steps: int
-    max_grad_norm: float
+    max_grad_norm: float | None
+    """DP-SGD's clipping norm (``None`` for a release's segment)."""
     budget_epsilon: float
     delta: float
     status: str  # "reserved" (counted at planned steps) or "committed"
@@ -132,6 +186,25 @@ class LedgerEntry:
     """The accountant that planned the segment (:data:`privacy.accountants.ACCOUNTANTS`)."""
     run: str | None
     """The federated run the segment belongs to (``None``: not recorded)."""
+    release_id: int | None = None
+    """The release the segment belongs to (``None``: DP-SGD training)."""
+    purpose: str = TRAINING
+    """What the step was for: :data:`TRAINING`, or the release's purpose."""
+
+
+@dataclass(frozen=True)
+class ReleaseRecord:
+    """One release as the ledger keeps it."""
+
+    id: int
+    model: str
+    run: str | None
+    purpose: str
+    server_round: int | None
+    facts_digest: str | None
+    noise_multiplier: float
+    answer: dict[str, Any] | None
+    """What it released (public, noisy values); ``None`` if it never completed."""
 
 
 @dataclass(frozen=True)
@@ -169,6 +242,7 @@ class BudgetStatus:
     budget_epsilon: float
     delta: float
     total_steps: int
+    """DP-SGD steps (releases are counted in :attr:`releases`)."""
     segments: int
     uncommitted: int  # reservations whose training never confirmed (crash or in progress)
 
@@ -314,6 +388,121 @@ class PrivacyLedger:
                 (steps, _now(), reservation.id),
             )
 
+    def reserve_release(
+        self,
+        model: str,
+        planned: list[DPSegment],
+        *,
+        purpose: str,
+        budget_epsilon: float,
+        delta: float,
+        accountant: str,
+        run: str | None,
+        server_round: int | None = None,
+        facts_digest: str | None = None,
+        run_limit: tuple[int, float] | None = None,
+    ) -> ReleaseRecord:
+        """Check the budget and record a release's ``planned`` segments
+        (:func:`privacy.release.segments`) before any noise is drawn.
+
+        One transaction: ε of all of ``model``'s segments plus these must stay within
+        ``budget_epsilon`` at ``delta`` (the lifetime cap), and with ``run_limit`` ``(most
+        releases, most ε)`` the run's releases of this purpose may not become more than
+        that many, nor compose (alone) to more than that ε. From this call on the segments
+        count, even if the release never completes.
+
+        Raises:
+            BudgetExceeded: the release would overspend the cap; nothing is recorded.
+            ReleaseLimit: the run's releases of this purpose would exceed ``run_limit``.
+            LedgerError: the ledger cannot be read or written.
+            ValueError: invalid arguments.
+        """
+        _check_model(model)
+        if not purpose or purpose == TRAINING:
+            raise ValueError(f"a release needs a purpose other than {TRAINING!r}")
+        if not planned or any(s.mechanism == SUBSAMPLED_GAUSSIAN for s in planned):
+            raise ValueError("a release records segments of its own mechanism only")
+        [noise_multiplier] = {segment.noise_multiplier for segment in planned}
+        create_accountant(accountant)
+        with self._transaction("reserve a release") as connection:
+            recorded = self._entries(connection, model)
+            epsilon_spent = ledger_epsilon(recorded, delta)
+            epsilon_after = ledger_epsilon(recorded, delta, planned=(planned, accountant))
+            if epsilon_after > budget_epsilon:
+                raise BudgetExceeded(model, epsilon_spent, epsilon_after, budget_epsilon, delta)
+            if run_limit is not None:
+                _check_run_limit(recorded, run, purpose, planned, accountant, delta, run_limit)
+            now = _now()
+            cursor = connection.execute(
+                "INSERT INTO releases (model, run, purpose, server_round, facts_digest, "
+                "noise_multiplier, reserved_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (model, run, purpose, server_round, facts_digest, noise_multiplier, now),
+            )
+            release_id = cursor.lastrowid
+            for segment in planned:
+                connection.execute(
+                    "INSERT INTO segments (model, server_round, sample_rate, noise_multiplier, "
+                    "planned_steps, steps, max_grad_norm, budget_epsilon, delta, status, "
+                    "reserved_at, accountant, run, mechanism, sensitivity, release_id) "
+                    "VALUES (?, ?, ?, ?, ?, ?, NULL, ?, ?, 'reserved', ?, ?, ?, ?, ?, ?)",
+                    (
+                        model,
+                        server_round,
+                        segment.sample_rate,
+                        segment.noise_multiplier,
+                        segment.steps,
+                        segment.steps,
+                        budget_epsilon,
+                        delta,
+                        now,
+                        accountant,
+                        run,
+                        segment.mechanism,
+                        segment.sensitivity,
+                        release_id,
+                    ),
+                )
+        return ReleaseRecord(
+            release_id, model, run, purpose, server_round, facts_digest, noise_multiplier, None
+        )
+
+    def record_release(self, release: ReleaseRecord, answer: dict[str, Any]) -> ReleaseRecord:
+        """Keep what ``release`` answered (its noisy values) and confirm its segments."""
+        text = json.dumps(answer, sort_keys=True)
+        with self._transaction("record a release") as connection:
+            updated = connection.execute(
+                "UPDATE releases SET answer = ?, released_at = ? WHERE id = ? AND answer IS NULL",
+                (text, _now(), release.id),
+            ).rowcount
+            if updated != 1:
+                raise LedgerError(
+                    f"release {release.id} is missing from privacy ledger {self.path} or was "
+                    "already recorded"
+                )
+            connection.execute(
+                "UPDATE segments SET status = 'committed', committed_at = ? WHERE release_id = ?",
+                (_now(), release.id),
+            )
+        return ReleaseRecord(**{**vars(release), "answer": json.loads(text)})
+
+    def releases(
+        self, model: str, *, run: str | None = None, purpose: str | None = None
+    ) -> list[ReleaseRecord]:
+        """``model``'s releases, oldest first (of one run and purpose when given)."""
+        _check_model(model)
+        query = (
+            "SELECT id, model, run, purpose, server_round, facts_digest, noise_multiplier, "
+            "answer FROM releases WHERE model = ?"
+        )
+        parameters: list[Any] = [model]
+        for column, value in (("run", run), ("purpose", purpose)):
+            if value is not None:
+                query += f" AND {column} = ?"
+                parameters.append(value)
+        with self._transaction("read releases") as connection:
+            rows = connection.execute(query + " ORDER BY id", parameters).fetchall()
+        return [self._release(row) for row in rows]
+
     def entries(self, model: str) -> list[LedgerEntry]:
         """All recorded segments of ``model``, oldest first (reservations included)."""
         _check_model(model)
@@ -336,7 +525,7 @@ class PrivacyLedger:
             epsilon_spent=ledger_epsilon(entries, delta),
             budget_epsilon=budget_epsilon,
             delta=delta,
-            total_steps=sum(entry.segment.steps for entry in entries),
+            total_steps=sum(e.segment.steps for e in entries if e.purpose == TRAINING),
             segments=len(entries),
             uncommitted=sum(entry.status == "reserved" for entry in entries),
         )
@@ -414,9 +603,8 @@ class PrivacyLedger:
             }
             if version == 0 and not tables:
                 # Statement by statement: executescript would commit mid-transaction.
-                for statement in _SCHEMA.split(";"):
-                    if statement.strip():
-                        connection.execute(statement)
+                for statement in _SCHEMA:
+                    connection.execute(statement)
                 connection.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
             elif version in _UPGRADES and "segments" in tables:
                 for older in range(version, _SCHEMA_VERSION):
@@ -431,14 +619,31 @@ class PrivacyLedger:
 
     def _entries(self, connection: sqlite3.Connection, model: str) -> list[LedgerEntry]:
         rows = connection.execute(
-            f"SELECT {_COLUMNS} FROM segments WHERE model = ? ORDER BY id", (model,)
+            f"SELECT {_COLUMNS} FROM segments s LEFT JOIN releases r ON s.release_id = r.id "
+            "WHERE s.model = ? ORDER BY s.id",
+            (model,),
         ).fetchall()
         return [self._entry(row) for row in rows]
+
+    def _release(self, row: tuple) -> ReleaseRecord:
+        release_id, model, run, purpose, server_round, digest, noise_multiplier, answer = row
+        try:
+            loaded = None if answer is None else json.loads(answer)
+            if loaded is not None and not isinstance(loaded, dict):
+                raise ValueError("its answer is not a mapping")
+        except ValueError as error:
+            raise LedgerError(
+                f"privacy ledger {self.path}, table releases, row id {release_id}: invalid "
+                f"record ({error}); refusing to train"
+            ) from None
+        return ReleaseRecord(
+            release_id, model, run, purpose, server_round, digest, noise_multiplier, loaded
+        )
 
     def _entry(self, row: tuple) -> LedgerEntry:
         (entry_id, model, server_round, sample_rate, noise_multiplier, planned_steps, steps,
          max_grad_norm, budget_epsilon, delta, status, reserved_at, committed_at,
-         accountant, run) = row  # fmt: skip
+         accountant, run, mechanism, sensitivity, release_id, purpose) = row  # fmt: skip
         try:
             if status not in ("reserved", "committed"):
                 raise ValueError(f"unknown status {status!r}")
@@ -446,7 +651,11 @@ class PrivacyLedger:
                 raise ValueError(f"unknown accountant {accountant!r}")
             if not (isinstance(planned_steps, int) and 0 <= steps <= planned_steps):
                 raise ValueError(f"steps {steps!r} outside 0..planned {planned_steps!r}")
-            segment = DPSegment(sample_rate, noise_multiplier, steps)
+            if (release_id is None) != (mechanism == SUBSAMPLED_GAUSSIAN):
+                raise ValueError(f"a {mechanism} segment with release {release_id!r}")
+            if release_id is not None and purpose is None:
+                raise ValueError(f"release {release_id} is missing")
+            segment = DPSegment(sample_rate, noise_multiplier, steps, mechanism, sensitivity)
         except (TypeError, ValueError) as error:
             raise LedgerError(
                 f"privacy ledger {self.path}, table segments, row id {entry_id}: invalid "
@@ -466,6 +675,8 @@ class PrivacyLedger:
             committed_at=committed_at,
             accountant=accountant,
             run=run,
+            release_id=release_id,
+            purpose=TRAINING if purpose is None else purpose,
         )
 
     @contextmanager
@@ -499,18 +710,43 @@ class PrivacyLedger:
 
 
 def ledger_epsilon(
-    entries: list[LedgerEntry], delta: float, planned: tuple[DPSegment, str] | None = None
+    entries: list[LedgerEntry],
+    delta: float,
+    planned: tuple[DPSegment | list[DPSegment], str] | None = None,
 ) -> float:
-    """ε of a model's ledger entries (plus a ``planned`` (segment, accountant)) at ``delta``:
+    """ε of a model's ledger entries (plus ``planned`` (segments, accountant)) at ``delta``:
     the largest ε any accountant they name computes over all of them (0 without steps)."""
     segments = [entry.segment for entry in entries]
     names = {entry.accountant for entry in entries}
     if planned is not None:
-        segments.append(planned[0])
-        names.add(planned[1])
+        more, accountant = planned
+        segments.extend(more if isinstance(more, list) else [more])
+        names.add(accountant)
     return max(
         (create_accountant(name).epsilon(segments, delta) for name in sorted(names)), default=0.0
     )
+
+
+def _check_run_limit(
+    recorded: list[LedgerEntry],
+    run: str | None,
+    purpose: str,
+    planned: list[DPSegment],
+    accountant: str,
+    delta: float,
+    run_limit: tuple[int, float],
+) -> None:
+    """Refuse a release beyond the run's most releases or most ε of its purpose."""
+    most, budget = run_limit
+    ours = [e for e in recorded if e.run == run and e.purpose == purpose]
+    if len({entry.release_id for entry in ours}) >= most:
+        raise ReleaseLimit(f"this run has had the {most} {purpose} release(s) the policy allows")
+    epsilon = ledger_epsilon(ours, delta, planned=(planned, accountant))
+    if epsilon > budget * (1 + 1e-9):
+        raise ReleaseLimit(
+            f"this run's {purpose} releases would spend ε {epsilon:.3g}, more than the "
+            f"{budget:g} the policy allows per run"
+        )
 
 
 def _check_model(model: str) -> None:

@@ -69,8 +69,8 @@ def plan_dp(
     """Calibrate σ once for ``planned_rounds × local_epochs`` epochs at the site's size.
 
     ``delta`` defaults to :func:`default_delta` of the customers. With ``prior`` segments
-    (what earlier runs spent), ``epsilon_budget`` is the ε of all of them composed with
-    this plan, not of the plan alone.
+    (what earlier runs spent, this run's releases), ``epsilon_budget`` is the ε of all of
+    them composed with this plan, not of the plan alone.
 
     Raises:
         ValueError: invalid arguments, or no σ reaches the budget at this size.
@@ -151,15 +151,20 @@ def plan_site_run(
     local_epochs: int,
     planned_rounds: int,
     earlier: Sequence[LedgerEntry],
+    releases: Sequence[DPSegment] = (),
 ) -> RunGrant:
     """Turn a server's request into the plan the site's policy allows, or decline it.
 
     The server asks for ``requested_epsilon`` for this run of ``model``; ``earlier`` are
-    the model's ledger entries of *other* runs. The run may bring the model's ε at most to
-    ``min(cap, spent + min(request, max-epsilon-per-run))`` (spent and the target composed
-    by the policy's accountant), and σ is calibrated so that all earlier segments and
-    this run's whole plan stay within that. A request for no DP is declined when the
-    policy requires DP, and trained without DP (no plan) otherwise.
+    the model's ledger entries of *other* runs, ``releases`` this run's releases, made or
+    planned (its cohort sizes and evaluations), and ``n_customers`` the training cohort's
+    size as the site released it (a public, noisy count: nothing planned depends on the
+    exact one). The run may bring the model's ε at most to ``min(cap, spent +
+    min(request, max-epsilon-per-run))`` (spent and the target composed by the policy's
+    accountant, at the policy's δ, :func:`accounting_delta`), and σ is calibrated so that
+    all earlier segments, the run's releases and its whole training plan stay within
+    that. A request for no DP is declined when the policy requires DP, and trained
+    without DP (no plan) otherwise.
 
     Raises:
         PolicyDecline: DP is required but not asked for, the budget is spent, or no σ
@@ -173,7 +178,7 @@ def plan_site_run(
                 "this site's policy requires DP",
             )
         return RunGrant(None, "trained without DP as asked: this site's policy allows it")
-    delta = default_delta(n_customers) if policy.delta is None else policy.delta
+    delta = accounting_delta(policy, earlier)
     cap = policy.cap_for(model)
     spent = ledger_epsilon(list(earlier), delta)
     run_budget = min(requested_epsilon, policy.max_epsilon_per_run)
@@ -203,7 +208,7 @@ def plan_site_run(
             epsilon_budget=target,
             delta=delta,
             accountant=policy.accountant,
-            prior=[entry.segment for entry in earlier],
+            prior=[*(entry.segment for entry in earlier), *releases],
         )
     except ValueError as error:
         raise PolicyDecline(wire.DECLINED_BUDGET_EXHAUSTED, str(error)) from None
@@ -213,6 +218,46 @@ def plan_site_run(
         else ""
     )
     return RunGrant(plan, note)
+
+
+EVALUATION_SHARE = 0.25
+"""The share of a run's ε its evaluations may take alone, when less than the policy's
+evaluation ε (so a run asking little ε still has most of it for training)."""
+
+
+def evaluation_budget(policy: SitePolicy, requested_epsilon: float) -> float:
+    """The ε (alone) all of a run's evaluation releases of a model may spend: the policy's
+    evaluation ε, or :data:`EVALUATION_SHARE` of what the run may spend if that is less (a
+    run asked for no DP is held to the policy's evaluation ε)."""
+    if not (math.isfinite(requested_epsilon) and requested_epsilon > 0):
+        return policy.evaluation_epsilon
+    run_budget = min(requested_epsilon, policy.max_epsilon_per_run)
+    return min(policy.evaluation_epsilon, EVALUATION_SHARE * run_budget)
+
+
+def accounting_delta(policy: SitePolicy, entries: Sequence[LedgerEntry]) -> float:
+    """The δ a site's ε is computed at: the policy's fixed δ, or the smallest δ any of
+    ``entries`` was accounted at if that is smaller (an older ledger's rows; a policy
+    without a fixed δ has only those).
+
+    Raises:
+        ValueError: the policy fixes no δ and the ledger has none.
+    """
+    deltas = [entry.delta for entry in entries]
+    if policy.delta is not None:
+        deltas.append(policy.delta)
+    if not deltas:
+        raise ValueError(
+            "the site's policy fixes no δ; set one with `fedshop-site policy --set delta=...`"
+        )
+    return min(deltas)
+
+
+def site_delta(n_customers: int) -> float:
+    """The δ a site fixes in its policy when it is written: :func:`default_delta` of its
+    customers, rounded down to a power of ten — a size class, so that the δ in its replies
+    does not state its exact number of customers."""
+    return 10.0 ** math.floor(math.log10(default_delta(n_customers)) + 1e-9)
 
 
 def default_delta(n_customers: int) -> float:

@@ -21,11 +21,13 @@ Train reply (``RecordDict``):
   update (trained minus received weights) encoded by
   :func:`privacy.wire_encoding.encode_int8` after the DP noise.
 - ``"metrics"``: MetricRecord with exactly :data:`TRAIN_METRIC_KEYS`: the training
-  customers (``num-examples``: the site's size, the aggregation weight, a count over all
-  its training customers), and the site's *cumulative* privacy spend for the model as its
-  ledger computes it: ``epsilon`` at ``delta`` after ``dp-steps`` DP-SGD steps in all
-  rounds so far, with the ``noise-multiplier`` of this round (a function of the site's
-  size, the plan and its policy; the server screens the update's norm with it). A round
+  cohort's size as the site *released* it (``num-examples``: a noisy count,
+  :mod:`privacy.release`, made once per run and model and accounted in the ledger; the
+  aggregation weight, and the size the site planned its DP-SGD with), and the site's
+  *cumulative* privacy spend for the model as its ledger computes it: ``epsilon`` at
+  ``delta`` (fixed in the site's policy) after ``dp-steps`` DP steps in all rounds so far
+  (releases included), with the ``noise-multiplier`` of this round (a function of the
+  released size, the plan and its policy; the server screens the update's norm with it). A round
   trained without DP (only if the site's policy allows it) reports ``epsilon = inf``,
   ``delta = 0``, ``dp-steps = 0`` and ``noise-multiplier = 0``. No training loss leaves
   a site: a mean of the customers' un-noised losses is outside the DP guarantee.
@@ -33,9 +35,21 @@ Train reply (``RecordDict``):
   the server already knows from deployment; it is needed for per-storefront reports) and
   the site's privacy note ("" or why it planned the server's request down).
 
-Evaluate reply: MetricRecord ``"metrics"`` with exactly the model's evaluation keys, all
-sums or counts over at least the site's minimum cohort of held-out customers, and the
-``"site"`` record. Over fewer customers the site sends nothing but a ``suppressed`` error.
+Evaluate reply: MetricRecord ``"metrics"`` with exactly the model's evaluation keys: its
+queries' noisy answers (:attr:`models.registry.FederatedModel.evaluation_queries`, each
+customer's contribution bounded, discrete Gaussian noise, a ledger segment inside the
+site's cap), the held-out cohort's released size (``num-examples``), the standard
+deviation of each (:data:`NOISE_SD`, :data:`NUM_EXAMPLES_NOISE_SD`), the site's cumulative
+``epsilon`` and its :data:`EVALUATION_EPSILON`, and the ``"site"`` record. No exact count,
+pair count, bin mean or spread leaves. When the released held-out size is below the
+site's minimum cohort it sends nothing but a ``suppressed`` error, whose reason does not
+say by how much.
+
+Everything a server sends is checked before anything is reserved: the weights (finite,
+the model's names and shapes, within its :attr:`~models.registry.FederatedModel.max_abs_weight`),
+the shared facts (within the bounds of the site's policy, and the same for every message
+of a run: facts that change within a run are refused) and the plan; a refusal for any of
+these is ``invalid-server-input`` or ``privacy-policy`` and depends on the message alone.
 
 A site that declines replies with an error whose code is one of the codes of
 :data:`DECLINE_REASONS` and whose reason is ``"<reason code> (<storefront>): <detail>"``,
@@ -84,6 +98,18 @@ TRAIN_METRIC_KEYS: frozenset[str] = frozenset(
     {NUM_EXAMPLES, EPSILON, DELTA, DP_STEPS, NOISE_MULTIPLIER}
 )
 """The only metric keys a train reply may carry."""
+NOISE_SD = "noise-sd"
+"""Evaluate-reply key: the standard deviation of the noise on each released query value,
+in the query's own units (customers, or units of a [0, 1] value)."""
+NUM_EXAMPLES_NOISE_SD = "num-examples-noise-sd"
+"""Evaluate-reply key: the standard deviation of the noise on ``num-examples``."""
+EVALUATION_EPSILON = "evaluation-epsilon"
+"""Evaluate-reply key: the ε of the run's evaluation releases so far, alone, at the site's
+δ (its ``epsilon`` is its cumulative spend, everything composed)."""
+EVALUATION_RELEASE_KEYS: frozenset[str] = frozenset(
+    {NUM_EXAMPLES, NOISE_SD, NUM_EXAMPLES_NOISE_SD, EPSILON, EVALUATION_EPSILON}
+)
+"""The keys every evaluate reply carries beside the model's query answers."""
 
 STOREFRONT = "storefront"
 PRIVACY_NOTE = "privacy-note"
@@ -109,6 +135,9 @@ MODEL = "model"
 SERVER_ROUND = "server-round"
 ROUND_OFFSET = "round-offset"
 PLANNED_ROUNDS = "planned-rounds"
+PLANNED_EVALUATIONS = "planned-evaluations"
+"""Train- and evaluate-config key: how many evaluations of the model the server plans in
+the run; a site shares its evaluation ε among at most its policy's maximum of them."""
 PROXIMAL_MU = "proximal-mu"
 UPDATE_ENCODING = "update-encoding"
 """Train-config key: how the message's weights and the reply's update travel, one of
@@ -127,6 +156,10 @@ INSTALL_FAILED = 1006
 """A site that could not install the delivered bundle (its reply to the delivery)."""
 FACTS_UNKNOWN = 1007
 """A message carried only the digest of shared facts the site does not hold."""
+DECLINED_COHORT = 1008
+"""The training cohort, by the site's noisy count, is below its minimum cohort."""
+INVALID_INPUT = 1009
+"""The message's weights, facts or plan fail the site's checks (nothing was reserved)."""
 DECLINE_REASONS: dict[int, str] = {
     DECLINED_BUDGET_EXHAUSTED: "privacy-budget-exhausted",
     DECLINED_NO_DATA: "no-training-data",
@@ -135,9 +168,12 @@ DECLINE_REASONS: dict[int, str] = {
     SUPPRESSED: "suppressed",
     INSTALL_FAILED: "install-failed",
     FACTS_UNKNOWN: "facts-unknown",
+    DECLINED_COHORT: "below-minimum-cohort",
+    INVALID_INPUT: "invalid-server-input",
 }
 """Reason codes of a site's reasoned refusals. ``suppressed`` answers an evaluate
-message whose aggregates would cover fewer customers than the site's minimum cohort;
+message whose held-out cohort (by the site's noisy count) is below the site's minimum
+cohort, ``below-minimum-cohort`` a train message whose training cohort is;
 ``install-failed`` the delivery of a bundle the site could not verify or write;
 ``facts-unknown`` a message that named shared facts by a digest the site does not hold."""
 

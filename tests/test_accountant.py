@@ -228,3 +228,24 @@ def test_sites_of_different_sizes_with_one_sample_rate_share_one_calibration(mon
     assert [plan.customers for plan in plans] == [20, 37, 64]
     other = planning.plan_dp(n_customers=65, **common)  # two batches: a new calibration
     assert len(calls) == 2 and other.noise_multiplier != plans[0].noise_multiplier
+
+
+def test_a_release_composes_with_dp_sgd_as_zcdp_in_an_independent_rdp_accountant() -> None:
+    """A discrete Gaussian release with noise multiplier z is ρ = 1/(2z²)-zCDP (Canonne,
+    Kamath and Steinke 2020); dp_accounting's RDP accountant composes it with the DP-SGD
+    steps to the ε our RDP accountant reports."""
+    import dp_accounting
+    from dp_accounting.rdp import RdpAccountant
+
+    from privacy.accountants.base import DISCRETE_GAUSSIAN
+    from privacy.accountants.rdp import RDP_ORDERS
+
+    sgd = DPSegment(0.01, 1.1, 500)
+    releases = DPSegment(1.0, 3.0, 4, DISCRETE_GAUSSIAN, 100)
+    theirs = RdpAccountant(orders=RDP_ORDERS)
+    theirs.compose(
+        dp_accounting.PoissonSampledDpEvent(0.01, dp_accounting.GaussianDpEvent(1.1)), 500
+    )
+    theirs.compose(dp_accounting.ZCDpEvent(1 / (2 * 3.0**2)), 4)
+    assert epsilon_for([sgd, releases], 1e-6) == pytest.approx(theirs.get_epsilon(1e-6), rel=1e-6)
+    assert PLD.epsilon([sgd, releases], 1e-6) < epsilon_for([sgd, releases], 1e-6)

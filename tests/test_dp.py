@@ -122,8 +122,9 @@ def test_session_reports_the_sample_rate_opacus_really_uses(mode: str) -> None:
 def test_every_mode_samples_the_same_batches_and_accounts_the_same_segment() -> None:
     """Same seed, same Poisson batches and noise: only the per-example gradients' route
     differs, so the privacy accounting cannot."""
-    # n = 461, B = 5: q = 1/93, but Opacus draws int(1 / q) = 92 batches and make_private
-    # averages by int(n / 92) = 5, not int(n * q) = 4.
+    # n = 461, B = 5: q = 1/93, Opacus draws int(1 / q) = 92 batches, and every mode
+    # averages by int(n * q) = 4 of the public cohort size (Opacus's make_private would
+    # take int(n / 92) = 5 from the dataset's length).
     dataset = make_dataset(461)
     runs = {}
     for mode in MODES:
@@ -134,7 +135,7 @@ def test_every_mode_samples_the_same_batches_and_accounts_the_same_segment() -> 
             assert session.segment() == DPSegment(1 / 93, 0.8, 92)
     reference = runs["hooks"]
     for batches, expected_batch, steps in runs.values():
-        assert (expected_batch, steps) == reference[1:] == (5, 92)
+        assert (expected_batch, steps) == reference[1:] == (4, 92)
         assert all(torch.equal(a, b) for a, b in zip(batches, reference[0], strict=True))
 
 
@@ -358,3 +359,56 @@ def test_invalid_arguments_are_rejected() -> None:
         start(make_model(), dataset, mode="output", output_grad_samples=None)
     with pytest.raises(ValueError, match="batch_size"):
         start(make_model(), dataset, mode="hooks", batch_size=0)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_the_plan_follows_the_released_cohort_size_not_the_dataset(mode: str) -> None:
+    # 400 customers, released as 437: sampling and averaging come from 437, as planned.
+    with start(make_model(), make_dataset(400), mode=mode, cohort_size=437) as session:
+        assert session.sample_rate == opacus_sample_rate(437, 40) == 1 / 11
+        assert session.steps_per_epoch == opacus_steps_per_epoch(437, 40)
+        assert session.expected_batch_size == int(437 / 11)
+        session.run_epoch()
+        assert session.segment() == DPSegment(1 / 11, 0.8, session.steps_per_epoch)
+
+
+def test_an_empty_cohort_released_as_large_takes_every_step_of_pure_noise() -> None:
+    module = make_model()
+    before = {k: v.clone() for k, v in module.state_dict().items()}
+    with start(module, make_dataset(0), mode="hooks", cohort_size=120) as session:
+        assert session.run_epoch() != session.run_epoch()  # NaN: no example, no loss
+        assert session.steps_taken == 2 * opacus_steps_per_epoch(120, 40) == 6
+        after = session.state_dict()
+    moved = [not torch.equal(before[k], after[k]) for k in before]
+    assert all(moved)  # the noise moved every weight
+    assert all(torch.isfinite(v).all() for v in after.values())
+
+
+@pytest.mark.parametrize("mode", ["hooks", "output"])
+def test_an_example_whose_gradient_is_not_finite_contributes_zero(mode: str) -> None:
+    """One customer's loss overflows (as crafted weights can make it): the update is the one
+    the session makes when that customer's gradient is zero — finite, and the same whether
+    or not the customer was sampled."""
+    dataset = make_dataset(40)
+    poisoned = 7
+
+    def overflowing(module: nn.Module, batch) -> torch.Tensor:
+        features, labels = batch
+        losses = functional.cross_entropy(module(features), labels, reduction="none")
+        rows = (features == dataset.tensors[0][poisoned]).all(dim=1)
+        return losses * torch.where(rows, torch.inf, 1.0)  # its gradient alone overflows
+
+    def zero_for_the_poisoned(module: nn.Module, batch) -> torch.Tensor:
+        features, labels = batch
+        losses = functional.cross_entropy(module(features), labels, reduction="none")
+        rows = (features == dataset.tensors[0][poisoned]).all(dim=1)
+        return torch.where(rows, losses.detach() * 0, losses)
+
+    trained = {}
+    for name, loss_fn in (("inf", overflowing), ("zero", zero_for_the_poisoned)):
+        with start(make_model(), dataset, mode=mode, loss_fn=loss_fn, batch_size=40) as session:
+            session.run_epoch()  # one Poisson batch of rate 1: the poisoned customer is in it
+            trained[name] = session.state_dict()
+    for key, value in trained["inf"].items():
+        assert torch.isfinite(value).all()
+        assert torch.allclose(value, trained["zero"][key], atol=1e-6)

@@ -12,7 +12,7 @@ import pytest
 from independent_accounting import independent_epsilon
 
 from privacy.accountants import DPSegment, create_accountant
-from privacy.ledger import BudgetExceeded, LedgerError, PrivacyLedger
+from privacy.ledger import BudgetExceeded, LedgerError, PrivacyLedger, ReleaseLimit
 
 ROOT = Path(__file__).resolve().parents[1]
 DELTA = 1e-5
@@ -417,3 +417,85 @@ def test_a_row_naming_an_unknown_accountant_fails_closed(tmp_path: Path) -> None
         connection.execute("UPDATE segments SET accountant = 'guesswork'")
     with PrivacyLedger(path) as ledger, pytest.raises(LedgerError, match="unknown accountant"):
         ledger.epsilon("recommender", DELTA)
+
+
+RELEASE = [DPSegment(1.0, 4.0, 3, "discrete-gaussian", 100)]
+
+
+def reserve_evaluation(ledger: PrivacyLedger, run: str = "run-1", **overrides):
+    arguments = {
+        "purpose": "evaluation",
+        "budget_epsilon": 50.0,
+        "delta": DELTA,
+        "accountant": "pld",
+        "run": run,
+        "facts_digest": "f" * 64,
+    } | overrides
+    return ledger.reserve_release("recommender", RELEASE, **arguments)
+
+
+def test_a_release_counts_from_its_reservation_and_keeps_its_answer(tmp_path: Path) -> None:
+    with PrivacyLedger(tmp_path / "ledger.sqlite") as ledger:
+        reserve_round(ledger, budget=50.0)
+        training = ledger.epsilon("recommender", DELTA)
+        record = reserve_evaluation(ledger)
+        reserved = ledger.epsilon("recommender", DELTA)
+        assert reserved > training  # counted before any noise is drawn
+        recorded = ledger.record_release(record, {"ndcg-sum": 12.5})
+        assert recorded.answer == {"ndcg-sum": 12.5}
+        with pytest.raises(LedgerError, match="already recorded"):
+            ledger.record_release(record, {"ndcg-sum": 1.0})
+        assert ledger.epsilon("recommender", DELTA) == reserved
+        [release] = ledger.releases("recommender", run="run-1", purpose="evaluation")
+        assert (release.answer, release.facts_digest) == ({"ndcg-sum": 12.5}, "f" * 64)
+        purposes = [entry.purpose for entry in ledger.entries("recommender")]
+        assert purposes == ["training", "evaluation"]
+    # The DP-SGD steps and the release compose in one accountant; the model's segments name
+    # two, so the larger ε of the two is on record.
+    segments = [ROUND, *RELEASE]
+    both = [create_accountant(name).epsilon(segments, DELTA) for name in ("rdp", "pld")]
+    assert reserved == pytest.approx(max(both))
+
+
+def test_a_release_beyond_the_cap_or_the_runs_limits_is_refused(tmp_path: Path) -> None:
+    with PrivacyLedger(tmp_path / "ledger.sqlite") as ledger:
+        with pytest.raises(BudgetExceeded):
+            reserve_evaluation(ledger, budget_epsilon=0.5)
+        limit = (2, 100.0)
+        reserve_evaluation(ledger, run_limit=limit)
+        reserve_evaluation(ledger, run_limit=limit)
+        with pytest.raises(ReleaseLimit, match="2 evaluation release"):
+            reserve_evaluation(ledger, run_limit=limit)
+        reserve_evaluation(ledger, run="run-2", run_limit=limit)  # another run: its own limit
+        one = create_accountant("pld").epsilon(RELEASE, DELTA)
+        reserve_evaluation(ledger, run="run-3", run_limit=(9, one * 1.2))
+        with pytest.raises(ReleaseLimit, match="would spend"):
+            reserve_evaluation(ledger, run="run-3", run_limit=(9, one * 1.2))
+        assert len(ledger.releases("recommender")) == 4
+
+
+def test_a_version_3_ledger_is_upgraded_with_its_rows(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.sqlite"
+    with sqlite3.connect(path) as connection:  # the schema before releases
+        connection.executescript(
+            """
+            CREATE TABLE segments (
+                id INTEGER PRIMARY KEY AUTOINCREMENT, model TEXT NOT NULL, server_round INTEGER,
+                sample_rate REAL NOT NULL, noise_multiplier REAL NOT NULL,
+                planned_steps INTEGER NOT NULL, steps INTEGER NOT NULL,
+                max_grad_norm REAL NOT NULL, budget_epsilon REAL NOT NULL, delta REAL NOT NULL,
+                status TEXT NOT NULL, reserved_at TEXT NOT NULL, committed_at TEXT,
+                accountant TEXT NOT NULL DEFAULT 'rdp', run TEXT);
+            CREATE INDEX segments_by_model ON segments (model, id);
+            CREATE TABLE policies (id INTEGER PRIMARY KEY AUTOINCREMENT, set_at TEXT NOT NULL,
+                set_by TEXT NOT NULL, reason TEXT NOT NULL, policy TEXT NOT NULL);
+            INSERT INTO segments VALUES (1, 'churn', 1, 0.05, 1.5, 60, 60, 1.0, 8.0, 1e-5,
+                                         'committed', '2026-01-01', '2026-01-01', 'rdp', 'r');
+            PRAGMA user_version = 3;
+            """
+        )
+    with PrivacyLedger(path) as ledger:
+        [entry] = ledger.entries("churn")
+        assert (entry.purpose, entry.run, entry.segment) == ("training", "r", ROUND)
+        assert ledger.epsilon("churn", DELTA) == epsilon_for([ROUND], DELTA)
+        reserve_evaluation(ledger)  # the new tables work

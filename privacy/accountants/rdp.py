@@ -7,6 +7,11 @@ testing interpretations and Rényi differential privacy", Theorem 21), as Opacus
 Google's dp_accounting do. Fast (closed forms at integer orders) and stable at any ε; an
 upper bound, looser than :mod:`privacy.accountants.pld` by 5-15 % in ε at the project's
 schedules. Heterogeneous segments compose by adding their RDP curves.
+
+A release (:data:`privacy.accountants.base.DISCRETE_GAUSSIAN`) with noise scale ``σ = z·Δ``
+for sensitivity Δ is ρ-zCDP with ρ = Δ²/(2σ²) = 1/(2z²) (Canonne, Kamath and Steinke 2020,
+"The Discrete Gaussian for Differential Privacy", Thm 4; Thm 14 for vectors), i.e. RDP α·ρ
+at every order α: the curve of the un-subsampled continuous Gaussian with multiplier z.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from functools import lru_cache
 import numpy as np
 from scipy import special
 
-from privacy.accountants.base import Accountant
+from privacy.accountants.base import Accountant, Setting
 
 # The RDP orders α at which the privacy curve is evaluated: the integer orders of Google's
 # dp_accounting RdpAccountant defaults. Integer orders have a closed form (a finite binomial
@@ -37,10 +42,11 @@ class RDPAccountant(Accountant):
         f"integer orders {RDP_ORDERS[0]}..{RDP_ORDERS[-1]}; Balle et al. 2020 conversion)"
     )
 
-    def _epsilon(self, steps: dict[tuple[float, float], int], delta: float) -> float:
+    def _epsilon(self, steps: dict[Setting, int], delta: float) -> float:
+        # A release's zCDP curve is the Gaussian's at sample rate 1 (module docstring).
         total_rdp = sum(
-            count * _rdp_per_step(sample_rate, noise_multiplier)
-            for (sample_rate, noise_multiplier), count in steps.items()
+            count * _rdp_per_step(setting.sample_rate, setting.noise_multiplier)
+            for setting, count in steps.items()
         )
         return _epsilon_from_rdp(total_rdp, delta)
 
