@@ -15,7 +15,11 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from privacy.ledger import LEDGER_FILE, PrivacyLedger, ledger_epsilon
+import pandas as pd
+
+from models import schema
+from privacy.ledger import LEDGER_FILE, TRAINING, PrivacyLedger, ledger_epsilon
+from privacy.planning import accounting_delta, site_delta
 from privacy.policy import PolicyError, SitePolicy, from_settings
 
 SETTINGS = {
@@ -24,22 +28,46 @@ SETTINGS = {
     "delta": "delta",
     "dp-required": "dp_required",
     "min-cohort": "min_cohort",
+    "evaluation-epsilon": "evaluation_epsilon",
+    "max-evaluations-per-run": "max_evaluations_per_run",
+    "cohort-noise": "cohort_noise",
     "accountant": "accountant",
     "models": "models",
 }
-"""Command-line setting -> policy field; ``<model>.epsilon-cap`` sets one model's cap."""
+"""Command-line setting -> policy field; ``<model>.epsilon-cap`` sets one model's cap,
+``<model>.<bound>`` one of its fact bounds (named by the model)."""
 
 
 class PolicyCommandError(Exception):
     """A policy command cannot proceed; the message is one line for the user."""
 
 
+def default_policy(orders: pd.DataFrame) -> SitePolicy:
+    """The policy a site starts with for its prepared ``orders``: the defaults, with δ fixed
+    from its number of customers (:func:`privacy.planning.site_delta`) and the export's
+    first and last day, from which each model derives the bounds of its shared facts."""
+    customers = max(int(orders[schema.CUSTOMER].nunique()), 1)
+    return SitePolicy(delta=site_delta(customers), data_period=data_period(orders))
+
+
+def data_period(orders: pd.DataFrame) -> tuple[str, str] | None:
+    """The first and last day (UTC, ISO) of ``orders``; ``None`` for no order line."""
+    if orders.empty:
+        return None
+    times = orders[schema.TIMESTAMP].dt.tz_convert("UTC")
+    return times.min().date().isoformat(), times.max().date().isoformat()
+
+
 def ensure_default_policy(data_dir: Path, set_by: str) -> SitePolicy:
-    """The site's policy, set to the defaults first if it has none (``prepare`` does this)."""
+    """The site's policy, set to :func:`default_policy` of its prepared orders first if it
+    has none (``prepare`` does this)."""
     with PrivacyLedger(Path(data_dir) / LEDGER_FILE) as ledger:
         policy = ledger.policy()
         if policy is None:
-            policy = SitePolicy()
+            orders = pd.read_parquet(
+                Path(data_dir) / schema.ORDERS_FILE, columns=[schema.CUSTOMER, schema.TIMESTAMP]
+            )
+            policy = default_policy(orders)
             ledger.set_policy(policy, set_by=set_by, reason="the defaults, set at first prepare")
     return policy
 
@@ -52,27 +80,29 @@ def changed_policy(policy: SitePolicy, assignments: list[str]) -> SitePolicy:
     """
     changes: dict[str, Any] = {}
     caps = dict(policy.model_epsilon_caps)
+    bounds = {model: dict(values) for model, values in policy.fact_bounds.items()}
     for assignment in assignments:
         key, separator, text = assignment.partition("=")
         key = key.strip()
         if not separator or not key:
             raise PolicyCommandError(f"--set expects KEY=VALUE, got {assignment!r}")
         value = _value(text.strip())
+        model, dot, bound = key.rpartition(".")
         if key.endswith(".epsilon-cap"):
             caps[key.removesuffix(".epsilon-cap")] = value
-        elif key == "delta" and value == "auto":
-            changes["delta"] = None
         elif key == "models":
             changes["models"] = tuple(m.strip() for m in str(value).split(",") if m.strip())
         elif key in SETTINGS:
             changes[SETTINGS[key]] = value
+        elif dot and model and bound:
+            bounds.setdefault(model, {})[bound] = value
         else:
             raise PolicyCommandError(
                 f"unknown policy setting {key!r}; settings: {', '.join(SETTINGS)}, "
-                "<model>.epsilon-cap"
+                "<model>.epsilon-cap, <model>.<fact bound>"
             )
     try:
-        return from_settings(policy, {**changes, "model_epsilon_caps": caps})
+        return from_settings(policy, {**changes, "model_epsilon_caps": caps, "fact_bounds": bounds})
     except PolicyError as error:
         raise PolicyCommandError(str(error)) from None
 
@@ -88,8 +118,8 @@ def add_policy_parser(subparsers: argparse._SubParsersAction) -> None:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help=f"change a setting: {', '.join(SETTINGS)}, <model>.epsilon-cap "
-        "(e.g. --set <model>.epsilon-cap=12 --set delta=auto)",
+        help=f"change a setting: {', '.join(SETTINGS)}, <model>.epsilon-cap, "
+        "<model>.<fact bound> (e.g. --set <model>.epsilon-cap=12)",
     )
     parser.add_argument("--by", help="who changes the policy (recorded in the ledger)")
     parser.add_argument("--reason", help="why (recorded in the ledger)")
@@ -130,23 +160,32 @@ def add_privacy_report_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def site_privacy_report(data_dir: Path) -> list[dict[str, Any]]:
-    """Per model in the ledger: ε spent (by the accountants its segments name, at the δ
-    they were planned with), δ, DP steps, rounds, runs, and the policy's cap."""
+    """Per model in the ledger: ε spent (by the accountants its segments name, at the
+    policy's δ, :func:`privacy.planning.accounting_delta`), and of it on each purpose
+    alone (training, cohort sizes, evaluation), δ, DP steps, rounds, runs, the cap."""
     with PrivacyLedger(_ledger_path(data_dir)) as ledger:
         policy = ledger.policy() or SitePolicy()
         rows = []
         for model in ledger.models():
             entries = ledger.entries(model)
-            delta = max(entry.delta for entry in entries)
+            delta = accounting_delta(policy, entries)
             epsilon = ledger_epsilon(entries, delta)
+            purposes = sorted({entry.purpose for entry in entries})
             cap = policy.cap_for(model)
             rows.append(
                 {
                     "model": model,
                     "epsilon": epsilon,
+                    "epsilon-by-purpose": {
+                        purpose: ledger_epsilon([e for e in entries if e.purpose == purpose], delta)
+                        for purpose in purposes
+                    },
                     "delta": delta,
-                    "dp-steps": sum(entry.segment.steps for entry in entries),
-                    "rounds": len(entries),
+                    "dp-steps": sum(
+                        entry.segment.steps for entry in entries if entry.purpose == TRAINING
+                    ),
+                    "releases": len({e.release_id for e in entries if e.release_id is not None}),
+                    "rounds": sum(entry.purpose == TRAINING for entry in entries),
                     "runs": len({entry.run for entry in entries}),
                     "accountants": sorted({entry.accountant for entry in entries}),
                     "epsilon-cap": cap,
@@ -169,8 +208,9 @@ def run_privacy_report(args: argparse.Namespace) -> int:
         print(
             f"{row['model']}: ε {row['epsilon']:.4f} of cap {row['epsilon-cap']:g} "
             f"(δ = {row['delta']:.3g}, {', '.join(row['accountants'])}), "
-            f"{row['dp-steps']} DP steps in {row['rounds']} rounds of {row['runs']} runs; "
-            f"ε {row['epsilon-remaining']:.4f} remains"
+            f"{row['dp-steps']} DP steps in {row['rounds']} rounds and {row['releases']} "
+            f"releases of {row['runs']} runs; ε {row['epsilon-remaining']:.4f} remains; alone: "
+            + ", ".join(f"{p} ε {e:.3g}" for p, e in row["epsilon-by-purpose"].items())
             + (f"; {row['uncommitted']} rounds never confirmed" if row["uncommitted"] else "")
         )
     return 0

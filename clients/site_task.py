@@ -10,16 +10,20 @@ and only then builds the reply — weights plus the fixed keys of :mod:`privacy.
 customers, or ``suppressed`` when they are fewer than the policy's minimum cohort.
 
 Every failure at a site is a reasoned refusal, never a crash of the round: missing or
-unreadable data, a model the site's data cannot serve, a ledger that cannot be trusted,
-a spent budget, a request the policy does not allow — each becomes an error reply whose
-reason is ``"<reason code> (<storefront>): <detail>"`` (:func:`privacy.wire.decline_reason`),
-logged by the site in one line, and the server carries on without the site.
+unreadable data, input the site does not accept, a ledger that cannot be trusted, a spent
+budget, a request the policy does not allow, a cohort below the minimum — each becomes an
+error reply whose reason is ``"<reason code> (<storefront>): <detail>"``
+(:func:`privacy.wire.decline_reason`), logged by the site in one line, and the server
+carries on without the site. No reason quotes a count of the site's customers: the only
+refusal that depends on them, the minimum cohort, compares a released (noisy) count and
+does not say by how much.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import wraps
 from logging import WARNING
@@ -44,14 +48,44 @@ from clients import site_timing
 from clients.facts_store import recall_facts, remember_facts
 from clients.prepared_cache import ByteBudgetCache
 from clients.prepared_store import load_or_prepare, prepared_file
+from clients.server_input import (
+    FactsOutsidePolicy,
+    InvalidServerInput,
+    check_facts,
+    checked_module,
+    planned_evaluations,
+)
 from clients.site_data import SiteDataError, SiteLocation, load_orders, locate_site, storefront_of
+from clients.site_privacy import default_policy
+from clients.site_releases import (
+    EVALUATION,
+    FactsChanged,
+    cohort_sizes,
+    evaluation_answer,
+    planned_evaluation_segments,
+)
 from models import schema
 from models.registry import BUILTIN_MODELS, FederatedModel, SiteData, get_model
 from models.training import LocalTraining, TrainingSettings, simulation_seed
 from privacy import wire
+from privacy.accountants import DPSegment
 from privacy.console_errors import withheld
-from privacy.ledger import LEDGER_FILE, BudgetExceeded, LedgerError, PrivacyLedger
-from privacy.planning import PolicyDecline, RunGrant, plan_site_run
+from privacy.ledger import (
+    LEDGER_FILE,
+    BudgetExceeded,
+    LedgerEntry,
+    LedgerError,
+    PrivacyLedger,
+    ReleaseLimit,
+    ledger_epsilon,
+)
+from privacy.planning import (
+    PolicyDecline,
+    RunGrant,
+    accounting_delta,
+    evaluation_budget,
+    plan_site_run,
+)
 from privacy.policy import SitePolicy
 from privacy.wire_encoding import (
     FLOAT32,
@@ -117,67 +151,134 @@ class TrainingPlan:
 
     @classmethod
     def from_config(cls, config: ConfigRecord) -> TrainingPlan:
-        """Read the plan from the train config (keys in :mod:`privacy.wire`)."""
-        return cls(
-            model=str(config[wire.MODEL]),
-            settings=TrainingSettings.from_config(config, defaults=None),
-            requested_epsilon=float(config[wire.EPSILON_BUDGET]),
-            planned_rounds=int(config[wire.PLANNED_ROUNDS]),
-            server_round=int(config[wire.SERVER_ROUND]),
-            proximal_mu=float(config.get(wire.PROXIMAL_MU, 0.0)),
-            update_encoding=check_encoding(str(config.get(wire.UPDATE_ENCODING, FLOAT32))),
-        )
+        """Read the plan from the train config (keys in :mod:`privacy.wire`).
+
+        Raises:
+            InvalidServerInput: a key is missing or a value is invalid.
+        """
+        try:
+            plan = cls(
+                model=str(config[wire.MODEL]),
+                settings=TrainingSettings.from_config(config, defaults=None),
+                requested_epsilon=float(config[wire.EPSILON_BUDGET]),
+                planned_rounds=int(config[wire.PLANNED_ROUNDS]),
+                server_round=int(config[wire.SERVER_ROUND]),
+                proximal_mu=float(config.get(wire.PROXIMAL_MU, 0.0)),
+                update_encoding=check_encoding(str(config.get(wire.UPDATE_ENCODING, FLOAT32))),
+            )
+        except (KeyError, TypeError, ValueError, EncodingError) as error:
+            raise InvalidServerInput(f"the train config: {error}") from None
+        if plan.planned_rounds < 1 or not math.isfinite(plan.proximal_mu) or plan.proximal_mu < 0:
+            raise InvalidServerInput(
+                "the train config: planned rounds must be >= 1 and the proximal μ finite, >= 0"
+            )
+        return plan
+
+
+@dataclass(frozen=True)
+class Checked:
+    """A message's model, facts and global module after every check, with the site's data."""
+
+    location: SiteLocation
+    policy: SitePolicy
+    model: FederatedModel
+    facts: SharedFacts
+    module: nn.Module
+    received: dict[str, np.ndarray]
+    data: SiteData
+    storefront: str
+
+
+def checked_message(msg: Message, context: Context, model_name: str, encoding: str) -> Checked:
+    """What ``msg`` asks of this site, checked before anything is reserved
+    (:mod:`clients.server_input`), and the site's data for the model.
+
+    Raises:
+        SiteRefusal: input the site does not accept, or data it cannot read.
+    """
+    location = _location(context)
+    with site_timing.phase("policy"):
+        policy = site_policy(location)
+    model = _allowed_model(model_name, policy)
+    facts = shared_facts(msg, model, location)
+    try:
+        check_facts(model, facts.values, policy)
+        received = received_weights(msg, encoding)
+        with site_timing.phase("train"):
+            module = checked_module(model, facts.values, received)
+    except FactsOutsidePolicy as error:
+        raise SiteRefusal(wire.DECLINED_POLICY, str(error)) from None
+    except InvalidServerInput as error:
+        raise SiteRefusal(wire.INVALID_INPUT, str(error)) from None
+    data, storefront = prepared_data(location, model, facts)
+    return Checked(location, policy, model, facts, module, received, data, storefront)
 
 
 @reasoned
 def train_round(msg: Message, context: Context) -> Message:
     """A site's whole answer to a train message (see the module docstring)."""
-    plan = TrainingPlan.from_config(msg.content[wire.CONFIG])
-    location = _location(context)
-    with site_timing.phase("policy"):
-        policy = site_policy(location)
-    model = _allowed_model(plan.model, policy)
-    facts = shared_facts(msg, model, location)
-    data, storefront = prepared_data(location, model, facts)
-    n_customers = len(data.train)
-    if n_customers == 0:
-        raise SiteRefusal(wire.DECLINED_NO_DATA, f"no training customers for {model.name}")
-
+    config = msg.content[wire.CONFIG]
+    try:
+        plan = TrainingPlan.from_config(config)
+        checked = checked_message(msg, context, plan.model, plan.update_encoding)
+        evaluations = planned_evaluations(config, checked.policy)
+    except InvalidServerInput as error:
+        raise SiteRefusal(wire.INVALID_INPUT, str(error)) from None
+    model, location, policy = checked.model, checked.location, checked.policy
     run = str(context.run_id)
-    with site_timing.phase("plan"):
-        grant = _grant(location, policy, plan, n_customers, run)
-    reservation = None
-    if grant.plan is not None:
-        try:
-            with (
-                site_timing.phase("ledger"),
-                PrivacyLedger(location.ledger_dir / LEDGER_FILE) as ledger,
-            ):
-                reservation = ledger.reserve(
-                    model.name,
-                    grant.plan.round_segment,
-                    budget_epsilon=grant.plan.epsilon_budget,
-                    delta=grant.plan.delta,
-                    max_grad_norm=plan.settings.max_grad_norm,
-                    accountant=grant.plan.accountant,
-                    server_round=plan.server_round,
-                    run=run,
-                )
-        except BudgetExceeded as error:
-            raise SiteRefusal(wire.DECLINED_BUDGET_EXHAUSTED, str(error)) from None
-
-    with site_timing.phase("train"):
-        received = received_weights(msg, plan.update_encoding)
-        module = _global_module(model, facts, received)
     seed = _simulation_seed(context, plan.server_round) if location.simulated else None
+    rng = np.random.default_rng(seed)
+    with (
+        site_timing.phase("ledger"),
+        _site_ledger(location) as ledger,
+        _privacy_refusals(model.name),
+    ):
+        cohort = cohort_sizes(
+            ledger,
+            policy,
+            model,
+            checked.data,
+            facts_digest=checked.facts.digest,
+            run=run,
+            server_round=plan.server_round,
+            rng=rng,
+        )
+        if cohort.training < policy.min_cohort:
+            raise SiteRefusal(
+                wire.DECLINED_COHORT,
+                f"{model.name}: the training cohort is below this site's minimum cohort of "
+                f"{policy.min_cohort} customers; nothing trained",
+            )
+        n_customers = int(cohort.training)
+        entries = ledger.entries(model.name)
+        delta = accounting_delta(policy, [e for e in entries if e.run != run])
+        this_run = [e.segment for e in entries if e.run == run and e.release_id is not None]
+        budget = evaluation_budget(policy, plan.requested_epsilon)
+        releases = this_run + planned_evaluation_segments(policy, model, evaluations, budget, delta)
+        with site_timing.phase("plan"):
+            grant = _grant(policy, plan, n_customers, entries, run, releases)
+        reservation = None
+        if grant.plan is not None:
+            reservation = ledger.reserve(
+                model.name,
+                grant.plan.round_segment,
+                budget_epsilon=grant.plan.epsilon_budget,
+                delta=grant.plan.delta,
+                max_grad_norm=plan.settings.max_grad_norm,
+                accountant=grant.plan.accountant,
+                server_round=plan.server_round,
+                run=run,
+            )
+
     local = LocalTraining(
         settings=plan.settings,
         proximal_mu=plan.proximal_mu,
         noise_multiplier=None if grant.plan is None else grant.plan.noise_multiplier,
         seed=seed,
+        cohort_size=n_customers,
     )
     with site_timing.phase("train"):
-        result = model.train(module, data.train, local)
+        result = model.train(checked.module, checked.data.train, local)
 
     metrics = {
         wire.NUM_EXAMPLES: n_customers,
@@ -188,10 +289,7 @@ def train_round(msg: Message, context: Context) -> Message:
     }
     if reservation is not None:
         # The update leaves the site only after its real steps are confirmed on disk.
-        with (
-            site_timing.phase("ledger"),
-            PrivacyLedger(location.ledger_dir / LEDGER_FILE) as ledger,
-        ):
+        with site_timing.phase("ledger"), _site_ledger(location) as ledger:
             ledger.commit(reservation, steps_taken=result.dp_steps)
             status = ledger.budget_status(model.name, policy.cap_for(model.name), grant.plan.delta)
         metrics.update(
@@ -204,39 +302,106 @@ def train_round(msg: Message, context: Context) -> Message:
         )
     wire.check_keys(f"{model.name} train reply", metrics, wire.TRAIN_METRIC_KEYS)
     with site_timing.phase("reply"):
-        arrays = reply_arrays(module, received, plan.update_encoding, np.random.default_rng(seed))
-        return site_reply(msg, storefront, metrics, {wire.ARRAYS: arrays}, note=grant.note)
+        arrays = reply_arrays(checked.module, checked.received, plan.update_encoding, rng)
+        return site_reply(msg, checked.storefront, metrics, {wire.ARRAYS: arrays}, note=grant.note)
 
 
 @reasoned
 def evaluate_round(msg: Message, context: Context) -> Message:
-    """Evaluate the global model on the site's held-out customers: sums and counts over at
-    least the policy's minimum cohort, or ``suppressed``."""
-    location = _location(context)
-    with site_timing.phase("policy"):
-        policy = site_policy(location)
-    model = _allowed_model(str(msg.content[wire.CONFIG][wire.MODEL]), policy)
-    facts = shared_facts(msg, model, location)
-    data, storefront = prepared_data(location, model, facts)
+    """Evaluate the global model on the site's held-out customers: the model's queries
+    answered through the release mechanism, or ``suppressed`` below the minimum cohort."""
+    config = msg.content[wire.CONFIG]
+    try:
+        checked = checked_message(msg, context, str(config[wire.MODEL]), FLOAT32)
+        evaluations = planned_evaluations(config, checked.policy)
+        server_round = int(config.get(wire.SERVER_ROUND, 0))
+        requested = float(config.get(wire.EPSILON_BUDGET, checked.policy.evaluation_epsilon))
+    except (InvalidServerInput, KeyError, TypeError, ValueError) as error:
+        raise SiteRefusal(wire.INVALID_INPUT, f"the evaluate config: {error}") from None
+    model, policy = checked.model, checked.policy
+    run = str(context.run_id)
+    seed = _simulation_seed(context, server_round) if checked.location.simulated else None
+    rng = np.random.default_rng(seed)
     with site_timing.phase("evaluate"), torch.no_grad():
-        module = _global_module(model, facts, received_weights(msg, FLOAT32))
-        module.eval()
-        metrics = model.evaluate(module, data.evaluation, policy.min_cohort)
+        checked.module.eval()
+        values = model.evaluation_values(checked.module, checked.data.evaluation)
+    with _site_ledger(checked.location) as ledger, _privacy_refusals(model.name):
+        cohort = cohort_sizes(
+            ledger,
+            policy,
+            model,
+            checked.data,
+            facts_digest=checked.facts.digest,
+            run=run,
+            server_round=server_round,
+            rng=rng,
+        )
+        if cohort.held_out < policy.min_cohort or evaluations == 0:
+            raise SiteRefusal(
+                wire.SUPPRESSED,
+                f"{model.name}: the held-out cohort is below this site's minimum cohort of "
+                f"{policy.min_cohort} customers, or its policy allows no evaluation; nothing "
+                "sent",
+            )
+        answer, noise = evaluation_answer(
+            ledger,
+            policy,
+            model,
+            values,
+            evaluations=evaluations,
+            budget=evaluation_budget(policy, requested),
+            facts_digest=checked.facts.digest,
+            run=run,
+            server_round=server_round,
+            rng=rng,
+        )
+        entries = ledger.entries(model.name)
+    delta = accounting_delta(policy, entries)
+    evaluated = [e for e in entries if e.run == run and e.purpose == EVALUATION]
+    metrics = {
+        **answer,
+        wire.NUM_EXAMPLES: cohort.held_out,
+        wire.NOISE_SD: noise,
+        wire.NUM_EXAMPLES_NOISE_SD: policy.cohort_noise,
+        wire.EPSILON: ledger_epsilon(entries, delta),
+        wire.EVALUATION_EPSILON: ledger_epsilon(evaluated, delta),
+    }
     # A model bug must not put undocumented values on the wire.
     wire.check_keys(f"{model.name} evaluate reply", metrics, model.evaluate_metric_keys)
-    customers = int(metrics[wire.NUM_EXAMPLES])
-    if customers < policy.min_cohort:
-        raise SiteRefusal(
-            wire.SUPPRESSED,
-            f"{model.name} evaluation over {customers} held-out customers < minimum cohort "
-            f"{policy.min_cohort}; nothing sent",
-        )
-    return site_reply(msg, storefront, metrics, {})
+    return site_reply(msg, checked.storefront, metrics, {})
+
+
+@contextmanager
+def _site_ledger(location: SiteLocation) -> Iterator[PrivacyLedger]:
+    """The site's ledger, open; a ledger that cannot be trusted refuses."""
+    try:
+        with PrivacyLedger(location.ledger_dir / LEDGER_FILE) as ledger:
+            yield ledger
+    except LedgerError as error:
+        raise SiteRefusal(wire.DECLINED_SITE_ERROR, str(error)) from None
+
+
+@contextmanager
+def _privacy_refusals(model: str) -> Iterator[None]:
+    """The ledger's and the planner's refusals as the site's reasoned refusals."""
+    try:
+        yield
+    except BudgetExceeded as error:
+        raise SiteRefusal(wire.DECLINED_BUDGET_EXHAUSTED, str(error)) from None
+    except ReleaseLimit as error:
+        raise SiteRefusal(wire.DECLINED_POLICY, f"{model}: {error}") from None
+    except PolicyDecline as decline:
+        raise SiteRefusal(decline.code, str(decline).split(": ", 1)[1]) from None
+    except FactsChanged as error:
+        raise SiteRefusal(wire.INVALID_INPUT, str(error)) from None
+    except ValueError as error:  # the policy fixes no δ
+        raise SiteRefusal(wire.DECLINED_POLICY, f"{model}: {error}") from None
 
 
 def site_policy(location: SiteLocation) -> SitePolicy:
-    """The site's privacy policy from its ledger. A simulated site without one has the
-    defaults; a deployed site without one refuses (its data team sets it at ``prepare``).
+    """The site's privacy policy from its ledger. A simulated site without one has the one
+    ``prepare`` would write for its data (:func:`clients.site_privacy.default_policy`); a
+    deployed site without one refuses (its data team sets it at ``prepare``).
 
     Raises:
         SiteRefusal: no policy (deployment), or a ledger that cannot be trusted.
@@ -249,8 +414,8 @@ def site_policy(location: SiteLocation) -> SitePolicy:
         raise SiteRefusal(wire.DECLINED_SITE_ERROR, str(error)) from None
     if policy is not None:
         return policy
-    if location.simulated:
-        return SitePolicy()
+    if location.simulated:  # the researcher plays the site: the policy its prepare writes
+        return default_policy(load_orders(location, columns=[schema.CUSTOMER, schema.TIMESTAMP]))
     raise SiteRefusal(
         wire.DECLINED_POLICY,
         f"{path} holds no privacy policy; set one with `fedshop-site policy --data "
@@ -272,26 +437,25 @@ def _allowed_model(name: str, policy: SitePolicy) -> FederatedModel:
 
 
 def _grant(
-    location: SiteLocation, policy: SitePolicy, plan: TrainingPlan, n_customers: int, run: str
+    policy: SitePolicy,
+    plan: TrainingPlan,
+    n_customers: int,
+    entries: list[LedgerEntry],
+    run: str,
+    releases: list[DPSegment],
 ) -> RunGrant:
     """What the site's policy grants this run (see :func:`privacy.planning.plan_site_run`)."""
-    try:
-        with PrivacyLedger(location.ledger_dir / LEDGER_FILE) as ledger:
-            earlier = [entry for entry in ledger.entries(plan.model) if entry.run != run]
-        return plan_site_run(
-            policy,
-            plan.model,
-            requested_epsilon=plan.requested_epsilon,
-            n_customers=n_customers,
-            batch_size=plan.settings.batch_size,
-            local_epochs=plan.settings.local_epochs,
-            planned_rounds=plan.planned_rounds,
-            earlier=earlier,
-        )
-    except PolicyDecline as decline:
-        raise SiteRefusal(decline.code, str(decline).split(": ", 1)[1]) from None
-    except LedgerError as error:
-        raise SiteRefusal(wire.DECLINED_SITE_ERROR, str(error)) from None
+    return plan_site_run(
+        policy,
+        plan.model,
+        requested_epsilon=plan.requested_epsilon,
+        n_customers=n_customers,
+        batch_size=plan.settings.batch_size,
+        local_epochs=plan.settings.local_epochs,
+        planned_rounds=plan.planned_rounds,
+        earlier=[entry for entry in entries if entry.run != run],
+        releases=releases,
+    )
 
 
 def shared_facts(msg: Message, model: FederatedModel, location: SiteLocation) -> SharedFacts:
@@ -362,8 +526,8 @@ def prepared_data(
     catalogue or cutoff) have a new digest, so a new key.
 
     Raises:
-        SiteRefusal: the data cannot be read, or the model's protocol finds nothing to
-            learn from in it.
+        SiteRefusal: the data cannot be read, or the model's protocol cannot use the facts
+            (a protocol that finds no customer gives empty data, not a refusal).
     """
     path = location.orders_file
     try:
@@ -386,8 +550,11 @@ def prepared_data(
         return site_data_cache.get(key, version, from_store)
     except SiteDataError as error:
         raise SiteRefusal(wire.DECLINED_SITE_ERROR, str(error)) from None
-    except ValueError as error:  # the model's protocol: e.g. no customer before the cutoff
-        raise SiteRefusal(wire.DECLINED_NO_DATA, f"{model.name}: {error}") from None
+    except ValueError as error:  # the model's protocol refused the facts: its text may quote data
+        raise SiteRefusal(
+            wire.INVALID_INPUT,
+            f"{model.name}: the protocol cannot use these facts ({withheld(error)})",
+        ) from None
 
 
 def _read_and_prepare(
@@ -454,16 +621,6 @@ def reply_arrays(
     except EncodingError as error:
         raise SiteRefusal(wire.DECLINED_SITE_ERROR, f"update: {error}") from None
     return ArrayRecord({name: Array(value) for name, value in encoded.items()})
-
-
-def _global_module(
-    model: FederatedModel, facts: SharedFacts, weights: dict[str, np.ndarray]
-) -> nn.Module:
-    """A fresh module of ``model`` holding the global ``weights``."""
-    module = model.build(facts.values)
-    state = {name: torch.from_numpy(np.array(value)) for name, value in weights.items()}
-    module.load_state_dict(state, strict=True)
-    return module
 
 
 def site_reply(

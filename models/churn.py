@@ -18,14 +18,16 @@ DP clipping cannot account for): ``Linear -> ReLU -> Linear`` to one logit.
 :func:`per_example_loss` is the unreduced loss both :func:`train_churn` and DP-SGD
 (:class:`privacy.dp.DPTrainingSession`) use.
 
-Federated, each site sends the sums of :attr:`Churn.evaluate_metric_keys` over its
-held-out customers, and the server pools them into one ROC-AUC over all of them.
+Federated, each site releases a noisy histogram of its held-out customers' churn
+probabilities per label on a grid it fixes (:data:`SCORE_HISTOGRAM`, one customer in one
+cell: :mod:`privacy.release`), and the server pools the sites' histograms into one
+ROC-AUC over all of them and a Brier score from the cells' midpoints.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -44,6 +46,7 @@ from models.site_use import CHURN_RISK
 from models.training import LocalResult, LocalTraining, TrainingSettings, mean_finite
 from privacy import wire
 from privacy.accountants import DPSegment
+from privacy.release import Histogram
 
 LOG_FEATURE_MEAN: tuple[float, ...] = (4.0, 5.0, 1.2, 6.4, 3.4, 3.6, 5.6, 0.3, 0.6)
 """Shift of log1p(feature), in the order of :data:`models.churn_protocol.FEATURES`."""
@@ -138,11 +141,14 @@ def train_churn_private(
     noise_multiplier: float,
     max_grad_norm: float,
     seed: int | None = None,
+    cohort_size: int | None = None,
 ) -> tuple[list[float], DPSegment]:
     """User-level DP-SGD on :func:`per_example_loss` (Opacus, via
     :class:`privacy.dp.DPTrainingSession`): Poisson sampling over customers, per-example
     clipping to ``max_grad_norm``, Gaussian noise σ = ``noise_multiplier`` (calibrated by
-    the caller for the whole planned training). ``model`` ends with the trained weights.
+    the caller for the whole planned training), planned for ``cohort_size`` customers (a
+    site's released count; ``None``: the dataset's length). ``model`` ends with the
+    trained weights.
 
     Returns:
         The mean loss of each epoch, and the DP segment actually run (for the ledger).
@@ -158,6 +164,7 @@ def train_churn_private(
         max_grad_norm=max_grad_norm,
         loss_fn=per_example_loss,
         seed=seed,
+        cohort_size=cohort_size,
     ) as session:
         losses = [session.run_epoch() for _ in range(epochs)]
         segment = session.segment()
@@ -258,36 +265,29 @@ CUTOFF = "cutoff"
 """Shared fact (and run-config key ``churn.cutoff``): the churn protocol's cutoff,
 ISO-8601 in UTC. One date for all sites so labels mean the same everywhere: a site's own
 last timestamp would move the cutoff at small storefronts and change their labels."""
-SCORE_BIN_EDGES = "score-bin-edges"
-SCORE_BIN_MEANS = "score-bin-means"
-SCORE_BIN_DEVIATIONS = "score-bin-deviations"
 CHURN_CUTOFF = "churn-cutoff"
 """Bundle artefact: the :data:`CUTOFF` the weights were trained at."""
-SCORE_BINS_POSITIVE = "score-bins-positive"
-SCORE_BINS_NEGATIVE = "score-bins-negative"
-BRIER_SUM = "brier-sum"
-CONCORDANT_PAIRS = "concordant-pairs"
-SCORE_CELLS = 100
-"""Churn probabilities are histogrammed on a grid of this many cells of width 0.01, which
-each site merges into bins of at least its minimum cohort (:func:`models.metrics.cohort_bins`)."""
+CUTOFF_EARLIEST = "cutoff-earliest"
+CUTOFF_LATEST = "cutoff-latest"
+"""Fact bounds (a site's policy): the window a server's cutoff must fall in, ISO dates."""
+CUTOFF_MARGIN = pd.Timedelta(days=90)
+"""The default window leaves this much history before the cutoff: from the export's first
+day plus the margin to its last day (a cutoff at a shop's first orders picks a cohort of a
+handful of customers)."""
+SCORE_CELLS = 10
+"""Churn probabilities are counted in this many cells of width 0.1 per label. Fewer cells
+tie more pairs, more add more noise to the pooled AUC: on the bundled data at the default
+evaluation ε, 10 cells gave the smallest error (BENCHMARKS.md, "Noisy evaluation")."""
+SCORE_HISTOGRAM = "score-histogram"
+"""Evaluate-reply key: the held-out customers counted by (label, probability cell): cells
+``0 .. SCORE_CELLS - 1`` the churners, the next :data:`SCORE_CELLS` the others."""
 
 
 class Churn(FederatedModel):
     """The churn model as a federated model (see :mod:`models.registry`)."""
 
     name = "churn"
-    evaluate_metric_keys = frozenset(
-        {
-            wire.NUM_EXAMPLES,
-            SCORE_BIN_EDGES,
-            SCORE_BIN_MEANS,
-            SCORE_BIN_DEVIATIONS,
-            SCORE_BINS_POSITIVE,
-            SCORE_BINS_NEGATIVE,
-            BRIER_SUM,
-            CONCORDANT_PAIRS,
-        }
-    )
+    evaluation_queries = (Histogram(SCORE_HISTOGRAM, 2 * SCORE_CELLS),)
     headline_metric = "roc-auc"
     default_training = TrainingSettings(
         local_epochs=1, optimizer="sgd", learning_rate=0.05, batch_size=64, max_grad_norm=1.0
@@ -301,6 +301,7 @@ class Churn(FederatedModel):
         "num-customers": "held-out customers",
     }
     site_use = CHURN_RISK
+    max_abs_weight = 1e3
 
     def shared_facts(self, declared: Mapping[str, Any], whole_split: WholeSplit) -> dict[str, Any]:
         """The cutoff ``churn.cutoff`` (deployment; a zone-less time is UTC), else the
@@ -315,6 +316,30 @@ class Churn(FederatedModel):
         cutoff = cutoff.tz_localize("UTC") if cutoff.tzinfo is None else cutoff.tz_convert("UTC")
         return {CUTOFF: cutoff.isoformat()}
 
+    def check_facts(
+        self, facts: Facts, bounds: Mapping[str, Any], data_period: tuple[str, str] | None
+    ) -> None:
+        """The cutoff is a timestamp within the site's window, its days inclusive: by
+        default from :data:`CUTOFF_MARGIN` after the export's first day to its last day."""
+        unknown = sorted(set(bounds) - {CUTOFF_EARLIEST, CUTOFF_LATEST})
+        if unknown:
+            raise ValueError(f"unknown churn fact bounds {unknown}")
+        try:
+            cutoff = pd.Timestamp(str(facts[CUTOFF]))
+        except ValueError:
+            raise ValueError(f"the churn cutoff {facts[CUTOFF]!r} is not a timestamp") from None
+        if cutoff.tzinfo is None:
+            raise ValueError(f"the churn cutoff {facts[CUTOFF]!r} has no time zone")
+        first, last = data_period if data_period else (None, None)
+        earliest = bounds.get(CUTOFF_EARLIEST) or (
+            (pd.Timestamp(first) + CUTOFF_MARGIN).date().isoformat() if first else None
+        )
+        latest = bounds.get(CUTOFF_LATEST) or last
+        if earliest and cutoff < pd.Timestamp(earliest, tz="UTC"):
+            raise ValueError(f"the churn cutoff {cutoff} is before this site's {earliest}")
+        if latest and cutoff >= pd.Timestamp(latest, tz="UTC") + pd.Timedelta(days=1):
+            raise ValueError(f"the churn cutoff {cutoff} is after this site's {latest}")
+
     def build(self, facts: Facts) -> ChurnModel:
         """The churn MLP (its feature scaling is fixed in code, not exchanged)."""
         del facts
@@ -322,10 +347,14 @@ class Churn(FederatedModel):
 
     def site_data(self, orders: pd.DataFrame, facts: Facts) -> SiteData:
         """Churn protocol on the site's customers at the shared cutoff: the training part
-        and the fixed 20 % holdout."""
+        and the fixed 20 % holdout (both empty when nobody bought before the cutoff)."""
         if not facts.get(CUTOFF):
             raise ValueError(f"the churn protocol needs the shared cutoff in '{CUTOFF}'")
-        data = churn_data(orders, cutoff=pd.Timestamp(facts[CUTOFF]))
+        cutoff = pd.Timestamp(facts[CUTOFF])
+        try:
+            data = churn_data(orders, cutoff=cutoff)
+        except schema.NoCustomers:
+            data = ChurnData.empty(cutoff)
         return SiteData(train=churn_dataset(data.part(held_out=False)), evaluation=data.part(True))
 
     def train(self, module: nn.Module, dataset: Dataset, plan: LocalTraining) -> LocalResult:
@@ -353,45 +382,64 @@ class Churn(FederatedModel):
             noise_multiplier=plan.noise_multiplier,
             max_grad_norm=settings.max_grad_norm,
             seed=plan.seed,
+            cohort_size=plan.cohort_size,
         )
         return LocalResult(mean_finite(losses), segment.steps)
 
-    def evaluate(self, module: nn.Module, evaluation: ChurnData, min_cohort: int) -> dict[str, Any]:
-        """Churners and non-churners per score bin, each bin over at least ``min_cohort``
-        held-out customers (cells of :data:`SCORE_CELLS` merged from the low end), the
-        site's exact count of concordant (churner, non-churner) pairs (its ROC-AUC times
-        the pairs), the Brier sum and the count: aggregates over all the site's held-out
-        customers or a bin of at least ``min_cohort``; none resolves one customer."""
-        probabilities = predict_churn(module, evaluation.features)
-        return evaluation_sums(probabilities, evaluation.labels.to_numpy(), min_cohort)
+    def held_out_size(self, evaluation: ChurnData) -> int:
+        """The held-out customers."""
+        return len(evaluation.labels)
 
-    def summarise(self, sums: list[Mapping[str, Any]]) -> dict[str, float]:
-        """ROC-AUC over all the sites' customers (not an average of sites' AUCs), Brier
-        score, customer count and churn rate.
-
-        Pairs within a site are counted exactly (its concordant pairs); pairs across sites
-        from the sites' bins spread on the common grid, a pair inside one bin counting as
-        a tie: pooled pairs = Σ exact within-site + (grid pairs of the pooled histogram −
-        Σ grid pairs of each site alone).
-        """
-        grids = [
-            (_on_grid(site, SCORE_BINS_POSITIVE), _on_grid(site, SCORE_BINS_NEGATIVE))
-            for site in sums
-        ]
-        positives = sum(positive for positive, _ in grids)
-        negatives = sum(negative for _, negative in grids)
-        across = metrics.concordant_pairs_from_binned_counts(positives, negatives) - sum(
-            metrics.concordant_pairs_from_binned_counts(*grid) for grid in grids
-        )
-        concordant = sum(float(site[CONCORDANT_PAIRS]) for site in sums) + across
-        pairs = positives.sum() * negatives.sum()
-        count = int(round(positives.sum() + negatives.sum()))
-        brier = sum(float(site[BRIER_SUM]) for site in sums)
+    def evaluation_values(self, module: nn.Module, evaluation: ChurnData) -> dict[str, np.ndarray]:
+        """Each held-out customer's (label, probability cell) of :data:`SCORE_HISTOGRAM`
+        (a probability that is not finite is in no cell)."""
         return {
-            "roc-auc": concordant / pairs if pairs else math.nan,
-            "brier": brier / count if count else math.nan,
-            "num-customers": count,
-            "churn-rate": float(positives.sum()) / count if count else math.nan,
+            SCORE_HISTOGRAM: score_cells(
+                predict_churn(module, evaluation.features), evaluation.labels.to_numpy()
+            )
+        }
+
+    def summarise(self, answers: list[Mapping[str, Any]]) -> dict[str, float]:
+        """ROC-AUC over all the sites' held-out customers from their pooled histograms (a
+        pair in one cell counts as a tie; not an average of sites' AUCs), the Brier score
+        with every customer at their cell's midpoint, the customers and the churn rate.
+
+        Noisy counts are pooled as they are, negative ones included: the AUC's numerator
+        and the counts stay unbiased (clipping cells at zero biases the AUC towards 0.5);
+        only the resulting shares are kept in [0, 1].
+        """
+        pooled = np.sum([np.asarray(a[SCORE_HISTOGRAM], dtype=np.float64) for a in answers], axis=0)
+        churners, others = pooled[:SCORE_CELLS], pooled[SCORE_CELLS:]
+        if pooled.shape != (2 * SCORE_CELLS,):
+            raise ValueError(f"{SCORE_HISTOGRAM} must have {2 * SCORE_CELLS} cells")
+        positives, negatives = churners.sum(), others.sum()
+        midpoints = (np.arange(SCORE_CELLS) + 0.5) / SCORE_CELLS
+        counted = positives + negatives
+        squared_error = churners @ (1 - midpoints) ** 2 + others @ midpoints**2
+        customers = sum(float(a[wire.NUM_EXAMPLES]) for a in answers)
+        def share(part: float, whole: float) -> float:  # noisy counts: kept in [0, 1]
+            return min(max(part / whole, 0.0), 1.0) if whole > 0 else math.nan
+
+        concordant = metrics.concordant_pairs_from_binned_counts(churners, others)
+        return {
+            "roc-auc": share(concordant, positives * negatives) if positives > 0 else math.nan,
+            "brier": share(squared_error, counted),
+            "num-customers": int(round(customers)),
+            "churn-rate": share(positives, counted),
+        }
+
+    def held_out_metrics(
+        self, module: nn.Module, evaluations: Sequence[ChurnData]
+    ) -> dict[str, float]:
+        """ROC-AUC and Brier of the exact probabilities of all the held-out customers."""
+        probabilities = np.concatenate([predict_churn(module, e.features) for e in evaluations])
+        labels = np.concatenate([e.labels.to_numpy() for e in evaluations])
+        both = 0 < labels.sum() < labels.size
+        return {
+            "roc-auc": metrics.roc_auc(probabilities, labels) if both else math.nan,
+            "brier": metrics.brier(probabilities, labels) if labels.size else math.nan,
+            "num-customers": int(labels.size),
+            "churn-rate": float(labels.mean()) if labels.size else math.nan,
         }
 
     def artefacts(self, facts: Facts) -> dict[str, Any]:
@@ -424,38 +472,15 @@ class Churn(FederatedModel):
         return ChurnRisk(table, known=orders[schema.CUSTOMER].unique())
 
 
-def evaluation_sums(
-    probabilities: np.ndarray, labels: np.ndarray, min_cohort: int
-) -> dict[str, Any]:
-    """What a site sends of its held-out customers' churn probabilities and labels
-    (:meth:`Churn.evaluate`)."""
-    positives, negatives = metrics.binned_score_counts(probabilities, labels, SCORE_CELLS)
-    edges = metrics.cohort_bins(positives + negatives, min_cohort)
-    cell = np.minimum((probabilities * SCORE_CELLS).astype(np.int64), SCORE_CELLS - 1)
-    bin_of = np.searchsorted(edges, cell, side="right") - 1
-    bins = [probabilities[bin_of == number] for number in range(len(edges) - 1)]
-    return {
-        wire.NUM_EXAMPLES: int(labels.size),
-        SCORE_BIN_EDGES: edges.tolist(),
-        SCORE_BIN_MEANS: [float(scores.mean()) if scores.size else 0.0 for scores in bins],
-        SCORE_BIN_DEVIATIONS: [float(scores.std()) if scores.size else 0.0 for scores in bins],
-        SCORE_BINS_POSITIVE: np.add.reduceat(positives, edges[:-1]).tolist(),
-        SCORE_BINS_NEGATIVE: np.add.reduceat(negatives, edges[:-1]).tolist(),
-        BRIER_SUM: float(np.sum((probabilities - labels) ** 2)),
-        CONCORDANT_PAIRS: metrics.concordant_pairs(probabilities, labels),
-    }
-
-
-def _on_grid(site: Mapping[str, Any], key: str) -> np.ndarray:
-    """A site's bin counts under ``key`` spread over a fine grid by the bins' means and
-    deviations (:func:`models.metrics.spread_over_cells`)."""
-    return metrics.spread_over_cells(
-        site[SCORE_BIN_EDGES],
-        site[key],
-        SCORE_CELLS,
-        site[SCORE_BIN_MEANS],
-        site[SCORE_BIN_DEVIATIONS],
-    )
+def score_cells(probabilities: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Each customer's cell of :data:`SCORE_HISTOGRAM`: a churner's is their probability's
+    cell (width ``1 / SCORE_CELLS``), another customer's that cell plus :data:`SCORE_CELLS`;
+    NaN (no cell) for a probability that is not finite."""
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    finite = np.isfinite(probabilities)
+    cell = np.minimum(np.floor(np.where(finite, probabilities, 0.0) * SCORE_CELLS), SCORE_CELLS - 1)
+    cell = np.clip(cell, 0, SCORE_CELLS - 1) + np.where(np.asarray(labels) == 1, 0, SCORE_CELLS)
+    return np.where(finite, cell, np.nan)
 
 
 MODEL = Churn()

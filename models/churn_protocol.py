@@ -78,6 +78,21 @@ class ChurnData:
     holdout: pd.Series
     """True for the held-out evaluation customers (:func:`holdout_mask`)."""
 
+    @classmethod
+    def empty(cls, cutoff: pd.Timestamp) -> ChurnData:
+        """No customer at all (a site with nobody before the cutoff)."""
+        nobody = pd.Index([], dtype=object, name=schema.CUSTOMER)
+        return cls(
+            cutoff=cutoff,
+            features=pd.DataFrame(
+                np.zeros((0, len(FEATURES))), index=nobody, columns=list(FEATURES)
+            ),
+            labels=pd.Series([], index=nobody, dtype=np.int64),
+            storefront=pd.Series([], index=nobody, dtype=object),
+            first_invoice=pd.Series([], index=nobody, dtype=object),
+            holdout=pd.Series([], index=nobody, dtype=bool),
+        )
+
     def part(self, held_out: bool) -> ChurnData:
         """The held-out customers (True) or the training customers (False)."""
         return self.subset(self.holdout.to_numpy() == held_out)
@@ -225,7 +240,7 @@ def churn_data(
         cutoff = churn_cutoff(frame)
     features = churn_features(frame, cutoff)
     if features.empty:
-        raise ValueError(f"no customer has a purchase at or before the cutoff {cutoff}")
+        raise schema.NoCustomers(f"no customer has a purchase at or before the cutoff {cutoff}")
     labels = churn_labels(frame, cutoff, features.index)
     storefront = customer_home_storefront(frame).loc[features.index]
     anchors = first_invoices(frame, cutoff).loc[features.index]

@@ -129,7 +129,7 @@ def split_next_basket(frame: pd.DataFrame) -> NextBasketSplit:
     """Apply the protocol (module docstring) to order lines in the canonical schema."""
     purchases = clean_purchases(frame)
     if purchases.empty:
-        raise ValueError("no product purchase lines left after cleaning")
+        raise schema.NoCustomers("no product purchase lines left after cleaning")
     last = last_invoices(purchases)
     is_test = pd.MultiIndex.from_frame(purchases[[schema.CUSTOMER, schema.ORDER]]).isin(
         pd.MultiIndex.from_frame(last)

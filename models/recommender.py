@@ -73,6 +73,7 @@ from models.site_use import MAX_ITEMS, RECOMMEND
 from models.training import LocalResult, LocalTraining, TrainingSettings, mean_finite
 from privacy import wire
 from privacy.accountants import DPSegment
+from privacy.release import BoundedSum
 
 REPEAT_PRIOR_FEATURE = FEATURE_NAMES.index("log_invoices_with_item")
 """The personal feature the repeat-buying prior scales: increasing in how many of the
@@ -163,12 +164,15 @@ class DPConfig:
             gradient: the fastest), or Opacus's ``"hooks"`` (the same grad samplers, fed by
             Opacus's hooks) or ``"ghost"``; see :mod:`privacy.dp`.
         seed: seeds Poisson sampling and noise (``None`` in deployment).
+        cohort_size: the training cohort's size the sampling is planned for (a site's
+            released count; ``None``: the dataset's length).
     """
 
     noise_multiplier: float
     max_grad_norm: float
     grad_sample_mode: str = "output"
     seed: int | None = None
+    cohort_size: int | None = None
 
 
 @dataclass
@@ -201,7 +205,8 @@ def train_recommender(
     (:func:`models.optimizers.build_optimizer`).
 
     Without ``dp``: shuffled mini-batches. With ``dp``: Opacus DP-SGD through
-    :class:`privacy.dp.DPTrainingSession` (Poisson sampling at rate 1/⌈n/B⌉, per-example
+    :class:`privacy.dp.DPTrainingSession` (Poisson sampling at rate 1/⌈n/B⌉ for the cohort
+    size ``dp.cohort_size``, per-example
     clipping, Gaussian noise); the trained weights are copied back into ``model`` and the
     returned :attr:`TrainingResult.dp_segment` is what the ledger must record.
 
@@ -248,6 +253,7 @@ def train_recommender(
         output_grad_samples=type(model).per_example_gradients,
         collate_fn=collate_examples,
         seed=dp.seed,
+        cohort_size=dp.cohort_size,
     ) as session:
         for epoch in range(epochs):
             dataset.set_epoch(epoch)
@@ -319,13 +325,18 @@ CATALOGUE = "catalogue"
 """Shared fact (and run-config key ``recommender.catalogue``): the item catalogue, a list
 of item ids (position = output index). Product data, not customer data; one catalogue
 makes every site build the same network. In the run config: a file with one id per line."""
+MIN_CATALOGUE_ITEMS = "min-catalogue-items"
+"""Fact bound (a site's policy): the fewest items a server's catalogue may have."""
+DEFAULT_MIN_CATALOGUE_ITEMS = 20
+"""A catalogue of a handful of items turns the ranking metrics into questions about those
+items; the bundled catalogue has 3,676."""
 
 
 class Recommender(FederatedModel):
     """The next-basket recommender as a federated model (see :mod:`models.registry`)."""
 
     name = "recommender"
-    evaluate_metric_keys = frozenset({wire.NUM_EXAMPLES, HIT_SUM, RECALL_SUM, NDCG_SUM})
+    evaluation_queries = (BoundedSum(HIT_SUM), BoundedSum(RECALL_SUM), BoundedSum(NDCG_SUM))
     headline_metric = f"ndcg@{TOP_K}"
     default_training = TrainingSettings(
         local_epochs=2, optimizer="momentum", learning_rate=8.0, batch_size=500, max_grad_norm=0.1
@@ -352,18 +363,45 @@ class Recommender(FederatedModel):
             raise ValueError("the item catalogue is empty")
         return {CATALOGUE: items, TARGET_WINDOW: window}
 
+    def check_facts(
+        self, facts: Facts, bounds: Mapping[str, Any], data_period: tuple[str, str] | None
+    ) -> None:
+        """A catalogue of distinct item ids, at least the policy's smallest (default
+        :data:`DEFAULT_MIN_CATALOGUE_ITEMS`); a valid target window."""
+        del data_period
+        unknown = sorted(set(bounds) - {MIN_CATALOGUE_ITEMS})
+        if unknown:
+            raise ValueError(f"unknown recommender fact bounds {unknown}")
+        items = facts[CATALOGUE]
+        if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
+            raise ValueError("the recommender catalogue must be a list of item ids")
+        if len(set(items)) != len(items):
+            raise ValueError("the recommender catalogue lists an item id twice")
+        smallest = int(bounds.get(MIN_CATALOGUE_ITEMS, DEFAULT_MIN_CATALOGUE_ITEMS))
+        if len(items) < smallest:
+            raise ValueError(
+                f"the recommender catalogue has {len(items)} items, this site's policy "
+                f"needs at least {smallest}"
+            )
+        parse_target_window(facts.get(TARGET_WINDOW, ""))
+
     def build(self, facts: Facts) -> NextBasketRecommender:
         """The recommender over the shared catalogue."""
         return NextBasketRecommender(len(_catalogue(facts)))
 
     def site_data(self, orders: pd.DataFrame, facts: Facts) -> SiteData:
         """Next-basket protocol on the site's customers, over the shared catalogue, with
-        the shared target window (the default where the facts carry none: a bundle's)."""
+        the shared target window (the default where the facts carry none: a bundle's);
+        no examples at all when the site has no product purchase."""
         vocabulary = _catalogue(facts)
         window = parse_target_window(facts.get(TARGET_WINDOW, ""))
-        split = split_next_basket(orders)
-        histories = build_histories(split.train, vocabulary)
-        tested = {c: b for c, b in split.test_baskets.items() if c in histories}
+        try:
+            split = split_next_basket(orders)
+        except schema.NoCustomers:
+            histories, tested = {}, {}
+        else:
+            histories = build_histories(split.train, vocabulary)
+            tested = {c: b for c, b in split.test_baskets.items() if c in histories}
         return SiteData(
             train=TrainingExamples(histories, target_window=window),
             evaluation=EvaluationExamples(histories, tested, vocabulary),
@@ -374,7 +412,12 @@ class Recommender(FederatedModel):
         settings = plan.settings
         dp = None
         if plan.noise_multiplier is not None:
-            dp = DPConfig(plan.noise_multiplier, settings.max_grad_norm, seed=plan.seed)
+            dp = DPConfig(
+                plan.noise_multiplier,
+                settings.max_grad_norm,
+                seed=plan.seed,
+                cohort_size=plan.cohort_size,
+            )
         result = train_recommender(
             module,
             dataset,
@@ -389,13 +432,15 @@ class Recommender(FederatedModel):
         steps = result.dp_segment.steps if result.dp_segment is not None else 0
         return LocalResult(mean_finite(result.epoch_losses), steps)
 
-    def evaluate(
-        self, module: nn.Module, evaluation: EvaluationExamples, min_cohort: int
-    ) -> dict[str, Any]:
-        """Sums of HR@10, Recall@10 and NDCG@10 over the site's test customers, and their
-        count (each a sum over all of them: no finer aggregate, whatever ``min_cohort``)."""
-        del min_cohort
-        sums = {HIT_SUM: 0.0, RECALL_SUM: 0.0, NDCG_SUM: 0.0}
+    def held_out_size(self, evaluation: EvaluationExamples) -> int:
+        """The test customers."""
+        return len(evaluation)
+
+    def evaluation_values(
+        self, module: nn.Module, evaluation: EvaluationExamples
+    ) -> dict[str, np.ndarray]:
+        """Each test customer's HR@10, Recall@10 and NDCG@10 (each in [0, 1])."""
+        values = {HIT_SUM: [], RECALL_SUM: [], NDCG_SUM: []}
         # A chunk of customers at a time: the target matrix of a 200k-customer storefront
         # over the catalogue would be most of a GiB.
         for start in range(0, len(evaluation), EVALUATION_CHUNK):
@@ -406,21 +451,25 @@ class Recommender(FederatedModel):
                 targets[position, evaluation.target_items(row)] = True
             scores = metrics.ranking_metrics(ranked, targets, k=TOP_K)
             for key, metric in ((HIT_SUM, "hr"), (RECALL_SUM, "recall"), (NDCG_SUM, "ndcg")):
-                sums[key] += float(scores[f"{metric}@{TOP_K}"].sum())
-        return {wire.NUM_EXAMPLES: len(evaluation), **sums}
+                values[key].append(scores[f"{metric}@{TOP_K}"])
+        return {
+            key: np.concatenate(parts) if parts else np.zeros(0) for key, parts in values.items()
+        }
 
-    def summarise(self, sums: list[Mapping[str, Any]]) -> dict[str, float]:
-        """HR@10, Recall@10 and NDCG@10 as means over the test customers, and their count."""
-        count = sum(float(site[wire.NUM_EXAMPLES]) for site in sums)
+    def summarise(self, answers: list[Mapping[str, Any]]) -> dict[str, float]:
+        """HR@10, Recall@10 and NDCG@10 as means over the test customers (pooled sums over
+        pooled sizes, each kept in [0, 1]), and their count."""
+        count = sum(float(answer[wire.NUM_EXAMPLES]) for answer in answers)
 
         def mean(key: str) -> float:
-            return sum(float(site[key]) for site in sums) / count if count > 0 else math.nan
+            total = sum(float(answer[key]) for answer in answers)
+            return min(max(total / count, 0.0), 1.0) if count >= 1 else math.nan
 
         return {
             f"hr@{TOP_K}": mean(HIT_SUM),
             f"recall@{TOP_K}": mean(RECALL_SUM),
             f"ndcg@{TOP_K}": mean(NDCG_SUM),
-            "num-customers": int(count),
+            "num-customers": int(round(count)),
         }
 
     def artefacts(self, facts: Facts) -> dict[str, Any]:

@@ -9,9 +9,16 @@ simulations need, so none of them names a model:
 - its **examples** from a site's orders: one training example per customer (user-level DP)
   and the held-out evaluation data, by the model's fixed protocol;
 - the **torch module**, its plain and DP-SGD **training** (DP through :mod:`privacy.dp`);
-- **evaluation**: the sums and counts a site sends (exactly
-  :attr:`FederatedModel.evaluate_metric_keys`, nothing per customer) and how the server
-  pools several sites' sums into metrics;
+- **evaluation**: the queries a site answers about its held-out customers through the
+  release mechanism (:attr:`FederatedModel.evaluation_queries`, :mod:`privacy.release`:
+  each customer's contribution bounded, discrete Gaussian noise, accounted in the ledger),
+  each customer's value for them, how the server pools several sites' noisy answers into
+  metrics, and the exact metrics of held-out customers for whoever holds them (the site
+  itself, or a researcher's simulation);
+- what a server may send it: the **bounds** its shared facts must respect at a site
+  (:meth:`FederatedModel.check_facts`: defaults from the site's export period, overridden
+  by its policy) and the largest weight magnitude it accepts
+  (:attr:`FederatedModel.max_abs_weight`);
 - its **default local-training settings**, the **artefacts** its bundle carries (and the
   facts a site rebuilds from them), and its **use at a site** (:mod:`models.site_use`):
   the command and API resource a storefront reads, and every customer's answer.
@@ -39,6 +46,8 @@ from torch.utils.data import Dataset
 from models import schema
 from models.site_use import SiteScores, SiteUse
 from models.training import LocalResult, LocalTraining, TrainingSettings
+from privacy import wire
+from privacy.release import Query, exact_values
 
 BUILTIN_MODELS: tuple[str, ...] = ("churn", "recommender")
 """The models shipped in this package, in the order a run trains them by default."""
@@ -76,8 +85,9 @@ class FederatedModel(ABC):
 
     name: str
     """The registry name: ``models/<name>.py`` for a built-in model, else the module path."""
-    evaluate_metric_keys: frozenset[str]
-    """The only keys a site's evaluate reply for this model may carry (sums and counts)."""
+    evaluation_queries: tuple[Query, ...]
+    """What a site releases about its held-out customers per evaluation (noisy, bounded
+    per customer; :mod:`privacy.release`)."""
     headline_metric: str
     """The metric reports and the console show for the model (e.g. ``ndcg@10``)."""
     default_training: TrainingSettings
@@ -91,6 +101,17 @@ class FederatedModel(ABC):
     """How reports name the model's metrics (default: as :meth:`summarise` names them)."""
     site_use: SiteUse | None = None
     """How a storefront uses the model (None: it is trained, not served)."""
+    max_abs_weight: float = 1e4
+    """The largest weight magnitude a site accepts from a server: crafted weights that make
+    one customer's loss overflow are refused before anything is reserved (a finite loss
+    with an infinite gradient still contributes zero, :mod:`privacy.dp`)."""
+
+    @property
+    def evaluate_metric_keys(self) -> frozenset[str]:
+        """The only keys a site's evaluate reply may carry: the queries' noisy answers, the
+        held-out cohort's noisy size, and the noise of each."""
+        names = {query.name for query in self.evaluation_queries}
+        return frozenset(names | wire.EVALUATION_RELEASE_KEYS)
 
     def shared_facts(self, declared: Mapping[str, Any], whole_split: WholeSplit) -> dict[str, Any]:
         """The facts every site needs, from the run config's values (``declared``: the
@@ -122,16 +143,50 @@ class FederatedModel(ABC):
         """Train ``module`` in place on one-example-per-customer ``dataset``: plain, or
         DP-SGD at ``plan.noise_multiplier`` (Opacus, :mod:`privacy.dp`)."""
 
-    @abstractmethod
-    def evaluate(self, module: nn.Module, evaluation: Any, min_cohort: int) -> dict[str, Any]:
-        """Held-out data -> exactly :attr:`evaluate_metric_keys`: sums and counts a server
-        can pool, each over at least ``min_cohort`` customers, no per-customer value (the
-        site sends nothing when ``num-examples`` is below ``min_cohort``)."""
+    def check_facts(
+        self, facts: Facts, bounds: Mapping[str, Any], data_period: tuple[str, str] | None
+    ) -> None:
+        """Refuse shared facts a site does not accept, before anything is reserved: outside
+        ``bounds`` (the policy's for this model, :meth:`privacy.policy.SitePolicy.bounds_for`)
+        or, where a bound is not set, outside the model's defaults for the site's export
+        ``data_period`` (first and last day). The message names the fact and the bound.
+
+        Raises:
+            ValueError: a fact outside its bounds, or malformed.
+        """
+        del facts, data_period
+        if bounds:
+            raise ValueError(f"model {self.name} knows no fact bounds, got {sorted(bounds)}")
 
     @abstractmethod
-    def summarise(self, sums: list[Mapping[str, Any]]) -> dict[str, float]:
-        """Metrics over all the held-out customers of the sites whose :meth:`evaluate`
-        sums are given (one site: that storefront's metrics)."""
+    def held_out_size(self, evaluation: Any) -> int:
+        """How many held-out customers ``evaluation`` holds."""
+
+    @abstractmethod
+    def evaluation_values(self, module: nn.Module, evaluation: Any) -> dict[str, np.ndarray]:
+        """Each held-out customer's value for each of :attr:`evaluation_queries` (one array
+        per query name, customers in the same order), as :func:`privacy.release.release`
+        bounds and sums them."""
+
+    @abstractmethod
+    def summarise(self, answers: list[Mapping[str, Any]]) -> dict[str, float]:
+        """Metrics over all the held-out customers of the sites whose answers are given
+        (one site: that storefront's metrics). An answer holds each query's value by name
+        and ``num-examples``: released (noisy) at a server, exact at the site itself."""
+
+    def held_out_metrics(self, module: nn.Module, evaluations: Sequence[Any]) -> dict[str, float]:
+        """The exact metrics of ``module`` over the held-out customers of ``evaluations``
+        (one per site), for whoever holds them all: a site its own, a researcher's
+        simulation every storefront's. Default: :meth:`summarise` of the exact answers."""
+        return self.summarise(
+            [
+                {
+                    **exact_values(self.evaluation_queries, self.evaluation_values(module, data)),
+                    wire.NUM_EXAMPLES: self.held_out_size(data),
+                }
+                for data in evaluations
+            ]
+        )
 
     def artefacts(self, facts: Facts) -> dict[str, Any]:
         """JSON-serialisable artefacts the model bundle carries (default: the facts)."""

@@ -42,6 +42,13 @@ ARROW_SCHEMA = pa.schema(
 )
 """Parquet schema of a prepared storefront file (:data:`ORDERS_FILE`)."""
 
+
+class NoCustomers(ValueError):
+    """A protocol finds no customer in the order lines it is given (e.g. none before a
+    churn cutoff). At a site this is a cohort of zero, not an error: what the site does
+    with it must not differ from a cohort of one (:mod:`privacy.release`)."""
+
+
 SUMMARY_FILE = "summary.csv"
 """A storefront split's summary table (customers, orders, lines, items, dates per storefront)."""
 

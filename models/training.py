@@ -6,7 +6,8 @@ learning rate, batch size, DP clipping norm): each model declares its defaults
 (``[tool.flwr.app.config.<model>]``) overrides them, and the server sends them to the
 sites under the keys of :data:`privacy.wire.MODEL_TRAINING_KEYS`.
 :class:`LocalTraining` adds what a round needs beyond them: FedProx's μ, the DP noise
-multiplier (or none) and a seed; :func:`simulation_seed` says which of a simulation's
+multiplier (or none), a seed and the public cohort size DP-SGD plans with;
+:func:`simulation_seed` says which of a simulation's
 reproducible runs is being trained.
 """
 
@@ -107,6 +108,9 @@ class LocalTraining:
     """σ of DP-SGD; ``None`` trains without DP."""
     seed: int | None = None
     """Seeds sampling and noise in simulation; ``None`` in deployment."""
+    cohort_size: int | None = None
+    """The training cohort's size DP-SGD plans its sampling with: the site's released
+    (noisy) count, never its exact one (:mod:`privacy.dp`); ``None``: the dataset's length."""
 
 
 @dataclass(frozen=True)

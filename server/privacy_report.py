@@ -52,18 +52,24 @@ class SitePrivacy:
     """``match``, ``ledger-higher`` or ``mismatch`` (simulation), or ``reported``."""
     privacy_note: str = ""
     """The site's last note on the run (e.g. why it planned a request down)."""
+    evaluation_epsilon: float = 0.0
+    """The ε of the run's evaluation releases alone (at the same δ; in ``epsilon`` composed
+    with everything else)."""
+    releases: int = 0
+    """The site's releases of the model (cohort sizes, evaluations; 0 where unknown)."""
 
 
 def reported_privacy(round_records: list[dict[str, Any]]) -> list[SitePrivacy]:
     """Rows from the sites' reports in ``round_records`` (``rounds.jsonl``): each site's
-    latest report per model, and in how many rounds it trained."""
+    latest report per model (its train reply, or its evaluate reply after it), and in how
+    many rounds it trained."""
     latest: dict[tuple[str, str], dict[str, Any]] = {}
     rounds: dict[tuple[str, str], int] = {}
     for record in round_records:
         for storefront, reported in record.get("privacy", {}).items():
             key = (record["model"], storefront)
-            latest[key] = reported
-            rounds[key] = rounds.get(key, 0) + 1
+            latest[key] = {**latest.get(key, {}), **reported}
+            rounds[key] = rounds.get(key, 0) + (wire.DP_STEPS in reported)
     rows = []
     for (model, storefront), reported in sorted(latest.items()):
         epsilon = float(reported.get(wire.EPSILON, math.nan))
@@ -86,6 +92,7 @@ def reported_privacy(round_records: list[dict[str, Any]]) -> list[SitePrivacy]:
                 reported_dp_steps=steps,
                 check=REPORTED,
                 privacy_note=str(reported.get(wire.PRIVACY_NOTE, "")),
+                evaluation_epsilon=float(reported.get(wire.EVALUATION_EPSILON, 0.0)),
             )
         )
     return rows

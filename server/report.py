@@ -335,9 +335,10 @@ def load_comparison(path: Path) -> dict[str, Any]:
 
 def reference_frame(run: RunResults, model: str, comparison: dict[str, Any]) -> pd.DataFrame:
     """The model's headline metric by group (this run's: overall, outside the UK,
-    storefronts): this run's final round beside every run and baseline of ``comparison``."""
+    storefronts): this run's final models — exact where the run has them (simulation),
+    else the server's estimates — beside every run and baseline of ``comparison``."""
     metric = headline_metric(model)
-    this_run = final_rows(run.final(model), model)
+    this_run = final_rows(run.scored(model), model)
     columns = {f"this run ({run.run_dir.name})": this_run}
     for name, reference in comparison[model]["runs"].items():
         columns[name] = reference["metrics"]
@@ -366,10 +367,18 @@ def _reference_sections(run: RunResults, comparison: dict[str, Any], path: Path)
 
 
 def _final_overall(run: RunResults) -> pd.DataFrame:
+    """Per model: the server's pooled estimates with their spread (``-sd``), and in a
+    simulation the exact figures beside them."""
     rows = []
     for model, records in run.rounds.items():
-        metrics = overall_metrics(run.final(model))
-        rows.append({"model": model, "round": records[-1]["round"], **metrics})
+        kinds = {"server's estimate (from noisy releases)": run.final(model)}
+        if model in run.exact:
+            kinds["exact (simulation only)"] = run.exact[model]
+        for kind, metrics in kinds.items():
+            rows.append(
+                {"model": model, "round": records[-1]["round"], "figures": kind}
+                | overall_metrics(metrics)
+            )
     return pd.DataFrame(rows)
 
 

@@ -9,3 +9,6 @@ RESOLVED_CONFIG = "config.json"
 """The run's resolved run config."""
 DELIVERY_LOG = "delivery.json"
 """Which sites installed the run's delivered model bundle, and which did not."""
+EXACT_EVALUATION = "exact-evaluation.json"
+"""Simulation only: the final models' exact metrics on every storefront's held-out
+customers (:mod:`simulations.exact_evaluation`), beside the server's noisy estimates."""

@@ -1,8 +1,10 @@
 """What a run directory says about a run's results: rounds, final metrics, rows by group.
 
 A run's per-round log (``rounds.jsonl``) holds, per model and round, the server's pooled
-evaluation: overall metrics under their own names and each storefront's as
-``<storefront>/<metric>``. :func:`load_run` reads it with the resolved config;
+evaluation — estimates from the sites' noisy answers, each metric with its ``-sd`` spread:
+overall metrics under their own names and each storefront's as ``<storefront>/<metric>``.
+A simulation adds the final models' exact metrics in the same naming
+(``exact-evaluation.json``). :func:`load_run` reads both with the resolved config;
 :func:`final_rows` turns the final round into rows by group (overall, outside the UK,
 storefronts) as the comparison tables have them.
 """
@@ -11,14 +13,15 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from models.baselines import OUTSIDE_UK, UK
 from models.metrics import OVERALL
 from models.registry import get_model
-from server.run_files import RESOLVED_CONFIG, ROUNDS_LOG
+from server.evaluation import SPREAD_SUFFIX
+from server.run_files import EXACT_EVALUATION, RESOLVED_CONFIG, ROUNDS_LOG
 
 STOREFRONT_SEPARATOR = "/"
 """Separates storefront and metric in per-storefront metric names."""
@@ -32,6 +35,8 @@ class RunResults:
     config: dict[str, Any]
     rounds: dict[str, list[dict[str, Any]]]
     """model -> its round records (``rounds.jsonl``), in round order."""
+    exact: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """model -> the final models' exact metrics (simulation only; empty in deployment)."""
 
     @property
     def epsilon(self) -> float:
@@ -39,9 +44,16 @@ class RunResults:
         return float(self.config.get("epsilon", 0.0))
 
     def final(self, model: str) -> dict[str, Any]:
-        """The last round's pooled evaluation metrics of ``model`` ({} if none)."""
-        records = self.rounds.get(model, [])
-        return records[-1].get("evaluate-metrics", {}) if records else {}
+        """The last evaluated round's pooled estimates of ``model`` ({} if none)."""
+        evaluated = [
+            r["evaluate-metrics"] for r in self.rounds.get(model, []) if r.get("evaluate-metrics")
+        ]
+        return evaluated[-1] if evaluated else {}
+
+    def scored(self, model: str) -> dict[str, Any]:
+        """The final metrics a study compares: exact where the run has them (simulation),
+        else the server's estimates."""
+        return self.exact.get(model) or self.final(model)
 
 
 def load_run(run_dir: Path) -> RunResults:
@@ -55,12 +67,20 @@ def load_run(run_dir: Path) -> RunResults:
         rounds.setdefault(record["model"], []).append(record)
     for records in rounds.values():
         records.sort(key=lambda record: record["round"])
-    return RunResults(run_dir, config, rounds)
+    exact_file = run_dir / EXACT_EVALUATION
+    exact = json.loads(exact_file.read_text()) if exact_file.is_file() else {}
+    return RunResults(run_dir, config, rounds, exact)
 
 
 def overall_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
     """The pooled metrics without the per-storefront ``<storefront>/<metric>`` entries."""
     return {k: v for k, v in metrics.items() if STOREFRONT_SEPARATOR not in k}
+
+
+def spread(metrics: dict[str, Any], metric: str) -> float | None:
+    """The ``-sd`` spread the server stated for ``metric`` (``None``: exact, or none)."""
+    value = metrics.get(f"{metric}{SPREAD_SUFFIX}")
+    return None if value is None or math.isnan(float(value)) else float(value)
 
 
 def storefront_metrics(metrics: dict[str, Any]) -> dict[str, dict[str, Any]]:

@@ -46,7 +46,12 @@ from server.evaluation import evaluation_aggregator
 from server.run_files import RESOLVED_CONFIG, ROUNDS_LOG
 from server.secure_aggregation import SecureAggregationSettings, start_secure_aggregation
 from server.shared_facts import shared_facts
-from server.strategy import StrategySettings, ValidatedAggregation, build_strategy
+from server.strategy import (
+    StrategySettings,
+    ValidatedAggregation,
+    build_strategy,
+    planned_evaluations,
+)
 
 
 def model_training_plan(run_config: dict[str, Any], model: FederatedModel) -> TrainingSettings:
@@ -64,15 +69,21 @@ def model_training_plan(run_config: dict[str, Any], model: FederatedModel) -> Tr
 def message_configs(
     run_config: dict[str, Any], model: FederatedModel
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The config of the model's evaluate messages (the model's name) and of its train
-    messages (that, the training plan, the ε the server asks for and the planned rounds).
-    The shared facts travel in their own record (:data:`privacy.wire.FACTS`)."""
-    evaluate_config = {wire.MODEL: model.name}
+    """The config of the model's evaluate messages (the model's name, the evaluations the
+    run plans and the ε the server asks for) and of its train messages (those, the training
+    plan and the planned rounds). The shared facts travel in their own record
+    (:data:`privacy.wire.FACTS`)."""
+    rounds = int(run_config.get("num-server-rounds", 3))
+    evaluations = planned_evaluations(str(run_config.get("evaluation-rounds", "last")), rounds)
+    evaluate_config = {
+        wire.MODEL: model.name,
+        wire.PLANNED_EVALUATIONS: evaluations,
+        wire.EPSILON_BUDGET: float(run_config.get(wire.EPSILON_BUDGET, 0.0)),
+    }
     train_config = {
         **model_training_plan(run_config, model).to_config(),
-        wire.EPSILON_BUDGET: float(run_config.get(wire.EPSILON_BUDGET, 0.0)),
         **evaluate_config,
-        wire.PLANNED_ROUNDS: int(run_config.get("num-server-rounds", 3)),
+        wire.PLANNED_ROUNDS: rounds,
     }
     return evaluate_config, train_config
 
@@ -216,10 +227,13 @@ def checkpoint_hook(
 
 
 def site_privacy(round_records: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, float]]]:
-    """Per model and storefront, the privacy numbers the site last reported."""
+    """Per model and storefront, the privacy numbers the site last reported (each number
+    from the latest reply that carried it: a train reply, or an evaluate reply after it)."""
     privacy: dict[str, dict[str, dict[str, float]]] = {}
     for record in round_records:
-        privacy.setdefault(record["model"], {}).update(record.get("privacy", {}))
+        model = privacy.setdefault(record["model"], {})
+        for storefront, reported in record.get("privacy", {}).items():
+            model[storefront] = {**model.get(storefront, {}), **reported}
     return privacy
 
 

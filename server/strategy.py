@@ -50,6 +50,23 @@ from server.update_validation import (
 
 AGGREGATIONS = ("weighted-mean", "trimmed-mean", "median")
 SERVER_OPTIMIZERS = ("fedavg", "fedprox", "fedadam")
+EVALUATION_ROUNDS = ("last", "all")
+"""Run-config ``evaluation-rounds``: evaluate after the last round only (every site's
+evaluation ε goes to the final model's estimate), or after every round (shared among
+them: each estimate noisier)."""
+
+
+def planned_evaluations(evaluation_rounds: str, total_rounds: int) -> int:
+    """How many evaluations of a model a run of ``total_rounds`` rounds plans.
+
+    Raises:
+        ValueError: an ``evaluation-rounds`` other than :data:`EVALUATION_ROUNDS`.
+    """
+    if evaluation_rounds not in EVALUATION_ROUNDS:
+        raise ValueError(
+            f"evaluation-rounds must be one of {EVALUATION_ROUNDS}, got {evaluation_rounds!r}"
+        )
+    return total_rounds if evaluation_rounds == "all" else 1
 
 
 @dataclass
@@ -150,9 +167,12 @@ class ValidatedAggregation(FedAvg):
         trim_fraction: float,
         round_offset: int = 0,
         update_encoding: str = FLOAT32,
+        evaluation_rounds: str = "all",
     ) -> None:
         """Set the screening and aggregation options (called once by :func:`build_strategy`)."""
         check_encoding(update_encoding)
+        planned_evaluations(evaluation_rounds, 1)  # refuse an unknown schedule
+        self.evaluation_rounds = evaluation_rounds
         if aggregation not in AGGREGATIONS:
             raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {aggregation!r}")
         if min_accepted < 1:
@@ -219,8 +239,12 @@ class ValidatedAggregation(FedAvg):
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        """Number evaluation rounds absolutely, like training rounds."""
+        """Number evaluation rounds absolutely, like training rounds; with
+        ``evaluation-rounds = "last"`` evaluate after the run's last round only."""
         absolute_round = server_round + self.round_offset
+        if self.evaluation_rounds == "last" and absolute_round < self.total_rounds:
+            self._sent_evaluate = []
+            return []
         messages = self._with_facts(
             super().configure_evaluate(absolute_round, arrays, config, grid)
         )
@@ -331,9 +355,13 @@ class ValidatedAggregation(FedAvg):
         with every suppressed or refused evaluation by storefront."""
         absolute_round = server_round + self.round_offset
         replies = list(replies)
+        if not self._sent_evaluate:  # no evaluation this round (evaluation-rounds = "last")
+            return None
         report = self.round_reports.setdefault(absolute_round, RoundReport())
         for msg in replies:
             self._note_facts_held(self._replying_node(msg, self._sent_evaluate), msg)
+            if not msg.has_error():
+                _note_evaluation_privacy(report, msg)
             if msg.has_error():
                 reason = msg.error.reason or f"error {msg.error.code}"
                 refusals = (
@@ -396,6 +424,18 @@ class ValidatedAggregation(FedAvg):
         else:
             report.failed.append(f"node {node_id} ({site}): error {msg.error.code}")
             log(WARNING, "Node %d (%s) failed: error %d %s", node_id, site, msg.error.code, reason)
+
+
+def _note_evaluation_privacy(report: RoundReport, msg: Message) -> None:
+    """A site's evaluate reply says what it has spent since its train reply: its cumulative
+    ε after the release, and the ε of the run's evaluation releases alone."""
+    site = msg.content.config_records.get(wire.SITE)
+    metrics = msg.content.metric_records.get(wire.METRICS)
+    if site is None or metrics is None or wire.EPSILON not in metrics:
+        return
+    record = report.privacy.setdefault(str(site[wire.STOREFRONT]), {})
+    record[wire.EPSILON] = float(metrics[wire.EPSILON])
+    record[wire.EVALUATION_EPSILON] = float(metrics.get(wire.EVALUATION_EPSILON, 0.0))
 
 
 def site_privacy_record(metrics: dict[str, float], note: str) -> dict[str, Any]:
@@ -515,6 +555,7 @@ class StrategySettings:
     fraction_train: float = 1.0
     fraction_evaluate: float = 1.0
     update_encoding: str = INT8
+    evaluation_rounds: str = "last"
     policy: ValidationPolicy = field(default_factory=ValidationPolicy)
 
     @classmethod
@@ -537,6 +578,7 @@ class StrategySettings:
             update_encoding=check_encoding(
                 str(run_config.get("update-encoding", default.update_encoding))
             ),
+            evaluation_rounds=str(run_config.get("evaluation-rounds", default.evaluation_rounds)),
             policy=ValidationPolicy(
                 max_norm_ratio=float(run_config.get("max-norm-ratio", 10.0)),
                 max_update_norm=cap if cap > 0 else None,
@@ -575,5 +617,6 @@ def build_strategy(
         aggregation=settings.aggregation,
         trim_fraction=settings.trim_fraction,
         update_encoding=settings.update_encoding,
+        evaluation_rounds=settings.evaluation_rounds,
     )
     return strategy

@@ -2,11 +2,11 @@
 
 Each run is a real simulation of the Flower app (:func:`simulations.runner.run_simulation_job`:
 ``flwr run``, one SuperNode per storefront) on a storefront split of the bundled data,
-with the run configs below; its final round's pooled evaluation becomes rows of the
-comparison tables (:mod:`simulations.compare`) in the same shape as the centralized and
-storefront-alone runs: ``overall``, ``outside United Kingdom`` (recommender: the per-
-storefront sums pooled; churn: not available, as the server keeps no per-site score
-histograms) and one row per storefront.
+with the run configs below; its final models' exact metrics on every storefront's held-out
+customers (:mod:`simulations.exact_evaluation`: the sites send the server only noisy
+estimates) become rows of the comparison tables (:mod:`simulations.compare`) in the same
+shape as the centralized and storefront-alone runs: ``overall``, ``outside United
+Kingdom`` (the per-storefront means pooled by customers) and one row per storefront.
 
 The run configs are those of :mod:`simulations.run_configs`; each run takes its models'
 local-training settings from the settings file's federated entries: the non-private
@@ -92,7 +92,7 @@ def federated_references(
         for model in results.rounds:
             runs.setdefault(model, {})[name] = {
                 "training": run_config,
-                "metrics": final_rows(results.final(model), model),
+                "metrics": final_rows(results.scored(model), model),
                 "validation": validation_record(model, FEDERATED_MODE, epsilon, overridden),
             }
     return runs

@@ -26,6 +26,7 @@ from models.baselines import OUTSIDE_UK
 from models.metrics import OVERALL
 from server.bundle import BUNDLE_DIR
 from server.checkpoint import CHECKPOINT_DIR
+from server.evaluation import SPREAD_SUFFIX
 from server.privacy_report import PRIVACY_REPORT
 from server.report import (
     PLOTS_DIR,
@@ -36,7 +37,7 @@ from server.report import (
     write_report,
 )
 from server.run_files import DELIVERY_LOG, RESOLVED_CONFIG, ROUNDS_LOG
-from server.run_results import headline_metric, load_run, overall_metrics
+from server.run_results import headline_metric, load_run, overall_metrics, spread
 from simulations.cli import (
     PROG,
     CommandError,
@@ -158,10 +159,20 @@ def report_stage(run: MainRun) -> None:
         path = write_report(run.out_dir, sweep_dir=run.sweep_dir, reference=run.reference)
     run.outputs.append(path)
     results = load_run(run.out_dir)
-    print("Final metrics (pooled over all storefronts' held-out customers):")
+    print(
+        "Final metrics over all storefronts' held-out customers: the server's estimate from "
+        "the sites' noisy releases ± its spread, and the exact figure this simulation can "
+        "compute:"
+    )
     for model in results.rounds:
-        metrics = overall_metrics(results.final(model))
-        print(f"  {model}: " + ", ".join(f"{k} {format_value(v)}" for k, v in metrics.items()))
+        estimates, exact = results.final(model), results.exact.get(model, {})
+        shown = [
+            f"{name} {format_value(value)} ± {format_value(spread(estimates, name))} "
+            f"(exact {format_value(exact.get(name))})"
+            for name, value in overall_metrics(estimates).items()
+            if not name.endswith(SPREAD_SUFFIX) and name != "num-customers"
+        ]
+        print(f"  {model}: " + ", ".join(shown))
     if run.reference is not None:
         comparison = load_comparison(run.reference)
         print(f"Beside the reference runs of {run.reference.name} (all runs in report.html):")

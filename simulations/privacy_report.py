@@ -1,9 +1,11 @@
 """The privacy report of a simulated run: ε, δ and DP steps per site and model.
 
 ε is recomputed here, independently of what the sites reported, from each simulated site's
-privacy ledger (``<run-dir>/sites/<slug>/privacy-ledger.sqlite``): the ledger's
-(sampling rate, noise multiplier, steps) segments go through the accountant each segment
-names (:func:`privacy.ledger.ledger_epsilon`) at the δ the site recorded. The result is checked
+privacy ledger (``<run-dir>/sites/<slug>/privacy-ledger.sqlite``): all of the ledger's
+segments — DP-SGD steps and releases (cohort sizes, evaluations) — go through the
+accountant each segment names (:func:`privacy.ledger.ledger_epsilon`) at the site's δ
+(:func:`privacy.planning.accounting_delta`), and its evaluation releases alone give the
+ε the site spent on evaluation. The result is checked
 against the ε and steps the site last reported to the server (``rounds.jsonl``):
 
 - ``match``: ledger and report agree (to rounding).
@@ -25,8 +27,9 @@ import math
 from pathlib import Path
 from typing import Any
 
+from clients.site_releases import EVALUATION
 from privacy import wire
-from privacy.ledger import LEDGER_FILE, PrivacyLedger, ledger_epsilon
+from privacy.ledger import LEDGER_FILE, TRAINING, PrivacyLedger, ledger_epsilon
 from server.privacy_report import SitePrivacy, write_privacy_report
 from server.run_files import RESOLVED_CONFIG, ROUNDS_LOG
 from server.server_app import site_privacy
@@ -81,14 +84,15 @@ def _site_privacy(
             entries = ledger.entries(model)
     report = reported.get(name)
     deltas = {entry.delta for entry in entries}
-    if len(deltas) > 1:  # a site's δ is fixed by its size; two values mean a broken ledger
+    if len(deltas) > 1:  # a site's δ is fixed in its policy; two values mean a broken ledger
         raise PrivacyReportError(f"{ledger_file}: entries for {model} use several δ {deltas}")
     delta = deltas.pop() if deltas else float(report["delta"]) if report else math.nan
-    segments = [entry.segment for entry in entries]
+    training = [entry for entry in entries if entry.purpose == TRAINING]
     epsilon = ledger_epsilon(entries, delta)
-    steps = sum(segment.steps for segment in segments)
+    steps = sum(entry.segment.steps for entry in training)
     uncommitted = sum(entry.status != "committed" for entry in entries)
-    last = entries[-1] if entries else None
+    last = training[-1] if training else None
+    evaluated = [entry for entry in entries if entry.purpose == EVALUATION]
     reported_epsilon = float(report["epsilon"]) if report else None
     reported_steps = int(report["dp-steps"]) if report else None
     return SitePrivacy(
@@ -99,7 +103,7 @@ def _site_privacy(
         accountant=",".join(sorted({entry.accountant for entry in entries})),
         delta=delta,
         dp_steps=steps,
-        rounds=len(entries),
+        rounds=len(training),
         budget_epsilon=last.budget_epsilon if last else math.nan,
         noise_multiplier=last.segment.noise_multiplier if last else math.nan,
         sample_rate=last.segment.sample_rate if last else math.nan,
@@ -108,6 +112,8 @@ def _site_privacy(
         reported_dp_steps=reported_steps,
         check=_check(epsilon, steps, uncommitted, reported_epsilon, reported_steps),
         privacy_note=str(report.get(wire.PRIVACY_NOTE, "")) if report else "",
+        evaluation_epsilon=ledger_epsilon(evaluated, delta) if evaluated else 0.0,
+        releases=len({entry.release_id for entry in entries if entry.release_id is not None}),
     )
 
 

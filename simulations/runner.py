@@ -102,7 +102,9 @@ def run_simulation_job(
     site_policy: Sequence[str] = (),
     ray_address: str | None = None,
 ) -> Path:
-    """Run the federated simulation of the app on a storefront split; returns ``run_dir``.
+    """Run the federated simulation of the app on a storefront split; returns ``run_dir``,
+    which then also holds the final models' exact metrics on the split
+    (:mod:`simulations.exact_evaluation`).
 
     Args:
         storefronts_dir: a split written by :mod:`simulations.storefronts`.
@@ -149,8 +151,8 @@ def run_simulation_job(
             f"{Path(app_dir) / 'pyproject.toml'}"
         )
 
-    apply_site_policy(storefronts_dir, run_dir, site_policy, set_by="fedshop-sim")
     config_toml = "".join(f"{key} = {_toml_value(value)}\n" for key, value in overrides.items())
+    apply_site_policy(storefronts_dir, run_dir, site_policy, set_by="fedshop-sim")
 
     flwr_home = run_dir / FLWR_HOME_DIR
     flwr_home.mkdir(parents=True, exist_ok=True)
@@ -207,6 +209,10 @@ def run_simulation_job(
                 f"the simulation could not run on {where}: {ray_problem}; see {run_dir / RUN_LOG}"
             )
         raise SimulationError(f"flwr run ended with status {status!r}; see {run_dir / RUN_LOG}")
+    # Imported here: scoring loads torch, which the light commands importing this module do not.
+    from simulations.exact_evaluation import write_exact_evaluation
+
+    write_exact_evaluation(storefronts_dir, run_dir)
     return run_dir
 
 

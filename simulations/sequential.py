@@ -4,10 +4,12 @@
 the server's initial weights, training plan and message config
 (:func:`server.server_app.plan_models`),
 every site's real train and evaluate answers (:func:`clients.site_task.train_round` and
-:func:`clients.site_task.evaluate_round`, DP planning and privacy ledgers included),
+:func:`clients.site_task.evaluate_round`, DP planning, releases and privacy ledgers
+included, evaluating as the run config's ``evaluation-rounds`` says),
 the update encoding of the run config (:func:`server.strategy.training_arrays`,
 :func:`~server.strategy.trained_weights`), weighted FedAvg of the replies and the
-server's pooled evaluation — but site after site
+server's pooled evaluation, and then the final weights' exact metrics
+(:mod:`simulations.exact_evaluation`) — but site after site
 in the calling process: no SuperLink, no Ray workers, no messages between processes.
 
 It is the denominator of the federation-cost benchmark
@@ -35,6 +37,7 @@ from privacy import wire
 from server.evaluation import evaluation_aggregator
 from server.server_app import plan_models
 from server.strategy import StrategySettings, trained_weights, training_arrays
+from simulations.exact_evaluation import exact_metrics
 from simulations.progress import SILENT, Progress
 from simulations.runner import app_run_config, storefront_slugs
 
@@ -46,7 +49,11 @@ class SequentialResult:
     seconds: float
     """Wall time of the whole training and evaluation."""
     metrics: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
-    """Per model, the pooled evaluation after each round (same keys as the server's)."""
+    """Per model, the pooled evaluation (estimates from the sites' noisy answers, same keys
+    as the server's) after each evaluated round (``evaluation-rounds``)."""
+    exact: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Per model, the final weights' exact metrics on every storefront's held-out customers
+    (:func:`simulations.exact_evaluation.exact_metrics`)."""
     declined: dict[str, list[str]] = field(default_factory=dict)
     """Per model, ``"<round>: <reason>"`` of every declined or failed site reply."""
     weights: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
@@ -81,7 +88,8 @@ def run_sequential_federation(
     rounds = int(config["num-server-rounds"])
     result = SequentialResult(seconds=0.0)
     started = time.perf_counter()
-    encoding = StrategySettings.from_run_config(config).update_encoding
+    settings = StrategySettings.from_run_config(config)
+    encoding = settings.update_encoding
     for run in plan_models(config):
         model = run.model.name
         pool = evaluation_aggregator(run.model)
@@ -110,6 +118,8 @@ def run_sequential_federation(
                 ]
                 if trained:
                     arrays = aggregate_arrayrecords(trained, wire.NUM_EXAMPLES)
+                if settings.evaluation_rounds == "last" and server_round < rounds:
+                    continue
                 evaluations = _ask_sites(
                     contexts, "evaluate", run.content(arrays, run.evaluate_config)
                 )
@@ -117,6 +127,9 @@ def run_sequential_federation(
                 pooled = pool([r.content for r in evaluations if not r.has_error()], "")
                 result.metrics[model].append(dict(pooled))
         result.weights[model] = {name: array.numpy() for name, array in arrays.items()}
+        result.exact[model] = exact_metrics(
+            Path(storefronts_dir), model, result.weights[model], run.facts
+        )
     result.seconds = time.perf_counter() - started
     return result
 

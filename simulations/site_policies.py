@@ -1,10 +1,14 @@
 """The privacy policies of simulated sites, set by the researcher who runs them all.
 
-In deployment each storefront sets its own policy (``fedshop-site policy``). In a
-simulation the researcher plays every storefront: ``fedshop-sim run --site-policy
-KEY=VALUE`` writes the same policy, the defaults changed by those settings, into every
-simulated site's ledger (``<run-dir>/sites/<slug>/``) before the run, recorded as set by
-the simulation. Without settings the simulated sites keep the defaults.
+In deployment each storefront sets its own policy: ``fedshop-site prepare`` writes the
+defaults for its export (:func:`clients.site_privacy.default_policy`: δ fixed from its
+size, its facts' bounds from its export's dates) and ``fedshop-site policy`` changes them.
+In a simulation the researcher plays every storefront: :func:`apply_site_policy` writes
+into every simulated site's ledger (``<run-dir>/sites/<slug>/``), before the run, the
+policy its prepare would write — δ from that storefront's customers — with the whole
+split's period as its export period (one export of the federation, so the shared cutoff
+the simulation derives from it lies inside every site's window), changed by the run's
+``--site-policy KEY=VALUE`` settings, recorded as set by the simulation.
 """
 
 from __future__ import annotations
@@ -12,28 +16,38 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+import pandas as pd
+
 from clients.site_data import SIMULATED_SITES, storefront_slugs
-from clients.site_privacy import changed_policy
+from clients.site_privacy import changed_policy, default_policy
+from models import schema
 from privacy.ledger import LEDGER_FILE, PrivacyLedger
-from privacy.policy import SitePolicy
+from privacy.policy import from_settings
 
 
 def apply_site_policy(
     storefronts_dir: Path, run_dir: Path, settings: Sequence[str], *, set_by: str
-) -> SitePolicy | None:
-    """Write the default policy changed by ``settings`` (``KEY=VALUE``, as for
-    ``fedshop-site policy --set``) into every simulated site's ledger; the policy, or
-    ``None`` when there are no settings (nothing is written).
+) -> None:
+    """Write every simulated site's policy (see the module docstring) into its ledger,
+    unless it already holds that policy.
 
     Raises:
         clients.site_privacy.PolicyCommandError: a setting is malformed or invalid.
     """
-    if not settings:
-        return None
-    policy = changed_policy(SitePolicy(), list(settings))
-    for slug in storefront_slugs(storefronts_dir):
+    columns = [schema.CUSTOMER, schema.TIMESTAMP]
+    slugs = storefront_slugs(storefronts_dir)
+    orders = {slug: _orders(storefronts_dir, slug, columns) for slug in slugs}
+    period = pd.concat([frame[[schema.TIMESTAMP]] for frame in orders.values()], ignore_index=True)
+    split_bounds = default_policy(period.assign(**{schema.CUSTOMER: "all"})).fact_bounds
+    for slug in slugs:
+        own = default_policy(orders[slug])
+        policy = changed_policy(from_settings(own, {"fact_bounds": split_bounds}), list(settings))
         path = Path(run_dir) / SIMULATED_SITES / slug / LEDGER_FILE
         with PrivacyLedger(path) as ledger:
             if ledger.policy() != policy:
-                ledger.set_policy(policy, set_by=set_by, reason=f"simulated site: {settings}")
-    return policy
+                reason = f"simulated site: {list(settings)}" if settings else "simulated site"
+                ledger.set_policy(policy, set_by=set_by, reason=reason)
+
+
+def _orders(storefronts_dir: Path, slug: str, columns: list[str]) -> pd.DataFrame:
+    return pd.read_parquet(Path(storefronts_dir) / slug / schema.ORDERS_FILE, columns=columns)

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -298,9 +299,10 @@ def federated_objective(
 ) -> Objective:
     """Federate over the storefronts' validation data (written to
     ``out_dir/validation-storefronts``) with DP at ``epsilon`` per site, once per
-    ``simulation-seed`` in ``seeds`` (each with fresh site ledgers); score the pooled
-    evaluation after the last round. At :data:`NON_PRIVATE` the simulated sites' policy
-    lets them train without DP, as the comparison's non-private run does."""
+    ``simulation-seed`` in ``seeds`` (each with fresh site ledgers); score the final
+    weights exactly on every storefront's validation customers. At :data:`NON_PRIVATE` the
+    simulated sites' policy lets them train without DP, as the comparison's non-private run
+    does."""
     # Imported here: the sequential federation pulls in Flower, which centralized tuning
     # does not need.
     from simulations.sequential import run_sequential_federation
@@ -317,9 +319,9 @@ def federated_objective(
             if epsilon == NON_PRIVATE:
                 apply_site_policy(split_dir, run_dir, PLAIN_SITE_POLICY, set_by="fedshop-sim tune")
             result = run_sequential_federation(split_dir, run_dir, run_config)
-            final = result.metrics[model][-1]
-            if metric not in final:
-                reasons = "; ".join(result.declined[model]) or "no site sent an evaluation"
+            final = result.exact[model]
+            if metric not in final or not math.isfinite(final[metric]):
+                reasons = "; ".join(result.declined[model]) or "no held-out customer"
                 raise ValueError(f"trial {number}: no pooled {metric} ({reasons})")
             kept = (metric, BRIER, CHURN_RATE)
             per_seed.append({key: float(final[key]) for key in kept if key in final})

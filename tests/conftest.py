@@ -67,15 +67,19 @@ def retail_csv(tmp_path: Path):
 
 # One small real federated run, shared by the runner, report and wire tests: ``fedshop-sim
 # run --synthetic`` through the installed console script — two synthetic storefronts, both
-# models, two rounds at ε = 3, through the real ``flwr run`` and its managed local
-# SuperLink. The run directory's name holds a space and a quote, so the run config's
-# paths must survive the way they are handed to Flower.
+# models, two rounds at ε = 3 (evaluated after the last), through the real ``flwr run``
+# and its managed local SuperLink. The run directory's name holds a space and a quote, so
+# the run config's paths must survive the way they are handed to Flower.
 SIMULATION_STOREFRONTS = 2
 SIMULATION_ROUNDS = 2
 SIMULATION_EPSILON = 3.0
 SIMULATION_MIN_COHORT = 10
-"""The simulated sites' policy: evaluation aggregates over at least 10 customers (the
-smaller synthetic storefront holds out fewer than the default 20 churn customers)."""
+"""The simulated sites' policy: nothing trained or released for a cohort of fewer than 10
+customers (the smaller synthetic storefront holds out about 25 churn customers: with the
+default minimum of 20 and its noisy count it would evaluate in about two runs of three)."""
+SIMULATION_COHORT_NOISE = 3
+"""The simulated sites' cohort noise (customers), so that both storefronts are certainly
+above their minimum cohort."""
 
 
 @dataclass(frozen=True)
@@ -98,11 +102,12 @@ def synthetic_run(tmp_path_factory: pytest.TempPathFactory) -> SimulationRun:
         "run",
         "--synthetic",
         *("--synthetic-storefronts", str(SIMULATION_STOREFRONTS)),
-        *("--synthetic-customers", "400", "--synthetic-items", "80", "--seed", "3"),
+        *("--synthetic-customers", "800", "--synthetic-items", "80", "--seed", "3"),
         *("--out", str(run_dir), "--models", "churn,recommender"),
         *("--rounds", str(SIMULATION_ROUNDS), "--epsilon", str(SIMULATION_EPSILON)),
         *("--set", "churn.batch-size=32", "--set", f"audit-dir='{audit_dir}'"),
         *("--site-policy", f"min-cohort={SIMULATION_MIN_COHORT}"),
+        *("--site-policy", f"cohort-noise={SIMULATION_COHORT_NOISE}"),
     ]
     result = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
     return SimulationRun(run_dir, result, audit_dir)

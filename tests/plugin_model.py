@@ -24,8 +24,12 @@ from models.optimizers import build_optimizer
 from models.registry import Facts, FederatedModel, SiteData
 from models.training import LocalResult, LocalTraining, TrainingSettings, mean_finite
 from privacy import wire
+from privacy.release import BoundedSum
 
 SQUARED_ERROR_SUM = "squared-error-sum"
+ERROR_CAP = 10.0
+"""Squared errors are released as a share of this cap (a release sums values in [0, 1]):
+the reported MSE counts an error above it as the cap."""
 HELD_OUT_EVERY = 5
 """Every fifth customer (in token order) is held out for evaluation."""
 
@@ -64,7 +68,7 @@ class SpendModel(FederatedModel):
     """Linear regression of log spend on activity, as a federated model."""
 
     name = __name__
-    evaluate_metric_keys = frozenset({wire.NUM_EXAMPLES, SQUARED_ERROR_SUM})
+    evaluation_queries = (BoundedSum(SQUARED_ERROR_SUM),)
     headline_metric = "mse"
     default_training = TrainingSettings(
         local_epochs=3, optimizer="sgd", learning_rate=0.05, batch_size=16, max_grad_norm=2.0
@@ -110,6 +114,7 @@ class SpendModel(FederatedModel):
             max_grad_norm=settings.max_grad_norm,
             loss_fn=squared_errors,
             seed=plan.seed,
+            cohort_size=plan.cohort_size,
         ) as session:
             losses = [session.run_epoch() for _ in range(settings.local_epochs)]
             steps = session.steps_taken
@@ -117,20 +122,25 @@ class SpendModel(FederatedModel):
         module.load_state_dict(trained)
         return LocalResult(mean_finite(losses), steps)
 
-    def evaluate(
-        self, module: nn.Module, evaluation: TensorDataset, min_cohort: int
-    ) -> dict[str, Any]:
-        """The sum of squared errors over the held-out customers, and their count."""
-        del min_cohort
-        with torch.no_grad():
-            errors = squared_errors(module, evaluation.tensors)
-        return {wire.NUM_EXAMPLES: len(errors), SQUARED_ERROR_SUM: float(errors.sum())}
+    def held_out_size(self, evaluation: TensorDataset) -> int:
+        """The held-out customers."""
+        return len(evaluation)
 
-    def summarise(self, sums: list[Mapping[str, Any]]) -> dict[str, float]:
+    def evaluation_values(
+        self, module: nn.Module, evaluation: TensorDataset
+    ) -> dict[str, np.ndarray]:
+        """Each held-out customer's squared error as a share of :data:`ERROR_CAP`."""
+        with torch.no_grad():
+            errors = squared_errors(module, evaluation.tensors) if len(evaluation) else None
+        shares = np.zeros(0) if errors is None else errors.numpy() / ERROR_CAP
+        return {SQUARED_ERROR_SUM: shares}
+
+    def summarise(self, answers: list[Mapping[str, Any]]) -> dict[str, float]:
         """Mean squared error over all the held-out customers."""
-        count = sum(int(site[wire.NUM_EXAMPLES]) for site in sums)
-        total = sum(float(site[SQUARED_ERROR_SUM]) for site in sums)
-        return {"mse": total / count if count else math.nan, "num-customers": count}
+        count = sum(float(answer[wire.NUM_EXAMPLES]) for answer in answers)
+        total = sum(float(answer[SQUARED_ERROR_SUM]) for answer in answers) * ERROR_CAP
+        mse = max(total / count, 0.0) if count >= 1 else math.nan  # noisy sums can go below 0
+        return {"mse": mse, "num-customers": round(count)}
 
 
 MODEL = SpendModel()

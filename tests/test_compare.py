@@ -148,19 +148,22 @@ def test_federated_columns_come_from_real_simulations_of_the_same_storefronts(tm
             settings = {k: v for k, v in entry.settings.items() if k != "local-epochs"}
             assert all(trained[f"{model}.{k}"] == v for k, v in settings.items())
     storefronts = set(assign_storefronts(frame)[schema.STOREFRONT])
+    centralized = result["recommender"]["runs"][CENTRALIZED]["metrics"]
+    tested = {s for s in storefronts if centralized.get(s, {}).get("customers")}
     for name in federated:
+        # exact metrics of the final models on every storefront with test customers (the
+        # server's own estimates, from the sites' noisy releases, are in rounds.jsonl)
         rows = result["recommender"]["runs"][name]["metrics"]
-        # a storefront below its minimum cohort of test customers (or without any) sent no
-        # evaluation, and said why
-        final = [r for r in read_rounds(tmp_path / name) if r["model"] == "recommender"][-1]
-        refusals = final["suppressed"] + final["evaluation-refused"]
-        suppressed = {wire.storefront_of_reason(reason) for reason in refusals}
-        assert set(rows) & storefronts == storefronts - suppressed and set(rows) & storefronts
+        assert set(rows) & storefronts == tested
         assert 0 < rows[metrics.OVERALL]["ndcg@10"] <= 1
-        centralized = result["recommender"]["runs"][CENTRALIZED]["metrics"]
-        evaluated = storefronts - suppressed
         assert rows[metrics.OVERALL]["customers"] == sum(
-            centralized[storefront]["customers"] for storefront in evaluated
+            centralized[storefront]["customers"] for storefront in tested
+        )
+        final = [r for r in read_rounds(tmp_path / name) if r["model"] == "recommender"][-1]
+        estimate = final["evaluate-metrics"]
+        assert (
+            abs(estimate["ndcg@10"] - rows[metrics.OVERALL]["ndcg@10"])
+            <= 4 * estimate["ndcg@10-sd"]
         )
         churn = result["churn"]["runs"][name]["metrics"][metrics.OVERALL]
         assert 0 <= churn["roc-auc"] <= 1
@@ -168,8 +171,10 @@ def test_federated_columns_come_from_real_simulations_of_the_same_storefronts(tm
     ledgers = list((tmp_path / federated_dp_run_name(8.0) / "sites").glob("*/*.sqlite"))
     assert len(ledgers) == len(storefronts)
     for ledger_file in (tmp_path / FEDERATED / "sites").glob("*/*.sqlite"):  # non-private:
-        with PrivacyLedger(ledger_file) as ledger:  # the sites' consent, and no DP step
-            assert ledger.policy().dp_required is False and ledger.models() == []
+        with PrivacyLedger(ledger_file) as ledger:  # the sites' consent, and no DP-SGD step
+            assert ledger.policy().dp_required is False
+            for model in ledger.models():  # only releases: cohort sizes, evaluations
+                assert {e.purpose for e in ledger.entries(model)} <= {"cohort", "evaluation"}
     header = (tmp_path / COMPARISON_MARKDOWN).read_text().splitlines()
     assert any(f"| {FEDERATED} | {federated_dp_run_name(8.0)} |" in line for line in header)
 

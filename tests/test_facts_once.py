@@ -72,6 +72,7 @@ def test_facts_go_in_full_once_per_site_and_again_after_a_site_lost_them(tmp_pat
         "storefronts-dir": str(split),
         "run-dir": str(tmp_path / "run"),
         "num-server-rounds": 2,
+        "evaluation-rounds": "all",
         "min-sites": 2,
         "recommender.batch-size": 16,
     }

@@ -154,7 +154,7 @@ def test_trained_model_beats_the_repeat_buy_baseline(bundled_orders):
         evaluate_recommender(NextBasketRecommender(10), split)
 
 
-def test_a_sites_evaluation_sums_match_the_protocol_in_chunks(monkeypatch):
+def test_a_sites_evaluation_values_match_the_protocol_in_chunks(monkeypatch):
     frame, vocabulary = random_orders(customers=80, items=25, seed=3)
     facts = {recommender.CATALOGUE: vocabulary}
     data = recommender.MODEL.site_data(frame, facts)
@@ -164,14 +164,17 @@ def test_a_sites_evaluation_sums_match_the_protocol_in_chunks(monkeypatch):
         module.item_bias.bias.normal_()
     monkeypatch.setattr(recommender, "EVALUATION_CHUNK", 7)  # several chunks, a partial last
     assert len(data.evaluation) > 3 * recommender.EVALUATION_CHUNK
-    sums = recommender.MODEL.evaluate(module, data.evaluation, 20)
+    values = recommender.MODEL.evaluation_values(module, data.evaluation)
 
     split = split_next_basket(frame)
     assert list(split.items) == vocabulary
     overall = evaluate_recommender(module, split).loc["overall"]
-    assert sums["num-examples"] == overall["customers"] == len(data.evaluation)
+    exact = recommender.MODEL.held_out_metrics(module, [data.evaluation])
+    assert exact["num-customers"] == overall["customers"] == len(data.evaluation)
     for key, metric in (("hit-sum", "hr@10"), ("recall-sum", "recall@10"), ("ndcg-sum", "ndcg@10")):
-        assert sums[key] == pytest.approx(overall[metric] * overall["customers"], rel=1e-9)
+        assert len(values[key]) == len(data.evaluation)
+        assert values[key].sum() == pytest.approx(overall[metric] * overall["customers"], rel=1e-9)
+        assert exact[metric] == pytest.approx(overall[metric], rel=1e-9)
 
 
 def test_a_sites_training_examples_draw_targets_from_the_shared_window():

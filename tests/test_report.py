@@ -100,8 +100,14 @@ def test_report_has_its_plots_as_valid_pngs_next_to_it(report):
 def test_report_numbers_are_the_last_rounds_of_rounds_jsonl(report):
     run_dir, page = report
     final = final_rounds(run_dir)
-    overall = {row["model"]: row for row in page.records("final-overall")}
-    assert set(overall) == {"churn", "recommender"}
+    records = page.records("final-overall")
+    overall = {row["model"]: row for row in records if row["figures"].startswith("server")}
+    exact = {row["model"]: row for row in records if row["figures"].startswith("exact")}
+    assert set(overall) == set(exact) == {"churn", "recommender"}
+    computed = json.loads((run_dir / "exact-evaluation.json").read_text())
+    for model, metrics in computed.items():
+        for metric, value in overall_metrics(metrics).items():
+            assert exact[model][metric] == format_value(value), (model, metric)
     for model, record in final.items():
         assert overall[model]["round"] == str(record["round"])
         metrics = overall_metrics(record["evaluate-metrics"])

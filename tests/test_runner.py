@@ -98,10 +98,17 @@ def test_fedshop_sim_run_writes_the_run_directory_of_the_design(synthetic_run):
     ]
     for record in rounds:
         assert sorted(record["accepted"]) == names, record
+        if record["round"] < ROUNDS:  # evaluation-rounds = "last": the final model only
+            assert not record["evaluate-metrics"]
+            continue
         metrics = record["evaluate-metrics"]
-        for name in names:  # per storefront, flat keys
+        for name in names:  # per storefront, flat keys; noisy, so each with its spread
             assert metrics[f"{name}/num-customers"] > 0
         assert metrics["num-customers"] == sum(metrics[f"{n}/num-customers"] for n in names)
+        headline = get_model(record["model"]).headline_metric
+        assert metrics[f"{headline}-sd"] > 0
+        exact = json.loads((run_dir / "exact-evaluation.json").read_text())[record["model"]]
+        assert abs(metrics[headline] - exact[headline]) <= 4 * metrics[f"{headline}-sd"]
 
     privacy = json.loads((run_dir / "privacy_report.json").read_text())
     assert list(privacy["accountants"]) == ["pld"]
@@ -113,7 +120,9 @@ def test_fedshop_sim_run_writes_the_run_directory_of_the_design(synthetic_run):
     for site in privacy["sites"]:
         assert site["check"] == "match"
         assert site["dp_steps"] > 0 and site["rounds"] == ROUNDS
-        assert 0.99 * EPSILON <= site["epsilon"] <= EPSILON
+        assert 0.99 * EPSILON <= site["epsilon"] <= EPSILON  # training and releases
+        assert 0 < site["evaluation_epsilon"] < site["epsilon"]
+        assert site["releases"] == 2  # the run's cohort sizes and its one evaluation
 
     assert any((run_dir / CHECKPOINT_DIR).iterdir())
     manifest, weights = load_bundle(run_dir / "bundle")
@@ -221,7 +230,9 @@ def test_the_console_shows_one_line_per_round_and_model_and_no_library_output(sy
     ]
     for line in rounds:
         assert f"{STOREFRONTS} sites accepted, 0 declined, 0 failed" in line
-        assert re.search(r"ε ≤ \d", line) and re.search(r"(roc-auc|ndcg@10) 0\.\d{4}", line)
+        assert re.search(r"ε ≤ \d", line)
+        evaluated = f"round {ROUNDS}/{ROUNDS}" in line  # evaluation-rounds = "last"
+        assert bool(re.search(r"(roc-auc|ndcg@10) 0\.\d{4}", line)) == evaluated
     # Flower's, Ray's and Opacus's own lines went to the log, not the console.
     assert not [line for line in lines if re.search(r"INFO|WARNING|Warning|backward hook", line)]
     longest = max(lines, key=len)
@@ -244,12 +255,16 @@ def test_nothing_beyond_the_wire_contract_left_a_simulated_site(synthetic_run):
     )
     secrets = set(orders["customer"]) | set(orders["order_id"])
     kinds = check_sent_messages(
-        synthetic_run.audit_dir, facts=facts, secrets=secrets, min_cohort=MIN_COHORT
+        synthetic_run.audit_dir,
+        facts=facts,
+        secrets=secrets,
+        min_cohort=MIN_COHORT,
+        ledgers=(run_dir / "sites").glob("*/privacy-ledger.sqlite"),
     )
-    # every site answered every train and evaluate message of both models, acknowledged the
-    # delivery of the final models, and sent nothing else
+    # every site answered every train message of both models and the evaluation of each
+    # final model, acknowledged the delivery of the final models, and sent nothing else
     assert kinds == {
         "train": 2 * ROUNDS * STOREFRONTS,
-        "evaluate": 2 * ROUNDS * STOREFRONTS,
+        "evaluate": 2 * STOREFRONTS,
         "install": STOREFRONTS,
     }

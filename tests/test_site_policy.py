@@ -27,10 +27,13 @@ from privacy.policy import PolicyError, SitePolicy
 from server.server_app import ModelRun, plan_models
 from simulations.runner import app_run_config
 from simulations.sequential import server_message
+from simulations.site_policies import apply_site_policy
 from simulations.storefronts import prepare_storefronts
 from simulations.synthetic import generate_orders
 
 FEDSHOP_SITE = str(Path(sys.executable).with_name("fedshop-site"))
+DEFAULTS = SitePolicy(delta=1e-5)
+"""The default policy as ``prepare`` writes it for a site of at most 10,000 customers."""
 PLAN = {"n_customers": 400, "batch_size": 50, "local_epochs": 1, "planned_rounds": 2}
 
 
@@ -54,7 +57,7 @@ def run_rounds(ledger: PrivacyLedger, policy: SitePolicy, run: str, requested: f
 
 
 def test_runs_spend_at_most_the_lifetime_cap_whatever_the_server_asks(tmp_path: Path) -> None:
-    policy = SitePolicy()  # cap ε = 8 per model, up to the whole cap in one run
+    policy = DEFAULTS  # cap ε = 8 per model, up to the whole cap in one run
     with PrivacyLedger(tmp_path / LEDGER_FILE) as ledger:
         assert run_rounds(ledger, policy, "run-1", requested=3.0) == ""  # granted as asked
         spent = ledger.epsilon("churn", 1e-5)
@@ -71,7 +74,7 @@ def test_runs_spend_at_most_the_lifetime_cap_whatever_the_server_asks(tmp_path: 
 
 
 def test_a_run_may_not_spend_more_than_the_policys_per_run_maximum(tmp_path: Path) -> None:
-    policy = SitePolicy(epsilon_cap=10.0, max_epsilon_per_run=2.0)
+    policy = SitePolicy(epsilon_cap=10.0, max_epsilon_per_run=2.0, delta=1e-5)
     with PrivacyLedger(tmp_path / LEDGER_FILE) as ledger:
         note = run_rounds(ledger, policy, "run-1", requested=8.0)
         assert "the policy allows 2 per run" in note
@@ -80,10 +83,14 @@ def test_a_run_may_not_spend_more_than_the_policys_per_run_maximum(tmp_path: Pat
 
 def test_no_dp_only_where_the_policy_allows_it() -> None:
     with pytest.raises(PolicyDecline, match="privacy-policy: .* without DP") as declined:
-        plan_site_run(SitePolicy(), "churn", requested_epsilon=0.0, earlier=[], **PLAN)
+        plan_site_run(DEFAULTS, "churn", requested_epsilon=0.0, earlier=[], **PLAN)
     assert declined.value.code == wire.DECLINED_POLICY
     grant = plan_site_run(
-        SitePolicy(dp_required=False), "churn", requested_epsilon=-1.0, earlier=[], **PLAN
+        SitePolicy(dp_required=False, delta=1e-5),
+        "churn",
+        requested_epsilon=-1.0,
+        earlier=[],
+        **PLAN,
     )
     assert grant.plan is None and "without DP" in grant.note
 
@@ -97,10 +104,22 @@ def test_a_policy_refuses_meaningless_settings() -> None:
         {"accountant": "guesswork"},
         {"dp_required": "yes"},
         {"model_epsilon_caps": {"churn": -1.0}},
+        {"evaluation_epsilon": 0.0},
+        {"max_evaluations_per_run": -1},
+        {"max_evaluations_per_run": 2.5},
+        {"cohort_noise": math.nan},
+        {"data_period": ("2011-01-01",)},
+        {"fact_bounds": {"churn": 3}},
     ):
         with pytest.raises(PolicyError):
             SitePolicy(**bad)
-    policy = SitePolicy(model_epsilon_caps={"churn": 12.0}, models=("churn",))
+    policy = SitePolicy(
+        model_epsilon_caps={"churn": 12.0},
+        models=("churn",),
+        delta=1e-6,
+        data_period=("2010-12-01", "2011-12-09"),
+        fact_bounds={"recommender": {"min-catalogue-items": 50}},
+    )
     assert SitePolicy.from_json(policy.to_json()) == policy
     assert policy.cap_for("churn") == 12.0 and policy.cap_for("recommender") == 8.0
 
@@ -111,7 +130,8 @@ def test_a_policy_refuses_meaningless_settings() -> None:
 @pytest.fixture(scope="module")
 def sites(tmp_path_factory):
     """A split of two synthetic storefronts (one large, one of 15 customers), the server's
-    model runs, and each site's context (partition 0: large, 1: small)."""
+    model runs, and each site's context (partition 0: large, 1: small). The sites' cohort
+    noise is 1 customer, so that which side of the minimum cohort each is on is certain."""
     tmp_path = tmp_path_factory.mktemp("sites")
     frame = generate_orders(n_storefronts=1, n_customers=400, n_items=30, seed=8)
     customers = sorted(frame["customer"].unique())
@@ -124,6 +144,7 @@ def sites(tmp_path_factory):
         "run-dir": str(tmp_path / "run"),
     }
     runs = {run.model.name: run for run in plan_models(run_config)}
+    apply_site_policy(tmp_path / "split", tmp_path / "run", ["cohort-noise=1"], set_by="test")
     contexts = [
         Context(7, node, {"partition-id": node, "num-partitions": 2}, RecordDict(), run_config)
         for node in (0, 1)
@@ -185,7 +206,7 @@ def test_small_evaluation_cohorts_are_suppressed_large_ones_sent(sites) -> None:
         suppressed = client_app.evaluate(evaluate_message(runs[model]), small)
         assert suppressed.error.code == wire.SUPPRESSED
         assert suppressed.error.reason.startswith("suppressed (small): ")
-        assert "< minimum cohort 20; nothing sent" in suppressed.error.reason
+        assert "below this site's minimum cohort of 20 customers" in suppressed.error.reason
         sent = client_app.evaluate(evaluate_message(runs[model]), large).content[wire.METRICS]
         assert sent[wire.NUM_EXAMPLES] >= 20
 
@@ -210,7 +231,7 @@ def test_every_failure_is_a_reasoned_refusal_never_a_crash(sites, tmp_path) -> N
         reply.error.reason
     )
     with PrivacyLedger(data / LEDGER_FILE) as ledger:
-        ledger.set_policy(SitePolicy(), set_by="test", reason="defaults")
+        ledger.set_policy(DEFAULTS, set_by="test", reason="defaults")
     reply = client_app.train(message, missing)
     assert reply.error.code == wire.DECLINED_SITE_ERROR
     assert "prepared orders not found" in reply.error.reason
@@ -230,11 +251,12 @@ def test_a_site_with_no_customer_before_the_churn_cutoff_declines(sites, tmp_pat
     prepare_storefronts(late.assign(storefront="late"), tmp_path / "late")
     site = tmp_path / "late" / "late"
     with PrivacyLedger(site / LEDGER_FILE) as ledger:
-        ledger.set_policy(SitePolicy(), set_by="test", reason="defaults")
+        ledger.set_policy(SitePolicy(delta=1e-5, cohort_noise=1.0), set_by="test", reason="x")
     context = Context(7, 3, {"data-path": str(site)}, RecordDict(), {})
     reply = client_app.train(train_message(runs["churn"], 3.0), context)
-    assert reply.error.code == wire.DECLINED_NO_DATA
-    assert "no customer has a purchase at or before the cutoff" in reply.error.reason
+    # As for any cohort below the minimum: the reason does not say it is empty.
+    assert reply.error.code == wire.DECLINED_COHORT
+    assert "below this site's minimum cohort of 20 customers" in reply.error.reason
 
 
 # --- The site's own commands ---------------------------------------------------------------
@@ -249,8 +271,8 @@ def fedshop_site(*arguments: str) -> subprocess.CompletedProcess[str]:
 def test_raising_a_cap_is_a_recorded_local_act_and_the_report_is_the_ledgers(tmp_path) -> None:
     data = tmp_path / "site"
     with PrivacyLedger(data / LEDGER_FILE) as ledger:
-        ledger.set_policy(SitePolicy(), set_by="fedshop-site prepare", reason="defaults")
-        run_rounds(ledger, SitePolicy(), "run-1", requested=3.0)
+        ledger.set_policy(DEFAULTS, set_by="fedshop-site prepare", reason="defaults")
+        run_rounds(ledger, DEFAULTS, "run-1", requested=3.0)
         spent = ledger.epsilon("churn", 1e-5)
 
     refused = fedshop_site("policy", "--data", str(data), "--set", "churn.epsilon-cap=12")

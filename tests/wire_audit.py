@@ -6,7 +6,10 @@ each holds only the records and keys of the wire contract (:mod:`privacy.wire` a
 models' own evaluation keys), arrays of exactly the models' weight names and shapes (once
 decoded, where a reply carries an 8-bit update), and
 that no customer token, raw customer id or order id appears anywhere in its bytes outside
-the weight arrays' payloads.
+the weight arrays' payloads. Given the sites' ledgers it checks values too: every number
+an evaluate reply carries about customers, and every ``num-examples``, is the recorded
+answer of a release in a site's ledger (:mod:`privacy.release`), so no value about the
+customers left a site unaccounted.
 """
 
 from __future__ import annotations
@@ -21,8 +24,10 @@ from flwr.app import Message
 from flwr.common.serde import message_from_proto
 from flwr.proto.message_pb2 import Message as ProtoMessage
 
+from clients.site_releases import COHORT, EVALUATION
 from models.registry import get_model
 from privacy import wire
+from privacy.ledger import PrivacyLedger
 from privacy.wire_encoding import decode_int8
 
 FLOWER_MESSAGE_ID = re.compile(r"[0-9a-f]{64}|[0-9a-f]{8}(-[0-9a-f]{4}){3}-[0-9a-f]{12}")
@@ -64,6 +69,7 @@ def check_sent_messages(
     facts: Mapping[str, Mapping],
     secrets: Iterable[str],
     min_cohort: int = 20,
+    ledgers: Iterable[Path] = (),
 ) -> Counter:
     """Assert every message under ``audit_dir`` keeps to the contract (module docstring).
 
@@ -72,6 +78,8 @@ def check_sent_messages(
         secrets: strings that must appear in no message (customer tokens, raw ids, order
             ids).
         min_cohort: the sites' minimum cohort: no evaluation reply covers fewer customers.
+        ledgers: the sites' privacy ledgers; when given, every released value must be one
+            of their recorded release answers.
 
     Returns:
         How many messages of each kind were checked (``train``, ``evaluate``,
@@ -84,6 +92,7 @@ def check_sent_messages(
         for name, f in facts.items()
     }
     evaluation_keys = {name: get_model(name).evaluate_metric_keys for name in facts}
+    recorded = recorded_answers(ledgers)
     needles = [secret.encode() for secret in set(secrets) if len(secret) >= 4]
     kinds: Counter = Counter()
     sent = read_sent(audit_dir)
@@ -113,6 +122,9 @@ def check_sent_messages(
             found = {k: tuple(v.shape) for k, v in arrays.items()}
             assert found in shapes.values(), f"{path}: arrays {found}"
             assert all(np.isfinite(v).all() and v.dtype == np.float32 for v in arrays.values())
+            if recorded:
+                sizes = {int(answer[COHORT][0]) for answer in recorded[COHORT]}
+                assert metrics[wire.NUM_EXAMPLES] in sizes, f"{path}: unrecorded num-examples"
             kinds["train"] += 1
         elif set(metrics) == wire.INSTALL_REPLY_METRIC_KEYS:
             kinds["install"] += 1
@@ -121,5 +133,24 @@ def check_sent_messages(
                 f"{path}: {sorted(metrics)}"
             )
             assert metrics[wire.NUM_EXAMPLES] >= min_cohort, path
+            if recorded:
+                answers = {
+                    k: v for k, v in metrics.items() if k not in wire.EVALUATION_RELEASE_KEYS
+                }
+                assert answers in recorded[EVALUATION], f"{path}: answers no release recorded"
+                held_out = {answer[COHORT][1] for answer in recorded[COHORT]}
+                assert metrics[wire.NUM_EXAMPLES] in held_out, f"{path}: unrecorded num-examples"
             kinds["evaluate"] += 1
     return kinds
+
+
+def recorded_answers(ledgers: Iterable[Path]) -> dict[str, list[dict]]:
+    """Every recorded release answer of the ``ledgers``, by purpose."""
+    answers: dict[str, list[dict]] = {}
+    for path in ledgers:
+        with PrivacyLedger(path) as ledger:
+            for model in ledger.models():
+                for release in ledger.releases(model):
+                    if release.answer is not None:
+                        answers.setdefault(release.purpose, []).append(release.answer)
+    return answers

@@ -67,7 +67,7 @@ def simulated_score(model: str) -> RunFederation:
 
     def run(split_dir: Path, run_dir: Path, run_config: dict[str, Any]) -> float:
         run_simulation_job(split_dir, run_dir, run_config=run_config)
-        final = final_rows(load_run(run_dir).final(model), model)
+        final = final_rows(load_run(run_dir).scored(model), model)
         return float(final[metrics.OVERALL][metric])
 
     return run

@@ -107,9 +107,11 @@ def measure(
         "federated-seconds": federated_seconds,
         "sequential-seconds": sequential.seconds,
         # NaN: every site's evaluation was below its minimum cohort (small storefronts)
-        "federated": {m: federated.final(m).get(headline_metric(m), nan) for m in federated.rounds},
+        "federated": {
+            m: federated.scored(m).get(headline_metric(m), nan) for m in federated.rounds
+        },
         "sequential": {
-            m: rows[-1].get(headline_metric(m), nan) for m, rows in sequential.metrics.items()
+            m: exact.get(headline_metric(m), nan) for m, exact in sequential.exact.items()
         },
         "federated-phases": phase_seconds(federated_timings),
         "sequential-phases": phase_seconds(sequential_timings),
