@@ -1,16 +1,19 @@
 """A site's answer to the server's model delivery: install the run's bundle, acknowledge.
 
 At the end of a run the server sends every site the model bundle (:mod:`privacy.wire`,
-"Model delivery"). :func:`install_delivered_bundle` installs it in the site directory
-with its checksums checked (:mod:`clients.model_store`) and acknowledges with the number
-of models installed; a bundle that does not check out, or a site that cannot write it,
-refuses with error :data:`privacy.wire.INSTALL_FAILED` and the reason.
+"Model delivery"). :func:`install_delivered_bundle` installs it in the site directory,
+verified in full first (:mod:`clients.model_store`: only models the site's own policy
+allows, nothing imported before that, every checksum, weights that fit their models), and
+acknowledges with the number of models installed; a bundle that does not check out, or a
+site that cannot write it, refuses with error :data:`privacy.wire.INSTALL_FAILED` and the
+reason, and keeps the model it had.
 """
 
 from __future__ import annotations
 
 from flwr.app import Context, Message
 
+from clients.local_evaluation import write_local_evaluation
 from clients.model_store import ModelStoreError, install_bundle
 from clients.site_data import SiteDataError, load_orders, locate_site, storefront_of
 from clients.site_task import SiteRefusal, reasoned, site_reply
@@ -28,7 +31,9 @@ def install_delivered_bundle(msg: Message, context: Context) -> Message:
             raise ModelStoreError(f"the delivery message carries no '{wire.BUNDLE}' record")
         files = {name: bytes(data) for name, data in record.items()}
         installed = install_bundle(files, location.ledger_dir, "the delivered bundle")
-        storefront = storefront_of(location, load_orders(location))
+        orders = load_orders(location)
+        write_local_evaluation(installed, orders)
+        storefront = storefront_of(location, orders)
     except (ModelStoreError, SiteDataError, LedgerError, OSError) as error:
         raise SiteRefusal(wire.INSTALL_FAILED, str(error)) from None
     metrics = {wire.MODELS_INSTALLED: len(installed.weights)}

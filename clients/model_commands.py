@@ -2,7 +2,8 @@
 command per model use (``recommend``, ``churn-risk``), and ``serve``.
 
 - ``install-model BUNDLE --data DIR``: install a bundle copied from the server (or a run
-  another directory installed), every checksum checked (:mod:`clients.model_store`).
+  another directory installed), verified in full first: only models the site's policy
+  allows, every checksum, weights that fit their models (:mod:`clients.model_store`).
 - ``<command> --data DIR (--customer ID --key KEY | --out FILE) [-k K] [--top N]
   [--own-ids EXPORT]``: score the site's customers with the installed run
   (:mod:`clients.scoring`). One customer, named by the site's own id (hashed with the
@@ -29,7 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from clients.adapters import add_format_options, mapping_from_args
-from clients.model_store import install_bundle_dir
+from clients.model_store import InstalledModels, install_bundle_dir, load_installed
 from models.schema import CUSTOMER, ORDERS_FILE
 from models.site_use import MAX_ITEMS, SITE_USES, NoAnswer, SiteUse
 from privacy.atomic_files import atomic_output
@@ -64,7 +65,7 @@ def add_install_parser(subparsers: argparse._SubParsersAction) -> None:
     """Declare ``install-model BUNDLE --data DIR``."""
     parser = subparsers.add_parser(
         "install-model",
-        help="install a model bundle copied from the server (checksums checked)",
+        help="install a model bundle copied from the server (policy, checksums, weights checked)",
     )
     parser.add_argument("bundle", type=Path, help="the bundle directory (manifest.json, *.npz)")
     _add_data_option(parser)
@@ -72,12 +73,68 @@ def add_install_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_install(args: argparse.Namespace) -> int:
-    """Install the bundle and say what the site now uses."""
+    """Install the bundle, score it on the site's own customers, say what the site uses."""
+    from clients.local_evaluation import write_local_evaluation  # torch: not for --help
+
     installed = install_bundle_dir(args.bundle, args.data)
-    print(f"installed model run {installed.run!r} in {installed.directory} (checksums verified)")
+    write_local_evaluation(installed, _site_orders(args.data))
+    print(
+        f"installed model run {installed.run!r} in {installed.directory} (models allowed by the "
+        "site's policy, checksums and weights verified)"
+    )
     for model, spent in installed.site_privacy.items():
         print(f"  {model}: ε spent by this site {spent['epsilon']:.3g} (δ {spent['delta']:.3g})")
+    _print_local_evaluation(installed)
     return 0
+
+
+def add_local_evaluation_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Declare ``local-evaluation --data DIR``."""
+    parser = subparsers.add_parser(
+        "local-evaluation",
+        help="the installed models' exact metrics on this site's own held-out customers "
+        "(kept at the site; the server sees only noisy estimates)",
+    )
+    _add_data_option(parser)
+    parser.add_argument("--json", action="store_true", help="print JSON instead of text")
+    parser.set_defaults(handler=run_local_evaluation)
+
+
+def run_local_evaluation(args: argparse.Namespace) -> int:
+    """Show the installed run's exact local metrics (scoring it first if it never was)."""
+    from clients.local_evaluation import read_local_evaluation, write_local_evaluation
+
+    installed = load_installed(args.data)
+    metrics = read_local_evaluation(installed)
+    if metrics is None:
+        write_local_evaluation(installed, _site_orders(args.data))
+        metrics = read_local_evaluation(installed)
+    if args.json:
+        print(json.dumps(metrics, indent=2, sort_keys=True))
+    else:
+        _print_local_evaluation(installed)
+    return 0
+
+
+def _print_local_evaluation(installed: InstalledModels) -> None:
+    from clients.local_evaluation import read_local_evaluation
+
+    metrics = read_local_evaluation(installed) or {}
+    for model, values in sorted(metrics.items()):
+        shown = ", ".join(
+            f"{name} {value:.4g}" if isinstance(value, float) else f"{name} {value}"
+            for name, value in sorted(values.items())
+        )
+        print(f"  {model} on this site's held-out customers (exact, kept here): {shown}")
+
+
+def _site_orders(data_dir: Path) -> pd.DataFrame:
+    import pandas as pd
+
+    path = Path(data_dir) / ORDERS_FILE
+    if not path.is_file():
+        raise ModelCommandError(f"{path}: no prepared orders; run `fedshop-site prepare` first")
+    return pd.read_parquet(path)
 
 
 def scoring_parser(use: SiteUse) -> Callable[[argparse._SubParsersAction], None]:
@@ -301,6 +358,7 @@ def _bounded(low: int, high: int | None) -> Callable[[str], int]:
 
 SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     add_install_parser,
+    add_local_evaluation_parser,
     *(scoring_parser(use) for use in SITE_USES),
     add_serve_parser,
 ]

@@ -1,12 +1,12 @@
 """A site's answers from its installed global models: what ``recommend``, ``churn-risk``
 and ``serve`` all read.
 
-:func:`load_answers` takes the run in use (:mod:`clients.model_store`, checksums checked)
-and the site's prepared orders, rebuilds each model's torch module from the bundle
-through the registry (:meth:`~models.registry.FederatedModel.facts_from_artefacts`,
-``build``), and computes every customer's answer once
-(:meth:`~models.registry.FederatedModel.site_scores`). The command line and the API answer
-from the same object, so a customer gets the same answer from both.
+:func:`load_answers` takes the run in use (:mod:`clients.model_store`: its models allowed
+by the site's policy, checksums checked, each model's torch module rebuilt from the bundle
+through the registry, :meth:`~models.registry.FederatedModel.facts_from_artefacts` and
+``build``, with the weights loaded) and the site's prepared orders, and computes every
+customer's answer once (:meth:`~models.registry.FederatedModel.site_scores`). The command
+line and the API answer from the same object, so a customer gets the same answer from both.
 """
 
 from __future__ import annotations
@@ -15,8 +15,6 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import torch
 
 from clients.model_store import InstalledModels, ModelStoreError, load_installed
 from clients.site_data import DATA_PATH, load_orders, locate_site
@@ -88,19 +86,14 @@ def load_answers(data_dir: Path, models: Collection[str] | None = None) -> SiteA
             score these orders.
         clients.site_data.SiteDataError: the prepared orders are missing or unreadable.
     """
-    installed = load_installed(data_dir)
+    installed = load_installed(data_dir)  # its models allowed by the site's policy, verified
     orders = load_orders(locate_site({DATA_PATH: str(data_dir)}, {}))
     scores, uses = {}, {}
-    for name, weights in installed.weights.items():
-        try:
-            model = get_model(name)
-        except ValueError as error:
-            raise ModelStoreError(f"the installed run {installed.run!r}: {error}") from None
+    for name, module in installed.modules.items():
+        model = get_model(name)  # imported by load_installed, once allowed
         if model.site_use is None or (models is not None and name not in models):
             continue
-        facts = model.facts_from_artefacts(installed.entry(name).get(wire.ARTEFACTS, {}))
-        module = model.build(facts)
-        module.load_state_dict({key: torch.from_numpy(value) for key, value in weights.items()})
+        facts = installed.facts[name]
         try:
             scores[model.site_use.resource] = model.site_scores(module, orders, facts)
         except ValueError as error:
