@@ -58,7 +58,9 @@ from clients.server_input import (
 from clients.site_data import SiteDataError, SiteLocation, load_orders, locate_site, storefront_of
 from clients.site_privacy import default_policy
 from clients.site_releases import (
+    COHORT,
     EVALUATION,
+    CohortSizes,
     FactsChanged,
     cohort_sizes,
     evaluation_answer,
@@ -83,6 +85,7 @@ from privacy.planning import (
     PolicyDecline,
     RunGrant,
     accounting_delta,
+    asks_for_dp,
     evaluation_budget,
     plan_site_run,
 )
@@ -233,16 +236,8 @@ def train_round(msg: Message, context: Context) -> Message:
         _site_ledger(location) as ledger,
         _privacy_refusals(model.name),
     ):
-        cohort = cohort_sizes(
-            ledger,
-            policy,
-            model,
-            checked.data,
-            facts_digest=checked.facts.digest,
-            run=run,
-            server_round=plan.server_round,
-            rng=rng,
-        )
+        asks_for_dp(policy, model.name, plan.requested_epsilon)  # refused before any release
+        cohort = _cohort(ledger, checked, run, plan.server_round, rng)
         if cohort.training < policy.min_cohort:
             raise SiteRefusal(
                 wire.DECLINED_COHORT,
@@ -252,9 +247,11 @@ def train_round(msg: Message, context: Context) -> Message:
         n_customers = int(cohort.training)
         entries = ledger.entries(model.name)
         delta = accounting_delta(policy, [e for e in entries if e.run != run])
-        this_run = [e.segment for e in entries if e.run == run and e.release_id is not None]
+        # The run's releases, made and planned: its cohort sizes and all its evaluations
+        # (not those already made: the same σ every round).
+        counted = [e.segment for e in entries if e.run == run and e.purpose == COHORT]
         budget = evaluation_budget(policy, plan.requested_epsilon)
-        releases = this_run + planned_evaluation_segments(policy, model, evaluations, budget, delta)
+        releases = counted + planned_evaluation_segments(policy, model, evaluations, budget, delta)
         with site_timing.phase("plan"):
             grant = _grant(policy, plan, n_customers, entries, run, releases)
         reservation = None
@@ -326,16 +323,7 @@ def evaluate_round(msg: Message, context: Context) -> Message:
         checked.module.eval()
         values = model.evaluation_values(checked.module, checked.data.evaluation)
     with _site_ledger(checked.location) as ledger, _privacy_refusals(model.name):
-        cohort = cohort_sizes(
-            ledger,
-            policy,
-            model,
-            checked.data,
-            facts_digest=checked.facts.digest,
-            run=run,
-            server_round=server_round,
-            rng=rng,
-        )
+        cohort = _cohort(ledger, checked, run, server_round, rng)
         if cohort.held_out < policy.min_cohort or evaluations == 0:
             raise SiteRefusal(
                 wire.SUPPRESSED,
@@ -369,6 +357,22 @@ def evaluate_round(msg: Message, context: Context) -> Message:
     # A model bug must not put undocumented values on the wire.
     wire.check_keys(f"{model.name} evaluate reply", metrics, model.evaluate_metric_keys)
     return site_reply(msg, checked.storefront, metrics, {})
+
+
+def _cohort(
+    ledger: PrivacyLedger, checked: Checked, run: str, server_round: int, rng: np.random.Generator
+) -> CohortSizes:
+    """The run's released cohort sizes for the checked message's model and facts."""
+    return cohort_sizes(
+        ledger,
+        checked.policy,
+        checked.model,
+        checked.data,
+        facts_digest=checked.facts.digest,
+        run=run,
+        server_round=server_round,
+        rng=rng,
+    )
 
 
 @contextmanager

@@ -319,11 +319,9 @@ class PrivacyLedger:
             raise ValueError("a reservation needs at least one planned step")
         create_accountant(accountant)  # refuse an unknown name before anything is written
         with self._transaction("reserve") as connection:
-            recorded = self._entries(connection, model)
-            epsilon_spent = ledger_epsilon(recorded, delta)
-            epsilon_after = ledger_epsilon(recorded, delta, planned=(segment, accountant))
-            if epsilon_after > budget_epsilon:
-                raise BudgetExceeded(model, epsilon_spent, epsilon_after, budget_epsilon, delta)
+            _, epsilon_spent, epsilon_after = self._within_budget(
+                connection, model, [segment], accountant, delta, budget_epsilon
+            )
             cursor = connection.execute(
                 "INSERT INTO segments (model, server_round, sample_rate, noise_multiplier, "
                 "planned_steps, steps, max_grad_norm, budget_epsilon, delta, status, "
@@ -425,11 +423,9 @@ class PrivacyLedger:
         [noise_multiplier] = {segment.noise_multiplier for segment in planned}
         create_accountant(accountant)
         with self._transaction("reserve a release") as connection:
-            recorded = self._entries(connection, model)
-            epsilon_spent = ledger_epsilon(recorded, delta)
-            epsilon_after = ledger_epsilon(recorded, delta, planned=(planned, accountant))
-            if epsilon_after > budget_epsilon:
-                raise BudgetExceeded(model, epsilon_spent, epsilon_after, budget_epsilon, delta)
+            recorded, _, _ = self._within_budget(
+                connection, model, planned, accountant, delta, budget_epsilon
+            )
             if run_limit is not None:
                 _check_run_limit(recorded, run, purpose, planned, accountant, delta, run_limit)
             now = _now()
@@ -625,6 +621,28 @@ class PrivacyLedger:
         ).fetchall()
         return [self._entry(row) for row in rows]
 
+    def _within_budget(
+        self,
+        connection: sqlite3.Connection,
+        model: str,
+        planned: list[DPSegment],
+        accountant: str,
+        delta: float,
+        budget_epsilon: float,
+    ) -> tuple[list[LedgerEntry], float, float]:
+        """``model``'s recorded entries and ε before and after ``planned``, inside a
+        reservation's transaction.
+
+        Raises:
+            BudgetExceeded: ``planned`` would take ε above ``budget_epsilon``.
+        """
+        recorded = self._entries(connection, model)
+        epsilon_spent = ledger_epsilon(recorded, delta)
+        epsilon_after = ledger_epsilon(recorded, delta, planned=(planned, accountant))
+        if epsilon_after > budget_epsilon:
+            raise BudgetExceeded(model, epsilon_spent, epsilon_after, budget_epsilon, delta)
+        return recorded, epsilon_spent, epsilon_after
+
     def _release(self, row: tuple) -> ReleaseRecord:
         release_id, model, run, purpose, server_round, digest, noise_multiplier, answer = row
         try:
@@ -712,7 +730,7 @@ class PrivacyLedger:
 def ledger_epsilon(
     entries: list[LedgerEntry],
     delta: float,
-    planned: tuple[DPSegment | list[DPSegment], str] | None = None,
+    planned: tuple[list[DPSegment], str] | None = None,
 ) -> float:
     """ε of a model's ledger entries (plus ``planned`` (segments, accountant)) at ``delta``:
     the largest ε any accountant they name computes over all of them (0 without steps)."""
@@ -720,7 +738,7 @@ def ledger_epsilon(
     names = {entry.accountant for entry in entries}
     if planned is not None:
         more, accountant = planned
-        segments.extend(more if isinstance(more, list) else [more])
+        segments.extend(more)
         names.add(accountant)
     return max(
         (create_accountant(name).epsilon(segments, delta) for name in sorted(names)), default=0.0

@@ -170,13 +170,7 @@ def plan_site_run(
         PolicyDecline: DP is required but not asked for, the budget is spent, or no σ
             reaches what remains at this site's size.
     """
-    if not (math.isfinite(requested_epsilon) and requested_epsilon > 0):
-        if policy.dp_required:
-            raise PolicyDecline(
-                wire.DECLINED_POLICY,
-                f"the server asked to train {model} without DP (epsilon={requested_epsilon:g}); "
-                "this site's policy requires DP",
-            )
+    if not asks_for_dp(policy, model, requested_epsilon):
         return RunGrant(None, "trained without DP as asked: this site's policy allows it")
     delta = accounting_delta(policy, earlier)
     cap = policy.cap_for(model)
@@ -233,6 +227,24 @@ def evaluation_budget(policy: SitePolicy, requested_epsilon: float) -> float:
         return policy.evaluation_epsilon
     run_budget = min(requested_epsilon, policy.max_epsilon_per_run)
     return min(policy.evaluation_epsilon, EVALUATION_SHARE * run_budget)
+
+
+def asks_for_dp(policy: SitePolicy, model: str, requested_epsilon: float) -> bool:
+    """Whether the server asks to train ``model`` with DP (a finite ε > 0).
+
+    Raises:
+        PolicyDecline: it asks for no DP and the policy requires DP (a refusal that
+            depends on the request and the policy alone: check it before releasing).
+    """
+    if math.isfinite(requested_epsilon) and requested_epsilon > 0:
+        return True
+    if policy.dp_required:
+        raise PolicyDecline(
+            wire.DECLINED_POLICY,
+            f"the server asked to train {model} without DP (epsilon={requested_epsilon:g}); "
+            "this site's policy requires DP",
+        )
+    return False
 
 
 def accounting_delta(policy: SitePolicy, entries: Sequence[LedgerEntry]) -> float:

@@ -75,6 +75,8 @@ def message_configs(
     (:data:`privacy.wire.FACTS`)."""
     rounds = int(run_config.get("num-server-rounds", 3))
     evaluations = planned_evaluations(str(run_config.get("evaluation-rounds", "last")), rounds)
+    if float(run_config.get("fraction-evaluate", 1.0)) <= 0:
+        evaluations = 0  # no evaluation: the sites keep its ε for training
     evaluate_config = {
         wire.MODEL: model.name,
         wire.PLANNED_EVALUATIONS: evaluations,

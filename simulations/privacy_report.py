@@ -94,7 +94,8 @@ def _site_privacy(
     last = training[-1] if training else None
     evaluated = [entry for entry in entries if entry.purpose == EVALUATION]
     reported_epsilon = float(report["epsilon"]) if report else None
-    reported_steps = int(report["dp-steps"]) if report else None
+    # A site that only evaluated (it declined training) reported no DP-SGD step.
+    reported_steps = int(report.get(wire.DP_STEPS, 0)) if report else None
     return SitePrivacy(
         model=model,
         storefront=name,

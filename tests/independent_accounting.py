@@ -6,15 +6,22 @@
 - ``pld``: Opacus's PRV accountant (Gopi, Lee and Wutschitz 2021), a different numerical
   method for the same tight privacy curve; its estimate is within ``PRV_EPS_ERROR`` of the
   true ε, so a correct PLD ε lies within :data:`PLD_TOLERANCE` of it.
+
+A release's segments (the discrete Gaussian mechanism, :mod:`privacy.release`), which
+neither oracle models as such: ``rdp`` composes them as zCDP events (ρ = 1/(2z²), Canonne,
+Kamath and Steinke 2020); ``pld`` composes dp_accounting's discrete-Gaussian PLD of each
+with dp_accounting's PLD of the DP-SGD steps, step by step here rather than by our code.
 """
 
 from __future__ import annotations
 
 import dp_accounting
+from dp_accounting.pld import privacy_loss_distribution
 from dp_accounting.rdp import RdpAccountant
 from opacus.accountants import PRVAccountant
 
 from privacy.accountants import DPSegment
+from privacy.accountants.base import DISCRETE_GAUSSIAN
 from privacy.accountants.rdp import RDP_ORDERS
 
 PRV_EPS_ERROR = 0.01
@@ -23,9 +30,15 @@ PLD_TOLERANCE = 2 * PRV_EPS_ERROR
 
 
 def independent_epsilon(segments: list[DPSegment], delta: float, accountant: str = "rdp") -> float:
-    """ε of ``segments`` (each a self-composed Poisson-sampled Gaussian) by the oracle of
-    the accountant called ``accountant`` (see the module docstring)."""
+    """ε of ``segments`` (each a self-composed Poisson-sampled Gaussian, or a release) by the
+    oracle of the accountant called ``accountant`` (see the module docstring)."""
     steps = [segment for segment in segments if segment.steps > 0]  # no step is no event
+    if accountant == "pld" and any(s.mechanism == DISCRETE_GAUSSIAN for s in steps):
+        total = None
+        for segment in steps:
+            distribution = _pld(segment).self_compose(segment.steps)
+            total = distribution if total is None else total.compose(distribution)
+        return max(float(total.get_epsilon_for_delta(delta)), 0.0)
     if accountant == "pld":
         prv = PRVAccountant()
         prv.history = [(s.noise_multiplier, s.sample_rate, s.steps) for s in steps]
@@ -34,11 +47,29 @@ def independent_epsilon(segments: list[DPSegment], delta: float, accountant: str
         raise ValueError(f"no independent accountant for {accountant!r}")
     rdp = RdpAccountant(orders=RDP_ORDERS)
     for segment in steps:
-        event = dp_accounting.PoissonSampledDpEvent(
-            segment.sample_rate, dp_accounting.GaussianDpEvent(segment.noise_multiplier)
-        )
+        if segment.mechanism == DISCRETE_GAUSSIAN:
+            event = dp_accounting.ZCDpEvent(1 / (2 * segment.noise_multiplier**2))
+        else:
+            event = dp_accounting.PoissonSampledDpEvent(
+                segment.sample_rate, dp_accounting.GaussianDpEvent(segment.noise_multiplier)
+            )
         rdp.compose(event, segment.steps)
     return rdp.get_epsilon(delta)
+
+
+def _pld(segment: DPSegment):
+    """dp_accounting's PLD of one step of ``segment``, on our accountant's grid."""
+    if segment.mechanism == DISCRETE_GAUSSIAN:
+        return privacy_loss_distribution.from_discrete_gaussian_mechanism(
+            sigma=segment.noise_multiplier * segment.sensitivity,
+            sensitivity=segment.sensitivity,
+            value_discretization_interval=1e-3,
+        )
+    return privacy_loss_distribution.from_gaussian_mechanism(
+        standard_deviation=segment.noise_multiplier,
+        sampling_prob=segment.sample_rate,
+        value_discretization_interval=1e-3,
+    )
 
 
 def matches_independent(ours: float, segments: list[DPSegment], delta: float, accountant: str):

@@ -38,7 +38,7 @@ from clients.join import (
     check_site_ready,
     supernode_command,
 )
-from clients.site_privacy import ensure_default_policy
+from clients.site_privacy import changed_policy, ensure_default_policy
 from privacy import flower_processes, wire
 from privacy.ledger import LEDGER_FILE, LedgerEntry, PrivacyLedger
 from server.certificates import issue_credentials, site_key_pair, write_new_file
@@ -105,7 +105,13 @@ def _join_command(superlink: str, data: Path, *options: str) -> list[str]:
     return [site_cli, "join", "--superlink", superlink, "--data", str(data), *options]
 
 
-def _site_dirs(split: Path, catalogue: Path | None = None, n_customers: int = 150) -> list[Path]:
+SITE_POLICY = ["min-cohort=5", "cohort-noise=3"]
+"""What the tiny test storefronts' data teams set: a small minimum cohort, and cohort sizes
+noisy by three customers, so that every site is above its minimum but in one run in
+thousands."""
+
+
+def _site_dirs(split: Path, catalogue: Path | None = None, n_customers: int = 300) -> list[Path]:
     """Three prepared site directories, largest storefront first (synthetic storefront 0 is
     the big one); ``catalogue`` gets the item ids, one per line."""
     frame = generate_orders(n_storefronts=3, n_customers=n_customers, n_items=40, seed=7)
@@ -115,7 +121,11 @@ def _site_dirs(split: Path, catalogue: Path | None = None, n_customers: int = 15
     sites = sorted(p.parent for p in split.glob("*/orders.parquet"))
     assert len(sites) == 3
     for site in sites:  # what `fedshop-site prepare` does: the default privacy policy
-        ensure_default_policy(site, set_by="fedshop-site prepare")
+        policy = ensure_default_policy(site, set_by="fedshop-site prepare")
+        with PrivacyLedger(site / LEDGER_FILE) as ledger:  # then the site's own choice
+            ledger.set_policy(
+                changed_policy(policy, SITE_POLICY), set_by="dpo@test", reason="tiny storefronts"
+            )
     return sites
 
 
@@ -220,9 +230,10 @@ def test_tls_federation_runs_two_rounds_and_refuses_an_unregistered_node(
             assert 0 < privacy[wire.EPSILON] <= 8.0 and privacy[wire.NOISE_MULTIPLIER] > 0
             assert privacy[wire.PRIVACY_NOTE].startswith("planned down: asked ε 50 for this run")
     for site in sites:  # each site's privacy ledger lives next to its data, not on the server
-        with PrivacyLedger(site / LEDGER_FILE) as ledger:
+        with PrivacyLedger(site / LEDGER_FILE) as ledger:  # training and its cohort release
             entries = ledger.entries("recommender")
             assert 0.99 * 8.0 <= ledger.epsilon("recommender", entries[0].delta) <= 8.0
+            assert {entry.delta for entry in entries} == {ledger.policy().delta}
 
     # The central team reads the privacy report and report.html that submit left, and each
     # site's own ledger-recomputed report agrees with what the server holds of it.
@@ -304,13 +315,14 @@ def _rejoin(
         time.sleep(3)
 
 
-def _ledger_entries(data: Path) -> list[LedgerEntry]:
-    """The recommender's entries in the site's ledger; none while the site has not created
-    its ledger (opening it here first would create it)."""
+def _ledger_entries(data: Path, purpose: str = "training") -> list[LedgerEntry]:
+    """The recommender's entries of ``purpose`` (``""``: all) in the site's ledger; none
+    while the site has not created its ledger (opening it here first would create it)."""
     if not (data / LEDGER_FILE).is_file():
         return []
     with PrivacyLedger(data / LEDGER_FILE) as ledger:
-        return ledger.entries("recommender")
+        entries = ledger.entries("recommender")
+    return [e for e in entries if purpose in ("", e.purpose)]
 
 
 @pytest.mark.slow
@@ -402,7 +414,8 @@ def test_a_site_killed_mid_round_is_left_out_rejoins_and_the_run_completes(
     # (PrivacyLedger checks integrity and schema) after the SIGKILL, and the rejoined
     # site's round 2 belongs to the same run, within the same plan and budget
     with PrivacyLedger(victim_data / LEDGER_FILE) as ledger:
-        killed, *again = ledger.entries("recommender")
+        [cohort] = [e for e in ledger.entries("recommender") if e.purpose == "cohort"]
+        killed, *again = [e for e in ledger.entries("recommender") if e.purpose == "training"]
         status = ledger.budget_status("recommender", EPSILON, killed.delta)
     assert (killed.server_round, killed.status) == (1, "reserved")
     assert killed.segment.steps == killed.planned_steps
@@ -414,10 +427,12 @@ def test_a_site_killed_mid_round_is_left_out_rejoins_and_the_run_completes(
     assert status.uncommitted == 1 and 0 < status.epsilon_spent <= EPSILON
     reported = second["privacy"][victim_data.name]
     assert reported[wire.EPSILON] == status.epsilon_spent
-    assert matches_ledger_oracle(status.epsilon_spent, [killed, *again], killed.delta)
-    # each survivor's reported ε and steps are what its ledger holds after that round
+    assert matches_ledger_oracle(status.epsilon_spent, [cohort, killed, *again], killed.delta)
+    # each survivor's reported ε and steps are what its ledger holds after that round (its
+    # cohort sizes released at its first message, then its rounds)
     for data in survivor_data:
         entries = _ledger_entries(data)
+        [released] = _ledger_entries(data, "cohort")
         assert [(e.server_round, e.status) for e in entries] == [
             (number, "committed") for number in range(1, rounds_run + 1)
         ]
@@ -425,7 +440,7 @@ def test_a_site_killed_mid_round_is_left_out_rejoins_and_the_run_completes(
             reported = record["privacy"][data.name]
             assert reported[wire.DP_STEPS] == sum(e.segment.steps for e in entries[:done])
             assert matches_ledger_oracle(
-                reported[wire.EPSILON], entries[:done], reported[wire.DELTA]
+                reported[wire.EPSILON], [released, *entries[:done]], reported[wire.DELTA]
             )
 
 

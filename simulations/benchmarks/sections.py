@@ -160,6 +160,13 @@ SECTIONS: tuple[BenchSection, ...] = (
         seeds="seed 0 (non-member draw, targets; references seed 1 …)",
     ),
     _benchmark(
+        "noisy_evaluation",
+        "Noisy evaluation against exact (issue #19)",
+        quick=("--releases", "20"),
+        full=("--run", "runs/main", "--releases", "200", "--run-epsilons", "1", "3", "8"),
+        seeds="stochastic rounding seed 0; the noise is OpenDP's (unseeded)",
+    ),
+    _benchmark(
         "serving",
         "Serving at a storefront (recommendations API, batch recommend)",
         quick=("--seconds", "3"),
