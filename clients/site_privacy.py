@@ -31,6 +31,7 @@ SETTINGS = {
     "evaluation-epsilon": "evaluation_epsilon",
     "max-evaluations-per-run": "max_evaluations_per_run",
     "cohort-noise": "cohort_noise",
+    "data-period": "data_period",
     "accountant": "accountant",
     "models": "models",
 }

@@ -417,6 +417,7 @@ class Churn(FederatedModel):
         counted = positives + negatives
         squared_error = churners @ (1 - midpoints) ** 2 + others @ midpoints**2
         customers = sum(float(a[wire.NUM_EXAMPLES]) for a in answers)
+
         def share(part: float, whole: float) -> float:  # noisy counts: kept in [0, 1]
             return min(max(part / whole, 0.0), 1.0) if whole > 0 else math.nan
 

@@ -57,6 +57,9 @@ class SitePrivacy:
     with everything else)."""
     releases: int = 0
     """The site's releases of the model (cohort sizes, evaluations; 0 where unknown)."""
+    attack: str = ""
+    """What the strongest membership-inference attacker achieved on the bundled data at the
+    audited ε nearest at or above this spend ("" where not known: a deployment)."""
 
 
 def reported_privacy(round_records: list[dict[str, Any]]) -> list[SitePrivacy]:

@@ -446,6 +446,9 @@ def _privacy_frame(privacy: list[SitePrivacy]) -> pd.DataFrame:
             "noise multiplier": p.noise_multiplier,
             "sample rate": p.sample_rate,
             "check": p.check,
+            "evaluation ε (alone)": p.evaluation_epsilon,
+            "releases": p.releases,
+            "attacker at this ε (bundled data)": p.attack or None,
         }
         for p in privacy
     ]

@@ -15,6 +15,11 @@ against the ε and steps the site last reported to the server (``rounds.jsonl``)
 - ``mismatch``: anything else, e.g. a site reporting less than its ledger proves. A
   report with a mismatch fails closed (:class:`PrivacyReportError`) once written.
 
+Beside each site's ε stands what the strongest membership-inference attacker of the audit
+(``python -m simulations.benchmarks.membership``, summarised in
+:data:`MEMBERSHIP_AUDIT`) achieved on the bundled data at the audited ε nearest at or
+above that spend: a reading of what the number means, not a bound for other data.
+
 The report is written to ``<run-dir>/privacy_report.json``
 (:func:`server.privacy_report.write_privacy_report`), replacing the one the ServerApp
 wrote from the sites' reports alone.
@@ -24,6 +29,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -34,10 +40,13 @@ from server.privacy_report import SitePrivacy, write_privacy_report
 from server.run_files import RESOLVED_CONFIG, ROUNDS_LOG
 from server.server_app import site_privacy
 from simulations.errors import PrivacyReportError
+from simulations.membership_attack import LOW_FPR
 from simulations.storefronts import INDEX_FILE
 
 SITES_DIR = "sites"
 RELATIVE_TOLERANCE = 1e-9
+MEMBERSHIP_AUDIT = Path(__file__).resolve().parent / "data" / "membership-audit.json"
+"""The membership audit's strongest attack per model and ε (its ``--json`` output)."""
 
 
 def privacy_report(run_dir: Path) -> list[SitePrivacy]:
@@ -51,11 +60,36 @@ def privacy_report(run_dir: Path) -> list[SitePrivacy]:
     records = _round_records(run_dir)
     reported = site_privacy(records)
     models = [m.strip() for m in str(_run_config(run_dir).get("models", "")).split(",")]
+    audit = _strongest_attacks()
     rows = []
     for model in [m for m in models if m]:
         for slug, name in storefronts.items():
-            rows.append(_site_privacy(run_dir, model, slug, name, reported.get(model, {})))
+            row = _site_privacy(run_dir, model, slug, name, reported.get(model, {}))
+            rows.append(replace(row, attack=attack_at(audit, model, row.epsilon)))
     return rows
+
+
+def attack_at(strongest: list[dict[str, Any]], model: str, epsilon: float) -> str:
+    """The audit's strongest attack on ``model`` at the smallest audited ε at or above
+    ``epsilon`` (the non-private targets beyond the largest), in words; "" if none."""
+    audited = [a for a in strongest if a["model"] == model]
+    private = sorted((a for a in audited if a["epsilon"] is not None), key=lambda a: a["epsilon"])
+    above = [a for a in private if a["epsilon"] >= epsilon - 1e-6]
+    chosen = above[0] if above else next((a for a in audited if a["epsilon"] is None), None)
+    if chosen is None or epsilon <= 0:
+        return ""
+    at = "no DP" if chosen["epsilon"] is None else f"ε {chosen['epsilon']:g}"
+    return (
+        f"{chosen['attack']} on the {chosen['training']} model at {at}: "
+        f"ROC-AUC {chosen['roc-auc']:.3f}, TPR {chosen['tpr-at-low-fpr']:.3f} at "
+        f"{LOW_FPR:.0%} FPR"
+    )
+
+
+def _strongest_attacks() -> list[dict[str, Any]]:
+    if not MEMBERSHIP_AUDIT.is_file():
+        return []
+    return json.loads(MEMBERSHIP_AUDIT.read_text())["strongest"]
 
 
 def write_ledger_privacy_report(run_dir: Path) -> Path:

@@ -325,17 +325,25 @@ def test_cohort_sizes_leave_only_noisy_and_refusals_do_not_say_by_how_much(feder
     root, frame, _, _, _, run_config, runs = federation
     run = runs["churn"]
     weights = run.model.initial_weights(run.facts)
-    site = prepared_site(frame, root / "sizes", epsilon_cap=1e6)  # 30 runs, one count each
-    exact = len(run.model.site_data(pd.read_parquet(site / schema.ORDERS_FILE), run.facts).train)
+    site = prepared_site(frame, root / "sizes", epsilon_cap=1e6)  # 40 runs, one count each
+    data = run.model.site_data(pd.read_parquet(site / schema.ORDERS_FILE), run.facts)
+    # A train reply's num-examples is the run's released training count (the wire audit
+    # ties it to the ledger); the evaluations of 40 runs show the released held-out counts.
+    trained = train(run, weights, context(site, 199, run_config)).content[wire.METRICS]
+    with ledger_of(site) as ledger:
+        [released] = ledger.releases("churn", run="199", purpose="cohort")
+    assert trained[wire.NUM_EXAMPLES] == int(released.answer["cohort"][0])
     sent = [
-        train(run, weights, context(site, 200 + trial, run_config)).content[wire.METRICS][
+        evaluate(run, weights, context(site, 200 + trial, run_config)).content[wire.METRICS][
             wire.NUM_EXAMPLES
         ]
-        for trial in range(30)
+        for trial in range(40)
     ]
+    exact = run.model.held_out_size(data.evaluation)
+    noise = SitePolicy().cohort_noise
     assert len(set(sent)) > 5  # a fresh noisy count per run, never the exact size every time
-    assert np.mean(sent) == pytest.approx(exact, abs=3 * SitePolicy().cohort_noise / math.sqrt(30))
-    assert np.std(sent) == pytest.approx(SitePolicy().cohort_noise, rel=0.5)
+    assert np.mean(sent) == pytest.approx(exact, abs=3 * noise / math.sqrt(40))
+    assert np.std(sent) == pytest.approx(noise, rel=0.5)
 
     # Two sites below the minimum cohort, one with nobody at all: the same refusal.
     reasons = []

@@ -322,3 +322,29 @@ def test_the_quick_audit_attacks_every_target_against_references_of_its_recipe(c
             if m == model and epsilon == "8"
         )
         assert f"{model} {best:.3f}" in at_goal
+
+
+def test_the_summary_keeps_the_strongest_attack_per_model_and_epsilon_and_the_report_reads_it():
+    from simulations.membership_attack import AttackResult
+    from simulations.privacy_report import attack_at
+
+    def row(model, training, epsilon, attack, auc):
+        return membership.Row(model, training, epsilon, attack, AttackResult(auc, 0.02, 500, 500))
+
+    rows = [
+        row("churn", membership.CENTRALIZED, 8.0, "LiRA offline", 0.53),
+        row("churn", membership.FEDERATED, 8.0, "LiRA online", 0.54),
+        row("churn", membership.CENTRALIZED, 1.0, "calibrated loss", 0.51),
+        row("churn", membership.OVERFITTED, None, "LiRA online", 0.80),  # not a recipe sites use
+        row("churn", membership.CENTRALIZED, None, "loss threshold", 0.60),
+    ]
+    summary = membership.strongest_attacks(rows, "python -m simulations.benchmarks.membership")
+    by_epsilon = {entry["epsilon"]: entry for entry in summary["strongest"]}
+    assert set(by_epsilon) == {8.0, 1.0, None}
+    assert (by_epsilon[8.0]["attack"], by_epsilon[8.0]["roc-auc"]) == ("LiRA online", 0.54)
+    assert by_epsilon[None]["roc-auc"] == 0.60
+    strongest = summary["strongest"]
+    assert "ε 8: ROC-AUC 0.540" in attack_at(strongest, "churn", 7.97)  # the next audited ε up
+    assert "ε 1: ROC-AUC 0.510" in attack_at(strongest, "churn", 0.34)
+    assert "no DP: ROC-AUC 0.600" in attack_at(strongest, "churn", 12.0)
+    assert attack_at(strongest, "recommender", 8.0) == ""

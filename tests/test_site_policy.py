@@ -20,9 +20,10 @@ from flwr.app import Array, ArrayRecord, Context, Message, RecordDict
 from independent_accounting import matches_ledger_oracle
 
 from clients import client_app
+from clients.site_privacy import ensure_default_policy
 from privacy import wire
 from privacy.ledger import LEDGER_FILE, PrivacyLedger
-from privacy.planning import PolicyDecline, plan_site_run
+from privacy.planning import PolicyDecline, plan_site_run, site_delta
 from privacy.policy import PolicyError, SitePolicy
 from server.server_app import ModelRun, plan_models
 from simulations.runner import app_run_config
@@ -302,3 +303,23 @@ def test_raising_a_cap_is_a_recorded_local_act_and_the_report_is_the_ledgers(tmp
     assert row["model"] == "churn" and row["epsilon"] == spent
     assert row["epsilon-cap"] == 12.0 and row["runs"] == 1 and row["dp-steps"] > 0
     assert row["accountants"] == ["pld"]
+
+
+def test_prepare_fixes_delta_from_the_sites_size_class_and_records_the_export_period(
+    tmp_path,
+) -> None:
+    frame = generate_orders(n_storefronts=1, n_customers=120, n_items=20, seed=4)
+    prepare_storefronts(frame, tmp_path / "split")
+    site = next((tmp_path / "split").glob("*/orders.parquet")).parent
+    policy = ensure_default_policy(site, set_by="fedshop-site prepare")
+    assert policy.delta == 1e-5  # min(1e-5, 1/(10·120)) rounded down to a power of ten
+    first, last = frame["timestamp"].min(), frame["timestamp"].max()
+    assert policy.data_period == (str(first.date()), str(last.date()))
+    assert site_delta(10_001) == 1e-6 and site_delta(250_000) == 1e-7  # classes, not counts
+    with PrivacyLedger(site / LEDGER_FILE) as ledger:
+        assert ledger.policy() == policy
+        [change] = ledger.policy_history()
+    assert (change.set_by, change.reason) == (
+        "fedshop-site prepare",
+        "the defaults, set at first prepare",
+    )

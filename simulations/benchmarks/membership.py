@@ -56,6 +56,7 @@ protocol holds out a fifth of the customers it has).
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import shutil
 import sys
@@ -82,6 +83,7 @@ from models.nextbasket_protocol import catalogue_of, split_next_basket
 from models.recommender import CATALOGUE, NextBasketRecommender, basket_loss
 from models.registry import Facts, get_model
 from models.training import SIMULATION_SEED, TrainingSettings
+from privacy.atomic_files import atomic_write
 from simulations.compare import (
     QUICK_EPOCHS,
     centralized_dp_plan,
@@ -828,6 +830,33 @@ def results_table(rows: Sequence[Row]) -> str:
     return "\n".join(lines)
 
 
+def strongest_attacks(rows: Sequence[Row], command: str) -> dict[str, Any]:
+    """Per model and ε: the strongest attack on any target trained that way (centralized or
+    federated, the over-fitted models aside) — what :mod:`simulations.privacy_report` puts
+    beside the ε a site spent (``simulations/data/membership-audit.json``)."""
+    best: dict[tuple[str, float | None], Row] = {}
+    for row in rows:
+        key = (row.model, row.epsilon)
+        if row.training != OVERFITTED and (
+            key not in best or row.result.roc_auc > best[key].result.roc_auc
+        ):
+            best[key] = row
+    return {
+        "command": command,
+        "strongest": [
+            {
+                "model": model,
+                "epsilon": epsilon,
+                "training": row.training,
+                "attack": row.attack,
+                "roc-auc": round(row.result.roc_auc, 4),
+                "tpr-at-low-fpr": round(row.result.tpr_at_low_fpr, 4),
+            }
+            for (model, epsilon), row in best.items()
+        ],
+    }
+
+
 def _epsilon_label(epsilon: float | None, plain: str = "none") -> str:
     return plain if epsilon is None else f"{epsilon:g}"
 
@@ -851,6 +880,11 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help=f"reference models per model and recipe, even (default {REFERENCES}; "
         f"{QUICK_REFERENCES} with --quick)",
+    )
+    parser.add_argument(
+        "--json",
+        type=Path,
+        help="also write the strongest attack per model and ε there (as JSON)",
     )
     args = parser.parse_args(argv)
     references = args.references or (QUICK_REFERENCES if args.quick else REFERENCES)
@@ -901,6 +935,9 @@ def main(argv: list[str] | None = None) -> int:
         ),
         end="",
     )
+    if args.json is not None:
+        summary = json.dumps(strongest_attacks(rows, command), indent=2) + "\n"
+        atomic_write(args.json, summary)
     return 0
 
 
