@@ -229,38 +229,6 @@ def _example(history: CustomerHistory, invoices: int, target: np.ndarray) -> Nex
     )
 
 
-TARGET_WINDOW = "target-window"
-"""Run-config spelling of :class:`TrainingExamples`' ``target_window`` (a setting of the
-recommender's table, and one of its shared facts): a whole number ``>= 1``, or
-:data:`ALL_INVOICES` for ``None``."""
-ALL_INVOICES = "all"
-DEFAULT_TARGET_WINDOW = 1
-
-
-def parse_target_window(value: object) -> int | None:
-    """A target window in run-config spelling as ``TrainingExamples`` takes it: empty
-    means :data:`DEFAULT_TARGET_WINDOW`, :data:`ALL_INVOICES` means ``None``.
-
-    Raises:
-        ValueError: anything else than a whole number ``>= 1``, ``"all"`` or empty.
-    """
-    text = str(value).strip()
-    if text == "":
-        return DEFAULT_TARGET_WINDOW
-    if text == ALL_INVOICES:
-        return None
-    if not (text.isascii() and text.isdigit()) or int(text) < 1:
-        raise ValueError(
-            f"{TARGET_WINDOW}: {value!r} is neither a whole number >= 1 nor {ALL_INVOICES!r}"
-        )
-    return int(text)
-
-
-def spell_target_window(window: int | None) -> int | str:
-    """The run-config spelling of a ``target_window`` (``None`` -> :data:`ALL_INVOICES`)."""
-    return ALL_INVOICES if window is None else window
-
-
 class TrainingExamples(Dataset):
     """One training example per customer with at least two invoices (user-level DP unit).
 

@@ -42,21 +42,21 @@ from models.baselines import buyer_counts, evaluate_next_basket
 from models.nextbasket_features import (
     FEATURE_NAMES,
     NUM_FEATURES,
-    TARGET_WINDOW,
     EvaluationExamples,
     NextBasketBatch,
     TrainingExamples,
     build_histories,
     collate_examples,
-    parse_target_window,
-    spell_target_window,
 )
 from models.nextbasket_protocol import (
     CATALOGUE_COLUMNS,
+    TARGET_WINDOW,
     NextBasketSplit,
     catalogue_of,
     clean_purchases,
+    parse_target_window,
     read_catalogue,
+    spell_target_window,
     split_next_basket,
 )
 from models.optimizers import build_optimizer

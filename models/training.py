@@ -59,7 +59,8 @@ class TrainingSettings:
         cls, config: Mapping[str, Any], *, prefix: str = "", defaults: TrainingSettings | None
     ) -> TrainingSettings:
         """Read ``<prefix><key>`` for every key of :data:`privacy.wire.MODEL_TRAINING_KEYS`,
-        falling back to ``defaults`` (``None``: every key is required).
+        falling back to ``defaults`` where a key is missing or empty (``None``: every key
+        is required).
 
         Raises:
             ValueError: a key is missing (without defaults) or a value is invalid; the
@@ -69,7 +70,7 @@ class TrainingSettings:
         values = {}
         for key in wire.MODEL_TRAINING_KEYS:
             name = f"{prefix}{key}"
-            if name in config:
+            if name in config and str(config[name]).strip() != "":  # "": not set here
                 values[key] = config[name]
             elif key in fallback:
                 values[key] = fallback[key]

@@ -11,10 +11,14 @@ the bundle to every site (:mod:`server.delivery`).
 
 Models are found by name in the registry (:mod:`models.registry`): each says what it
 needs on the server — its shared facts, initial weights, how its evaluation sums pool,
-its bundle artefacts — and has its own local-training settings, its defaults overridden
-by its run-config table ``[tool.flwr.app.config.<model>]`` (:func:`model_training_plan`):
-DP-SGD's best settings differ a lot between the recommender's thousands of item biases
-and the churn model's 89 weights.
+its bundle artefacts — and has its own local-training settings: those chosen on validation
+for the run's ε (``models/data/settings-per-epsilon.json``, :func:`with_validated_settings`)
+wherever its run-config table ``[tool.flwr.app.config.<model>]`` leaves one empty, the
+table's value where it sets one (:func:`model_training_plan`). A deployment
+(``fedshop-server submit``) and a simulation therefore train the same settings at the
+same ε, and ``config.json`` says which entry each model's came from. DP-SGD's best
+settings differ a lot between the recommender's thousands of item biases and the churn
+model's 89 weights, and with ε.
 """
 
 from __future__ import annotations
@@ -34,6 +38,12 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.supercore import log
 
 from models.registry import BUILTIN_MODELS, FederatedModel, get_model, model_names
+from models.settings_per_epsilon import (
+    FEDERATED_MODE,
+    federated_run_config,
+    settings_epsilon,
+    validation_record,
+)
 from models.training import TrainingSettings, simulation_seed
 from privacy import wire
 from privacy.atomic_files import atomic_write
@@ -43,7 +53,7 @@ from server.bundle import export_bundle
 from server.checkpoint import Checkpoint, ModelProgress, latest_checkpoint, save_checkpoint
 from server.delivery import deliver_bundle
 from server.evaluation import evaluation_aggregator
-from server.run_files import RESOLVED_CONFIG, ROUNDS_LOG
+from server.run_files import RESOLVED_CONFIG, ROUNDS_LOG, VALIDATED_SETTINGS
 from server.secure_aggregation import SecureAggregationSettings, start_secure_aggregation
 from server.shared_facts import shared_facts
 from server.strategy import (
@@ -55,8 +65,8 @@ from server.strategy import (
 
 
 def model_training_plan(run_config: dict[str, Any], model: FederatedModel) -> TrainingSettings:
-    """The model's local-training settings: its run-config table (``<model>.<key>``) over
-    its defaults, checked before any site sees them.
+    """The model's local-training settings: its run-config table (``<model>.<key>``, after
+    :func:`with_validated_settings`) over its defaults, checked before any site sees them.
 
     Raises:
         ValueError: a value is invalid; the message names the run-config key.
@@ -64,6 +74,35 @@ def model_training_plan(run_config: dict[str, Any], model: FederatedModel) -> Tr
     return TrainingSettings.from_config(
         run_config, prefix=f"{model.name}.", defaults=model.default_training
     )
+
+
+def with_validated_settings(run_config: dict[str, Any]) -> dict[str, Any]:
+    """``run_config`` with every setting its models' tables leave empty filled from the
+    settings chosen on validation for the run's ε (:mod:`models.settings_per_epsilon`: the
+    federated entry of the nearest ε, the non-private one without DP) — the one source a
+    simulation and a deployment both train with. A model without an entry (a plug-in)
+    keeps its defaults; a value the run config sets stays.
+
+    Raises:
+        ValueError: the settings file cannot be read.
+    """
+    epsilon = settings_epsilon(float(run_config.get(wire.EPSILON_BUDGET, 0.0)))
+    names = model_names(run_config.get("models", ",".join(BUILTIN_MODELS)))
+    resolved = dict(run_config)
+    for key, value in federated_run_config(names, epsilon).items():
+        if str(resolved.get(key, "")).strip() == "":
+            resolved[key] = value
+    return resolved
+
+
+def validated_settings_record(run_config: dict[str, Any]) -> dict[str, Any]:
+    """Per model, which entry of the settings file the run trains with (its ε, the split
+    it was chosen on, its validation score; ``--set`` where the run config replaced it)."""
+    epsilon = settings_epsilon(float(run_config.get(wire.EPSILON_BUDGET, 0.0)))
+    names = model_names(run_config.get("models", ",".join(BUILTIN_MODELS)))
+    tuned = federated_run_config(names, epsilon)
+    overrides = {k: v for k, v in run_config.items() if k in tuned and str(v).strip() != ""}
+    return {name: validation_record(name, FEDERATED_MODE, epsilon, overrides) for name in names}
 
 
 def message_configs(
@@ -119,6 +158,7 @@ def plan_models(run_config: dict[str, Any]) -> list[ModelRun]:
             nor derived, or a bad ``simulation-seed``.
     """
     simulation_seed(run_config)
+    run_config = with_validated_settings(run_config)
     runs = []
     for name in model_names(run_config.get("models", ",".join(BUILTIN_MODELS))):
         model = get_model(name)
@@ -136,7 +176,11 @@ def run_federation(grid: Grid, run_config: dict[str, Any]) -> Checkpoint:
     if secure.enabled:  # SecAgg+ quantises each update its own way, before masking
         settings = replace(settings, update_encoding=FLOAT32)
     planned = plan_models(run_config)
-    _write_json(run_dir / RESOLVED_CONFIG, dict(run_config))
+    resolved = {
+        **with_validated_settings(run_config),
+        VALIDATED_SETTINGS: validated_settings_record(run_config),
+    }
+    _write_json(run_dir / RESOLVED_CONFIG, resolved)
 
     checkpoint = latest_checkpoint(run_dir) or Checkpoint({}, [], dict(run_config))
     if checkpoint.sequence:

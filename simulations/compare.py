@@ -7,7 +7,7 @@ order-line frame in several ways and evaluates each on the models' fixed protoco
   non-private settings (the settings file's ε = 0 entry, chosen on validation);
 * ``centralized-dp-eps-<ε>``: pooled, user-level DP-SGD (one example per customer) at
   each target ε with the centralized settings of the nearest ε
-  (:mod:`simulations.settings_per_epsilon`, overridden by ``--set``), with
+  (:mod:`models.settings_per_epsilon`, overridden by ``--set``), with
   δ = :func:`privacy.planning.default_delta` of the training customers and σ calibrated
   once for the whole planned training at the sample rate Opacus really uses
   (:func:`privacy.planning.plan_dp`, a one-round plan, by the default accountant); the ε
@@ -61,6 +61,14 @@ from models.recommender import (
     evaluate_recommender,
     score_examples,
 )
+from models.settings_per_epsilon import (
+    CENTRALIZED_MODE,
+    NON_PRIVATE,
+    TARGET_WINDOW,
+    EpsilonSettings,
+    settings_for,
+    validation_record,
+)
 from models.training import LocalTraining, TrainingSettings
 from privacy.accountants import DPSegment
 from privacy.atomic_files import atomic_write
@@ -72,20 +80,12 @@ from simulations.federated_runs import federated_references
 from simulations.progress import SILENT, Progress
 from simulations.run_configs import QUICK_OVERRIDES
 from simulations.runner import DEFAULT_CLIENT_CPUS
-from simulations.settings_per_epsilon import (
-    NON_PRIVATE,
-    TARGET_WINDOW,
-    EpsilonSettings,
-    settings_for,
-    validation_record,
-)
 from simulations.storefronts import (
     BUNDLED_DATA,
     DEFAULT_MIN_CUSTOMERS,
     assign_storefronts,
     prepare_storefronts,
 )
-from simulations.tune_options import CENTRALIZED_MODE
 
 COMPARISON_JSON = "comparison.json"
 COMPARISON_MARKDOWN = "comparison.md"
@@ -416,7 +416,7 @@ def privacy_spent(plan: DPPlan, steps: int) -> dict[str, Any]:
 
 def non_private_settings(model: str) -> EpsilonSettings:
     """The centralized non-private settings of ``model``: the settings file's entry for
-    ε = :data:`~simulations.settings_per_epsilon.NON_PRIVATE`."""
+    ε = :data:`~models.settings_per_epsilon.NON_PRIVATE`."""
     return settings_for(model, CENTRALIZED_MODE, NON_PRIVATE)
 
 
@@ -424,7 +424,7 @@ def centralized_dp_settings(
     model: str, epsilon: float, overrides: Mapping[str, Any] | None = None
 ) -> EpsilonSettings:
     """The centralized settings of the nearest ε for ``model``
-    (:func:`simulations.settings_per_epsilon.settings_for`), with ``overrides``
+    (:func:`models.settings_per_epsilon.settings_for`), with ``overrides``
     (run-config keys ``<model>.<key>``) replacing its values."""
     return settings_for(model, "centralized", epsilon).with_overrides(overrides or {})
 

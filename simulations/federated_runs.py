@@ -11,7 +11,7 @@ Kingdom`` (the per-storefront means pooled by customers) and one row per storefr
 The run configs are those of :mod:`simulations.run_configs`; each run takes its models'
 local-training settings from the settings file's federated entries: the non-private
 run those of ε = 0, each DP run those of the nearest ε
-(:func:`simulations.settings_per_epsilon.federated_run_config`).
+(:func:`models.settings_per_epsilon.federated_run_config`).
 """
 
 from __future__ import annotations
@@ -21,18 +21,18 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from models.training import SIMULATION_SEED
-from server.run_results import final_rows, load_run
-from simulations.progress import SILENT, Progress
-from simulations.run_configs import MAIN_RUN_CONFIG, PLAIN_RUN_CONFIG, PLAIN_SITE_POLICY
-from simulations.runner import DEFAULT_CLIENT_CPUS, run_simulation_job
-from simulations.settings_per_epsilon import (
+from models.settings_per_epsilon import (
+    FEDERATED_MODE,
     NON_PRIVATE,
     federated_run_config,
     settings_epsilon,
     validation_record,
 )
-from simulations.tune_options import FEDERATED_MODE
+from models.training import SIMULATION_SEED
+from server.run_results import final_rows, load_run
+from simulations.progress import SILENT, Progress
+from simulations.run_configs import MAIN_RUN_CONFIG, PLAIN_RUN_CONFIG, PLAIN_SITE_POLICY
+from simulations.runner import DEFAULT_CLIENT_CPUS, run_simulation_job
 
 FEDERATED = "federated"
 """Name of the non-private federated run."""

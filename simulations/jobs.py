@@ -24,6 +24,7 @@ import pandas as pd
 
 from models.baselines import OUTSIDE_UK
 from models.metrics import OVERALL
+from models.settings_per_epsilon import federated_run_config, settings_epsilon
 from server.bundle import BUNDLE_DIR
 from server.checkpoint import CHECKPOINT_DIR
 from server.evaluation import SPREAD_SUFFIX
@@ -55,7 +56,6 @@ from simulations.runner import (
     ray_cluster_address,
     run_simulation_job,
 )
-from simulations.settings_per_epsilon import federated_run_config, settings_epsilon
 from simulations.storefronts import format_summary, prepare_bundled_storefronts
 
 STOREFRONTS_DIR = "storefronts"
@@ -270,7 +270,7 @@ def with_settings_per_epsilon(
     config: dict[str, Any], base: Mapping[str, Any] | None = None
 ) -> dict[str, Any]:
     """``config`` (what the command line sets) over the federated settings of the nearest
-    ε for its models (:func:`simulations.settings_per_epsilon.federated_run_config`; without
+    ε for its models (:func:`models.settings_per_epsilon.federated_run_config`; without
     DP, ε ≤ 0, the non-private ones), over ``base``; ε and models from ``config``, else
     ``base``, else the app's defaults."""
     app = app_run_config()

@@ -18,10 +18,12 @@ MAIN_RUN_CONFIG: dict[str, Any] = {
 """The base of the main job (``fedshop-sim main``) and of the comparison's federated DP runs
 (with their own ε): both models under DP at ε = 8 per site and model, 4 rounds. Both
 train each model with the settings file's federated entry of their ε
-(:mod:`simulations.settings_per_epsilon`, chosen on validation), which replaces the local
+(:mod:`models.settings_per_epsilon`, chosen on validation), which replaces the local
 epochs here; the benchmarks that name this config (federation cost, accountants, bytes
-on the wire) keep them with the per-model settings of ``pyproject.toml`` (recommender:
-momentum SGD, lr 8, batch 500, clip 0.1; churn: SGD, lr 0.05, batch 64, clip 1).
+on the wire) keep these epochs, and get the rest of each model's settings from the same
+entry (the ServerApp fills every setting ``pyproject.toml`` leaves empty; before, they
+trained with its old fixed values: recommender momentum SGD, lr 8, batch 500, clip 0.1;
+churn SGD, lr 0.05, batch 64, clip 1).
 
 The epochs and the recommender's settings were tuned, before a validation split existed,
 with :func:`simulations.sequential.run_sequential_federation` on the bundled
@@ -37,7 +39,7 @@ without DP (the default policy declines it)."""
 PLAIN_RUN_CONFIG: dict[str, Any] = {**MAIN_RUN_CONFIG, "epsilon": 0.0}
 """Non-private federated training, otherwise as :data:`MAIN_RUN_CONFIG`; the runs that use
 it add each model's non-private federated settings (the settings file's ε = 0 entries,
-:func:`simulations.settings_per_epsilon.federated_run_config`)."""
+:func:`models.settings_per_epsilon.federated_run_config`)."""
 
 QUICK_OVERRIDES: dict[str, Any] = {
     "num-server-rounds": 1,

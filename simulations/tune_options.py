@@ -6,13 +6,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from models.settings_per_epsilon import MODES
+
 TUNABLE_MODELS: tuple[str, ...] = ("churn", "recommender")
 """The models with a validation protocol and a search space (the built-in ones)."""
-CENTRALIZED_MODE = "centralized"
-FEDERATED_MODE = "federated"
-MODES: tuple[str, ...] = (CENTRALIZED_MODE, FEDERATED_MODE)
-"""How a model is trained: on the pooled data in one process, or federated over the
-storefronts (the sites' own code, DP planning and ledgers, FedAvg)."""
 DEFAULT_TRIALS = 8
 DEFAULT_TUNE_OUT = Path("runs/tune")
 
@@ -83,5 +80,5 @@ def add_tune_arguments(parser: argparse.ArgumentParser) -> None:
         "--write-settings",
         action="store_true",
         help="record the chosen settings as this model, mode and ε's entry of "
-        "simulations/data/settings-per-epsilon.json",
+        "models/data/settings-per-epsilon.json",
     )

@@ -23,7 +23,7 @@ protocols' data.
 It writes ``trials.csv`` and ``trials.md`` (every trial: settings, validation score,
 seconds) and ``chosen.json`` (the best trial's entry for the settings file) into the
 output directory; ``--write-settings`` records that entry in
-``simulations/data/settings-per-epsilon.json``. The best trial is the highest score, the
+``models/data/settings-per-epsilon.json``. The best trial is the highest score, the
 earlier trial on a tie (so the current settings stay unless a draw beats them).
 
 Churn is ranked by ROC-AUC, which ignores calibration, yet its probabilities are what a
@@ -59,12 +59,7 @@ from models.nextbasket_features import TrainingExamples, build_histories
 from models.nextbasket_validation import split_next_basket_validation, without_test_invoices
 from models.recommender import MLP_HIDDEN, NextBasketRecommender, evaluate_recommender
 from models.registry import get_model
-from models.training import SIMULATION_SEED, TrainingSettings
-from privacy.atomic_files import atomic_write
-from simulations.compare import centralized_dp_plan, fit_churn, fit_recommender, ingest_bundled
-from simulations.progress import SILENT, Progress
-from simulations.run_configs import MAIN_RUN_CONFIG, PLAIN_SITE_POLICY
-from simulations.settings_per_epsilon import (
+from models.settings_per_epsilon import (
     NON_PRIVATE,
     EpsilonSettings,
     record,
@@ -72,6 +67,11 @@ from simulations.settings_per_epsilon import (
     target_window,
     training_settings,
 )
+from models.training import SIMULATION_SEED, TrainingSettings
+from privacy.atomic_files import atomic_write
+from simulations.compare import centralized_dp_plan, fit_churn, fit_recommender, ingest_bundled
+from simulations.progress import SILENT, Progress
+from simulations.run_configs import MAIN_RUN_CONFIG, PLAIN_SITE_POLICY
 from simulations.site_policies import apply_site_policy
 from simulations.storefronts import assign_storefronts, prepare_storefronts, read_split
 from simulations.tuning_space import draw_trials
@@ -174,7 +174,7 @@ def tune(
         frame: order lines in the canonical schema, ``storefront`` holding each customer's
             storefront (:func:`simulations.storefronts.assign_storefronts`).
         model, mode, epsilon: what to tune (:data:`simulations.tune_options.TUNABLE_MODELS`,
-            :data:`~simulations.tune_options.MODES`, target ε > 0).
+            :data:`~models.settings_per_epsilon.MODES`, target ε > 0).
         trials: how many settings to try (the current ones first).
         seed: seeds the draws and, in centralized mode, the first training seed.
         out_dir: where the table and the chosen entry go (created if missing).

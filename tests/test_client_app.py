@@ -203,7 +203,9 @@ def test_fedprox_mu_from_the_server_keeps_the_local_model_near_the_global_one(si
 
     def distance_travelled(extra: dict) -> float:
         context = Context(1, 4, {"partition-id": 0, "num-partitions": 2}, RecordDict(), run_config)
-        message = train_message(run, arrays, epsilon=0.0, planned_rounds=1, **extra)
+        message = train_message(
+            run, arrays, epsilon=0.0, planned_rounds=1, **{wire.LEARNING_RATE: 0.05, **extra}
+        )
         reply = client_app.train(message, context).content
         return float(
             np.sqrt(

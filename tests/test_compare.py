@@ -11,6 +11,7 @@ from in_process import read_rounds
 
 from models import metrics, schema
 from models.baselines import NEXT_BASKET_BASELINES, OUTSIDE_UK
+from models.settings_per_epsilon import NON_PRIVATE, settings_for, validation_record
 from privacy import wire
 from privacy.console_errors import EXIT_USAGE
 from privacy.ledger import PrivacyLedger
@@ -25,7 +26,6 @@ from simulations.compare import (
     run_comparison,
 )
 from simulations.federated_runs import FEDERATED, federated_dp_run_name
-from simulations.settings_per_epsilon import NON_PRIVATE, settings_for, validation_record
 from simulations.storefronts import assign_storefronts
 from simulations.synthetic import generate_orders
 

@@ -363,7 +363,7 @@ def test_a_site_killed_mid_round_is_left_out_rejoins_and_the_run_completes(
     rounds_run = ROUNDS + 1  # a round for the site that comes back
     run_config = f"num-server-rounds={rounds_run} models='recommender' epsilon={EPSILON}"
     run_config += " min-sites=2 min-accepted-updates=1 fraction-evaluate=0.0"
-    run_config += " recommender.batch-size=8"
+    run_config += " recommender.batch-size=8 recommender.local-epochs=2"
     # Flower 1.42 learns that a SIGKILLed node is gone only from its missing heartbeats
     # (sent every ~24 s, offline after 2 x 30 s; fixed, not a SuperNode option): the
     # SuperLink then answers the node's pending train message itself with error

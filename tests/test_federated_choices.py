@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from models.settings_per_epsilon import settings_for
 from models.training import SIMULATION_SEED
 from simulations.benchmarks.federated_choices import markdown_row, measure, validation_section
-from simulations.settings_per_epsilon import settings_for
 from simulations.tuning import FEDERATED_ROUNDS
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from models.churn import HIDDEN_UNITS
 from models.recommender import MLP_HIDDEN
+from models.settings_per_epsilon import NON_PRIVATE, settings_for
 from simulations.benchmarks.hidden_size import CURRENT, validation_scores
-from simulations.settings_per_epsilon import NON_PRIVATE, settings_for
 from simulations.storefronts import assign_storefronts
 from simulations.synthetic import generate_orders
 from simulations.tuning import centralized_objective

@@ -20,6 +20,7 @@ from conftest import SIMULATION_STOREFRONTS as STOREFRONTS
 from wire_audit import check_sent_messages
 
 from models.registry import get_model
+from models.settings_per_epsilon import settings_for
 from privacy.flower_processes import flower_environment
 from server.bundle import load_bundle
 from server.checkpoint import CHECKPOINT_DIR
@@ -87,7 +88,15 @@ def test_fedshop_sim_run_writes_the_run_directory_of_the_design(synthetic_run):
     assert config["run-dir"] == str(run_dir.resolve())
     assert config["storefronts-dir"] == str((run_dir / "storefronts").resolve())
     assert (config["epsilon"], config["num-server-rounds"]) == (EPSILON, ROUNDS)
-    assert set(config) == set(app_run_config())
+    assert set(config) == {*app_run_config(), "validated-settings"}
+    for model in MODELS:  # the settings chosen on validation for the run's ε, and which
+        entry = settings_for(model, "federated", EPSILON)
+        record = config["validated-settings"][model]
+        replaced = model == "churn"  # the run --sets churn's batch size
+        assert record["epsilon"] == entry.epsilon
+        assert record["chosen-on"] == ("--set" if replaced else entry.chosen_on)
+        for key, value in entry.run_config().items():
+            assert config[key] == (32 if key == "churn.batch-size" else value)
 
     index = json.loads((run_dir / "storefronts" / INDEX_FILE).read_text())
     names = sorted(entry["name"] for entry in index["storefronts"])

@@ -9,13 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from models.training import TrainingSettings
-from privacy import wire
-from simulations import cli
-from simulations.compare import centralized_dp_settings
-from simulations.jobs import with_settings_per_epsilon
-from simulations.run_configs import MAIN_RUN_CONFIG
-from simulations.settings_per_epsilon import (
+from models.settings_per_epsilon import (
+    MODES,
     NON_PRIVATE,
     SETTINGS_FILE,
     TARGET_WINDOW,
@@ -27,7 +22,13 @@ from simulations.settings_per_epsilon import (
     settings_epsilon,
     settings_for,
 )
-from simulations.tune_options import MODES, TUNABLE_MODELS
+from models.training import TrainingSettings
+from privacy import wire
+from simulations import cli
+from simulations.compare import centralized_dp_settings
+from simulations.jobs import with_settings_per_epsilon
+from simulations.run_configs import MAIN_RUN_CONFIG
+from simulations.tune_options import TUNABLE_MODELS
 from simulations.tuning import CHOSEN_ON
 
 
@@ -177,3 +178,35 @@ def test_compare_takes_set_assignments() -> None:
     }
     with pytest.raises(SystemExit):
         cli.build_parser().parse_args(["compare", "--out", "x", "--set", "no-equals-sign"])
+
+
+def test_a_deployment_trains_what_a_simulation_at_the_same_epsilon_trains(tmp_path) -> None:
+    """``fedshop-server submit`` sends the app's run config with the central team's facts;
+    the empty settings of pyproject's tables are the entry validated for its ε, the same
+    local training ``fedshop-sim run`` plans, and config.json names the entry."""
+    from server.server_app import plan_models, validated_settings_record
+    from simulations.runner import app_run_config
+
+    catalogue = tmp_path / "catalogue.txt"
+    catalogue.write_text("".join(f"item-{number}\n" for number in range(40)))
+    facts = {"recommender.catalogue": str(catalogue), "churn.cutoff": "2011-09-10T12:50:00Z"}
+    for epsilon in (8.0, 3.0, 0.0):
+        deployed = {**app_run_config(), **facts, "epsilon": epsilon}
+        simulated = {**app_run_config(), **facts, **with_settings_per_epsilon({"epsilon": epsilon})}
+        deployment, simulation = plan_models(deployed), plan_models(simulated)
+        assert [r.train_config for r in deployment] == [r.train_config for r in simulation]
+        for run in deployment:
+            entry = settings_for(run.model.name, "federated", epsilon)
+            assert {k: run.train_config[k] for k in wire.MODEL_TRAINING_KEYS} == {
+                k: entry.settings[k] for k in wire.MODEL_TRAINING_KEYS
+            }
+        recommender = next(run for run in deployment if run.model.name == "recommender")
+        window = settings_for("recommender", "federated", epsilon).settings["target-window"]
+        assert recommender.facts["target-window"] == window
+        record = validated_settings_record(deployed)
+        assert record["churn"]["chosen-on"].startswith("validation")
+    # A value the central team sets wins, and the record says the entry was replaced.
+    overridden = {**app_run_config(), **facts, "epsilon": 8.0, "churn.learning-rate": 0.01}
+    [churn, _] = plan_models(overridden)
+    assert churn.train_config[wire.LEARNING_RATE] == 0.01
+    assert validated_settings_record(overridden)["churn"]["chosen-on"] == "--set"

@@ -12,9 +12,9 @@ import torch
 
 from models import schema
 from models.churn_protocol import churn_cutoff
+from models.settings_per_epsilon import NON_PRIVATE, load_entries, settings_for
 from privacy.ledger import PrivacyLedger
 from simulations import cli
-from simulations.settings_per_epsilon import NON_PRIVATE, load_entries, settings_for
 from simulations.storefronts import prepare_storefronts
 from simulations.synthetic import generate_orders
 from simulations.tuning import (

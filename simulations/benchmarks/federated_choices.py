@@ -34,13 +34,12 @@ import numpy as np
 
 from models import metrics
 from models.registry import get_model
+from models.settings_per_epsilon import FEDERATED_MODE, settings_for
 from server.run_results import final_rows, load_run
 from simulations.compare import ingest_bundled
 from simulations.runner import run_simulation_job
 from simulations.sequential import run_sequential_federation
-from simulations.settings_per_epsilon import settings_for
 from simulations.storefronts import assign_storefronts
-from simulations.tune_options import FEDERATED_MODE
 from simulations.tuning import FEDERATED_ROUNDS, validation_run_config, validation_storefronts
 
 MODELS = ("recommender", "churn")

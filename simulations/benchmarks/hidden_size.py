@@ -23,11 +23,10 @@ import pandas as pd
 
 from models.churn import HIDDEN_UNITS
 from models.recommender import MLP_HIDDEN
+from models.settings_per_epsilon import CENTRALIZED_MODE, NON_PRIVATE, settings_for
 from simulations.benchmarks.federated_choices import markdown_row, validation_section
 from simulations.compare import ingest_bundled
-from simulations.settings_per_epsilon import NON_PRIVATE, settings_for
 from simulations.storefronts import assign_storefronts
-from simulations.tune_options import CENTRALIZED_MODE
 from simulations.tuning import centralized_objective
 
 CURRENT = {"recommender": MLP_HIDDEN[0], "churn": HIDDEN_UNITS}

@@ -82,6 +82,7 @@ from models.nextbasket_features import TrainingExamples, build_histories, collat
 from models.nextbasket_protocol import catalogue_of, split_next_basket
 from models.recommender import CATALOGUE, NextBasketRecommender, basket_loss
 from models.registry import Facts, get_model
+from models.settings_per_epsilon import NON_PRIVATE, federated_run_config
 from models.training import SIMULATION_SEED, TrainingSettings
 from privacy.atomic_files import atomic_write
 from simulations.compare import (
@@ -115,7 +116,6 @@ from simulations.run_configs import (
     QUICK_OVERRIDES,
 )
 from simulations.sequential import SequentialResult, run_sequential_federation
-from simulations.settings_per_epsilon import NON_PRIVATE, federated_run_config
 from simulations.site_policies import apply_site_policy
 from simulations.storefronts import assign_storefronts, prepare_storefronts
 

@@ -156,7 +156,7 @@ SECTIONS: tuple[BenchSection, ...] = (
         "membership",
         "Membership-inference audit",
         quick=("--quick",),
-        full=("--json", "simulations/data/membership-audit.json"),
+        full=("--references", "16", "--json", "simulations/data/membership-audit.json"),
         seeds="seed 0 (non-member draw, targets; references seed 1 …)",
     ),
     _benchmark(

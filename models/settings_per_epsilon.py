@@ -1,14 +1,16 @@
-"""The training settings per model, mode and ε, with where they came from: one file the
-runs read.
+"""The training settings per model, mode and ε, with where they came from: the one source
+every run reads, simulated or deployed.
 
-``simulations/data/settings-per-epsilon.json`` holds, for each model, mode (centralized /
-federated, :data:`simulations.tune_options.MODES`) and target ε, an entry: the settings in
-run-config spelling (``local-epochs``, ``optimizer``, ``learning-rate``, ``batch-size``,
-``max-grad-norm``, and for the recommender ``target-window``), the
-validation score they reached, the split they were chosen on (``chosen-on``), the data,
-seeds and trials of that search, and a note. ``fedshop-sim tune --write-settings`` writes
-an entry; ``fedshop-sim run`` (federated entries) and ``compare`` (both) read the entry of
-the nearest ε (:func:`settings_for`), and ``--set`` overrides any of its values.
+``models/data/settings-per-epsilon.json`` holds, for each model, mode (centralized /
+federated, :data:`MODES`) and target ε, an entry: the settings in run-config spelling
+(``local-epochs``, ``optimizer``, ``learning-rate``, ``batch-size``, ``max-grad-norm``,
+and for the recommender ``target-window``), the validation score they reached, the split
+they were chosen on (``chosen-on``), the data, seeds and trials of that search, and a
+note. ``fedshop-sim tune --write-settings`` writes an entry. The ServerApp trains every
+federated run — ``fedshop-sim run``/``main`` and ``fedshop-server submit`` alike — with the
+federated entry of the nearest ε for each setting its run config leaves empty
+(:func:`server.server_app.model_training_plan`), and ``compare`` reads the centralized
+ones; a run config value (``--set``, ``--run-config``) overrides an entry's.
 
 The non-private runs have entries too, under ε = :data:`NON_PRIVATE` (0, as the run config
 spells "no DP"); they are read only for training without DP, never as the nearest ε of a
@@ -26,15 +28,21 @@ import json
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from models.nextbasket_features import TARGET_WINDOW, parse_target_window
-from models.training import TrainingSettings
+from models.nextbasket_protocol import TARGET_WINDOW, parse_target_window
 from privacy import wire
 from privacy.atomic_files import atomic_write
-from simulations.tune_options import MODES
+
+if TYPE_CHECKING:  # torch underneath: the light command lines read this module too
+    from models.training import TrainingSettings
 
 SETTINGS_FILE = Path(__file__).resolve().parent / "data" / "settings-per-epsilon.json"
+CENTRALIZED_MODE = "centralized"
+FEDERATED_MODE = "federated"
+MODES: tuple[str, ...] = (CENTRALIZED_MODE, FEDERATED_MODE)
+"""How a model is trained: on the pooled data in one process, or federated over the
+storefronts (the sites' own code, DP planning and ledgers, FedAvg)."""
 NON_PRIVATE = 0.0
 """The ε of the entries for training without DP (the run config's ``epsilon = 0``)."""
 UNTUNED = "none (current defaults, not yet tuned)"
@@ -95,6 +103,8 @@ def training_settings(settings: Mapping[str, Any]) -> TrainingSettings:
     Raises:
         ValueError: a knob is missing or invalid.
     """
+    from models.training import TrainingSettings
+
     return TrainingSettings.from_config(settings, defaults=None)
 
 
