@@ -1,4 +1,4 @@
-"""Reference baselines of both fixed protocols (DESIGN.md, "Tasks and how they are judged").
+"""Reference baselines of both fixed protocols (docs/protocols.md, "Tasks and how they are judged").
 
 Next basket (scores over the whole catalogue for each test customer; ranked by
 :func:`models.metrics.top_k_items`, which breaks exact ties by catalogue order, i.e. item

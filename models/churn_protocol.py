@@ -1,6 +1,6 @@
 """The fixed churn protocol: cutoff, population, labels, features and the held-out customers.
 
-DESIGN.md fixes it so every number compares. Input: order lines as ingest leaves them
+docs/protocols.md fixes it so every number compares. Input: order lines as ingest leaves them
 (product lines with price > 0, cancellations kept with ``is_return`` set).
 
 - cutoff = last timestamp of the frame − 90 days;

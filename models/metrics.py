@@ -1,4 +1,4 @@
-"""Evaluation metrics of the two fixed protocols (see DESIGN.md, "Tasks and how they are judged").
+"""Evaluation metrics of the two fixed protocols in docs/protocols.md.
 
 Next-basket ranking, per test customer, from a ranked top-k item matrix and the target
 baskets as a boolean customers × catalogue matrix:

@@ -1,6 +1,6 @@
 """The fixed next-basket protocol: cleaning, home storefronts, test baskets, training rows.
 
-DESIGN.md fixes the protocol so every number compares:
+docs/protocols.md fixes the protocol so every number compares:
 
 1. clean: keep product lines (item id starting with five digits) that are not
    cancellations/returns, with quantity > 0 and unit price > 0;

@@ -1,4 +1,4 @@
-"""The baselines reproduce DESIGN.md's reference numbers on the bundled data (within ±0.01),
+"""The baselines reproduce docs/protocols.md's reference numbers on the bundled data (within ±0.01),
 which checks that both protocols are implemented as specified."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from models.nextbasket_protocol import split_next_basket
 
 TOLERANCE = 0.01
 
-# DESIGN.md: HR@10, Recall@10, NDCG@10, NDCG@10 outside the UK.
+# docs/protocols.md: HR@10, Recall@10, NDCG@10, NDCG@10 outside the UK.
 NEXT_BASKET_REFERENCE = {
     "global popularity": (0.386, 0.067, 0.066, 0.071),
     "storefront popularity": (0.393, 0.073, 0.074, 0.133),

@@ -226,7 +226,7 @@ def test_the_analysis_of_benchmarks_md_survives_a_full_regeneration_byte_for_byt
         ("cli_startup", "| `fedshop-sim --help` | 7.95 | 1.07 | 7.4 |"),
         ("cli_startup", "`fedshop-sim` used to import the whole training stack"),
         ("cli_startup", "which `fedshop-sim bench` keeps as it is and does not recreate."),
-        ("serving", "Target (DESIGN.md): p99 ≤ 20 ms at 200 requests/s"),
+        ("serving", "Target (the product brief): p99 ≤ 20 ms at 200 requests/s"),
         ("serving", "contention gives `serve` a core of its own."),
         ("serving", "Batch recommend runs the same per-customer scoring"),
     ],

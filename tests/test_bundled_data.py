@@ -1,6 +1,6 @@
 """The bundled UCI Online Retail copy: integrity, and what ingest makes of it.
 
-Facts come from ``simulations/data`` provenance (the data README) and DESIGN.md; the
+Facts come from ``simulations/data`` provenance (the data README) and docs/protocols.md; the
 cleaning counts are cross-checked against an independent plain-pandas reading.
 """
 

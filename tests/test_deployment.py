@@ -3,7 +3,7 @@
 The slow tests start real processes (``fedshop-server start``, ``fedshop-site join``'s handler,
 ``fedshop-server submit``) on free ports with per-test FLWR_HOME directories; every process
 is started in its own process group and stopped by its id in the fixture teardown. One of
-them SIGKILLs a site's SuperNode while it trains (DESIGN.md "Reliability": a site dropping
+them SIGKILLs a site's SuperNode while it trains (the reliability tests: a site dropping
 out mid-round).
 """
 
@@ -39,8 +39,10 @@ from clients.join import (
     supernode_command,
 )
 from clients.site_privacy import changed_policy, ensure_default_policy
+from models.settings_per_epsilon import settings_for
 from privacy import flower_processes, wire
 from privacy.ledger import LEDGER_FILE, LedgerEntry, PrivacyLedger
+from privacy.planning import opacus_sample_rate, opacus_steps_per_epoch
 from server.certificates import issue_credentials, site_key_pair, write_new_file
 from server.cli import main as server_main
 from server.deployment import CONNECTION, SuperLinkSettings, write_connection
@@ -229,11 +231,22 @@ def test_tls_federation_runs_two_rounds_and_refuses_an_unregistered_node(
         for privacy in record["privacy"].values():
             assert 0 < privacy[wire.EPSILON] <= 8.0 and privacy[wire.NOISE_MULTIPLIER] > 0
             assert privacy[wire.PRIVACY_NOTE].startswith("planned down: asked ε 50 for this run")
+    # The deployment trains what the simulations validated: the entry for ε 8 (nearest the
+    # ε 50 asked), which config.json names, is what every site planned its DP-SGD with.
+    validated = settings_for("recommender", "federated", 8.0)
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["validated-settings"]["recommender"]["epsilon"] == validated.epsilon
+    epochs, batch = validated.settings["local-epochs"], validated.settings["batch-size"]
     for site in sites:  # each site's privacy ledger lives next to its data, not on the server
         with PrivacyLedger(site / LEDGER_FILE) as ledger:  # training and its cohort release
             entries = ledger.entries("recommender")
             assert 0.99 * 8.0 <= ledger.epsilon("recommender", entries[0].delta) <= 8.0
             assert {entry.delta for entry in entries} == {ledger.policy().delta}
+            [cohort] = ledger.releases("recommender", purpose="cohort")
+        customers = int(cohort.answer["cohort"][0])
+        for entry in (e for e in entries if e.purpose == "training"):
+            assert entry.segment.sample_rate == opacus_sample_rate(customers, batch)
+            assert entry.planned_steps == epochs * opacus_steps_per_epoch(customers, batch)
 
     # The central team reads the privacy report and report.html that submit left, and each
     # site's own ledger-recomputed report agrees with what the server holds of it.

@@ -1,4 +1,4 @@
-"""Dependencies point one way: the package layout of DESIGN.md, checked on the source.
+"""Dependencies point one way: the package layout of docs/architecture.md, checked on the source.
 
 ``privacy`` (and nothing but the standard library and third-party packages below it);
 ``models`` over ``privacy``; ``clients``, ``server`` and ``simulations`` over both. No

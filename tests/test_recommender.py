@@ -30,7 +30,7 @@ from models.recommender import (
 from models.recommender_layers import register_grad_samplers
 from privacy.planning import opacus_sample_rate, opacus_steps_per_epoch
 
-REPEAT_BUY_BASELINE_NDCG = 0.270  # DESIGN.md: customer's own most-bought items
+REPEAT_BUY_BASELINE_NDCG = 0.270  # docs/protocols.md: customer's own most-bought items
 
 
 def random_orders(customers: int, items: int, seed: int) -> tuple[pd.DataFrame, list[str]]:

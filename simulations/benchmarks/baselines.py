@@ -1,6 +1,6 @@
 """Baselines of both fixed protocols on the bundled data, as Markdown for BENCHMARKS.md.
 
-Next basket: the reference baselines of DESIGN.md overall, outside the UK and per home
+Next basket: the reference baselines of docs/protocols.md overall, outside the UK and per home
 storefront (country). Churn: the 5-fold cross-validated references over the whole
 population, then the logistic regression and the torch churn MLP (centralized,
 non-private, with the comparison's validation-chosen settings) trained on the training
@@ -122,7 +122,7 @@ def _churn_section(data, seed: int) -> list[str]:
         f"{len(data.labels):,} customers, {data.labels.mean():.1%} churn, cutoff "
         f"{data.cutoff:%Y-%m-%d %H:%M} UTC; {len(labels)} held out.",
         "",
-        "5-fold cross-validation over the whole population (DESIGN.md's reference setting):",
+        "5-fold cross-validation over all customers (docs/protocols.md's reference):",
         "",
         _markdown(cross_validated.rename_axis("model")),
         "",

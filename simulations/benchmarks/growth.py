@@ -47,7 +47,7 @@ from simulations.storefronts import INDEX_FILE
 MIB = 1024 * 1024
 TARGET_ROUND_SECONDS = 15 * 60.0
 TARGET_PEAK_BYTES = 8 * 1024 * MIB
-"""DESIGN.md's scale target: one round of both models ≤ 15 min, ≤ 8 GiB summed."""
+"""the scale target (README, "Status"): one round of both models ≤ 15 min, ≤ 8 GiB summed."""
 
 SAMPLE_SECONDS = 1.0
 _ROUND_LINE = re.compile(r"\] (\w+) round (\d+)/\d+: .* · ([\d.]+) s$")
