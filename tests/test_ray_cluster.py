@@ -157,6 +157,7 @@ def ray_cluster() -> Iterator[RayCluster]:
         assert not left, f"processes of the test's Ray cluster still running: {left}"
 
 
+@pytest.mark.slow
 def test_a_run_attached_to_a_two_node_ray_cluster_trains_sites_on_both_nodes(
     ray_cluster: RayCluster, tmp_path: Path
 ) -> None:
