@@ -25,7 +25,7 @@ from flwr.clientapp.typing import ClientAppCallable
 from flwr.common.serde import message_to_proto
 
 from clients.site_data import AUDIT_DIR, DATA_PATH, PARTITION_ID
-from privacy.atomic_files import atomic_write
+from common.atomic_files import atomic_write
 
 _SEQUENCE = itertools.count()
 

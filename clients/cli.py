@@ -24,7 +24,7 @@ from clients.errors import IngestError
 from clients.ingest import ORDERS_FILE, REPORT_FILE, IngestReport, prepare_export
 from clients.model_store import ModelStoreError
 from clients.site_data import SiteDataError
-from privacy.console_errors import run_handler
+from common.console_errors import run_handler
 from privacy.ledger import LedgerError
 from privacy.pseudonymise import KeyFileError, generate_key
 

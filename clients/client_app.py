@@ -2,7 +2,7 @@
 and to the delivery of the final models.
 
 Thin on purpose: the work of a round (data, the site's privacy policy, DP training, the
-reply) is in :mod:`clients.site_task`; the wire contract is in :mod:`privacy.wire`. Under
+reply) is in :mod:`clients.site_task`; the wire contract is in :mod:`common.wire`. Under
 secure aggregation a train message is a SecAgg+ stage, answered by
 :mod:`clients.secure_training`. Installing the delivered models is :mod:`clients.delivery`.
 Every reply passes :func:`clients.audit.audit_outgoing`, which can keep a copy of what
@@ -20,7 +20,7 @@ from clients.audit import audit_outgoing
 from clients.delivery import install_delivered_bundle
 from clients.secure_training import is_secure_aggregation_message, train_with_secure_aggregation
 from clients.site_task import evaluate_round, train_round
-from privacy import wire
+from common import wire
 
 app = ClientApp(mods=[audit_outgoing])
 

@@ -1,11 +1,11 @@
 """A site's answer to the server's model delivery: install the run's bundle, acknowledge.
 
-At the end of a run the server sends every site the model bundle (:mod:`privacy.wire`,
+At the end of a run the server sends every site the model bundle (:mod:`common.wire`,
 "Model delivery"). :func:`install_delivered_bundle` installs it in the site directory,
 verified in full first (:mod:`clients.model_store`: only models the site's own policy
 allows, nothing imported before that, every checksum, weights that fit their models), and
 acknowledges with the number of models installed; a bundle that does not check out, or a
-site that cannot write it, refuses with error :data:`privacy.wire.INSTALL_FAILED` and the
+site that cannot write it, refuses with error :data:`common.wire.INSTALL_FAILED` and the
 reason, and keeps the model it had.
 """
 
@@ -17,7 +17,7 @@ from clients.local_evaluation import write_local_evaluation
 from clients.model_store import ModelStoreError, install_bundle
 from clients.site_data import SiteDataError, load_orders, locate_site, storefront_of
 from clients.site_task import SiteRefusal, reasoned, site_reply
-from privacy import wire
+from common import wire
 from privacy.ledger import LedgerError
 
 

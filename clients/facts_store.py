@@ -2,7 +2,7 @@
 
 A model's shared facts (the recommender's item catalogue, the churn cutoff) are the same for
 every message of a run; the server sends them in full until the site has answered one
-message that carried them, then only their digest (:data:`privacy.wire.FACTS_DIGEST`).
+message that carried them, then only their digest (:data:`common.wire.FACTS_DIGEST`).
 The site therefore keeps what it received: in memory for the process (a simulation worker
 answers for many sites, a deployed site for one) and on disk next to its privacy ledger,
 ``<ledger dir>/shared-facts/<digest>.json`` (a deployed site answers every message in a
@@ -17,8 +17,8 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
-from privacy import wire
-from privacy.atomic_files import atomic_write
+from common import wire
+from common.atomic_files import atomic_write
 
 FACTS_DIR = "shared-facts"
 MEMORY_ENTRIES = 16

@@ -39,9 +39,9 @@ import pyarrow.parquet as pq
 from clients.adapters import ADAPTERS, ColumnMapping, load_mapping
 from clients.errors import IngestError
 from clients.table_reader import read_table
+from common.atomic_files import atomic_output
 from models import schema
 from models.schema import ORDERS_FILE
-from privacy.atomic_files import atomic_output
 from privacy.pseudonymise import canonical_ids, load_key, pseudonymise_customers
 
 __all__ = [

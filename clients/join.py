@@ -34,8 +34,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_ssh_private_key
 
 from clients.site_data import AUDIT_DIR
+from common import flower_processes
 from models.schema import ARROW_SCHEMA, ORDERS_FILE
-from privacy import flower_processes
 
 DEFAULT_PORT = 9094
 DEFAULT_MAX_RETRIES = 30

@@ -19,8 +19,8 @@ import pandas as pd
 import torch
 
 from clients.model_store import LOCAL_EVALUATION, InstalledModels
+from common.atomic_files import atomic_write
 from models.registry import get_model
-from privacy.atomic_files import atomic_write
 
 
 def local_metrics(installed: InstalledModels, orders: pd.DataFrame) -> dict[str, dict[str, Any]]:

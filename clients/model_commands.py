@@ -31,9 +31,9 @@ from typing import TYPE_CHECKING
 
 from clients.adapters import add_format_options, mapping_from_args
 from clients.model_store import InstalledModels, install_bundle_dir, load_installed
+from common.atomic_files import atomic_output
 from models.schema import CUSTOMER, ORDERS_FILE
 from models.site_use import MAX_ITEMS, SITE_USES, NoAnswer, SiteUse
-from privacy.atomic_files import atomic_output
 from privacy.pseudonymise import customer_token, load_key
 
 if TYPE_CHECKING:

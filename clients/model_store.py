@@ -52,8 +52,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from clients.site_data import RUN_DIR
-from privacy import wire
-from privacy.atomic_files import atomic_write, fsync_path
+from common import wire
+from common.atomic_files import atomic_write, fsync_path
 
 if TYPE_CHECKING:
     from torch import nn
@@ -114,7 +114,7 @@ def install_bundle(files: Mapping[str, bytes], site_dir: Path, source: str) -> I
     checksums, weights that build into their models.
 
     Args:
-        files: the manifest (:data:`privacy.wire.MANIFEST`) and the weight files it names,
+        files: the manifest (:data:`common.wire.MANIFEST`) and the weight files it names,
             nothing else.
         site_dir: the site directory (module docstring); its ledger gives the policy and ε.
         source: where the bundle came from, for error messages.

@@ -34,7 +34,7 @@ from typing import TypeVar
 
 from clients import site_timing
 from clients.prepared_cache import estimated_bytes
-from privacy.atomic_files import atomic_write
+from common.atomic_files import atomic_write
 
 Value = TypeVar("Value")
 

@@ -18,10 +18,10 @@ from typing import Any
 
 from clients.model_store import InstalledModels, ModelStoreError, load_installed
 from clients.site_data import DATA_PATH, load_orders, locate_site
+from common import wire
 from models import schema
 from models.registry import get_model
 from models.site_use import SiteScores, SiteUse
-from privacy import wire
 
 
 @dataclass(frozen=True)

@@ -8,8 +8,8 @@ collect-masked-vectors stage only, calls the site's training. This module adapts
 to the site's one train round, :func:`clients.site_task.train_round`:
 
 1. the legacy FitIns layout (unnamed arrays ``fitins.parameters``, ``fitins.config``) becomes
-   the train message of :mod:`privacy.wire`; the array names come in the config under
-   :data:`privacy.wire.ARRAY_NAMES`, the shared facts as ``facts.<key>`` entries;
+   the train message of :mod:`common.wire`; the array names come in the config under
+   :data:`common.wire.ARRAY_NAMES`, the shared facts as ``facts.<key>`` entries;
 2. ``train_round`` runs unchanged: the privacy gate, user-level DP-SGD (per-customer
    clipping and noise happen *during* local training, on the site) and the ledger commit.
    So the update is already privatised before it is masked;
@@ -41,7 +41,7 @@ from flwr.common.secure_aggregation.secaggplus_constants import (
 from flwr.compat.common.recorddict_compat import arrayrecord_to_parameters, fitres_to_recorddict
 
 from clients.site_task import train_round
-from privacy import wire
+from common import wire
 
 FITINS_PARAMETERS = "fitins.parameters"
 FITINS_CONFIG = "fitins.config"

@@ -19,8 +19,8 @@ import torch
 from flwr.app import ConfigRecord
 from torch import nn
 
+from common import wire
 from models.registry import Facts, FederatedModel
-from privacy import wire
 from privacy.policy import SitePolicy
 
 

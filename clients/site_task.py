@@ -5,7 +5,7 @@ privacy policy (kept in its ledger), splits the data by the model's protocol
 (:class:`models.registry.FederatedModel`), plans DP for the run as the policy allows
 (:func:`privacy.planning.plan_site_run`: a request for more ε is planned down, a request
 without DP declined), reserves the round in the ledger, trains, confirms the DP steps,
-and only then builds the reply — weights plus the fixed keys of :mod:`privacy.wire`.
+and only then builds the reply — weights plus the fixed keys of :mod:`common.wire`.
 :func:`evaluate_round` answers with the model's sums and counts over the site's held-out
 customers, or ``suppressed`` when they are fewer than the policy's minimum cohort.
 
@@ -13,7 +13,7 @@ Every failure at a site is a reasoned refusal, never a crash of the round: missi
 unreadable data, input the site does not accept, a ledger that cannot be trusted, a spent
 budget, a request the policy does not allow, a cohort below the minimum — each becomes an
 error reply whose reason is ``"<reason code> (<storefront>): <detail>"``
-(:func:`privacy.wire.decline_reason`), logged by the site in one line, and the server
+(:func:`common.wire.decline_reason`), logged by the site in one line, and the server
 carries on without the site. No reason quotes a count of the site's customers: the only
 refusal that depends on them, the minimum cohort, compares a released (noisy) count and
 does not say by how much.
@@ -66,12 +66,19 @@ from clients.site_releases import (
     evaluation_answer,
     planned_evaluation_segments,
 )
+from common import wire
+from common.console_errors import withheld
+from common.wire_encoding import (
+    FLOAT32,
+    EncodingError,
+    check_encoding,
+    decode_int8,
+    encode_int8,
+)
 from models import schema
 from models.registry import BUILTIN_MODELS, FederatedModel, SiteData, get_model
 from models.training import LocalTraining, TrainingSettings, simulation_seed
-from privacy import wire
 from privacy.accountants import DPSegment
-from privacy.console_errors import withheld
 from privacy.ledger import (
     LEDGER_FILE,
     BudgetExceeded,
@@ -90,13 +97,6 @@ from privacy.planning import (
     plan_site_run,
 )
 from privacy.policy import SitePolicy
-from privacy.wire_encoding import (
-    FLOAT32,
-    EncodingError,
-    check_encoding,
-    decode_int8,
-    encode_int8,
-)
 
 
 class SiteRefusal(Exception):
@@ -150,11 +150,11 @@ class TrainingPlan:
     proximal_mu: float
     """FedProx's μ; 0 unless the server runs FedProx."""
     update_encoding: str = FLOAT32
-    """How the global weights arrive and the update leaves (:mod:`privacy.wire_encoding`)."""
+    """How the global weights arrive and the update leaves (:mod:`common.wire_encoding`)."""
 
     @classmethod
     def from_config(cls, config: ConfigRecord) -> TrainingPlan:
-        """Read the plan from the train config (keys in :mod:`privacy.wire`).
+        """Read the plan from the train config (keys in :mod:`common.wire`).
 
         Raises:
             InvalidServerInput: a key is missing or a value is invalid.
@@ -611,7 +611,7 @@ def reply_arrays(
 ) -> ArrayRecord:
     """The train reply's arrays: the trained weights (float32), or under ``int8`` the update
     from the ``received`` weights, 8-bit with stochastic rounding (after the DP noise, so
-    post-processing; :mod:`privacy.wire_encoding`).
+    post-processing; :mod:`common.wire_encoding`).
 
     Raises:
         SiteRefusal: a non-finite update (nothing is sent).

@@ -37,6 +37,7 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
+from common import wire
 from models import metrics, schema
 from models.churn_protocol import FEATURES, ChurnData, churn_cutoff, churn_data, churn_features
 from models.churn_risk import ChurnRisk, risk_table
@@ -44,7 +45,6 @@ from models.optimizers import build_optimizer
 from models.registry import Facts, FederatedModel, SiteData, WholeSplit
 from models.site_use import CHURN_RISK
 from models.training import LocalResult, LocalTraining, TrainingSettings, mean_finite
-from privacy import wire
 from privacy.accountants import DPSegment
 from privacy.release import Histogram
 

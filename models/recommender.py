@@ -37,6 +37,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from common import wire
 from models import metrics, schema
 from models.baselines import buyer_counts, evaluate_next_basket
 from models.nextbasket_features import (
@@ -71,7 +72,6 @@ from models.recommender_layers import (
 from models.registry import Facts, FederatedModel, SiteData, WholeSplit
 from models.site_use import MAX_ITEMS, RECOMMEND
 from models.training import LocalResult, LocalTraining, TrainingSettings, mean_finite
-from privacy import wire
 from privacy.accountants import DPSegment
 from privacy.release import BoundedSum
 

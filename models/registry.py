@@ -43,10 +43,10 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from common import wire
 from models import schema
 from models.site_use import SiteScores, SiteUse
 from models.training import LocalResult, LocalTraining, TrainingSettings
-from privacy import wire
 from privacy.release import Query, exact_values
 
 BUILTIN_MODELS: tuple[str, ...] = ("churn", "recommender")

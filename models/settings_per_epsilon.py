@@ -30,9 +30,9 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from common import wire
+from common.atomic_files import atomic_write
 from models.nextbasket_protocol import TARGET_WINDOW, parse_target_window
-from privacy import wire
-from privacy.atomic_files import atomic_write
 
 if TYPE_CHECKING:  # torch underneath: the light command lines read this module too
     from models.training import TrainingSettings
@@ -57,7 +57,7 @@ class EpsilonSettings:
     mode: str
     epsilon: float
     settings: dict[str, Any]
-    """Run-config spelling: the keys of :data:`privacy.wire.MODEL_TRAINING_KEYS`, and
+    """Run-config spelling: the keys of :data:`common.wire.MODEL_TRAINING_KEYS`, and
     :data:`TARGET_WINDOW` where it applies."""
     metric: str
     """The validation metric of :attr:`validation_score` (e.g. ``ndcg@10``)."""

@@ -4,7 +4,7 @@
 learning rate, batch size, DP clipping norm): each model declares its defaults
 (``FederatedModel.default_training``), the run config's per-model table
 (``[tool.flwr.app.config.<model>]``) overrides them, and the server sends them to the
-sites under the keys of :data:`privacy.wire.MODEL_TRAINING_KEYS`.
+sites under the keys of :data:`common.wire.MODEL_TRAINING_KEYS`.
 :class:`LocalTraining` adds what a round needs beyond them: FedProx's μ, the DP noise
 multiplier (or none), a seed and the public cohort size DP-SGD plans with;
 :func:`simulation_seed` says which of a simulation's
@@ -18,8 +18,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from common import wire
 from models.optimizers import OPTIMIZERS
-from privacy import wire
 
 SIMULATION_SEED = "simulation-seed"
 """Run-config key: which reproducible run of a simulation this is (default 0)."""
@@ -58,7 +58,7 @@ class TrainingSettings:
     def from_config(
         cls, config: Mapping[str, Any], *, prefix: str = "", defaults: TrainingSettings | None
     ) -> TrainingSettings:
-        """Read ``<prefix><key>`` for every key of :data:`privacy.wire.MODEL_TRAINING_KEYS`,
+        """Read ``<prefix><key>`` for every key of :data:`common.wire.MODEL_TRAINING_KEYS`,
         falling back to ``defaults`` where a key is missing or empty (``None``: every key
         is required).
 

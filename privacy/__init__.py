@@ -1,2 +1,2 @@
-"""Pseudonymisation (keyed HMAC), DP-SGD wiring (Opacus), the privacy accountant and
-per-site budget ledger, and secure-aggregation settings."""
+"""Privacy only: pseudonymisation (keyed HMAC), a site's privacy policy, the accountants
+and the per-site privacy ledger, DP-SGD wiring (Opacus) and the site's DP releases."""

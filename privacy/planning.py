@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
-from privacy import wire
+from common import wire
 from privacy.accountants import DEFAULT_ACCOUNTANT, DPSegment, create_accountant
 from privacy.ledger import LedgerEntry, ledger_epsilon
 from privacy.policy import SitePolicy
@@ -134,7 +134,7 @@ class RunGrant:
 
 
 class PolicyDecline(Exception):
-    """The site's policy declines the request; ``code`` is a ``privacy.wire.DECLINED_*``."""
+    """The site's policy declines the request; ``code`` is a ``common.wire.DECLINED_*``."""
 
     def __init__(self, code: int, detail: str) -> None:
         super().__init__(f"{wire.DECLINE_REASONS[code]}: {detail}")

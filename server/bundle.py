@@ -5,7 +5,7 @@
 the weights and what an auditor needs to trust them: the SHA-256 of each weights file,
 model-specific artefacts (item vocabulary, feature scaling constants), rounds completed,
 ε/δ/steps last reported by each storefront per model, the run's resolved config, and
-package versions. The manifest keys a site reads are named in :mod:`privacy.wire`; the
+package versions. The manifest keys a site reads are named in :mod:`common.wire`; the
 bundle is what every site installs at the end of a run (:mod:`server.delivery`).
 
 The bundle directory is built next to its destination and swapped in with renames, so
@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from privacy import wire
+from common import wire
 
 BUNDLE_DIR = "bundle"
 MANIFEST = wire.MANIFEST

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from privacy.atomic_files import atomic_output
+from common.atomic_files import atomic_output
 
 logger = logging.getLogger(__name__)
 

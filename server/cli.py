@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from privacy.console_errors import run_handler
+from common.console_errors import run_handler
 from server.certificates import CredentialsError, credential_paths, issue_credentials
 from server.deployment import (
     APP_DIR,

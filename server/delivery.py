@@ -1,7 +1,7 @@
 """Delivery of a run's final models: every site receives the model bundle and installs it.
 
 After the bundle is exported (:mod:`server.bundle`), :func:`deliver_bundle` sends every
-connected node one query message (action :data:`privacy.wire.INSTALL_MODEL`) carrying
+connected node one query message (action :data:`common.wire.INSTALL_MODEL`) carrying
 the bundle's files — the manifest, with the SHA-256 of every weight file, and the weight
 files — and waits for the acknowledgements. The site checks the checksums and installs
 the models next to its data. A site that cannot install (a checksum that does not match,
@@ -24,8 +24,8 @@ from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 from flwr.supercore import log
 
-from privacy import wire
-from privacy.atomic_files import atomic_write
+from common import wire
+from common.atomic_files import atomic_write
 from server.run_files import DELIVERY_LOG
 
 

@@ -11,7 +11,7 @@ State directory layout: ``superlink.db`` (runs, nodes, registrations; survives r
 restarted SuperLink keeps its SuperNodes) and ``flwr-home/`` (the SuperLink's own
 ``FLWR_HOME``: installed apps). The SuperLink runs with the state directory as its working
 directory, so relative paths written by the ServerApp land there too. Processes are started
-and stopped through :mod:`privacy.flower_processes`, shared with the site side.
+and stopped through :mod:`common.flower_processes`, shared with the site side.
 """
 
 from __future__ import annotations
@@ -31,9 +31,9 @@ from typing import IO
 
 import tomli_w
 
-from privacy import flower_processes
-from privacy.atomic_files import atomic_write
-from privacy.flower_processes import flower_environment
+from common import flower_processes
+from common.atomic_files import atomic_write
+from common.flower_processes import flower_environment
 from server.certificates import (
     check_private_key_file,
     credential_paths,
@@ -132,7 +132,7 @@ def superlink_command(settings: SuperLinkSettings) -> list[str]:
 def launch_superlink(settings: SuperLinkSettings, log: IO | None = None) -> subprocess.Popen:
     """Start ``flower-superlink`` in its own process group; its output goes to ``log``.
 
-    Stop it with :func:`privacy.flower_processes.stop`.
+    Stop it with :func:`common.flower_processes.stop`.
 
     Raises:
         DeploymentError: a credentials file is missing or the server key is readable by others.

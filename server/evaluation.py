@@ -32,8 +32,8 @@ import numpy as np
 from flwr.app import MetricRecord, RecordDict
 from flwr.supercore import log
 
+from common import wire
 from models.registry import FederatedModel
-from privacy import wire
 
 UNKNOWN_STOREFRONT = "unknown storefront"
 SPREAD_DRAWS = 200

@@ -17,9 +17,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from privacy import wire
+from common import wire
+from common.atomic_files import atomic_write
 from privacy.accountants import create_accountant
-from privacy.atomic_files import atomic_write
 
 PRIVACY_REPORT = "privacy_report.json"
 REPORTED = "reported"

@@ -36,12 +36,12 @@ import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first
 import pandas as pd  # noqa: E402
 from matplotlib.ticker import NullFormatter, ScalarFormatter  # noqa: E402
 
+from common import wire  # noqa: E402
+from common.atomic_files import atomic_write  # noqa: E402
 from models.metrics import OVERALL  # noqa: E402
 from models.registry import BUILTIN_MODELS, get_model  # noqa: E402
 from models.schema import SUMMARY_FILE  # noqa: E402
-from privacy import wire  # noqa: E402
 from privacy.accountants import create_accountant  # noqa: E402
-from privacy.atomic_files import atomic_write  # noqa: E402
 from server.errors import ReportError  # noqa: E402
 from server.privacy_report import (  # noqa: E402
     PRIVACY_REPORT,

@@ -62,7 +62,7 @@ from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECOR
 from flwr.serverapp import Grid
 from flwr.supercore import log
 
-from privacy import wire
+from common import wire
 from server.strategy import (
     RoundReport,
     ValidatedAggregation,

@@ -37,6 +37,9 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, RecordDict
 from flwr.serverapp import Grid, ServerApp
 from flwr.supercore import log
 
+from common import wire
+from common.atomic_files import atomic_write
+from common.wire_encoding import FLOAT32
 from models.registry import BUILTIN_MODELS, FederatedModel, get_model, model_names
 from models.settings_per_epsilon import (
     FEDERATED_MODE,
@@ -45,9 +48,6 @@ from models.settings_per_epsilon import (
     validation_record,
 )
 from models.training import TrainingSettings, simulation_seed
-from privacy import wire
-from privacy.atomic_files import atomic_write
-from privacy.wire_encoding import FLOAT32
 from server import progress
 from server.bundle import export_bundle
 from server.checkpoint import Checkpoint, ModelProgress, latest_checkpoint, save_checkpoint
@@ -111,7 +111,7 @@ def message_configs(
     """The config of the model's evaluate messages (the model's name, the evaluations the
     run plans and the ε the server asks for) and of its train messages (those, the training
     plan and the planned rounds). The shared facts travel in their own record
-    (:data:`privacy.wire.FACTS`)."""
+    (:data:`common.wire.FACTS`)."""
     rounds = int(run_config.get("num-server-rounds", 3))
     evaluations = planned_evaluations(str(run_config.get("evaluation-rounds", "last")), rounds)
     if float(run_config.get("fraction-evaluate", 1.0)) <= 0:

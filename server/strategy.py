@@ -36,8 +36,8 @@ from flwr.serverapp.strategy.fedtrimmedavg import trim_mean
 from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 from flwr.supercore import log
 
-from privacy import wire
-from privacy.wire_encoding import FLOAT32, INT8, check_encoding, decode_int8, encode_int8
+from common import wire
+from common.wire_encoding import FLOAT32, INT8, check_encoding, decode_int8, encode_int8
 from server import progress
 from server.progress import RoundEvent
 from server.update_validation import (
@@ -199,7 +199,7 @@ class ValidatedAggregation(FedAvg):
 
     def share_facts(self, facts: dict[str, Any]) -> None:
         """Send ``facts`` with this model's messages: in full to a node until it has answered
-        a message that carried them, then only their digest (:data:`privacy.wire.FACTS`)."""
+        a message that carried them, then only their digest (:data:`common.wire.FACTS`)."""
         self._facts_digest = wire.facts_digest(facts) if facts else ""
         self._packed_facts = wire.pack_facts(facts) if facts else b""
         self._nodes_holding_facts = set()
@@ -489,8 +489,8 @@ def _site_update(
 
 
 def facts_record(digest: str, packed: bytes | None = None) -> ConfigRecord:
-    """The :data:`privacy.wire.FACTS` record of a message: the facts' digest, with the
-    facts themselves (:func:`privacy.wire.pack_facts`) for a node not known to hold them."""
+    """The :data:`common.wire.FACTS` record of a message: the facts' digest, with the
+    facts themselves (:func:`common.wire.pack_facts`) for a node not known to hold them."""
     record: dict[str, Any] = {wire.FACTS_DIGEST: digest}
     if packed is not None:
         record[wire.FACTS_PACKED] = packed
@@ -499,7 +499,7 @@ def facts_record(digest: str, packed: bytes | None = None) -> ConfigRecord:
 
 def training_arrays(weights: dict[str, np.ndarray], encoding: str) -> ArrayRecord:
     """The global weights as a train message carries them under ``encoding``: dense, or
-    8-bit rounded to nearest (:mod:`privacy.wire_encoding`)."""
+    8-bit rounded to nearest (:mod:`common.wire_encoding`)."""
     return _array_record(weights if encoding == FLOAT32 else encode_int8(weights))
 
 

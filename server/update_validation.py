@@ -5,7 +5,7 @@ norm sense is ``client weights - global weights``. An update is rejected when
 
 - the reply is malformed: arrays that cannot be read, a key set that differs from the
   global model's, an array of the wrong shape or dtype, metric keys other than the
-  documented ones (:data:`privacy.wire.TRAIN_METRIC_KEYS`), or a weight
+  documented ones (:data:`common.wire.TRAIN_METRIC_KEYS`), or a weight
   (``num-examples``) that is not a positive whole number;
 - any weight is NaN or infinite;
 - its norm *per unit of local training* is far above the round's median (size-aware
@@ -74,8 +74,8 @@ from typing import Any
 
 import numpy as np
 
+from common.wire import BATCH_SIZE, LOCAL_EPOCHS, NOISE_MULTIPLIER, NUM_EXAMPLES, TRAIN_METRIC_KEYS
 from privacy.planning import opacus_sample_rate, opacus_steps_per_epoch
-from privacy.wire import BATCH_SIZE, LOCAL_EPOCHS, NOISE_MULTIPLIER, NUM_EXAMPLES, TRAIN_METRIC_KEYS
 
 Weights = Mapping[str, np.ndarray]
 

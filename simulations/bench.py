@@ -31,7 +31,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from privacy.atomic_files import atomic_write
+from common.atomic_files import atomic_write
 from simulations.bench_header import HEADING, SectionRun, header_section, machine_facts
 from simulations.benchmarks.sections import (
     BY_HAND,

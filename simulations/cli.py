@@ -23,20 +23,15 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import pandas as pd
-import pyarrow as pa
 
 from clients.errors import IngestError
 from clients.site_privacy import PolicyCommandError
-from privacy.console_errors import run_handler
+from common.console_errors import run_handler
 from privacy.pseudonymise import KeyFileError
 from server.errors import ReportError
-from simulations.assignments import parse_assignments
 from simulations.bench import BenchError, add_bench_arguments, run_bench
 from simulations.compare_options import add_compare_arguments
-from simulations.errors import PrivacyReportError
+from simulations.errors import PROG, CommandError, PrivacyReportError
 from simulations.progress import Progress
 from simulations.runner import DEFAULT_CLIENT_CPUS, SimulationError
 from simulations.storefronts import (
@@ -44,19 +39,13 @@ from simulations.storefronts import (
     StorefrontError,
     format_summary,
     prepare_bundled_storefronts,
-    prepare_storefronts,
 )
-from simulations.synthetic import LARGEST_STOREFRONT_SHARE, generate_orders
+from simulations.synthetic import LARGEST_STOREFRONT_SHARE, ZIPF, write_synthetic_split
 from simulations.tune_options import add_tune_arguments
 
-PROG = "fedshop-sim"
 DEFAULT_MAIN_OUT = Path("runs/main")
 BUNDLED_REFERENCE = Path(__file__).parent / "data" / "reference-comparison.json"
 """``fedshop-sim compare`` on the bundled data, shown beside the main job's results."""
-
-
-class CommandError(Exception):
-    """A subcommand cannot proceed; the message is shown to the user as one line."""
 
 
 USER_ERRORS: tuple[type[Exception], ...] = (
@@ -106,10 +95,6 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value
-
-
-ZIPF = "zipf"
-"""``--largest-share`` value that puts the largest storefront on the others' Zipf curve."""
 
 
 def largest_share(text: str) -> float | None:
@@ -194,50 +179,6 @@ def run_synth(args: argparse.Namespace) -> int:
     return 0
 
 
-def write_synthetic_split(
-    out: Path,
-    *,
-    storefronts: int,
-    customers: int,
-    items: int,
-    order_lines: int | None,
-    seed: int,
-    progress: Progress,
-    largest: float | None = LARGEST_STOREFRONT_SHARE,
-) -> pd.DataFrame:
-    """Generate seeded synthetic order lines and write their storefront split to ``out``
-    (``largest``: the largest storefront's share of customers, None for the Zipf curve)."""
-    with progress.step("generate synthetic order lines"):
-        try:
-            frame = generate_orders(
-                n_storefronts=storefronts,
-                n_customers=customers,
-                n_items=items,
-                n_order_lines=order_lines,
-                seed=seed,
-                largest_share=largest,
-            )
-        except ValueError as error:
-            raise CommandError(str(error)) from None
-    metadata = {
-        "source": "synthetic",
-        "seed": seed,
-        "storefronts": storefronts,
-        "customers": customers,
-        "items": items,
-        "order-lines": len(frame),
-        "largest-share": ZIPF if largest is None else largest,
-    }
-    with progress.step(f"write the split to {out}"):
-        summary = prepare_storefronts(frame, out, metadata=metadata)
-    del frame
-    # Arrow's allocator keeps freed pages for reuse: give the lines' memory back to the
-    # system, since `run` keeps this process alive through the whole federation (2.5 GiB
-    # held after 20M lines otherwise).
-    pa.default_memory_pool().release_unused()
-    return summary
-
-
 def add_training_arguments(parser: argparse.ArgumentParser) -> None:
     """Declare the federated-training options shared by ``run`` and ``main``."""
     group = parser.add_argument_group("federated training")
@@ -290,23 +231,6 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
         help="show Flower's whole log live (by default it goes to <out>/flwr-run.log and the "
         "console shows one line per round)",
     )
-
-
-def training_config(args: argparse.Namespace, defaults: dict[str, Any]) -> dict[str, Any]:
-    """``defaults`` updated with the training options given on the command line."""
-    config = dict(defaults)
-    for option, key in (
-        ("models", "models"),
-        ("rounds", "num-server-rounds"),
-        ("epsilon", "epsilon"),
-    ):
-        if getattr(args, option) is not None:
-            config[key] = getattr(args, option)
-    try:
-        config.update(parse_assignments(args.set))
-    except ValueError as error:
-        raise CommandError(str(error)) from None
-    return config
 
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:

@@ -43,6 +43,7 @@ import pandas as pd
 import torch
 
 from clients.ingest import ingest_table
+from common.atomic_files import atomic_write
 from models import metrics, schema
 from models.baselines import NEXT_BASKET_BASELINES, churn_baselines, evaluate_next_basket
 from models.churn import HIDDEN_UNITS, ChurnModel, churn_dataset, evaluate_churn
@@ -71,7 +72,6 @@ from models.settings_per_epsilon import (
 )
 from models.training import LocalTraining, TrainingSettings
 from privacy.accountants import DPSegment
-from privacy.atomic_files import atomic_write
 from privacy.planning import DPPlan, default_delta, plan_dp
 from privacy.pseudonymise import generate_key, load_key
 from simulations.compare_options import DEFAULT_EPSILONS

@@ -4,6 +4,13 @@ Flower (see :mod:`simulations.cli`)."""
 
 from __future__ import annotations
 
+PROG = "fedshop-sim"
+"""The researcher's command, which starts every one-line error and progress line."""
+
+
+class CommandError(Exception):
+    """A subcommand cannot proceed; the message is shown to the user as one line."""
+
 
 class PrivacyReportError(Exception):
     """The ledgers contradict what the sites reported; ``str()`` names the sites."""

@@ -24,10 +24,10 @@ import pandas as pd
 import torch
 
 from clients.site_data import storefront_slugs
+from common import wire
+from common.atomic_files import atomic_write
 from models import schema
 from models.registry import Facts, get_model
-from privacy import wire
-from privacy.atomic_files import atomic_write
 from server.bundle import BUNDLE_DIR, load_bundle
 from server.run_files import EXACT_EVALUATION
 

@@ -39,12 +39,8 @@ from server.report import (
 )
 from server.run_files import DELIVERY_LOG, RESOLVED_CONFIG, ROUNDS_LOG
 from server.run_results import headline_metric, load_run, overall_metrics, spread
-from simulations.cli import (
-    PROG,
-    CommandError,
-    training_config,
-    write_synthetic_split,
-)
+from simulations.assignments import parse_assignments
+from simulations.errors import PROG, CommandError
 from simulations.privacy_report import SITES_DIR, write_ledger_privacy_report
 from simulations.progress import Progress
 from simulations.run_configs import MAIN_RUN_CONFIG
@@ -57,6 +53,7 @@ from simulations.runner import (
     run_simulation_job,
 )
 from simulations.storefronts import format_summary, prepare_bundled_storefronts
+from simulations.synthetic import write_synthetic_split
 
 STOREFRONTS_DIR = "storefronts"
 """Subdirectory of a main run that holds its storefront split."""
@@ -338,3 +335,20 @@ PREVIOUS_RUN_OUTPUTS = (
     PLOTS_DIR,
 )
 """Everything a simulation job writes into its run directory besides the split."""
+
+
+def training_config(args: argparse.Namespace, defaults: dict[str, Any]) -> dict[str, Any]:
+    """``defaults`` updated with the training options given on the command line."""
+    config = dict(defaults)
+    for option, key in (
+        ("models", "models"),
+        ("rounds", "num-server-rounds"),
+        ("epsilon", "epsilon"),
+    ):
+        if getattr(args, option) is not None:
+            config[key] = getattr(args, option)
+    try:
+        config.update(parse_assignments(args.set))
+    except ValueError as error:
+        raise CommandError(str(error)) from None
+    return config

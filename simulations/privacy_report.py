@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from clients.site_releases import EVALUATION
-from privacy import wire
+from common import wire
 from privacy.ledger import LEDGER_FILE, TRAINING, PrivacyLedger, ledger_epsilon
 from server.privacy_report import SitePrivacy, write_privacy_report
 from server.run_files import RESOLVED_CONFIG, ROUNDS_LOG

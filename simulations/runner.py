@@ -42,8 +42,8 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from clients.site_data import storefront_slugs
+from common.flower_processes import flower_environment
 from models.schema import ORDERS_FILE
-from privacy.flower_processes import flower_environment
 from server import progress
 from server.checkpoint import CHECKPOINT_DIR
 from simulations.local_superlink import find_local_superlink, processes_of_home, stop_processes

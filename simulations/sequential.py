@@ -32,8 +32,8 @@ from flwr.app.metadata import Metadata
 from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 
 from clients.site_task import evaluate_round, train_round
+from common import wire
 from models.training import simulation_seed
-from privacy import wire
 from server.evaluation import evaluation_aggregator
 from server.server_app import plan_models
 from server.strategy import StrategySettings, trained_weights, training_arrays

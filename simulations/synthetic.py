@@ -27,12 +27,16 @@ drives every draw, so the same arguments give an identical frame.
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 
 from models import schema
+from simulations.errors import CommandError
+from simulations.progress import Progress
+from simulations.storefronts import prepare_storefronts
 
 DEFAULT_START = datetime(2010, 12, 1, tzinfo=UTC)
 """First possible order time (the bundled data starts on 2010-12-01)."""
@@ -428,3 +432,51 @@ def _to_frame(
         schema=schema.ARROW_SCHEMA,
     )
     return table.to_pandas(self_destruct=True)
+
+
+ZIPF = "zipf"
+"""``--largest-share`` value that puts the largest storefront on the others' Zipf curve."""
+
+
+def write_synthetic_split(
+    out: Path,
+    *,
+    storefronts: int,
+    customers: int,
+    items: int,
+    order_lines: int | None,
+    seed: int,
+    progress: Progress,
+    largest: float | None = LARGEST_STOREFRONT_SHARE,
+) -> pd.DataFrame:
+    """Generate seeded synthetic order lines and write their storefront split to ``out``
+    (``largest``: the largest storefront's share of customers, None for the Zipf curve)."""
+    with progress.step("generate synthetic order lines"):
+        try:
+            frame = generate_orders(
+                n_storefronts=storefronts,
+                n_customers=customers,
+                n_items=items,
+                n_order_lines=order_lines,
+                seed=seed,
+                largest_share=largest,
+            )
+        except ValueError as error:
+            raise CommandError(str(error)) from None
+    metadata = {
+        "source": "synthetic",
+        "seed": seed,
+        "storefronts": storefronts,
+        "customers": customers,
+        "items": items,
+        "order-lines": len(frame),
+        "largest-share": ZIPF if largest is None else largest,
+    }
+    with progress.step(f"write the split to {out}"):
+        summary = prepare_storefronts(frame, out, metadata=metadata)
+    del frame
+    # Arrow's allocator keeps freed pages for reuse: give the lines' memory back to the
+    # system, since `run` keeps this process alive through the whole federation (2.5 GiB
+    # held after 20M lines otherwise).
+    pa.default_memory_pool().release_unused()
+    return summary

@@ -50,6 +50,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from common.atomic_files import atomic_write
 from models import schema
 from models.churn import HIDDEN_UNITS, evaluate_churn
 from models.churn_protocol import churn_cutoff
@@ -68,7 +69,6 @@ from models.settings_per_epsilon import (
     training_settings,
 )
 from models.training import SIMULATION_SEED, TrainingSettings
-from privacy.atomic_files import atomic_write
 from simulations.compare import centralized_dp_plan, fit_churn, fit_recommender, ingest_bundled
 from simulations.progress import SILENT, Progress
 from simulations.run_configs import MAIN_RUN_CONFIG, PLAIN_SITE_POLICY

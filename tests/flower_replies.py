@@ -8,7 +8,7 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
 from flwr.app.metadata import Metadata
 
-from privacy import wire
+from common import wire
 
 
 def train_metrics(num_examples: int = 100, noise_multiplier: float = 1.0) -> dict[str, float]:

@@ -18,7 +18,7 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.simulation import run_simulation
 
 from clients import client_app
-from privacy import wire
+from common import wire
 
 
 def simulate_federation(

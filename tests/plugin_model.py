@@ -19,11 +19,11 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
+from common import wire
 from models import schema
 from models.optimizers import build_optimizer
 from models.registry import Facts, FederatedModel, SiteData
 from models.training import LocalResult, LocalTraining, TrainingSettings, mean_finite
-from privacy import wire
 from privacy.release import BoundedSum
 
 SQUARED_ERROR_SUM = "squared-error-sum"

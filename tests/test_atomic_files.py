@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from privacy.atomic_files import atomic_output, atomic_write
+from common.atomic_files import atomic_output, atomic_write
 
 
 def test_atomic_write_replaces_content_and_sets_mode(tmp_path: Path) -> None:

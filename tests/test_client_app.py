@@ -10,11 +10,11 @@ from flwr.app import Array, ArrayRecord, Context, Message, RecordDict
 
 from clients import client_app
 from clients.site_data import SiteDataError, load_orders, locate_site, storefront_of
+from common import wire
+from common.wire_encoding import INT8, LEVELS, decode_int8, encode_int8
 from models import churn
-from privacy import wire
 from privacy.ledger import LEDGER_FILE, PrivacyLedger
 from privacy.policy import SitePolicy
-from privacy.wire_encoding import INT8, LEVELS, decode_int8, encode_int8
 from server.server_app import ModelRun, plan_models
 from simulations.runner import app_run_config
 from simulations.sequential import server_message

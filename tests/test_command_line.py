@@ -6,7 +6,7 @@ import argparse
 
 import pytest
 
-from privacy.console_errors import EXIT_INTERNAL, EXIT_USAGE, run_handler
+from common.console_errors import EXIT_INTERNAL, EXIT_USAGE, run_handler
 
 
 class BadInput(Exception):

@@ -9,11 +9,11 @@ import pytest
 import torch
 from in_process import read_rounds
 
+from common import wire
+from common.console_errors import EXIT_USAGE
 from models import metrics, schema
 from models.baselines import NEXT_BASKET_BASELINES, OUTSIDE_UK
 from models.settings_per_epsilon import NON_PRIVATE, settings_for, validation_record
-from privacy import wire
-from privacy.console_errors import EXIT_USAGE
 from privacy.ledger import PrivacyLedger
 from simulations import cli
 from simulations.compare import (

@@ -7,8 +7,8 @@ import json
 import pytest
 import torch
 
+from common.console_errors import EXIT_USAGE
 from models import metrics
-from privacy.console_errors import EXIT_USAGE
 from simulations import cli
 from simulations.compare import (
     CENTRALIZED,

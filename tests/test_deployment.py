@@ -39,8 +39,8 @@ from clients.join import (
     supernode_command,
 )
 from clients.site_privacy import changed_policy, ensure_default_policy
+from common import flower_processes, wire
 from models.settings_per_epsilon import settings_for
-from privacy import flower_processes, wire
 from privacy.ledger import LEDGER_FILE, LedgerEntry, PrivacyLedger
 from privacy.planning import opacus_sample_rate, opacus_steps_per_epoch
 from server.certificates import issue_credentials, site_key_pair, write_new_file

@@ -7,10 +7,11 @@ import numpy as np
 import pytest
 from flwr.app import ConfigRecord, MetricRecord, RecordDict
 
+from common import wire
 from models import churn, recommender
 from models.metrics import brier, roc_auc
 from models.registry import get_model
-from privacy import release, wire
+from privacy import release
 from server.evaluation import evaluation_aggregator
 
 aggregate_churn = evaluation_aggregator(get_model("churn"))

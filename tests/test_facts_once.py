@@ -22,7 +22,7 @@ from flwr.simulation import run_simulation
 from clients import client_app
 from clients.facts_store import FACTS_DIR
 from clients.site_task import evaluate_round, train_round
-from privacy import wire
+from common import wire
 from server.server_app import plan_models, run_federation
 from simulations.runner import app_run_config
 from simulations.sequential import server_message

@@ -1,10 +1,11 @@
 """Dependencies point one way: the package layout of docs/architecture.md, checked on the source.
 
-``privacy`` (and nothing but the standard library and third-party packages below it);
-``models`` over ``privacy``; ``clients``, ``server`` and ``simulations`` over both. No
-Flower (nor Ray) in ``models`` or ``privacy``; the server never imports the site's code;
-the site never imports the server's; and no two project modules import each other, not
-even through an import inside a function.
+``common`` (the wire contract, encodings, files and processes) below everything;
+``privacy`` over ``common``; ``models`` over both; ``clients``, ``server`` and
+``simulations`` over all three. No Flower (nor Ray) in ``common``, ``models`` or
+``privacy``; the server never imports the site's code; the site never imports the
+server's; and no two project modules import each other, not even through an import
+inside a function or a module named in a string for ``importlib``.
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("privacy", "models", "clients", "server", "simulations")
+PACKAGES = ("common", "privacy", "models", "clients", "server", "simulations")
 FORBIDDEN = {
+    "common": {"flwr", "ray", "privacy", "models", "clients", "server", "simulations"},
     "privacy": {"flwr", "ray", "models", "clients", "server", "simulations"},
     "models": {"flwr", "ray", "clients", "server", "simulations"},
     "clients": {"server", "simulations"},
@@ -36,10 +38,13 @@ def project_modules() -> dict[str, Path]:
 
 
 def imports_of(path: Path) -> set[str]:
-    """Every module ``path`` imports, at the top or inside a function (absolute names)."""
+    """Every module ``path`` imports, at the top or inside a function (absolute names),
+    and every project module it names in a string (what ``importlib`` would load)."""
     found = set()
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-        if isinstance(node, ast.Import):
+        if isinstance(node, ast.Constant) and node.value in MODULE_NAMES:
+            found.add(node.value)
+        elif isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             found.add(node.module)
@@ -48,6 +53,7 @@ def imports_of(path: Path) -> set[str]:
 
 
 MODULES = project_modules()
+MODULE_NAMES = frozenset(name for name in MODULES if "." in name)
 
 
 @pytest.mark.parametrize("package", sorted(FORBIDDEN))
@@ -89,8 +95,18 @@ def test_no_two_project_modules_import_each_other() -> None:
 
 def test_the_checker_sees_function_level_and_from_imports(tmp_path: Path) -> None:
     source = tmp_path / "module.py"
-    source.write_text("import a.b\nfrom c import d\n\ndef f():\n    from flwr.app import Message\n")
-    assert imports_of(source) == {"a.b", "c", "c.d", "flwr.app", "flwr.app.Message"}
+    source.write_text(
+        "import a.b\nfrom c import d\n\ndef f():\n    from flwr.app import Message\n"
+        "    return importlib.import_module('simulations.jobs')\n"
+    )
+    assert imports_of(source) == {
+        "a.b",
+        "c",
+        "c.d",
+        "flwr.app",
+        "flwr.app.Message",
+        "simulations.jobs",
+    }
 
 
 def code_words(path: Path) -> list[tuple[int, str]]:

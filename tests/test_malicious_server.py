@@ -33,9 +33,9 @@ from scipy.stats import norm
 
 from clients import client_app
 from clients.site_privacy import data_period, ensure_default_policy
+from common import wire
 from models import churn, schema
 from models.churn_protocol import FEATURES, churn_features
-from privacy import wire
 from privacy.ledger import LEDGER_FILE, PrivacyLedger
 from privacy.planning import accounting_delta
 from privacy.policy import SitePolicy, from_settings

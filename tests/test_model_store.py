@@ -25,10 +25,10 @@ from clients.model_store import (
     load_installed,
 )
 from clients.scoring import load_answers
+from common import wire
 from models.churn import CUTOFF
 from models.recommender import CATALOGUE
 from models.registry import BUILTIN_MODELS, get_model
-from privacy import wire
 from privacy.accountants import DPSegment
 from privacy.ledger import LEDGER_FILE, PrivacyLedger
 from privacy.policy import SitePolicy

@@ -14,8 +14,8 @@ from clients import prepared_store, site_task
 from clients.prepared_cache import ByteBudgetCache, estimated_bytes
 from clients.prepared_store import load_or_prepare, prepared_file
 from clients.site_data import load_orders, locate_site
+from common import wire
 from models import schema
-from privacy import wire
 from server.server_app import plan_models
 from simulations.runner import app_run_config
 from simulations.storefronts import prepare_storefronts

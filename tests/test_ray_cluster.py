@@ -35,7 +35,7 @@ from pathlib import Path
 import pytest
 
 from clients.site_timing import TIMINGS_ENV
-from privacy.flower_processes import FLOWER_SETTINGS
+from common.flower_processes import FLOWER_SETTINGS
 from simulations.local_superlink import FlowerProcess, is_running, stop_processes
 from simulations.loopback_ports import free_port
 

@@ -19,9 +19,9 @@ from conftest import SIMULATION_ROUNDS as ROUNDS
 from conftest import SIMULATION_STOREFRONTS as STOREFRONTS
 from wire_audit import check_sent_messages
 
+from common.flower_processes import flower_environment
 from models.registry import get_model
 from models.settings_per_epsilon import settings_for
-from privacy.flower_processes import flower_environment
 from server.bundle import load_bundle
 from server.checkpoint import CHECKPOINT_DIR
 from simulations.local_superlink import SUPERLINK_LOG, find_local_superlink, stop_processes

@@ -37,8 +37,8 @@ from clients.secure_training import (
     check_maskable,
     is_secure_aggregation_message,
 )
+from common import wire
 from models.registry import get_model
-from privacy import wire
 from privacy.accountants import DPSegment
 from privacy.ledger import LEDGER_FILE, PrivacyLedger
 from server.checkpoint import CHECKPOINT_DIR, load_checkpoint

@@ -18,8 +18,8 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.simulation import run_simulation
 
 from clients.site_task import received_weights
-from privacy import wire
-from privacy.wire_encoding import INT8, encode_int8
+from common import wire
+from common.wire_encoding import INT8, encode_int8
 from server.bundle import load_bundle
 from server.checkpoint import latest_checkpoint
 from server.server_app import run_federation

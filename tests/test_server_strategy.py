@@ -8,7 +8,7 @@ from flower_replies import NodeList, reply, train_metrics
 from flwr.app import Array, ArrayRecord, ConfigRecord, Error
 from flwr.supercore.task_identity import TaskIdentity
 
-from privacy import wire
+from common import wire
 from server.strategy import (
     ScreenedFedAdam,
     ScreenedFedAvg,

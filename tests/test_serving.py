@@ -31,9 +31,9 @@ from conftest import SIMULATION_ROUNDS, SimulationRun
 from in_process import read_rounds
 from independent_accounting import matches_ledger_oracle
 
+from common import flower_processes, wire
 from models import metrics, schema
 from models.nextbasket_protocol import clean_purchases, last_invoices, split_next_basket
-from privacy import flower_processes, wire
 from privacy.ledger import LEDGER_FILE, PrivacyLedger
 from simulations.loopback_ports import free_port
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from common import wire
 from models.settings_per_epsilon import (
     MODES,
     NON_PRIVATE,
@@ -23,8 +24,7 @@ from models.settings_per_epsilon import (
     settings_for,
 )
 from models.training import TrainingSettings
-from privacy import wire
-from simulations import cli
+from simulations import cli, jobs
 from simulations.compare import centralized_dp_settings
 from simulations.jobs import with_settings_per_epsilon
 from simulations.run_configs import MAIN_RUN_CONFIG
@@ -124,20 +124,20 @@ def run_args(*argv: str) -> argparse.Namespace:
 
 
 def test_run_trains_with_the_federated_settings_of_the_nearest_epsilon() -> None:
-    config = with_settings_per_epsilon(cli.training_config(run_args("--epsilon", "2.5"), {}))
+    config = with_settings_per_epsilon(jobs.training_config(run_args("--epsilon", "2.5"), {}))
     expected = settings_for("recommender", "federated", 3.0).run_config()
     assert {key: config[key] for key in expected} == expected
     assert config["epsilon"] == 2.5
     # --set wins over the file; without --epsilon, the app's default ε (8) picks the entry.
     args = run_args("--set", "recommender.learning-rate=0.5", "--models", "recommender")
-    config = with_settings_per_epsilon(cli.training_config(args, {}))
+    config = with_settings_per_epsilon(jobs.training_config(args, {}))
     assert config["recommender.learning-rate"] == 0.5
     eight = settings_for("recommender", "federated", 8.0).settings
     assert config["recommender.batch-size"] == eight[wire.BATCH_SIZE]
     assert not any(key.startswith("churn.") for key in config)
     # Without DP (ε ≤ 0) the non-private entries apply, never a DP one.
     for epsilon in ("0", "-1"):
-        plain = cli.training_config(run_args("--epsilon", epsilon), {})
+        plain = jobs.training_config(run_args("--epsilon", epsilon), {})
         expected = {
             **settings_for("recommender", "federated", NON_PRIVATE).run_config(),
             **settings_for("churn", "federated", NON_PRIVATE).run_config(),

@@ -166,7 +166,7 @@ def test_writing_a_synthetic_split_gives_the_lines_memory_back(tmp_path: Path) -
     # otherwise keeps the freed pages of every line).
     script = f"""
 from pathlib import Path
-from simulations.cli import write_synthetic_split
+from simulations.synthetic import write_synthetic_split
 from simulations.progress import SILENT
 write_synthetic_split(Path({str(tmp_path / "split")!r}), storefronts=50, customers=100_000,
     items=2000, order_lines=2_000_000, seed=0, progress=SILENT, largest=None)

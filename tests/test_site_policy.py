@@ -21,7 +21,7 @@ from independent_accounting import matches_ledger_oracle
 
 from clients import client_app
 from clients.site_privacy import ensure_default_policy
-from privacy import wire
+from common import wire
 from privacy.ledger import LEDGER_FILE, PrivacyLedger
 from privacy.planning import PolicyDecline, plan_site_run, site_delta
 from privacy.policy import PolicyError, SitePolicy

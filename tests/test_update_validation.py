@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 import torch
 
+from common import wire
 from models.churn import CUTOFF
 from models.churn_protocol import churn_cutoff, churn_data
 from models.registry import get_model
 from models.training import LocalTraining
-from privacy import wire
 from privacy.planning import opacus_sample_rate, plan_dp
 from server.update_validation import (
     RoundPlan,

@@ -11,7 +11,7 @@ from flwr.proto.message_pb2 import Message as ProtoMessage
 from flwr.proto.message_pb2 import Metadata as ProtoMetadata
 from wire_audit import check_sent_messages
 
-from privacy import wire
+from common import wire
 
 ORDER_ID = "500123"
 

@@ -7,8 +7,8 @@ import zlib
 import numpy as np
 import pytest
 
-from privacy import wire
-from privacy.wire_encoding import (
+from common import wire
+from common.wire_encoding import (
     LEVELS,
     RANGE_SUFFIX,
     EncodingError,

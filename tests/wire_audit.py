@@ -2,7 +2,7 @@
 
 Each file under an audit directory is one message as Flower serialised it for the wire
 (:mod:`clients.audit`). :func:`check_sent_messages` reads them all back and asserts that
-each holds only the records and keys of the wire contract (:mod:`privacy.wire` and the
+each holds only the records and keys of the wire contract (:mod:`common.wire` and the
 models' own evaluation keys), arrays of exactly the models' weight names and shapes (once
 decoded, where a reply carries an 8-bit update), and
 that no customer token, raw customer id or order id appears anywhere in its bytes outside
@@ -25,10 +25,10 @@ from flwr.common.serde import message_from_proto
 from flwr.proto.message_pb2 import Message as ProtoMessage
 
 from clients.site_releases import COHORT, EVALUATION
+from common import wire
+from common.wire_encoding import decode_int8
 from models.registry import get_model
-from privacy import wire
 from privacy.ledger import PrivacyLedger
-from privacy.wire_encoding import decode_int8
 
 FLOWER_MESSAGE_ID = re.compile(r"[0-9a-f]{64}|[0-9a-f]{8}(-[0-9a-f]{4}){3}-[0-9a-f]{12}")
 """How Flower 1.42 names a message: a SHA-256 hex digest (deployment) or a UUID

@@ -19,7 +19,7 @@ printed too, as a check that they trained the same thing.
 The per-message overhead (issue #11) is (federated wall − sequential wall) ÷ site-rounds
 (storefronts × rounds × models; a site-round is one train and one evaluate message).
 With ``--synthetic-storefronts N --synthetic-customers M`` the storefronts are generated
-as ``fedshop-sim run --synthetic`` does (:func:`simulations.cli.write_synthetic_split`),
+as ``fedshop-sim run --synthetic`` does (:func:`simulations.synthetic.write_synthetic_split`),
 and ``--models``/``--rounds`` override the run config. Both sides record where each
 message's time went at the site (:mod:`clients.site_timing`); the section shows it per
 site-round.
@@ -49,12 +49,12 @@ from typing import Any
 from clients.site_data import storefront_slugs
 from clients.site_timing import TIMINGS_ENV, read_timings
 from server.run_results import headline_metric, load_run
-from simulations.cli import write_synthetic_split
 from simulations.progress import SILENT
 from simulations.run_configs import MAIN_RUN_CONFIG
 from simulations.runner import DEFAULT_CLIENT_CPUS, app_run_config, run_simulation_job
 from simulations.sequential import run_sequential_federation
 from simulations.storefronts import DEFAULT_MIN_CUSTOMERS, prepare_bundled_storefronts
+from simulations.synthetic import write_synthetic_split
 
 TARGET_RATIO = 1.25
 TARGET_OVERHEAD_MS = 50.0

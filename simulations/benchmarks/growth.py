@@ -38,11 +38,11 @@ from pathlib import Path
 from typing import Any
 
 from server.run_files import ROUNDS_LOG
-from simulations.cli import ZIPF
 from simulations.jobs import STOREFRONTS_DIR
 from simulations.local_superlink import PROC, processes_of_home
 from simulations.runner import FLWR_HOME_DIR
 from simulations.storefronts import INDEX_FILE
+from simulations.synthetic import ZIPF
 
 MIB = 1024 * 1024
 TARGET_ROUND_SECONDS = 15 * 60.0

@@ -75,6 +75,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from common.atomic_files import atomic_write
 from models import schema
 from models.churn import CUTOFF, churn_dataset, per_example_loss, train_centralized
 from models.churn_protocol import churn_data, holdout_mask
@@ -84,7 +85,6 @@ from models.recommender import CATALOGUE, NextBasketRecommender, basket_loss
 from models.registry import Facts, get_model
 from models.settings_per_epsilon import NON_PRIVATE, federated_run_config
 from models.training import SIMULATION_SEED, TrainingSettings
-from privacy.atomic_files import atomic_write
 from simulations.compare import (
     QUICK_EPOCHS,
     centralized_dp_plan,

@@ -37,9 +37,10 @@ import torch
 
 from clients.site_data import SIMULATED_SITES, storefront_slugs
 from clients.site_releases import COHORT, COHORT_QUERY, evaluation_noise
+from common import wire
 from models import schema
 from models.registry import FederatedModel, get_model
-from privacy import release, wire
+from privacy import release
 from privacy.ledger import LEDGER_FILE, PrivacyLedger
 from privacy.planning import accounting_delta, evaluation_budget
 from privacy.policy import SitePolicy

@@ -112,7 +112,7 @@ SECTIONS: tuple[BenchSection, ...] = (
     BenchSection(
         "compare",
         "Centralized, federated and storefront-alone runs, with and without DP",
-        module="simulations.cli",
+        module="simulations",
         prog="fedshop-sim",
         quick=("compare", "--out", "runs/bench/compare", "--quick", "--no-federated"),
         full=("compare", "--out", "runs/compare", "--seeds", "0,1,2"),

@@ -42,8 +42,8 @@ import pandas as pd
 from clients.adapters import ADAPTERS
 from clients.model_store import install_bundle_dir
 from clients.own_ids import own_ids
+from common.flower_processes import stop
 from models import schema
-from privacy.flower_processes import stop
 from privacy.pseudonymise import load_key
 from server.bundle import export_bundle
 from server.server_app import plan_models

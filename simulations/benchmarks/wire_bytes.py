@@ -5,7 +5,7 @@ BENCHMARKS.md. For each model it builds the server's real train instruction (glo
 weights, training plan, shared facts such as the recommender's catalogue) and one site's
 real reply (:func:`clients.site_task.train_round` on a storefront of the bundled data,
 DP at ε = 8, so weights plus the fixed metric keys), under each update encoding (dense
-float32, and 8-bit: :mod:`privacy.wire_encoding`), and measures them as Flower serialises
+float32, and 8-bit: :mod:`common.wire_encoding`), and measures them as Flower serialises
 them (``flwr.common.serde.message_to_proto``), next to ``4 x d`` bytes for the model's
 ``d`` parameters. The instruction is measured twice: as a site's first message of a run
 (the shared facts in full) and as every later one (their digest only).
@@ -23,8 +23,8 @@ from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.common.serde import message_to_proto
 
 from clients.site_task import train_round
-from privacy import wire
-from privacy.wire_encoding import UPDATE_ENCODINGS
+from common import wire
+from common.wire_encoding import UPDATE_ENCODINGS
 from server.server_app import ModelRun, plan_models
 from server.strategy import facts_record, training_arrays
 from simulations.run_configs import MAIN_RUN_CONFIG

@@ -32,7 +32,7 @@ import numpy as np
 FLOAT32 = "float32"
 INT8 = "int8"
 UPDATE_ENCODINGS = (FLOAT32, INT8)
-"""Values of the run-config key ``update-encoding`` (:data:`privacy.wire.UPDATE_ENCODING`)."""
+"""Values of the run-config key ``update-encoding`` (:data:`common.wire.UPDATE_ENCODING`)."""
 
 RANGE_SUFFIX = "@range"
 LEVELS = 255

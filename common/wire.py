@@ -12,14 +12,14 @@ then on the record holds only their :data:`FACTS_DIGEST` (in full, the facts tra
 compressed as :data:`FACTS_PACKED`), and the site reads the facts it
 stored under that digest (a site that has lost them declines with :data:`FACTS_UNKNOWN`
 and gets them in full in the next round). With :data:`UPDATE_ENCODING` ``"int8"`` in a
-train config, the weights travel 8-bit encoded (:mod:`privacy.wire_encoding`).
+train config, the weights travel 8-bit encoded (:mod:`common.wire_encoding`).
 
 Train reply (``RecordDict``):
 
 - ``"arrays"``: ArrayRecord, the site's model weights after local training (a plain
   ``state_dict``, no Opacus ``_module.`` prefix); under ``"int8"`` encoding, the site's
   update (trained minus received weights) encoded by
-  :func:`privacy.wire_encoding.encode_int8` after the DP noise.
+  :func:`common.wire_encoding.encode_int8` after the DP noise.
 - ``"metrics"``: MetricRecord with exactly :data:`TRAIN_METRIC_KEYS`: the training
   cohort's size as the site *released* it (``num-examples``: a noisy count,
   :mod:`privacy.release`, made once per run and model and accounted in the ledger; the
@@ -141,7 +141,7 @@ the run; a site shares its evaluation ε among at most its policy's maximum of t
 PROXIMAL_MU = "proximal-mu"
 UPDATE_ENCODING = "update-encoding"
 """Train-config key: how the message's weights and the reply's update travel, one of
-:data:`privacy.wire_encoding.UPDATE_ENCODINGS` (absent: dense float32)."""
+:data:`common.wire_encoding.UPDATE_ENCODINGS` (absent: dense float32)."""
 ARRAY_NAMES = "array-names"
 """Train-config key of secure-aggregation rounds: the model's array names, in the order of
 the legacy FitIns arrays (the legacy layout has no names)."""
