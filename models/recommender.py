@@ -12,7 +12,7 @@ ranks items the customer never bought). ``γ·x_ci,f`` is an optional fixed repe
 prior (``repeat_prior`` γ, default 0: off) on the feature :data:`REPEAT_PRIOR_FEATURE`; with
 ``g`` and ``b`` at zero it ranks as the own-history baseline with item-code ties. On
 validation it does not beat the current model by more than the seed spread
-(``python -m simulations.benchmarks.recommender_candidates``), so it stays off. The loss is
+(``python -m lab.benchmarks.recommender_candidates``), so it stays off. The loss is
 the multi-label softmax cross-entropy of the target basket over the full catalogue (no
 sampled negatives).
 
@@ -21,7 +21,7 @@ not a parameter, so only ~270 MLP weights and one bias per item are learned — 
 parameters for DP noise to swamp. Under DP the per-example gradient of the bias is the logit
 gradient itself, and the MLP runs on packed history rows (no padding), with a grad sampler
 that sums row gradients per example (:mod:`models.recommender_layers`); no ``(B, V, hidden)``
-tensor is ever built. ``python -m simulations.benchmarks.dp_step`` measures the DP step cost.
+tensor is ever built. ``python -m lab.benchmarks.dp_step`` measures the DP step cost.
 """
 
 from __future__ import annotations
@@ -82,7 +82,7 @@ customer's invoices hold the item, the own-history baseline's ranking."""
 
 MLP_HIDDEN: tuple[int, ...] = (16,)
 """Widths of the MLP's hidden layers (checked on validation:
-``python -m simulations.benchmarks.hidden_size``)."""
+``python -m lab.benchmarks.hidden_size``)."""
 
 
 class NextBasketRecommender(nn.Module):

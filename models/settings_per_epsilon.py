@@ -6,7 +6,7 @@ federated, :data:`MODES`) and target ε, an entry: the settings in run-config sp
 (``local-epochs``, ``optimizer``, ``learning-rate``, ``batch-size``, ``max-grad-norm``,
 and for the recommender ``target-window``), the validation score they reached, the split
 they were chosen on (``chosen-on``), the data, seeds and trials of that search, and a
-note. ``fedshop-sim tune --write-settings`` writes an entry. The ServerApp trains every
+note. ``python -m lab tune --write-settings`` writes an entry. The ServerApp trains every
 federated run — ``fedshop-sim run``/``main`` and ``fedshop-server submit`` alike — with the
 federated entry of the nearest ε for each setting its run config leaves empty
 (:func:`server.server_app.model_training_plan`), and ``compare`` reads the centralized

@@ -74,7 +74,7 @@ def write_report(
         run_dir: a run directory written by the ServerApp (``config.json``, ``rounds.jsonl``).
         sweep_dir: optional directory of sibling runs (e.g. other ε) for the
             privacy–utility curve.
-        reference: optional ``comparison.json`` of ``fedshop-sim compare`` on the same
+        reference: optional ``comparison.json`` of ``python -m lab compare`` on the same
             data: its runs and baselines are tabulated beside this run's final metrics.
 
     Raises:
@@ -319,7 +319,7 @@ def _html_page(
 
 
 def load_comparison(path: Path) -> dict[str, Any]:
-    """A ``comparison.json`` of ``fedshop-sim compare``, checked for the report's needs."""
+    """A ``comparison.json`` of ``python -m lab compare``, checked for the report's needs."""
     try:
         comparison = json.loads(Path(path).read_text())
         models = [name for name in comparison if name != "settings"]
@@ -329,7 +329,7 @@ def load_comparison(path: Path) -> dict[str, Any]:
             if not isinstance(comparison[model]["runs"], dict):
                 raise TypeError(f"{model}.runs is not an object")
     except (OSError, ValueError, KeyError, TypeError) as error:
-        raise ReportError(f"{path}: not a comparison of fedshop-sim compare ({error})") from None
+        raise ReportError(f"{path}: not a comparison of python -m lab compare ({error})") from None
     return comparison
 
 
@@ -355,7 +355,7 @@ def _reference_sections(run: RunResults, comparison: dict[str, Any], path: Path)
     sections = [
         "<h2>Beside the reference runs</h2>",
         f"<p>Reference runs and baselines on the same data from <code>{_e(str(path))}</code> "
-        "(<code>fedshop-sim compare</code>): centralized, centralized with DP, federated "
+        "(<code>python -m lab compare</code>): centralized, centralized with DP, federated "
         "and each storefront training alone. Each cell is the model's headline metric.</p>",
     ]
     for model in run.rounds:

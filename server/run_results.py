@@ -113,7 +113,7 @@ _METRIC_NAMES = {"num-customers": "customers"}
 def final_rows(final: dict[str, Any], model: str) -> dict[str, dict[str, float | None]]:
     """Rows by group (overall, outside the UK, each storefront) from a run's final pooled
     evaluation (``<metric>`` and ``<storefront>/<metric>`` keys), named as the comparison
-    tables of :mod:`simulations.compare` name theirs. Outside the UK pools the model's
+    tables of :mod:`lab.compare` name theirs. Outside the UK pools the model's
     per-customer means (:attr:`models.registry.FederatedModel.customer_means`) only."""
     per_storefront = storefront_metrics(final)
     rows = {OVERALL: _renamed(overall_metrics(final))}

@@ -1,10 +1,11 @@
 """``fedshop-sim``: the researcher's command line (storefront splits, synthetic data,
-federated simulation runs with their report, the main run, the benchmarks).
+federated simulation runs with their report, the main run). The studies and benchmarks
+have their own, ``python -m lab`` (:mod:`lab.cli`), over the same :class:`Command`.
 
 Every subcommand is a :class:`Command` in ``COMMANDS``: a name, a help line, a function
 declaring its arguments and a handler ``(args) -> int``. To add one, write those two
 functions (in any module) and append a :class:`Command`. Commands that train (``main``,
-``run``, ``compare``, ``tune``) have a :class:`DeferredHandler`, so their module, and
+``run``) have a :class:`DeferredHandler`, so their module, and
 the torch/Flower/matplotlib stack it imports, loads only when such a command runs:
 ``--help``, ``synth`` and ``storefronts`` start without it. ``main`` and ``run`` are the
 staged jobs of :mod:`simulations.jobs`.
@@ -29,8 +30,6 @@ from clients.site_privacy import PolicyCommandError
 from common.console_errors import run_handler
 from privacy.pseudonymise import KeyFileError
 from server.errors import ReportError
-from simulations.bench import BenchError, add_bench_arguments, run_bench
-from simulations.compare_options import add_compare_arguments
 from simulations.errors import PROG, CommandError, PrivacyReportError
 from simulations.progress import Progress
 from simulations.runner import DEFAULT_CLIENT_CPUS, SimulationError
@@ -41,11 +40,10 @@ from simulations.storefronts import (
     prepare_bundled_storefronts,
 )
 from simulations.synthetic import LARGEST_STOREFRONT_SHARE, ZIPF, write_synthetic_split
-from simulations.tune_options import add_tune_arguments
 
 DEFAULT_MAIN_OUT = Path("runs/main")
 BUNDLED_REFERENCE = Path(__file__).parent / "data" / "reference-comparison.json"
-"""``fedshop-sim compare`` on the bundled data, shown beside the main job's results."""
+"""``python -m lab compare`` on the bundled data, shown beside the main job's results."""
 
 
 USER_ERRORS: tuple[type[Exception], ...] = (
@@ -57,7 +55,6 @@ USER_ERRORS: tuple[type[Exception], ...] = (
     PrivacyReportError,
     ReportError,
     PolicyCommandError,
-    BenchError,
 )
 """Exceptions that mean bad input, not a bug: shown as one line with exit code 2."""
 
@@ -244,7 +241,7 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--reference",
         type=Path,
-        help="a comparison.json of `fedshop-sim compare` on the same data, shown in the report",
+        help="a comparison.json of `python -m lab compare` on the same data, shown in the report",
     )
     _add_min_customers(parser)
     synthetic = parser.add_argument_group("synthetic data (with --synthetic)")
@@ -278,7 +275,7 @@ def add_main_arguments(parser: argparse.ArgumentParser) -> None:
         "--reference",
         type=Path,
         default=BUNDLED_REFERENCE,
-        help="a comparison.json of `fedshop-sim compare` shown beside the results in the "
+        help="a comparison.json of `python -m lab compare` shown beside the results in the "
         "report (default: the one made on the bundled data, shipped with fedshop)",
     )
     _add_min_customers(parser)
@@ -306,42 +303,24 @@ COMMANDS: list[Command] = [
         run_storefronts,
     ),
     Command(
-        "compare",
-        "centralized (plain and DP) and storefront-alone training on the bundled data,"
-        " side by side with the baselines",
-        add_compare_arguments,
-        DeferredHandler("simulations.compare", "run_compare"),
-    ),
-    Command(
-        "tune",
-        "seeded random search of a model's DP settings at one ε, scored on the validation"
-        " split only (never on test)",
-        add_tune_arguments,
-        DeferredHandler("simulations.tuning", "run_tune"),
-    ),
-    Command(
         "synth",
         "generate synthetic order lines split into storefronts",
         add_synth_arguments,
         run_synth,
     ),
-    Command(
-        "bench",
-        "regenerate BENCHMARKS.md section by section (--quick: CI-sized, --full: published)",
-        add_bench_arguments,
-        run_bench,
-    ),
 ]
 """Subcommands, in the order ``--help`` lists them."""
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The ``fedshop-sim`` argument parser with every command in ``COMMANDS``."""
-    parser = argparse.ArgumentParser(
-        prog=PROG, description="fedshop simulations on real or synthetic storefronts"
-    )
+def build_parser(
+    prog: str = PROG,
+    description: str = "fedshop simulations on real or synthetic storefronts",
+    commands: list[Command] = COMMANDS,
+) -> argparse.ArgumentParser:
+    """The argument parser of ``prog`` with every command in ``commands``."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for command in COMMANDS:
+    for command in commands:
         sub = subparsers.add_parser(command.name, help=command.help, description=command.help)
         command.add_arguments(sub)
         sub.set_defaults(handler=command.handler)

@@ -16,7 +16,7 @@ against the ε and steps the site last reported to the server (``rounds.jsonl``)
   report with a mismatch fails closed (:class:`PrivacyReportError`) once written.
 
 Beside each site's ε stands what the strongest membership-inference attacker of the audit
-(``python -m simulations.benchmarks.membership``, summarised in
+(``python -m lab.benchmarks.membership``, summarised in
 :data:`MEMBERSHIP_AUDIT`) achieved on the bundled data at the audited ε nearest at or
 above that spend: a reading of what the number means, not a bound for other data.
 
@@ -40,7 +40,6 @@ from server.privacy_report import SitePrivacy, write_privacy_report
 from server.run_files import RESOLVED_CONFIG, ROUNDS_LOG
 from server.server_app import site_privacy
 from simulations.errors import PrivacyReportError
-from simulations.membership_attack import LOW_FPR
 from simulations.storefronts import INDEX_FILE
 
 SITES_DIR = "sites"
@@ -82,7 +81,7 @@ def attack_at(strongest: list[dict[str, Any]], model: str, epsilon: float) -> st
     return (
         f"{chosen['attack']} on the {chosen['training']} model at {at}: "
         f"ROC-AUC {chosen['roc-auc']:.3f}, TPR {chosen['tpr-at-low-fpr']:.3f} at "
-        f"{LOW_FPR:.0%} FPR"
+        f"{chosen['low-fpr']:.0%} FPR"
     )
 
 

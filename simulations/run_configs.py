@@ -26,7 +26,7 @@ trained with its old fixed values: recommender momentum SGD, lr 8, batch 500, cl
 churn SGD, lr 0.05, batch 64, clip 1).
 
 The epochs and the recommender's settings were tuned, before a validation split existed,
-with :func:`simulations.sequential.run_sequential_federation` on the bundled
+with :func:`lab.sequential.run_sequential_federation` on the bundled
 storefronts at ε = 8 (recommender NDCG@10 after the last round): 6 rounds x 2 epochs at
 lr 3: 0.263; 5 x 4 at lr 3: 0.276; 4 x 5 at lr 3 / 4.5 / 6 / 8 / 12 / 16: 0.276 / 0.282
 / 0.284 / 0.286 / 0.283 / 0.281; 5 x 5 at lr 4.5: 0.283; batch 1000 at lr 5: 0.274.

@@ -1,4 +1,4 @@
-"""``fedshop-sim bench``: the section splice, analysis blocks it keeps and unmarked text it
+"""``python -m lab bench``: the section splice, analysis blocks it keeps and unmarked text it
 refuses to drop, the section registry against BENCHMARKS.md, failures that leave the file
 as it was, and a real quick run of the synthetic-data benchmark end to end."""
 
@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from simulations import bench, cli
-from simulations.bench import BenchError, regenerate
-from simulations.bench_header import HEADING
-from simulations.benchmarks.sections import (
+from lab import bench, cli
+from lab.bench import BenchError, regenerate
+from lab.bench_header import HEADING
+from lab.benchmarks.sections import (
     BY_HAND,
     FULL,
     QUICK,
@@ -24,7 +24,7 @@ from simulations.benchmarks.sections import (
     BenchSection,
     section_named,
 )
-from simulations.markdown_sections import (
+from lab.markdown_sections import (
     ANALYSIS_CLOSE,
     ANALYSIS_OPEN,
     analysis_blocks,
@@ -225,7 +225,7 @@ def test_the_analysis_of_benchmarks_md_survives_a_full_regeneration_byte_for_byt
         ("wire_bytes", "goes to each site once per run, zlib-packed"),
         ("cli_startup", "| `fedshop-sim --help` | 7.95 | 1.07 | 7.4 |"),
         ("cli_startup", "`fedshop-sim` used to import the whole training stack"),
-        ("cli_startup", "which `fedshop-sim bench` keeps as it is and does not recreate."),
+        ("cli_startup", "which `python -m lab bench` keeps as it is and does not recreate."),
         ("serving", "Target (the product brief): p99 ≤ 20 ms at 200 requests/s"),
         ("serving", "contention gives `serve` a core of its own."),
         ("serving", "Batch recommend runs the same per-customer scoring"),
@@ -253,9 +253,9 @@ def test_unmarked_hand_written_text_makes_the_run_refuse_and_leaves_the_file_unt
     assert cli.main(argv) == 2
     error = capsys.readouterr().err.strip().splitlines()[-1]
     assert error == (
-        f"fedshop-sim: error: section 'synthetic' would lose hand-written text ({output} left "
+        f"python -m lab: error: section 'synthetic' would lose hand-written text ({output} left "
         "as it was): 'Generation is I/O bound above a million lines.' (and 1 more) is not "
-        "printed by `python -m simulations.benchmarks.synthetic`; put it between "
+        "printed by `python -m lab.benchmarks.synthetic`; put it between "
         f"'{ANALYSIS_OPEN}' and '{ANALYSIS_CLOSE}', or pass --discard-unmarked"
     )
     assert output.read_bytes() == before
@@ -303,8 +303,8 @@ def test_list_shows_every_section_with_its_quick_and_full_command(
         assert f"    full   {section.command('full')}" in listing
     for by_hand in BY_HAND:
         assert f"## {by_hand.heading}\n    from `{by_hand.command}`" in listing
-    assert "python -m simulations.benchmarks.synthetic --sizes 100000 300000" in listing
-    assert "fedshop-sim compare --out runs/compare --seeds 0,1,2\n" in listing
+    assert "python -m lab.benchmarks.synthetic --sizes 100000 300000" in listing
+    assert "python -m lab compare --out runs/compare --seeds 0,1,2\n" in listing
     assert f"hand-written analysis: a section's lines from '{ANALYSIS_OPEN}' to\n" in listing
     cli_startup = listing.split("cli_startup: ", 1)[1].split("\n")
     assert cli_startup[3].startswith("    note   full mode times this checkout only; the ")
@@ -317,7 +317,7 @@ def test_an_unknown_section_name_is_one_clear_error(
     code = cli.main(["bench", "--quick", "--section", "nope", "--output", str(output)])
     assert code == 2
     error = capsys.readouterr().err.strip()
-    assert error.startswith("fedshop-sim: error: no benchmark section 'nope'; sections: ")
+    assert error.startswith("python -m lab: error: no benchmark section 'nope'; sections: ")
     assert "synthetic" in error and "ingest" in error and "\n" not in error
     assert not output.exists()
 
@@ -388,7 +388,7 @@ def test_a_quick_run_of_the_synthetic_section_end_to_end(
     quick_file = tmp_path / "runs" / "bench" / "BENCHMARKS.quick.md"
     assert parse(quick_file.read_text(encoding="utf-8")).headings() == [HEADING, SYNTHETIC]
     progress = capsys.readouterr().err
-    assert re.search(r"\[fedshop-sim bench\] 1/1 synthetic: done in \d+\.\d s\n", progress)
+    assert re.search(r"\[python -m lab bench\] 1/1 synthetic: done in \d+\.\d s\n", progress)
 
     # With --output, only the synthetic section and the header change.
     assert cli.main(["bench", "--quick", "--section", "synthetic", "--output", str(published)]) == 0
@@ -397,7 +397,7 @@ def test_a_quick_run_of_the_synthetic_section_end_to_end(
     document = parse(after)
     assert document.headings()[:2] == [HEADING, "Baselines (bundled data, fixed protocols)"]
     section = dict(document.sections)[SYNTHETIC]
-    command = "python -m simulations.benchmarks.synthetic --sizes 100000 300000 --repeats 1"
+    command = "python -m lab.benchmarks.synthetic --sizes 100000 300000 --repeats 1"
     assert f"Command: `{command}`" in section
 
     rows = synthetic_rows(section)
@@ -413,5 +413,5 @@ def test_a_quick_run_of_the_synthetic_section_end_to_end(
     assert f"| Python | {platform.python_version()} |" in header
     versions = " / ".join(metadata.version(name) for name in ("torch", "flwr", "opacus"))
     assert f"| torch / flwr / opacus | {versions} |" in header
-    assert "`fedshop-sim bench --quick` run" in header
+    assert "`python -m lab bench --quick` run" in header
     assert re.search(r"\| synthetic \| \d+\.\d \| generator seeds 0 … repeats − 1", header)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from lab import cli as lab_cli
 from simulations import cli as sim_cli
 
 HEAVY_MODULES = ("torch", "opacus", "flwr", "matplotlib")
@@ -48,8 +49,8 @@ def run_probe(module: str, *argv: str) -> dict[str, object]:
 
 def test_importing_the_three_command_lines_loads_no_heavy_module() -> None:
     probe = (
-        "import sys, simulations.cli, clients.cli, server.cli\n"
-        "for cli in (simulations.cli, clients.cli, server.cli): cli.build_parser()\n"
+        "import sys, simulations.cli, clients.cli, server.cli, lab.cli\n"
+        "for cli in (simulations.cli, clients.cli, server.cli, lab.cli): cli.build_parser()\n"
         f"print(sorted(name for name in {HEAVY_MODULES!r} if name in sys.modules))"
     )
     result = subprocess.run(
@@ -62,16 +63,17 @@ def test_importing_the_three_command_lines_loads_no_heavy_module() -> None:
 @pytest.mark.parametrize(
     "argv",
     [
-        ["--help"],
-        ["compare", "--help"],
-        ["synth", "--storefronts", "2", "--customers", "20", "--items", "10"],
+        ["simulations.cli", "--help"],
+        ["simulations.cli", "synth", "--storefronts", "2", "--customers", "20", "--items", "10"],
+        ["lab.cli", "--help"],
+        ["lab.cli", "compare", "--help"],
     ],
-    ids=["help", "compare-help", "synth"],
+    ids=["help", "synth", "lab-help", "compare-help"],
 )
-def test_fedshop_sim_light_commands_load_no_heavy_module(tmp_path: Path, argv: list[str]) -> None:
-    if argv[0] == "synth":
+def test_light_research_commands_load_no_heavy_module(tmp_path: Path, argv: list[str]) -> None:
+    if argv[1] == "synth":
         argv = [*argv, "--order-lines", "200", "--out", str(tmp_path / "split")]
-    assert run_probe("simulations.cli", *argv) == {"code": 0, "heavy": []}
+    assert run_probe(*argv) == {"code": 0, "heavy": []}
 
 
 def test_fedshop_site_keygen_and_prepare_load_no_heavy_module(retail_csv, tmp_path: Path) -> None:
@@ -94,7 +96,7 @@ def test_fedshop_server_certs_loads_no_heavy_module(tmp_path: Path) -> None:
 def test_training_commands_defer_to_handlers_that_exist() -> None:
     deferred = {
         command.name: command.handler
-        for command in sim_cli.COMMANDS
+        for command in (*sim_cli.COMMANDS, *lab_cli.COMMANDS)
         if isinstance(command.handler, sim_cli.DeferredHandler)
     }
     assert sorted(deferred) == ["compare", "main", "run", "tune"]

@@ -12,12 +12,12 @@ from clients import client_app
 from clients.site_data import SiteDataError, load_orders, locate_site, storefront_of
 from common import wire
 from common.wire_encoding import INT8, LEVELS, decode_int8, encode_int8
+from lab.sequential import server_message
 from models import churn
 from privacy.ledger import LEDGER_FILE, PrivacyLedger
 from privacy.policy import SitePolicy
 from server.server_app import ModelRun, plan_models
 from simulations.runner import app_run_config
-from simulations.sequential import server_message
 from simulations.storefronts import prepare_storefronts
 from simulations.synthetic import generate_orders
 

@@ -11,12 +11,8 @@ from in_process import read_rounds
 
 from common import wire
 from common.console_errors import EXIT_USAGE
-from models import metrics, schema
-from models.baselines import NEXT_BASKET_BASELINES, OUTSIDE_UK
-from models.settings_per_epsilon import NON_PRIVATE, settings_for, validation_record
-from privacy.ledger import PrivacyLedger
-from simulations import cli
-from simulations.compare import (
+from lab import cli
+from lab.compare import (
     CENTRALIZED,
     COMPARISON_JSON,
     COMPARISON_MARKDOWN,
@@ -25,7 +21,11 @@ from simulations.compare import (
     dp_run_name,
     run_comparison,
 )
-from simulations.federated_runs import FEDERATED, federated_dp_run_name
+from lab.federated_runs import FEDERATED, federated_dp_run_name
+from models import metrics, schema
+from models.baselines import NEXT_BASKET_BASELINES, OUTSIDE_UK
+from models.settings_per_epsilon import NON_PRIVATE, settings_for, validation_record
+from privacy.ledger import PrivacyLedger
 from simulations.storefronts import assign_storefronts
 from simulations.synthetic import generate_orders
 
@@ -40,7 +40,7 @@ def comparison(tmp_path_factory: pytest.TempPathFactory):
     frame = generate_orders(n_storefronts=3, n_customers=300, n_items=60, seed=0)
     out_dir = tmp_path_factory.mktemp("compare")
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as `fedshop-sim compare` does: tiny models, busy cores
+    torch.set_num_threads(1)  # as `python -m lab compare` does: tiny models, busy cores
     try:
         result = run_comparison(frame, out_dir, epsilons=EPSILONS, seed=0, quick=True)
     finally:

@@ -8,16 +8,16 @@ import pytest
 import torch
 
 from common.console_errors import EXIT_USAGE
-from models import metrics
-from simulations import cli
-from simulations.compare import (
+from lab import cli
+from lab.compare import (
     CENTRALIZED,
     COMPARISON_JSON,
     COMPARISON_MARKDOWN,
     dp_run_name,
     run_seeds,
 )
-from simulations.compare_seeds import pool_seeds
+from lab.compare_seeds import pool_seeds
+from models import metrics
 from simulations.synthetic import generate_orders
 
 

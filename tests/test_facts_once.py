@@ -23,9 +23,9 @@ from clients import client_app
 from clients.facts_store import FACTS_DIR
 from clients.site_task import evaluate_round, train_round
 from common import wire
+from lab.sequential import server_message
 from server.server_app import plan_models, run_federation
 from simulations.runner import app_run_config
-from simulations.sequential import server_message
 from tests.test_client_app import initial_arrays, train_message, write_split
 
 pytestmark = pytest.mark.slow

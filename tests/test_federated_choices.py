@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
+from lab.benchmarks.federated_choices import markdown_row, measure, validation_section
+from lab.tuning import FEDERATED_ROUNDS
 from models.settings_per_epsilon import settings_for
 from models.training import SIMULATION_SEED
-from simulations.benchmarks.federated_choices import markdown_row, measure, validation_section
-from simulations.tuning import FEDERATED_ROUNDS
 
 
 def test_each_seed_federates_with_the_epsilons_settings_the_facts_and_the_variant(tmp_path):

@@ -2,10 +2,10 @@ import math
 
 import pytest
 
+from lab.federated_runs import federated_dp_run_name
 from models.baselines import OUTSIDE_UK, UK
 from models.metrics import OVERALL
 from server.run_results import final_rows
-from simulations.federated_runs import federated_dp_run_name
 from simulations.run_configs import MAIN_RUN_CONFIG, PLAIN_RUN_CONFIG, QUICK_OVERRIDES
 from simulations.runner import app_run_config
 

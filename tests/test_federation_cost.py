@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from simulations.benchmarks.federation_cost import print_marginal_overhead
+from lab.benchmarks.federation_cost import print_marginal_overhead
 
 
 def _run(federated: float, sequential: float) -> dict[str, float]:

@@ -14,6 +14,7 @@ import pytest
 from in_process import read_rounds, simulate_federation
 from independent_accounting import matches_ledger_oracle
 
+from lab.sequential import run_sequential_federation
 from models.registry import get_model
 from privacy.accountants import DPSegment
 from privacy.ledger import LEDGER_FILE, PrivacyLedger
@@ -21,7 +22,6 @@ from server.bundle import load_bundle
 from server.server_app import plan_models, run_federation
 from simulations.exact_evaluation import exact_metrics
 from simulations.runner import app_run_config
-from simulations.sequential import run_sequential_federation
 from simulations.site_policies import apply_site_policy
 from simulations.storefronts import prepare_storefronts
 from simulations.synthetic import generate_orders

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from simulations.benchmarks.growth import (
+from lab.benchmarks.growth import (
     Cell,
     load_results,
     markdown_table,

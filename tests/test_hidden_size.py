@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+from lab.benchmarks.hidden_size import CURRENT, validation_scores
+from lab.tuning import centralized_objective
 from models.churn import HIDDEN_UNITS
 from models.recommender import MLP_HIDDEN
 from models.settings_per_epsilon import NON_PRIVATE, settings_for
-from simulations.benchmarks.hidden_size import CURRENT, validation_scores
 from simulations.storefronts import assign_storefronts
 from simulations.synthetic import generate_orders
-from simulations.tuning import centralized_objective
 
 
 def test_the_current_width_scores_as_the_model_itself_and_another_width_differs() -> None:

@@ -2,7 +2,8 @@
 
 ``common`` (the wire contract, encodings, files and processes) below everything;
 ``privacy`` over ``common``; ``models`` over both; ``clients``, ``server`` and
-``simulations`` over all three. No Flower (nor Ray) in ``common``, ``models`` or
+``simulations`` over all three; the ``lab`` (studies, benchmarks) beside them, over any,
+and imported by none. No Flower (nor Ray) in ``common``, ``models`` or
 ``privacy``; the server never imports the site's code; the site never imports the
 server's; and no two project modules import each other, not even through an import
 inside a function or a module named in a string for ``importlib``.
@@ -16,13 +17,14 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("common", "privacy", "models", "clients", "server", "simulations")
+PACKAGES = ("common", "privacy", "models", "clients", "server", "simulations", "lab")
 FORBIDDEN = {
-    "common": {"flwr", "ray", "privacy", "models", "clients", "server", "simulations"},
-    "privacy": {"flwr", "ray", "models", "clients", "server", "simulations"},
-    "models": {"flwr", "ray", "clients", "server", "simulations"},
-    "clients": {"server", "simulations"},
-    "server": {"clients", "simulations"},
+    "common": {"flwr", "ray", "privacy", "models", "clients", "server", "simulations", "lab"},
+    "privacy": {"flwr", "ray", "models", "clients", "server", "simulations", "lab"},
+    "models": {"flwr", "ray", "clients", "server", "simulations", "lab"},
+    "clients": {"server", "simulations", "lab"},
+    "server": {"clients", "simulations", "lab"},
+    "simulations": {"lab"},
 }
 
 

@@ -34,6 +34,7 @@ from scipy.stats import norm
 from clients import client_app
 from clients.site_privacy import data_period, ensure_default_policy
 from common import wire
+from lab.sequential import server_message
 from models import churn, schema
 from models.churn_protocol import FEATURES, churn_features
 from privacy.ledger import LEDGER_FILE, PrivacyLedger
@@ -41,7 +42,6 @@ from privacy.planning import accounting_delta
 from privacy.policy import SitePolicy, from_settings
 from server.server_app import ModelRun, plan_models
 from simulations.runner import app_run_config
-from simulations.sequential import server_message
 from simulations.storefronts import prepare_storefronts
 from simulations.synthetic import generate_orders
 

@@ -8,10 +8,9 @@ import pytest
 import torch
 from scipy import stats
 
-from models import schema
-from simulations.benchmarks import membership
-from simulations.benchmarks.membership import ReferenceHalves
-from simulations.membership_attack import (
+from lab.benchmarks import membership
+from lab.benchmarks.membership import ReferenceHalves
+from lab.membership_attack import (
     calibrated_scores,
     chance_auc_std,
     evaluate_attack,
@@ -23,6 +22,7 @@ from simulations.membership_attack import (
     tpr_at_fpr,
     variance_for,
 )
+from models import schema
 
 N = 2000
 
@@ -325,7 +325,7 @@ def test_the_quick_audit_attacks_every_target_against_references_of_its_recipe(c
 
 
 def test_the_summary_keeps_the_strongest_attack_per_model_and_epsilon_and_the_report_reads_it():
-    from simulations.membership_attack import AttackResult
+    from lab.membership_attack import AttackResult
     from simulations.privacy_report import attack_at
 
     def row(model, training, epsilon, attack, auc):
@@ -338,7 +338,7 @@ def test_the_summary_keeps_the_strongest_attack_per_model_and_epsilon_and_the_re
         row("churn", membership.OVERFITTED, None, "LiRA online", 0.80),  # not a recipe sites use
         row("churn", membership.CENTRALIZED, None, "loss threshold", 0.60),
     ]
-    summary = membership.strongest_attacks(rows, "python -m simulations.benchmarks.membership")
+    summary = membership.strongest_attacks(rows, "python -m lab.benchmarks.membership")
     by_epsilon = {entry["epsilon"]: entry for entry in summary["strongest"]}
     assert set(by_epsilon) == {8.0, 1.0, None}
     assert (by_epsilon[8.0]["attack"], by_epsilon[8.0]["roc-auc"]) == ("LiRA online", 0.54)

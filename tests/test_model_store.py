@@ -26,6 +26,7 @@ from clients.model_store import (
 )
 from clients.scoring import load_answers
 from common import wire
+from lab.sequential import server_message
 from models.churn import CUTOFF
 from models.recommender import CATALOGUE
 from models.registry import BUILTIN_MODELS, get_model
@@ -33,7 +34,6 @@ from privacy.accountants import DPSegment
 from privacy.ledger import LEDGER_FILE, PrivacyLedger
 from privacy.policy import SitePolicy
 from server.bundle import export_bundle
-from simulations.sequential import server_message
 from simulations.storefronts import prepare_storefronts
 from simulations.synthetic import generate_orders
 

@@ -9,14 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from models.nextbasket_features import (
-    NUM_FEATURES,
-    CustomerHistory,
-    collate_examples,
-    personal_features,
-)
-from models.recommender import basket_loss
-from simulations.benchmarks.recommender_candidates import (
+from lab.benchmarks.recommender_candidates import (
     CANDIDATES,
     DatedEvaluationExamples,
     DatedTrainingExamples,
@@ -26,6 +19,13 @@ from simulations.benchmarks.recommender_candidates import (
     repurchase_cycle,
     with_age,
 )
+from models.nextbasket_features import (
+    NUM_FEATURES,
+    CustomerHistory,
+    collate_examples,
+    personal_features,
+)
+from models.recommender import basket_loss
 
 
 def history() -> CustomerHistory:

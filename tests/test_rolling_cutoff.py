@@ -5,15 +5,15 @@ from datetime import UTC, datetime
 import numpy as np
 import pandas as pd
 
-from models import schema
-from models.baselines import own_history_scores
-from models.nextbasket_protocol import clean_purchases, last_invoices, split_next_basket
-from simulations.benchmarks.rolling_cutoff import (
+from lab.benchmarks.rolling_cutoff import (
     WEEK,
     model_scores,
     per_customer_ndcg,
     weekly_splits,
 )
+from models import schema
+from models.baselines import own_history_scores
+from models.nextbasket_protocol import clean_purchases, last_invoices, split_next_basket
 from simulations.synthetic import generate_orders
 
 

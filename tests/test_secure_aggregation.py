@@ -38,6 +38,7 @@ from clients.secure_training import (
     is_secure_aggregation_message,
 )
 from common import wire
+from lab.sequential import server_message
 from models.registry import get_model
 from privacy.accountants import DPSegment
 from privacy.ledger import LEDGER_FILE, PrivacyLedger
@@ -51,7 +52,6 @@ from server.server_app import plan_models, run_federation
 from server.strategy import StrategySettings, build_strategy
 from simulations.exact_evaluation import exact_metrics
 from simulations.runner import app_run_config
-from simulations.sequential import server_message
 from simulations.site_policies import apply_site_policy
 from simulations.storefronts import prepare_storefronts
 from simulations.synthetic import generate_orders

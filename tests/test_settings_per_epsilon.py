@@ -10,6 +10,10 @@ from pathlib import Path
 import pytest
 
 from common import wire
+from lab import cli as lab_cli
+from lab.compare import centralized_dp_settings
+from lab.tune_options import TUNABLE_MODELS
+from lab.tuning import CHOSEN_ON
 from models.settings_per_epsilon import (
     MODES,
     NON_PRIVATE,
@@ -25,11 +29,8 @@ from models.settings_per_epsilon import (
 )
 from models.training import TrainingSettings
 from simulations import cli, jobs
-from simulations.compare import centralized_dp_settings
 from simulations.jobs import with_settings_per_epsilon
 from simulations.run_configs import MAIN_RUN_CONFIG
-from simulations.tune_options import TUNABLE_MODELS
-from simulations.tuning import CHOSEN_ON
 
 
 def test_every_model_mode_and_epsilon_has_valid_settings() -> None:
@@ -161,7 +162,7 @@ def test_the_main_job_trains_with_the_settings_of_its_epsilon_over_its_run_level
 
 
 def test_compare_takes_set_assignments() -> None:
-    args = cli.build_parser().parse_args(
+    args = lab_cli.build_parser().parse_args(
         [
             "compare",
             "--out",
@@ -177,7 +178,7 @@ def test_compare_takes_set_assignments() -> None:
         f"recommender.{TARGET_WINDOW}": "all",
     }
     with pytest.raises(SystemExit):
-        cli.build_parser().parse_args(["compare", "--out", "x", "--set", "no-equals-sign"])
+        lab_cli.build_parser().parse_args(["compare", "--out", "x", "--set", "no-equals-sign"])
 
 
 def test_a_deployment_trains_what_a_simulation_at_the_same_epsilon_trains(tmp_path) -> None:

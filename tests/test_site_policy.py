@@ -22,12 +22,12 @@ from independent_accounting import matches_ledger_oracle
 from clients import client_app
 from clients.site_privacy import ensure_default_policy
 from common import wire
+from lab.sequential import server_message
 from privacy.ledger import LEDGER_FILE, PrivacyLedger
 from privacy.planning import PolicyDecline, plan_site_run, site_delta
 from privacy.policy import PolicyError, SitePolicy
 from server.server_app import ModelRun, plan_models
 from simulations.runner import app_run_config
-from simulations.sequential import server_message
 from simulations.site_policies import apply_site_policy
 from simulations.storefronts import prepare_storefronts
 from simulations.synthetic import generate_orders

@@ -1,4 +1,4 @@
-"""``fedshop-sim tune``: seeded draws, a real centralized search on small data, its table and
+"""``python -m lab tune``: seeded draws, a real centralized search on small data, its table and
 chosen entry, and that the test split never changes a trial's score."""
 
 from __future__ import annotations
@@ -10,14 +10,8 @@ import pandas as pd
 import pytest
 import torch
 
-from models import schema
-from models.churn_protocol import churn_cutoff
-from models.settings_per_epsilon import NON_PRIVATE, load_entries, settings_for
-from privacy.ledger import PrivacyLedger
-from simulations import cli
-from simulations.storefronts import prepare_storefronts
-from simulations.synthetic import generate_orders
-from simulations.tuning import (
+from lab import cli
+from lab.tuning import (
     CHOSEN_JSON,
     CHOSEN_ON,
     FEDERATED_ROUNDS,
@@ -27,7 +21,13 @@ from simulations.tuning import (
     best_trial,
     tune,
 )
-from simulations.tuning_space import NON_PRIVATE_SPACES, SEARCH_SPACES, draw_trials
+from lab.tuning_space import NON_PRIVATE_SPACES, SEARCH_SPACES, draw_trials
+from models import schema
+from models.churn_protocol import churn_cutoff
+from models.settings_per_epsilon import NON_PRIVATE, load_entries, settings_for
+from privacy.ledger import PrivacyLedger
+from simulations.storefronts import prepare_storefronts
+from simulations.synthetic import generate_orders
 from tests.test_validation_protocols import scrambled_test_invoices
 
 pytestmark = pytest.mark.slow
@@ -36,7 +36,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(autouse=True)
 def one_thread():
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as `fedshop-sim tune` does: tiny models, busy cores
+    torch.set_num_threads(1)  # as `python -m lab tune` does: tiny models, busy cores
     yield
     torch.set_num_threads(threads)
 

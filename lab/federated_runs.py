@@ -4,7 +4,7 @@ Each run is a real simulation of the Flower app (:func:`simulations.runner.run_s
 ``flwr run``, one SuperNode per storefront) on a storefront split of the bundled data,
 with the run configs below; its final models' exact metrics on every storefront's held-out
 customers (:mod:`simulations.exact_evaluation`: the sites send the server only noisy
-estimates) become rows of the comparison tables (:mod:`simulations.compare`) in the same
+estimates) become rows of the comparison tables (:mod:`lab.compare`) in the same
 shape as the centralized and storefront-alone runs: ``overall``, ``outside United
 Kingdom`` (the per-storefront means pooled by customers) and one row per storefront.
 

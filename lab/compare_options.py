@@ -1,4 +1,4 @@
-"""The options of ``fedshop-sim compare``, declared apart from :mod:`simulations.compare`
+"""The options of ``python -m lab compare``, declared apart from :mod:`lab.compare`
 so that building the command line does not import the training stack."""
 
 from __future__ import annotations

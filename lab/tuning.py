@@ -1,7 +1,7 @@
-"""``fedshop-sim tune``: a seeded random search of a model's training settings at one ε
+"""``python -m lab tune``: a seeded random search of a model's training settings at one ε
 (or without DP, ε = 0), scored on the validation protocols only.
 
-Each trial trains the model with one draw of settings (:mod:`simulations.tuning_space`;
+Each trial trains the model with one draw of settings (:mod:`lab.tuning_space`;
 trial 0 is the settings file's current entry) under user-level DP at the target ε, or
 without DP for the non-private runs' settings, and scores it on validation: the
 recommender's NDCG@10 on the second-to-last invoices (:mod:`models.nextbasket_validation`),
@@ -10,12 +10,12 @@ test split is never scored here: every objective below reads only the validation
 protocols' data.
 
 - ``centralized``: the pooled validation data in this process, σ calibrated for the
-  whole planned training as :mod:`simulations.compare` does; a trial's score is the mean
+  whole planned training as :mod:`lab.compare` does; a trial's score is the mean
   over ``repeats`` training seeds (weights, sampling, DP noise): on the bundled data one
   seed moves churn's validation ROC-AUC by about 0.02, as much as most setting changes;
 - ``federated``: the storefronts' validation data (each site's orders without its test
   invoices, or up to the test cutoff) in the sequential federation
-  (:func:`simulations.sequential.run_sequential_federation`: the sites' own code, DP
+  (:func:`lab.sequential.run_sequential_federation`: the sites' own code, DP
   planning and ledgers, FedAvg) for :data:`FEDERATED_ROUNDS` rounds; a fresh run
   directory per trial and seed, so every run starts with unspent site budgets. A trial's
   score is the mean over ``repeats`` runs, each with its own ``simulation-seed``.
@@ -51,6 +51,8 @@ import pandas as pd
 import torch
 
 from common.atomic_files import atomic_write
+from lab.compare import centralized_dp_plan, fit_churn, fit_recommender, ingest_bundled
+from lab.tuning_space import draw_trials
 from models import schema
 from models.churn import HIDDEN_UNITS, evaluate_churn
 from models.churn_protocol import churn_cutoff
@@ -69,12 +71,10 @@ from models.settings_per_epsilon import (
     training_settings,
 )
 from models.training import SIMULATION_SEED, TrainingSettings
-from simulations.compare import centralized_dp_plan, fit_churn, fit_recommender, ingest_bundled
 from simulations.progress import SILENT, Progress
 from simulations.run_configs import MAIN_RUN_CONFIG, PLAIN_SITE_POLICY
 from simulations.site_policies import apply_site_policy
 from simulations.storefronts import assign_storefronts, prepare_storefronts, read_split
-from simulations.tuning_space import draw_trials
 
 FEDERATED_ROUNDS = int(MAIN_RUN_CONFIG["num-server-rounds"])
 """Rounds of every federated trial: the main job's."""
@@ -173,7 +173,7 @@ def tune(
     Args:
         frame: order lines in the canonical schema, ``storefront`` holding each customer's
             storefront (:func:`simulations.storefronts.assign_storefronts`).
-        model, mode, epsilon: what to tune (:data:`simulations.tune_options.TUNABLE_MODELS`,
+        model, mode, epsilon: what to tune (:data:`lab.tune_options.TUNABLE_MODELS`,
             :data:`~models.settings_per_epsilon.MODES`, target ε > 0).
         trials: how many settings to try (the current ones first).
         seed: seeds the draws and, in centralized mode, the first training seed.
@@ -219,7 +219,7 @@ def tune(
         data=data,
         seeds=seeds,
         trials=len(done),
-        note=f"fedshop-sim tune --model {model} --mode {mode} --epsilon {epsilon:g} "
+        note=f"python -m lab tune --model {model} --mode {mode} --epsilon {epsilon:g} "
         f"--trials {trials} --seed {seed}"
         + (f" --vary {','.join(vary)}" if vary else "")
         + f": trial {best.number} of {len(done)}"
@@ -305,7 +305,7 @@ def federated_objective(
     does."""
     # Imported here: the sequential federation pulls in Flower, which centralized tuning
     # does not need.
-    from simulations.sequential import run_sequential_federation
+    from lab.sequential import run_sequential_federation
 
     split_dir, facts = validation_storefronts(frame, model, out_dir / "validation-storefronts")
     metric = get_model(model).headline_metric
@@ -317,7 +317,9 @@ def federated_objective(
             run_config = validation_run_config(model, epsilon, seed, facts, trial)
             run_dir = out_dir / f"trial-{number}" / f"seed-{seed}"
             if epsilon == NON_PRIVATE:
-                apply_site_policy(split_dir, run_dir, PLAIN_SITE_POLICY, set_by="fedshop-sim tune")
+                apply_site_policy(
+                    split_dir, run_dir, PLAIN_SITE_POLICY, set_by="python -m lab tune"
+                )
             result = run_sequential_federation(split_dir, run_dir, run_config)
             final = result.exact[model]
             if metric not in final or not math.isfinite(final[metric]):

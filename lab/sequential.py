@@ -13,7 +13,7 @@ server's pooled evaluation, and then the final weights' exact metrics
 in the calling process: no SuperLink, no Ray workers, no messages between processes.
 
 It is the denominator of the federation-cost benchmark
-(``python -m simulations.benchmarks.federation_cost``) and a quick loop for tuning. It
+(``python -m lab.benchmarks.federation_cost``) and a quick loop for tuning. It
 does not screen updates, checkpoint or write a run directory: those are the server's
 work, not local training.
 """

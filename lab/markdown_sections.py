@@ -24,7 +24,7 @@ from itertools import pairwise
 HEADING_PREFIX = "## "
 SUBHEADING_PREFIX = "### "
 FENCE = "```"
-ANALYSIS_OPEN = "<!-- analysis: kept by fedshop-sim bench -->"
+ANALYSIS_OPEN = "<!-- analysis: kept by python -m lab bench -->"
 """Opens a block of hand-written analysis that a section's regeneration keeps verbatim."""
 ANALYSIS_CLOSE = "<!-- /analysis -->"
 """Closes the block :data:`ANALYSIS_OPEN` opened."""

@@ -1,13 +1,13 @@
 """Benchmark: the federation's run-level settings, rounds and server optimiser, on
 validation only (issue #12).
 
-Run ``python -m simulations.benchmarks.federated_choices``; it prints a Markdown section for
+Run ``python -m lab.benchmarks.federated_choices``; it prints a Markdown section for
 BENCHMARKS.md. Each model federates over its storefronts' validation data
-(:func:`simulations.tuning.validation_storefronts`: each site's orders without its test
+(:func:`lab.tuning.validation_storefronts`: each site's orders without its test
 invoices, or up to the test cutoff; the test split is never read) with DP at each ε and
 that ε's federated entry of the settings file, the sites keeping their default policy:
 
-- **rounds**: the sequential federation (:func:`simulations.sequential.run_sequential_federation`:
+- **rounds**: the sequential federation (:func:`lab.sequential.run_sequential_federation`:
   the sites' own code, DP planning and ledgers, FedAvg) with each ``--rounds`` value, once
   per ``--seeds`` value (the run's ``simulation-seed``); every site calibrates σ for the
   whole run, so more rounds mean more, noisier steps at the same ε;
@@ -32,15 +32,15 @@ from typing import Any
 
 import numpy as np
 
+from lab.compare import ingest_bundled
+from lab.sequential import run_sequential_federation
+from lab.tuning import FEDERATED_ROUNDS, validation_run_config, validation_storefronts
 from models import metrics
 from models.registry import get_model
 from models.settings_per_epsilon import FEDERATED_MODE, settings_for
 from server.run_results import final_rows, load_run
-from simulations.compare import ingest_bundled
 from simulations.runner import run_simulation_job
-from simulations.sequential import run_sequential_federation
 from simulations.storefronts import assign_storefronts
-from simulations.tuning import FEDERATED_ROUNDS, validation_run_config, validation_storefronts
 
 MODELS = ("recommender", "churn")
 
@@ -122,7 +122,7 @@ def validation_section(heading: str, description: str, rows: Sequence[str], seco
 
 def main(argv: list[str] | None = None) -> int:
     """Measure every variant and print the Markdown section."""
-    parser = argparse.ArgumentParser(prog="python -m simulations.benchmarks.federated_choices")
+    parser = argparse.ArgumentParser(prog="python -m lab.benchmarks.federated_choices")
     parser.add_argument("--epsilons", type=float, nargs="+", default=[1.0, 8.0])
     parser.add_argument("--rounds", type=int, nargs="+", default=[2, 4, 8])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
@@ -131,9 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--optimiser-seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))
     args = parser.parse_args(argv)
-    command = " ".join(
-        ["python -m simulations.benchmarks.federated_choices", *(argv or sys.argv[1:])]
-    )
+    command = " ".join(["python -m lab.benchmarks.federated_choices", *(argv or sys.argv[1:])])
     started = time.perf_counter()
     frame = assign_storefronts(ingest_bundled())
     rows = []

@@ -8,7 +8,7 @@ older commit unpacked with ``git archive``), put first on ``PYTHONPATH`` so the 
 console scripts import it instead; the rounds are interleaved, so load from other
 processes hits both alike. Each figure is the best of ``--repeats`` rounds. Run::
 
-    python -m simulations.benchmarks.cli_startup [--baseline DIR] [--repeats 3]
+    python -m lab.benchmarks.cli_startup [--baseline DIR] [--repeats 3]
 """
 
 from __future__ import annotations
@@ -80,7 +80,7 @@ def _environment(code_root: Path) -> dict[str, str]:
 
 def main(argv: list[str] | None = None) -> int:
     """Measure and print the Markdown section; returns 0."""
-    parser = argparse.ArgumentParser(prog="python -m simulations.benchmarks.cli_startup")
+    parser = argparse.ArgumentParser(prog="python -m lab.benchmarks.cli_startup")
     parser.add_argument("--baseline", type=Path, help="another checkout to compare with")
     parser.add_argument("--repeats", type=int, default=3, help="rounds; the best one counts")
     args = parser.parse_args(argv)
@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
             for name, root in roots.items():
                 best[label, name] = min(best[label, name], time_command(label, root))
 
-    command = " ".join(["python -m simulations.benchmarks.cli_startup", *(argv or sys.argv[1:])])
+    command = " ".join(["python -m lab.benchmarks.cli_startup", *(argv or sys.argv[1:])])
     columns = [f"{name} s" for name in roots] + [f"{name} ÷ python" for name in roots]
     if "baseline" in roots:
         columns.append("baseline ÷ this")

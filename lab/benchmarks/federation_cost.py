@@ -1,6 +1,6 @@
 """Benchmark: wall time of a simulated federation ÷ the same local training in one process.
 
-Run ``python -m simulations.benchmarks.federation_cost``; it prints a Markdown section
+Run ``python -m lab.benchmarks.federation_cost``; it prints a Markdown section
 for BENCHMARKS.md. Both sides train the same models with the same run config (default:
 the main job's, :data:`simulations.run_configs.MAIN_RUN_CONFIG`) on the same storefront split of
 the bundled data, with the same per-site seeds:
@@ -8,7 +8,7 @@ the bundled data, with the same per-site seeds:
 - ``federated``: :func:`simulations.runner.run_simulation_job` — the real ``flwr run``
   with a local SuperLink, one simulated SuperNode per storefront, the ServerApp with
   update screening, checkpoints, the round log and the bundle;
-- ``sequential``: :func:`simulations.sequential.run_sequential_federation` — the same
+- ``sequential``: :func:`lab.sequential.run_sequential_federation` — the same
   site code (:func:`clients.site_task.train_round`, DP, ledgers) called site after site
   in this process, with FedAvg and the same pooled evaluation.
 
@@ -48,11 +48,11 @@ from typing import Any
 
 from clients.site_data import storefront_slugs
 from clients.site_timing import TIMINGS_ENV, read_timings
+from lab.sequential import run_sequential_federation
 from server.run_results import headline_metric, load_run
 from simulations.progress import SILENT
 from simulations.run_configs import MAIN_RUN_CONFIG
 from simulations.runner import DEFAULT_CLIENT_CPUS, app_run_config, run_simulation_job
-from simulations.sequential import run_sequential_federation
 from simulations.storefronts import DEFAULT_MIN_CUSTOMERS, prepare_bundled_storefronts
 from simulations.synthetic import write_synthetic_split
 
@@ -236,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
             longer_result = measure(split, work / "longer", longer, args.client_cpus)
     ratio = result["federated-seconds"] / result["sequential-seconds"]
     given = sys.argv[1:] if argv is None else argv
-    command = " ".join(["python -m simulations.benchmarks.federation_cost", *given])
+    command = " ".join(["python -m lab.benchmarks.federation_cost", *given])
     print("## Federation cost (simulated federation ÷ sequential local training)\n")
     print(
         f"Command: `{command.strip()}`; {args.client_cpus} CPU(s) per simulated ClientApp; "

@@ -1,10 +1,10 @@
 """Benchmark: candidate changes to the recommender, scored on validation only (issue #12).
 
-Run ``python -m simulations.benchmarks.recommender_candidates``; it prints a Markdown
+Run ``python -m lab.benchmarks.recommender_candidates``; it prints a Markdown
 section for BENCHMARKS.md. Every candidate is the centralized recommender trained with
 user-level DP at each ``--epsilons`` value with that ε's settings-file entry
-(:func:`simulations.compare.centralized_dp_settings`, σ from
-:func:`simulations.compare.centralized_dp_plan`), once per training seed, and scored by
+(:func:`lab.compare.centralized_dp_settings`, σ from
+:func:`lab.compare.centralized_dp_plan`), once per training seed, and scored by
 NDCG@10 on the next-basket *validation* protocol (:mod:`models.nextbasket_validation`);
 the test split is never read. The "own history" repeat-buying baseline
 (:func:`models.baselines.own_history_scores`) is scored on the same validation split.
@@ -46,6 +46,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from lab.compare import (
+    centralized_dp_plan,
+    centralized_dp_settings,
+    fit_recommender,
+    ingest_bundled,
+)
 from models import schema
 from models.baselines import evaluate_next_basket, own_history_scores
 from models.metrics import OVERALL
@@ -64,12 +70,6 @@ from models.nextbasket_features import (
 from models.nextbasket_protocol import NextBasketSplit
 from models.nextbasket_validation import split_next_basket_validation
 from models.recommender import MODEL, TOP_K, NextBasketRecommender, score_examples
-from simulations.compare import (
-    centralized_dp_plan,
-    centralized_dp_settings,
-    fit_recommender,
-    ingest_bundled,
-)
 from simulations.storefronts import assign_storefronts
 
 METRIC = f"ndcg@{TOP_K}"
@@ -291,7 +291,7 @@ def markdown(
 
 def main(argv: list[str] | None = None) -> int:
     """Train every candidate at every ε and seed; print the Markdown section."""
-    parser = argparse.ArgumentParser(prog="python -m simulations.benchmarks.recommender_candidates")
+    parser = argparse.ArgumentParser(prog="python -m lab.benchmarks.recommender_candidates")
     parser.add_argument("--epsilons", type=float, nargs="+", default=[1.0, 8.0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument(
@@ -304,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, help="replace the entries' epochs (quick runs)")
     args = parser.parse_args(argv)
     argv_shown = argv if argv is not None else sys.argv[1:]
-    command = " ".join(["python -m simulations.benchmarks.recommender_candidates", *argv_shown])
+    command = " ".join(["python -m lab.benchmarks.recommender_candidates", *argv_shown])
     torch.set_num_threads(1)  # tiny models on shared cores, as compare does
     started = time.perf_counter()
     split = split_next_basket_validation(assign_storefronts(ingest_bundled()))

@@ -1,6 +1,6 @@
 """Benchmark: wall per round and peak memory of a synthetic federation as it grows.
 
-Run ``python -m simulations.benchmarks.growth --cell 100x100000 --cell 1000x1000000 ...``;
+Run ``python -m lab.benchmarks.growth --cell 100x100000 --cell 1000x1000000 ...``;
 each cell is one ``fedshop-sim run --synthetic`` (storefronts × customers, ``--lines`` order
 lines per customer, both models, one round, ``fraction-train``/``fraction-evaluate`` as
 given) run as a subprocess. While it runs, every second, the resident memory of all the

@@ -1,6 +1,6 @@
 """Benchmark: a storefront's recommendation API under load, and batch ``recommend``.
 
-Run ``python -m simulations.benchmarks.serving``; it prints a Markdown section for
+Run ``python -m lab.benchmarks.serving``; it prints a Markdown section for
 BENCHMARKS.md. The site is the largest storefront of the bundled data (its prepared
 orders from the storefront split, its key), with a model bundle installed: ``--bundle``
 (e.g. a main job's ``runs/main/bundle``), else one of the models' initial weights over the
@@ -268,7 +268,7 @@ def print_section(
     results: list[LoadResult],
 ) -> None:
     """The Markdown section for BENCHMARKS.md."""
-    command = " ".join(["python -m simulations.benchmarks.serving", *(argv or sys.argv[1:])])
+    command = " ".join(["python -m lab.benchmarks.serving", *(argv or sys.argv[1:])])
     weights = f"bundle `{args.bundle}`" if args.bundle else "the models' initial weights"
     print("## Serving at a storefront (recommendations API, batch recommend)\n")
     print(

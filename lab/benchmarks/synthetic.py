@@ -1,6 +1,6 @@
 """Benchmark: how fast the synthetic generator makes order lines, and how it scales.
 
-Run ``python -m simulations.benchmarks.synthetic``; it prints a Markdown section for
+Run ``python -m lab.benchmarks.synthetic``; it prints a Markdown section for
 BENCHMARKS.md. Sizes keep the bundled data's shape (~90 order lines per customer,
 catalogue ~4,000 items); the target is 1,000,000 order lines in under 30 s on 2 cores.
 """
@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = [(size, time_generation(size, args.repeats)) for size in args.sizes]
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     smallest_size, smallest_seconds = rows[0]
-    command = "python -m simulations.benchmarks.synthetic " + " ".join(argv or sys.argv[1:])
+    command = "python -m lab.benchmarks.synthetic " + " ".join(argv or sys.argv[1:])
     print("## Synthetic data generation\n")
     print(f"Command: `{command.strip()}` (median of {args.repeats} seeds per size)\n")
     print("| order lines | customers | seconds | lines per second | time ÷ smallest |")

@@ -1,7 +1,7 @@
 """Several seeds of the comparison pooled into one: each number the mean over the seeds,
 with its spread (smallest and largest value).
 
-A comparison of one seed (:func:`simulations.compare.run_comparison`) gives one draw of
+A comparison of one seed (:func:`lab.compare.run_comparison`) gives one draw of
 every run: weights, sampling, target draws and DP noise all follow the seed, and on the
 bundled data one seed moves NDCG@10 or ROC-AUC by as much as many setting changes. The
 pooled comparison keeps the one-seed layout (``<model>.runs.<run>.metrics.<group>.<metric>``

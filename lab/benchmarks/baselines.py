@@ -6,7 +6,7 @@ population, then the logistic regression and the torch churn MLP (centralized,
 non-private, with the comparison's validation-chosen settings) trained on the training
 customers and scored on the fixed 20% holdout, overall and per storefront. Run::
 
-    python -m simulations.benchmarks.baselines
+    python -m lab.benchmarks.baselines
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ import argparse
 import secrets
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -23,27 +22,27 @@ import torch
 from threadpoolctl import threadpool_limits
 
 from clients.ingest import ingest_table
+from lab.compare import fit_churn, non_private_settings
 from models import baselines, metrics
 from models.churn import MODEL as CHURN
 from models.churn import evaluate_churn
 from models.churn_protocol import churn_data
 from models.nextbasket_protocol import split_next_basket
-from simulations.compare import fit_churn, non_private_settings
+from simulations.storefronts import BUNDLED_DATA
 
-BUNDLED = Path(__file__).resolve().parents[1] / "data" / "online_retail.csv.gz"
 NEXT_BASKET_COLUMNS = ["customers", "hr@10", "recall@10", "ndcg@10"]
 CHURN_COLUMNS = ["customers", "churn-rate", "roc-auc", "pr-auc", "brier"]
 
 
 def main(argv: list[str] | None = None) -> int:
     """Compute and print the Markdown section; returns 0."""
-    parser = argparse.ArgumentParser(prog="python -m simulations.benchmarks.baselines")
+    parser = argparse.ArgumentParser(prog="python -m lab.benchmarks.baselines")
     parser.add_argument("--seed", type=int, default=0, help="torch seed of the churn MLP")
     args = parser.parse_args(argv)
-    command = " ".join(["python -m simulations.benchmarks.baselines", *(argv or sys.argv[1:])])
+    command = " ".join(["python -m lab.benchmarks.baselines", *(argv or sys.argv[1:])])
     started = time.perf_counter()
     # A fresh key: the tables hold only aggregates, never a token.
-    frame, _ = ingest_table(BUNDLED, secrets.token_bytes(32))
+    frame, _ = ingest_table(BUNDLED_DATA, secrets.token_bytes(32))
 
     lines = ["## Baselines (bundled data, fixed protocols)", "", f"Command: `{command}`", ""]
     lines += _next_basket_section(split_next_basket(frame))

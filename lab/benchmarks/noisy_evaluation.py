@@ -1,6 +1,6 @@
 """Benchmark: how close the server's noisy evaluation estimates are to the exact figures.
 
-Run ``python -m simulations.benchmarks.noisy_evaluation --run runs/main`` after the main
+Run ``python -m lab.benchmarks.noisy_evaluation --run runs/main`` after the main
 job; it prints a Markdown section for BENCHMARKS.md (progress on stderr).
 
 Every site answers an evaluation through the release mechanism (:mod:`privacy.release`):
@@ -127,7 +127,7 @@ def section(run_dir: Path, releases: int, run_epsilons: Sequence[float], seed: i
     lines = [
         "## Noisy evaluation against exact (issue #19)",
         "",
-        f"Command: `python -m simulations.benchmarks.noisy_evaluation --run {run_dir} "
+        f"Command: `python -m lab.benchmarks.noisy_evaluation --run {run_dir} "
         f"--releases {releases} --run-epsilons {' '.join(f'{e:g}' for e in run_epsilons)}`",
         "",
         f"The final models of `{run_dir}` scored on every storefront's held-out customers: "
@@ -213,7 +213,7 @@ def _storefront_rows(
 
 def main(argv: list[str] | None = None) -> int:
     """Print the section for ``--run``."""
-    parser = argparse.ArgumentParser(prog="python -m simulations.benchmarks.noisy_evaluation")
+    parser = argparse.ArgumentParser(prog="python -m lab.benchmarks.noisy_evaluation")
     parser.add_argument("--run", type=Path, default=Path("runs/main"), help="a finished run")
     parser.add_argument("--releases", type=int, default=DEFAULT_RELEASES)
     parser.add_argument(

@@ -4,8 +4,8 @@
 its heading (exactly as in BENCHMARKS.md), the module run with ``python -m``, the
 arguments of the published figures (``full``, as the section's ``Command:`` line has
 them) and CI-sized ones (``quick``: smaller sizes, fewer rounds and repeats, so that
-all quick sections together take a few minutes on 2 cores). ``fedshop-sim bench``
-(:mod:`simulations.bench`) runs them and splices their output into the file.
+all quick sections together take a few minutes on 2 cores). ``python -m lab bench``
+(:mod:`lab.bench`) runs them and splices their output into the file.
 
 :data:`BY_HAND` lists the sections no command prints: they are written from the output
 of the command they name, and ``bench`` leaves them as they are.
@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from simulations.markdown_sections import demote_headings
+from lab.markdown_sections import demote_headings
 
 QUICK = "quick"
 FULL = "full"
@@ -76,7 +76,7 @@ def _benchmark(
     seeds: str,
     note: str = "",
 ) -> BenchSection:
-    module = f"simulations.benchmarks.{name}"
+    module = f"lab.benchmarks.{name}"
     return BenchSection(name, heading, module, f"python -m {module}", quick, full, seeds, note=note)
 
 
@@ -112,8 +112,8 @@ SECTIONS: tuple[BenchSection, ...] = (
     BenchSection(
         "compare",
         "Centralized, federated and storefront-alone runs, with and without DP",
-        module="simulations",
-        prog="fedshop-sim",
+        module="lab",
+        prog="python -m lab",
         quick=("compare", "--out", "runs/bench/compare", "--quick", "--no-federated"),
         full=("compare", "--out", "runs/compare", "--seeds", "0,1,2"),
         seeds=f"training and simulation-seed 0, 1, 2 (quick: 0); federated: {SITE_SEEDS}",
@@ -215,7 +215,7 @@ BY_HAND: tuple[HandWrittenSection, ...] = (
     ),
     HandWrittenSection(
         "Per-message overhead (issue #11: ≤ 50 ms per site-round)",
-        "python -m simulations.benchmarks.federation_cost --synthetic-storefronts N"
+        "python -m lab.benchmarks.federation_cost --synthetic-storefronts N"
         " --synthetic-customers M --models churn --rounds R",
         "two runs of that command, before and after a change, and one fedshop-sim run",
     ),
@@ -226,7 +226,7 @@ BY_HAND: tuple[HandWrittenSection, ...] = (
     ),
     HandWrittenSection(
         "Scale: growth and a million customers (issue #11)",
-        "python -m simulations.benchmarks.growth --cell STOREFRONTSxCUSTOMERS ...",
+        "python -m lab.benchmarks.growth --cell STOREFRONTSxCUSTOMERS ...",
         "its table and docs/growth.png (one fedshop-sim run per cell, tens of minutes at 1M), "
         "its --facts/--site probes, and before/after runs of the same command",
     ),

@@ -1,19 +1,19 @@
-"""``fedshop-sim bench``: regenerate BENCHMARKS.md section by section.
+"""``python -m lab bench``: regenerate BENCHMARKS.md section by section.
 
-Each selected section of :data:`simulations.benchmarks.sections.SECTIONS` runs as a
+Each selected section of :data:`lab.benchmarks.sections.SECTIONS` runs as a
 subprocess of this interpreter (``python -m <module> <arguments of the mode>``, with
 ``PYTHONHASHSEED=0``); its Markdown stdout becomes the section, and a progress line per
 section with its wall time goes to stderr. Then the header section (machine, versions,
-seeds, date, mode: :mod:`simulations.bench_header`) and the regenerated sections are
-spliced into the output file (:mod:`simulations.markdown_sections`), every other byte
+seeds, date, mode: :mod:`lab.bench_header`) and the regenerated sections are
+spliced into the output file (:mod:`lab.markdown_sections`), every other byte
 left as it was, and the file is replaced atomically. If any section fails, or prints
 something that is not its section, the run stops with one error naming it and the file
 is not touched.
 
 Hand-written analysis survives: a section's text between the lines
-``<!-- analysis: kept by fedshop-sim bench -->`` and ``<!-- /analysis -->`` is carried
+``<!-- analysis: kept by python -m lab bench -->`` and ``<!-- /analysis -->`` is carried
 verbatim into its new text, at the end of the ``### `` subsection it stood in
-(:func:`simulations.markdown_sections.with_analysis`). Any other line of the old section
+(:func:`lab.markdown_sections.with_analysis`). Any other line of the old section
 that the command did not print again (numbers aside; the ``Command:`` line is always the
 new run's) would be lost, so the run stops right after that section's command, naming
 the section and the first such line, and leaves the file as it was, unless
@@ -32,8 +32,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from common.atomic_files import atomic_write
-from simulations.bench_header import HEADING, SectionRun, header_section, machine_facts
-from simulations.benchmarks.sections import (
+from lab.bench_header import HEADING, SectionRun, header_section, machine_facts
+from lab.benchmarks.sections import (
     BY_HAND,
     FULL,
     MODES,
@@ -42,7 +42,7 @@ from simulations.benchmarks.sections import (
     BenchSection,
     section_named,
 )
-from simulations.markdown_sections import (
+from lab.markdown_sections import (
     ANALYSIS_CLOSE,
     ANALYSIS_OPEN,
     analysis_blocks,
@@ -58,7 +58,7 @@ FAILURE_TAIL_LINES = 15
 """How many of a failed section's last stderr lines are shown."""
 NEW_DOCUMENT = {
     QUICK: "# Benchmarks (quick mode)\n\n"
-    "CI-sized runs of `fedshop-sim bench --quick`: smaller sizes, fewer rounds and repeats\n"
+    "CI-sized runs of `python -m lab bench --quick`: smaller sizes, fewer rounds and repeats\n"
     "than the published figures of BENCHMARKS.md, so only their shape and rough ratios\n"
     "compare.\n\n",
     FULL: "# Benchmarks\n\n",
@@ -134,7 +134,7 @@ def regenerate(
 
     Each section's analysis blocks are carried into its new text. Unless
     ``discard_unmarked``, a section whose old text has a line outside them that its
-    command no longer prints (:func:`~simulations.markdown_sections.unmarked_lines`)
+    command no longer prints (:func:`~lab.markdown_sections.unmarked_lines`)
     stops the run as soon as its command has run.
 
     Raises:
@@ -154,7 +154,7 @@ def regenerate(
             raise BenchError(f"{output}: section '## {section.heading}': {error}") from None
 
     facts = machine_facts()
-    progress = Progress("fedshop-sim bench")
+    progress = Progress("python -m lab bench")
     texts: dict[str, str] = {}
     runs: list[SectionRun] = []
     for number, section in enumerate(selected, 1):
@@ -167,7 +167,7 @@ def regenerate(
     texts[HEADING] = header_section(facts, mode, runs, dt.datetime.now(dt.UTC))
     order = [HEADING, *(section.heading for section in SECTIONS)]
     atomic_write(output, splice(current, texts, order))
-    print(f"[fedshop-sim bench] wrote {len(selected)} section(s) to {output}", file=sys.stderr)
+    print(f"[python -m lab bench] wrote {len(selected)} section(s) to {output}", file=sys.stderr)
 
 
 def refuse_lost_lines(

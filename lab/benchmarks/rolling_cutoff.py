@@ -1,6 +1,6 @@
 """Benchmark: the recommender against repeat-buying under a time-respecting evaluation.
 
-Run ``python -m simulations.benchmarks.rolling_cutoff``; it prints a Markdown section for
+Run ``python -m lab.benchmarks.rolling_cutoff``; it prints a Markdown section for
 BENCHMARKS.md. The fixed protocol (:mod:`models.nextbasket_protocol`) trains on every
 invoice but each customer's last, so a model scoring a basket of 2011-11 has seen other
 customers' December purchases. Here every test basket on or after ``--since`` is
@@ -11,7 +11,7 @@ scored by a model trained only on what happened before the week it falls in:
 2. for each week, the training data are all cleaned purchase lines before the week's
    first day (other customers' earlier test invoices included: they are past by then);
    a fresh centralized recommender (the comparison's non-private settings,
-   :func:`simulations.compare.non_private_settings`) is trained on them and scores the
+   :func:`lab.compare.non_private_settings`) is trained on them and scores the
    week's test customers from their history before the week;
 3. repeat-buying (:func:`models.baselines.own_history_scores`: the customer's own most
    often bought items, ties by popularity) scores the same customers from the same data.
@@ -34,6 +34,7 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 import pandas as pd
 
+from lab.compare import fit_recommender, ingest_bundled, non_private_settings
 from models import metrics, schema
 from models.baselines import own_history_scores
 from models.nextbasket_features import EvaluationExamples, TrainingExamples, build_histories
@@ -45,7 +46,6 @@ from models.nextbasket_protocol import (
 )
 from models.recommender import MODEL as RECOMMENDER
 from models.recommender import TOP_K, score_examples
-from simulations.compare import fit_recommender, ingest_bundled, non_private_settings
 
 DEFAULT_SINCE = "2011-10-01"
 WEEK = timedelta(days=7)
@@ -121,7 +121,7 @@ def per_customer_ndcg(split: NextBasketSplit, scores: np.ndarray) -> np.ndarray:
 
 def main(argv: list[str] | None = None) -> int:
     """Score every week for each seed and print the Markdown section."""
-    parser = argparse.ArgumentParser(prog="python -m simulations.benchmarks.rolling_cutoff")
+    parser = argparse.ArgumentParser(prog="python -m lab.benchmarks.rolling_cutoff")
     parser.add_argument("--since", default=DEFAULT_SINCE, help="first test day (ISO date)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument(
@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     since = datetime.fromisoformat(args.since).replace(tzinfo=UTC)
-    command = " ".join(["python -m simulations.benchmarks.rolling_cutoff", *(argv or sys.argv[1:])])
+    command = " ".join(["python -m lab.benchmarks.rolling_cutoff", *(argv or sys.argv[1:])])
     started = time.perf_counter()
     frame = ingest_bundled()
     static_split = split_next_basket(frame)

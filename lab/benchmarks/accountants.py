@@ -1,12 +1,12 @@
 """Benchmark: model utility when each privacy accountant plans the DP noise (PLD vs RDP).
 
-Run ``python -m simulations.benchmarks.accountants``; it prints a Markdown section for
+Run ``python -m lab.benchmarks.accountants``; it prints a Markdown section for
 BENCHMARKS.md. On the storefront split of the bundled data, for every accountant
 (``--accountants``, default ``rdp,pld``) and every ε per site and model (``--epsilons``,
 default ``1,3,8``), it trains the main job's run config
 (:data:`simulations.run_configs.MAIN_RUN_CONFIG`, with that ``epsilon``, ``--rounds``
 server rounds if given, and every site's privacy policy naming that ``accountant``) by
-:func:`simulations.sequential.run_sequential_federation` — the sites' real code (DP
+:func:`lab.sequential.run_sequential_federation` — the sites' real code (DP
 planning, privacy ledgers) and FedAvg, site after site in this process, with the same
 per-site seeds in every run — and records:
 
@@ -32,12 +32,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lab.sequential import run_sequential_federation
 from privacy.accountants import ACCOUNTANTS
 from privacy.ledger import LEDGER_FILE, PrivacyLedger, ledger_epsilon
 from simulations.progress import Progress
 from simulations.run_configs import MAIN_RUN_CONFIG
 from simulations.runner import storefront_slugs
-from simulations.sequential import run_sequential_federation
 from simulations.site_policies import apply_site_policy
 from simulations.storefronts import INDEX_FILE, prepare_bundled_storefronts
 
@@ -256,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     seconds = time.perf_counter() - began
 
     command = " ".join(
-        ["python -m simulations.benchmarks.accountants", *(sys.argv[1:] if argv is None else argv)]
+        ["python -m lab.benchmarks.accountants", *(sys.argv[1:] if argv is None else argv)]
     )
     smallest_name, smallest_customers = names[smallest]
     print("## Utility by privacy accountant (PLD vs RDP)\n")

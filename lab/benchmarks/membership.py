@@ -1,7 +1,7 @@
 """Benchmark: membership inference against both models, without and with DP, centralized
 and federated.
 
-Run ``python -m simulations.benchmarks.membership`` (``--quick`` for a smoke run: a few
+Run ``python -m lab.benchmarks.membership`` (``--quick`` for a smoke run: a few
 epochs, :data:`QUICK_REFERENCES` references, ε = 8 only); it prints a Markdown section for
 BENCHMARKS.md. Progress goes to stderr, with the seconds per trained model and the time
 left of each set of reference models; stdout is only the Markdown.
@@ -22,13 +22,13 @@ A non-member's example is built the same way from their own rows. Every model sh
 catalogue (the whole data's) and one churn cutoff, as the federation's shared facts.
 
 Targets per model: centralized non-private and DP at ε = 1, 3, 8 with the comparison's
-settings (:mod:`simulations.compare`); a deliberately over-fitted non-private model; and
+settings (:mod:`lab.compare`); a deliberately over-fitted non-private model; and
 federated non-private and DP at ε = 1, 3, 8 on the member-only storefronts with the main
 job's run configs (:mod:`simulations.run_configs`), trained by
-:func:`simulations.sequential.run_sequential_federation` (the sites' real code) and
+:func:`lab.sequential.run_sequential_federation` (the sites' real code) and
 attacked through its final global weights.
 
-Attacks (:mod:`simulations.membership_attack`): the loss threshold (Yeom et al. 2018), the
+Attacks (:mod:`lab.membership_attack`): the loss threshold (Yeom et al. 2018), the
 calibrated loss, and offline and online LiRA (Carlini et al. 2022). The last three compare
 the target with ``--references`` reference models trained **with the target's own
 recipe**: an attacker who knows how the target was trained (DP-SGD at its ε, or
@@ -76,16 +76,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from common.atomic_files import atomic_write
-from models import schema
-from models.churn import CUTOFF, churn_dataset, per_example_loss, train_centralized
-from models.churn_protocol import churn_data, holdout_mask
-from models.nextbasket_features import TrainingExamples, build_histories, collate_examples
-from models.nextbasket_protocol import catalogue_of, split_next_basket
-from models.recommender import CATALOGUE, NextBasketRecommender, basket_loss
-from models.registry import Facts, get_model
-from models.settings_per_epsilon import NON_PRIVATE, federated_run_config
-from models.training import SIMULATION_SEED, TrainingSettings
-from simulations.compare import (
+from lab.compare import (
     QUICK_EPOCHS,
     centralized_dp_plan,
     centralized_dp_settings,
@@ -95,7 +86,7 @@ from simulations.compare import (
     non_private_settings,
     quick_settings,
 )
-from simulations.membership_attack import (
+from lab.membership_attack import (
     LOW_FPR,
     AttackResult,
     Variance,
@@ -108,6 +99,16 @@ from simulations.membership_attack import (
     reference_membership,
     variance_for,
 )
+from lab.sequential import SequentialResult, run_sequential_federation
+from models import schema
+from models.churn import CUTOFF, churn_dataset, per_example_loss, train_centralized
+from models.churn_protocol import churn_data, holdout_mask
+from models.nextbasket_features import TrainingExamples, build_histories, collate_examples
+from models.nextbasket_protocol import catalogue_of, split_next_basket
+from models.recommender import CATALOGUE, NextBasketRecommender, basket_loss
+from models.registry import Facts, get_model
+from models.settings_per_epsilon import NON_PRIVATE, federated_run_config
+from models.training import SIMULATION_SEED, TrainingSettings
 from simulations.progress import SILENT, Progress
 from simulations.run_configs import (
     MAIN_RUN_CONFIG,
@@ -115,7 +116,6 @@ from simulations.run_configs import (
     PLAIN_SITE_POLICY,
     QUICK_OVERRIDES,
 )
-from simulations.sequential import SequentialResult, run_sequential_federation
 from simulations.site_policies import apply_site_policy
 from simulations.storefronts import assign_storefronts, prepare_storefronts
 
@@ -134,7 +134,7 @@ reference on the shared 2-core machine (CPU s): recommender 5.6 non-private, 3.5
 67 over-fitted; churn 0.3, 0.8-2.4, 19; one federated split 42 (4 runs of both models). So
 about 150 s per reference and 1.4 h of CPU for the full run, where 64 (per-example
 variances) would take 2.7 h; with 32, LiRA's variance is pooled over examples
-(:func:`simulations.membership_attack.variance_for`)."""
+(:func:`lab.membership_attack.variance_for`)."""
 QUICK_REFERENCES = 4
 
 OVERFIT_RECOMMENDER = TrainingSettings(
@@ -196,7 +196,7 @@ class References:
 @dataclass(frozen=True)
 class ReferenceHalves:
     """Which customers each reference model trains on: a seeded half of all customers of the
-    data (:func:`simulations.membership_attack.reference_membership`), drawn once so that
+    data (:func:`lab.membership_attack.reference_membership`), drawn once so that
     a federated reference run, which trains both models on one split, and the centralized
     references agree on who is IN."""
 
@@ -851,6 +851,7 @@ def strongest_attacks(rows: Sequence[Row], command: str) -> dict[str, Any]:
                 "attack": row.attack,
                 "roc-auc": round(row.result.roc_auc, 4),
                 "tpr-at-low-fpr": round(row.result.tpr_at_low_fpr, 4),
+                "low-fpr": LOW_FPR,
             }
             for (model, epsilon), row in best.items()
         ],
@@ -921,7 +922,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     ]
     command = " ".join(
-        ["python -m simulations.benchmarks.membership", *(sys.argv[1:] if argv is None else argv)]
+        ["python -m lab.benchmarks.membership", *(sys.argv[1:] if argv is None else argv)]
     )
     print(
         markdown(

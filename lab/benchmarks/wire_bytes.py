@@ -1,6 +1,6 @@
 """Benchmark: bytes on the wire per site and round, against the dense float32 parameters.
 
-Run ``python -m simulations.benchmarks.wire_bytes``; it prints a Markdown section for
+Run ``python -m lab.benchmarks.wire_bytes``; it prints a Markdown section for
 BENCHMARKS.md. For each model it builds the server's real train instruction (global
 weights, training plan, shared facts such as the recommender's catalogue) and one site's
 real reply (:func:`clients.site_task.train_round` on a storefront of the bundled data,
@@ -25,11 +25,11 @@ from flwr.common.serde import message_to_proto
 from clients.site_task import train_round
 from common import wire
 from common.wire_encoding import UPDATE_ENCODINGS
+from lab.sequential import server_message
 from server.server_app import ModelRun, plan_models
 from server.strategy import facts_record, training_arrays
 from simulations.run_configs import MAIN_RUN_CONFIG
 from simulations.runner import app_run_config, storefront_slugs
-from simulations.sequential import server_message
 from simulations.storefronts import prepare_bundled_storefronts
 
 
@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
                         *(measured[e][i] for e in UPDATE_ENCODINGS),
                     )
                 )
-    command = " ".join(["python -m simulations.benchmarks.wire_bytes", *(argv or sys.argv[1:])])
+    command = " ".join(["python -m lab.benchmarks.wire_bytes", *(argv or sys.argv[1:])])
     print("## Bytes per site and round (train messages)\n")
     print(
         f"Command: `{command.strip()}`; storefront `{args.storefront}` of the bundled data, "

@@ -1,12 +1,12 @@
 """Benchmark: the width of each model's hidden layer, on validation only (issue #12).
 
-Run ``python -m simulations.benchmarks.hidden_size``; it prints a Markdown section for
+Run ``python -m lab.benchmarks.hidden_size``; it prints a Markdown section for
 BENCHMARKS.md. The width is architecture the server and every site share, fixed in code
 (the recommender's MLP :data:`models.recommender.MLP_HIDDEN`, one layer of 16; churn's
 :data:`models.churn.HIDDEN_UNITS`, 8), so the settings file does not carry it and
-``fedshop-sim tune`` does not search it. This checks it where a check is cheapest:
+``python -m lab tune`` does not search it. This checks it where a check is cheapest:
 each model trains centralized on its pooled validation data
-(:func:`simulations.tuning.centralized_objective`; the test split is never read) with
+(:func:`lab.tuning.centralized_objective`; the test split is never read) with
 the centralized settings of each ε (ε = 0: the non-private entry), once per width and
 training seed. Each row is the headline validation metric (NDCG@10, ROC-AUC): the mean
 over seeds and its range.
@@ -21,13 +21,13 @@ from collections.abc import Sequence
 
 import pandas as pd
 
+from lab.benchmarks.federated_choices import markdown_row, validation_section
+from lab.compare import ingest_bundled
+from lab.tuning import centralized_objective
 from models.churn import HIDDEN_UNITS
 from models.recommender import MLP_HIDDEN
 from models.settings_per_epsilon import CENTRALIZED_MODE, NON_PRIVATE, settings_for
-from simulations.benchmarks.federated_choices import markdown_row, validation_section
-from simulations.compare import ingest_bundled
 from simulations.storefronts import assign_storefronts
-from simulations.tuning import centralized_objective
 
 CURRENT = {"recommender": MLP_HIDDEN[0], "churn": HIDDEN_UNITS}
 """Each model's width in code."""
@@ -46,7 +46,7 @@ def validation_scores(
 
 def main(argv: list[str] | None = None) -> int:
     """Measure every model, ε and width; print the Markdown section."""
-    parser = argparse.ArgumentParser(prog="python -m simulations.benchmarks.hidden_size")
+    parser = argparse.ArgumentParser(prog="python -m lab.benchmarks.hidden_size")
     parser.add_argument(
         "--epsilons", type=float, nargs="+", default=[NON_PRIVATE, 1.0, 8.0], help="0: no DP"
     )
@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--churn-widths", type=int, nargs="+", default=[4, 8, 16])
     parser.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))
     args = parser.parse_args(argv)
-    command = " ".join(["python -m simulations.benchmarks.hidden_size", *(argv or sys.argv[1:])])
+    command = " ".join(["python -m lab.benchmarks.hidden_size", *(argv or sys.argv[1:])])
     widths = {"recommender": args.recommender_widths, "churn": args.churn_widths}
     started = time.perf_counter()
     frame = assign_storefronts(ingest_bundled())

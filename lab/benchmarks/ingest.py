@@ -5,7 +5,7 @@ copies of it (each copy with its own invoice and customer ids, so nothing collap
 duplicate), and compares pseudonymising once per distinct id with one HMAC per row.
 Prints a Markdown section for BENCHMARKS.md. Run::
 
-    python -m simulations.benchmarks.ingest [--copies 4]
+    python -m lab.benchmarks.ingest [--copies 4]
 """
 
 from __future__ import annotations
@@ -25,29 +25,30 @@ from cryptography.hazmat.primitives import hashes, hmac
 
 from clients.ingest import ingest_table, write_prepared
 from privacy.pseudonymise import canonical_ids, pseudonymise_customers
-
-BUNDLED = Path(__file__).resolve().parents[1] / "data" / "online_retail.csv.gz"
+from simulations.storefronts import BUNDLED_DATA
 
 
 def main(argv: list[str] | None = None) -> int:
     """Measure and print the Markdown section; returns 0."""
-    parser = argparse.ArgumentParser(prog="python -m simulations.benchmarks.ingest")
+    parser = argparse.ArgumentParser(prog="python -m lab.benchmarks.ingest")
     parser.add_argument("--copies", type=int, default=4, help="copies in the larger export")
     args = parser.parse_args(argv)
     key = secrets.token_bytes(32)
 
     with tempfile.TemporaryDirectory() as tmp:
         larger = Path(tmp) / "larger.csv"
-        _write_copies(BUNDLED, larger, args.copies)
+        _write_copies(BUNDLED_DATA, larger, args.copies)
         results = [
-            _measure(f"bundled ({BUNDLED.name}, gzip CSV)", BUNDLED, key, Path(tmp) / "a"),
+            _measure(
+                f"bundled ({BUNDLED_DATA.name}, gzip CSV)", BUNDLED_DATA, key, Path(tmp) / "a"
+            ),
             _measure(
                 f"bundled x{args.copies}, distinct ids (plain CSV)", larger, key, Path(tmp) / "b"
             ),
         ]
-    per_distinct, per_row = _pseudonymisation_times(BUNDLED, key)
+    per_distinct, per_row = _pseudonymisation_times(BUNDLED_DATA, key)
 
-    command = " ".join(["python -m simulations.benchmarks.ingest", *(argv or sys.argv[1:])])
+    command = " ".join(["python -m lab.benchmarks.ingest", *(argv or sys.argv[1:])])
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     lines = [
         "## Ingest throughput",

@@ -1,4 +1,4 @@
-"""The header section ``fedshop-sim bench`` writes at the top of BENCHMARKS.md: on which
+"""The header section ``python -m lab bench`` writes at the top of BENCHMARKS.md: on which
 machine, with which versions and seeds, when and in which mode the last run measured.
 
 :func:`machine_facts` reads the machine (CPU model, cores, RAM, load), the interpreter
@@ -68,7 +68,7 @@ def header_section(
     lines = [
         f"## {HEADING}",
         "",
-        f"Written by the last `fedshop-sim bench --{mode}` run, {when:%Y-%m-%d %H:%M} UTC,",
+        f"Written by the last `python -m lab bench --{mode}` run, {when:%Y-%m-%d %H:%M} UTC,",
         "which regenerated the sections listed below; every other section comes from an",
         "earlier run, and its own command says how it was made.",
         "",

@@ -1,4 +1,4 @@
-"""What ``fedshop-sim tune`` searches: a grid of values per setting for each model and mode,
+"""What ``python -m lab tune`` searches: a grid of values per setting for each model and mode,
 and the seeded draw of the trials from it.
 
 Each setting has a short list of values (learning rates on a rough geometric grid around

@@ -1,4 +1,4 @@
-"""The options of ``fedshop-sim tune``, declared apart from :mod:`simulations.tuning` so that
+"""The options of ``python -m lab tune``, declared apart from :mod:`lab.tuning` so that
 building the command line does not import the training stack."""
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ order-line frame in several ways and evaluates each on the models' fixed protoco
 * ``federated`` and ``federated-dp-eps-<ε>`` (with ``federated=True``; the command's
   default): real simulations of the Flower app on the same storefronts, non-private and
   at each target ε per site with the federated settings of the nearest ε
-  (:mod:`simulations.federated_runs`);
+  (:mod:`lab.federated_runs`);
 * ``storefront-alone``: one non-private model per storefront
   (:func:`simulations.storefronts.assign_storefronts`) with the centralized non-private
   settings, trained on that storefront's customers only and scored on that storefront's
@@ -24,7 +24,7 @@ order-line frame in several ways and evaluates each on the models' fixed protoco
 It writes ``comparison.json`` (every number) and ``comparison.md`` (tables side by side
 with the baselines of :mod:`models.baselines`), both atomically. :func:`run_seeds` repeats
 the comparison for several seeds (each in ``seed-<s>/``) and writes their pooled means and
-spreads (:mod:`simulations.compare_seeds`).
+spreads (:mod:`lab.compare_seeds`).
 """
 
 from __future__ import annotations
@@ -44,6 +44,9 @@ import torch
 
 from clients.ingest import ingest_table
 from common.atomic_files import atomic_write
+from lab.compare_options import DEFAULT_EPSILONS
+from lab.compare_seeds import pool_seeds
+from lab.federated_runs import federated_references
 from models import metrics, schema
 from models.baselines import NEXT_BASKET_BASELINES, churn_baselines, evaluate_next_basket
 from models.churn import HIDDEN_UNITS, ChurnModel, churn_dataset, evaluate_churn
@@ -74,9 +77,6 @@ from models.training import LocalTraining, TrainingSettings
 from privacy.accountants import DPSegment
 from privacy.planning import DPPlan, default_delta, plan_dp
 from privacy.pseudonymise import generate_key, load_key
-from simulations.compare_options import DEFAULT_EPSILONS
-from simulations.compare_seeds import pool_seeds
-from simulations.federated_runs import federated_references
 from simulations.progress import SILENT, Progress
 from simulations.run_configs import QUICK_OVERRIDES
 from simulations.runner import DEFAULT_CLIENT_CPUS
@@ -124,7 +124,7 @@ def run_comparison(
         quick: :data:`QUICK_EPOCHS` epochs for every epoch-based run (tests, smoke runs).
         min_customers: storefront threshold of :func:`assign_storefronts`.
         federated: also run the federated simulations of
-            :func:`simulations.federated_runs.federated_references` (non-private and each
+            :func:`lab.federated_runs.federated_references` (non-private and each
             ε) on the same storefronts, written under ``out_dir`` (minutes each).
         client_cpus: CPUs per simulated ClientApp of the federated runs.
         settings_overrides: run-config keys ``<model>.<key>`` that replace the settings
@@ -175,7 +175,7 @@ def run_seeds(
 ) -> dict[str, Any]:
     """:func:`run_comparison` once per seed; with several seeds each goes to
     ``out_dir/seed-<s>`` and ``out_dir`` gets their means and spreads
-    (:func:`simulations.compare_seeds.pool_seeds`). ``options``: those of
+    (:func:`lab.compare_seeds.pool_seeds`). ``options``: those of
     :func:`run_comparison` but ``seed``.
 
     Raises:

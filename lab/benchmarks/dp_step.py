@@ -1,6 +1,6 @@
 """Benchmark: cost of one user-level DP-SGD step of the recommender ÷ one non-private step.
 
-Run ``python -m simulations.benchmarks.dp_step``; it prints a Markdown section for
+Run ``python -m lab.benchmarks.dp_step``; it prints a Markdown section for
 BENCHMARKS.md. Same model, same batches (customers of the bundled data's next-basket
 protocol, one example each), same Adam optimizer. The step modes are timed interleaved,
 batch by batch, so load from other processes hits them alike; each figure is a median over
@@ -42,8 +42,8 @@ from models.recommender import DPConfig, NextBasketRecommender, basket_loss
 from models.recommender_layers import register_grad_samplers
 from privacy.dp import DPTrainingSession
 from privacy.pseudonymise import generate_key, load_key
+from simulations.storefronts import BUNDLED_DATA
 
-BUNDLED_DATA = Path(__file__).resolve().parents[1] / "data" / "online_retail.csv.gz"
 TARGET_RATIO = 1.5
 MODES = ("non-private", "dp-hooks", "dp-ghost", "dp-output")
 TRAINING_MODE = f"dp-{DPConfig.grad_sample_mode}"
@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     dataset, num_items = training_examples()
     model = NextBasketRecommender(num_items)
     parameters = sum(p.numel() for p in model.parameters())
-    command = " ".join(["python -m simulations.benchmarks.dp_step", *(argv or sys.argv[1:])])
+    command = " ".join(["python -m lab.benchmarks.dp_step", *(argv or sys.argv[1:])])
     print("## DP training step cost (recommender)\n")
     print(
         f"Command: `{command.strip()}`; {args.threads} torch thread(s); median of "
