@@ -40,6 +40,7 @@ from server.strategy import StrategySettings, trained_weights, training_arrays
 from simulations.exact_evaluation import exact_metrics
 from simulations.progress import SILENT, Progress
 from simulations.runner import app_run_config, storefront_slugs
+from simulations.shared_facts import with_split_facts
 
 
 @dataclass
@@ -90,7 +91,7 @@ def run_sequential_federation(
     started = time.perf_counter()
     settings = StrategySettings.from_run_config(config)
     encoding = settings.update_encoding
-    for run in plan_models(config):
+    for run in plan_models(with_split_facts(config)):
         model = run.model.name
         pool = evaluation_aggregator(run.model)
         initial = run.model.initial_weights(run.facts, simulation_seed(config))

@@ -150,7 +150,17 @@ def run_simulation_job(
             f"run config key(s) {', '.join(unknown)} are not in [tool.flwr.app.config] of "
             f"{Path(app_dir) / 'pyproject.toml'}"
         )
+    for value in run_config.values():
+        _toml_value(value)  # refuses a type Flower cannot take before facts are derived
 
+    # Imported here: the models load torch, which the light commands importing this
+    # module do not.
+    from simulations.shared_facts import with_split_facts
+
+    try:
+        overrides = with_split_facts(overrides)
+    except ValueError as error:
+        raise SimulationError(f"shared facts: {error}") from None
     config_toml = "".join(f"{key} = {_toml_value(value)}\n" for key, value in overrides.items())
     apply_site_policy(storefronts_dir, run_dir, site_policy, set_by="fedshop-sim")
 

@@ -18,6 +18,7 @@ from privacy.ledger import LEDGER_FILE, PrivacyLedger
 from privacy.policy import SitePolicy
 from server.server_app import ModelRun, plan_models
 from simulations.runner import app_run_config
+from simulations.shared_facts import with_split_facts
 from simulations.storefronts import prepare_storefronts
 from simulations.synthetic import generate_orders
 
@@ -74,7 +75,7 @@ def site_round(tmp_path_factory):
         "recommender.batch-size": 16,
         "churn.batch-size": 16,
     }
-    runs = {run.model.name: run for run in plan_models(run_config)}
+    runs = {run.model.name: run for run in plan_models(with_split_facts(run_config))}
     arrays = initial_arrays(runs["recommender"])
     model_config = runs["recommender"].evaluate_config
     context = Context(1, 1, {"partition-id": 1, "num-partitions": 2}, RecordDict(), run_config)

@@ -70,9 +70,11 @@ def test_global_auc_pools_histograms_instead_of_averaging_site_aucs():
 
 
 def test_noisy_answers_pool_to_an_estimate_within_its_stated_spread():
-    """Released answers (the real mechanism, noise multiplier 2) of two sites: the pooled
-    AUC is within four of its stated standard deviations of the exact
-    figures over 150 releases, and the stated spread matches the releases' own spread."""
+    """Released answers (the real mechanism, noise multiplier 2) of two sites over 150
+    releases: the pooled AUC is unbiased, its stated spread matches the releases' own, and
+    most estimates lie within two stated standard deviations of the exact figure. OpenDP's
+    samplers take no seed, so the bounds leave room for chance (each fails well under 0.1 %
+    of runs) while still catching a spread understated by a third."""
     rng = np.random.default_rng(3)
     sites = [site_scores(rng, n, (0.0, 0.7), (0.3, 1.0)) for n in (400, 150)]
     exact = aggregate_churn(
@@ -91,7 +93,8 @@ def test_noisy_answers_pool_to_an_estimate_within_its_stated_spread():
     estimates = np.array(estimates)
     assert abs(estimates.mean() - exact["roc-auc"]) < 3 * np.mean(spreads) / math.sqrt(150) + 0.005
     assert np.mean(spreads) == pytest.approx(estimates.std(), rel=0.25)
-    assert (np.abs(estimates - exact["roc-auc"]) < 4 * np.mean(spreads)).all()
+    within = np.abs(estimates - exact["roc-auc"]) < 2 * np.asarray(spreads)
+    assert within.mean() >= 0.85
 
 
 def test_a_reply_with_undocumented_or_mismatched_answers_is_left_out():

@@ -26,6 +26,7 @@ from common import wire
 from lab.sequential import server_message
 from server.server_app import plan_models, run_federation
 from simulations.runner import app_run_config
+from simulations.shared_facts import with_split_facts
 from tests.test_client_app import initial_arrays, train_message, write_split
 
 pytestmark = pytest.mark.slow
@@ -81,7 +82,7 @@ def test_facts_go_in_full_once_per_site_and_again_after_a_site_lost_them(tmp_pat
 
     @server.main()
     def main(grid: Grid, context: Context) -> None:
-        run_federation(grid, run_config)
+        run_federation(grid, with_split_facts(run_config))
 
     run_simulation(
         server_app=server,
@@ -144,7 +145,7 @@ def test_a_site_keeps_the_facts_on_disk_and_refuses_a_digest_it_does_not_hold(tm
         "run-dir": str(tmp_path / "run"),
         "recommender.batch-size": 16,
     }
-    run = {r.model.name: r for r in plan_models(run_config)}["recommender"]
+    run = {r.model.name: r for r in plan_models(with_split_facts(run_config))}["recommender"]
     digest = wire.facts_digest(run.facts)
     context = Context(1, 1, {"partition-id": 0, "num-partitions": 2}, RecordDict(), run_config)
     first = train_message(run, initial_arrays(run), epsilon=1.0)

@@ -22,6 +22,7 @@ from server.bundle import load_bundle
 from server.server_app import plan_models, run_federation
 from simulations.exact_evaluation import exact_metrics
 from simulations.runner import app_run_config
+from simulations.shared_facts import with_split_facts
 from simulations.site_policies import apply_site_policy
 from simulations.storefronts import prepare_storefronts
 from simulations.synthetic import generate_orders
@@ -41,21 +42,23 @@ def storefronts(tmp_path_factory):
 
 
 def run_config_for(storefronts, run_dir, **overrides):
-    return {
-        **app_run_config(),
-        "models": MODEL,
-        "storefronts-dir": str(storefronts),
-        "run-dir": str(run_dir),
-        "num-server-rounds": 2,
-        "epsilon": 3.0,
-        "min-sites": 2,
-        f"{MODEL}.local-epochs": 1,
-        f"{MODEL}.optimizer": "adam",
-        f"{MODEL}.learning-rate": 0.05,
-        f"{MODEL}.batch-size": 32,
-        f"{MODEL}.max-grad-norm": 1.0,
-        **overrides,
-    }
+    return with_split_facts(
+        {
+            **app_run_config(),
+            "models": MODEL,
+            "storefronts-dir": str(storefronts),
+            "run-dir": str(run_dir),
+            "num-server-rounds": 2,
+            "epsilon": 3.0,
+            "min-sites": 2,
+            f"{MODEL}.local-epochs": 1,
+            f"{MODEL}.optimizer": "adam",
+            f"{MODEL}.learning-rate": 0.05,
+            f"{MODEL}.batch-size": 32,
+            f"{MODEL}.max-grad-norm": 1.0,
+            **overrides,
+        }
+    )
 
 
 SITE_POLICY = ["min-cohort=5", "cohort-noise=3"]

@@ -42,6 +42,7 @@ from privacy.planning import accounting_delta
 from privacy.policy import SitePolicy, from_settings
 from server.server_app import ModelRun, plan_models
 from simulations.runner import app_run_config
+from simulations.shared_facts import with_split_facts
 from simulations.storefronts import prepare_storefronts
 from simulations.synthetic import generate_orders
 
@@ -102,7 +103,7 @@ def federation(tmp_path_factory):
     split = root / "split"
     prepare_storefronts(frame, split)
     run_config = {**app_run_config(), "storefronts-dir": str(split), "run-dir": str(root / "r")}
-    runs = {run.model.name: run for run in plan_models(run_config)}
+    runs = {run.model.name: run for run in plan_models(with_split_facts(run_config))}
     cutoff = pd.Timestamp(runs["churn"].facts[churn.CUTOFF])
     target = churn_features(frame, cutoff)["monetary"].idxmax()
     data = churn.MODEL.site_data(frame, runs["churn"].facts)

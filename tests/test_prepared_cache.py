@@ -18,6 +18,7 @@ from common import wire
 from models import schema
 from server.server_app import plan_models
 from simulations.runner import app_run_config
+from simulations.shared_facts import with_split_facts
 from simulations.storefronts import prepare_storefronts
 from simulations.synthetic import generate_orders
 
@@ -40,7 +41,7 @@ def many_sites(tmp_path):
         "storefronts-dir": str(tmp_path / "split"),
         "run-dir": str(tmp_path / "run"),
     }
-    (run,) = plan_models(run_config)
+    (run,) = plan_models(with_split_facts(run_config))
     locations = [
         locate_site({"partition-id": site, "num-partitions": SITES}, run_config)
         for site in range(SITES)

@@ -52,6 +52,7 @@ from server.server_app import plan_models, run_federation
 from server.strategy import StrategySettings, build_strategy
 from simulations.exact_evaluation import exact_metrics
 from simulations.runner import app_run_config
+from simulations.shared_facts import with_split_facts
 from simulations.site_policies import apply_site_policy
 from simulations.storefronts import prepare_storefronts
 from simulations.synthetic import generate_orders
@@ -249,17 +250,19 @@ def test_only_secagg_stages_take_the_secure_path():
 
 
 def run_config_for(split, run_dir, **overrides):
-    return {
-        **app_run_config(),
-        "models": MODEL,
-        "storefronts-dir": str(split),
-        "run-dir": str(run_dir),
-        "num-server-rounds": 1,
-        "epsilon": 0.0,
-        "min-sites": 2,
-        "secure-aggregation": False,
-        **overrides,
-    }
+    return with_split_facts(
+        {
+            **app_run_config(),
+            "models": MODEL,
+            "storefronts-dir": str(split),
+            "run-dir": str(run_dir),
+            "num-server-rounds": 1,
+            "epsilon": 0.0,
+            "min-sites": 2,
+            "secure-aggregation": False,
+            **overrides,
+        }
+    )
 
 
 SITE_POLICY = ["min-cohort=5", "cohort-noise=3"]

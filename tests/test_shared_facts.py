@@ -11,7 +11,10 @@ from models import schema
 from models.churn_protocol import HORIZON
 from models.nextbasket_protocol import CATALOGUE_COLUMNS, catalogue_of
 from models.registry import get_model
-from server.shared_facts import shared_facts, split_columns
+from server.server_app import plan_models
+from server.shared_facts import shared_facts
+from simulations.runner import app_run_config
+from simulations.shared_facts import FACTS_DIR, split_columns, split_facts, with_split_facts
 from simulations.storefronts import prepare_storefronts
 from simulations.synthetic import generate_orders
 
@@ -24,14 +27,14 @@ def test_simulated_cutoff_is_the_whole_splits_last_timestamp_minus_the_horizon(
 ) -> None:
     frame = generate_orders(n_storefronts=3, n_customers=120, n_items=50, seed=3)
     prepare_storefronts(frame, tmp_path / "split")
-    facts = shared_facts({"storefronts-dir": str(tmp_path / "split")}, CHURN)
+    facts = split_facts(CHURN, {}, tmp_path / "split")
     cutoff = pd.Timestamp(facts["cutoff"])
     assert cutoff == frame[schema.TIMESTAMP].max() - HORIZON
     # a small storefront's own last purchase is earlier: its own cutoff would differ
     per_storefront_last = frame.groupby(schema.STOREFRONT)[schema.TIMESTAMP].max()
     assert (per_storefront_last - HORIZON).min() < cutoff
     # the simulated catalogue is the whole split's, as the centralized protocol ranks it
-    catalogue = shared_facts({"storefronts-dir": str(tmp_path / "split")}, RECOMMENDER)
+    catalogue = split_facts(RECOMMENDER, {}, tmp_path / "split")
     assert catalogue == {"catalogue": catalogue_of(frame), "target-window": 1}
 
 
@@ -40,8 +43,8 @@ def test_declared_cutoff_is_normalised_to_utc_and_bad_values_are_refused() -> No
     assert pd.Timestamp(declared) == pd.Timestamp("2011-09-10 12:50", tz="UTC")
     with pytest.raises(ValueError, match="churn.cutoff.*not an ISO-8601"):
         shared_facts({"churn.cutoff": "last tuesday"}, CHURN)
-    with pytest.raises(ValueError, match="no churn.cutoff.*storefronts-dir"):
-        shared_facts({}, CHURN)
+    with pytest.raises(ValueError, match="no churn.cutoff in the run config"):
+        shared_facts({"storefronts-dir": "any/split"}, CHURN)  # the server reads no split
 
 
 def test_declared_catalogue_file_is_read_and_a_bad_one_refused(tmp_path: Path) -> None:
@@ -101,3 +104,29 @@ def test_split_columns_reads_strings_as_categoricals_and_refuses_unknown_columns
         split_columns(str(tmp_path / "split"), ["colour"])
     with pytest.raises(ValueError, match="holds no storefront"):
         split_columns(str(tmp_path), [schema.ITEM])
+
+
+def test_a_simulation_declares_its_split_facts_in_the_run_config_the_server_reads(
+    tmp_path: Path,
+) -> None:
+    frame = generate_orders(n_storefronts=3, n_customers=150, n_items=40, seed=7)
+    prepare_storefronts(frame, tmp_path / "split")
+    run_config = {
+        **app_run_config(),
+        "storefronts-dir": str(tmp_path / "split"),
+        "run-dir": str(tmp_path / "run"),
+        "epsilon": 8.0,
+    }
+    declared = with_split_facts(run_config)
+    catalogue_file = tmp_path / "run" / FACTS_DIR / "recommender.catalogue.txt"
+    assert declared["recommender.catalogue"] == str(catalogue_file)
+    assert catalogue_file.read_text().split() == catalogue_of(frame)
+    assert pd.Timestamp(declared["churn.cutoff"]) == frame[schema.TIMESTAMP].max() - HORIZON
+    # a tuned setting that is also a fact stays the ServerApp's to fill from its entry
+    assert declared["recommender.target-window"] == ""
+    facts = {run.model.name: run.facts for run in plan_models(declared)}
+    assert facts["recommender"]["catalogue"] == catalogue_of(frame)
+    assert facts["churn"] == split_facts(CHURN, {}, tmp_path / "split")
+    # what the run config already declares is left as it is
+    mine = with_split_facts({**run_config, "churn.cutoff": "2011-06-01T00:00:00+00:00"})
+    assert mine["churn.cutoff"] == "2011-06-01T00:00:00+00:00"

@@ -28,6 +28,7 @@ from privacy.planning import PolicyDecline, plan_site_run, site_delta
 from privacy.policy import PolicyError, SitePolicy
 from server.server_app import ModelRun, plan_models
 from simulations.runner import app_run_config
+from simulations.shared_facts import with_split_facts
 from simulations.site_policies import apply_site_policy
 from simulations.storefronts import prepare_storefronts
 from simulations.synthetic import generate_orders
@@ -144,7 +145,7 @@ def sites(tmp_path_factory):
         "storefronts-dir": str(tmp_path / "split"),
         "run-dir": str(tmp_path / "run"),
     }
-    runs = {run.model.name: run for run in plan_models(run_config)}
+    runs = {run.model.name: run for run in plan_models(with_split_facts(run_config))}
     apply_site_policy(tmp_path / "split", tmp_path / "run", ["cohort-noise=1"], set_by="test")
     contexts = [
         Context(7, node, {"partition-id": node, "num-partitions": 2}, RecordDict(), run_config)

@@ -309,12 +309,12 @@ def _peak_gib() -> float:
 def facts_cost(split: Path) -> str:
     """Seconds and memory of the shared facts of both models derived from ``split``."""
     from models.registry import BUILTIN_MODELS, get_model
-    from server.shared_facts import shared_facts
+    from simulations.shared_facts import split_facts
 
     models = [get_model(name) for name in BUILTIN_MODELS]
     before, began = _resident_gib(), time.perf_counter()
     for model in models:
-        shared_facts({"storefronts-dir": str(split)}, model)
+        split_facts(model, {}, split)
     return (
         f"shared facts of {', '.join(BUILTIN_MODELS)}: {time.perf_counter() - began:.1f} s; "
         f"RSS {before:.2f} GiB before, {_resident_gib():.2f} after, peak {_peak_gib():.2f}"
@@ -329,13 +329,13 @@ def site_cost(split: Path, storefront: str, model_name: str) -> str:
     from models.registry import get_model
     from models.schema import ORDERS_FILE
     from models.training import LocalTraining
-    from server.shared_facts import shared_facts
+    from simulations.shared_facts import split_facts
 
     # As in a simulated ClientApp of 1 CPU (Ray sets OMP_NUM_THREADS to the actor's CPUs):
     # torch's default of one thread per core makes these tiny products wait on each other.
     torch.set_num_threads(1)
     model = get_model(model_name)
-    facts = shared_facts({"storefronts-dir": str(split)}, model)
+    facts = split_facts(model, {}, split)
     seconds = {}
     began = time.perf_counter()
     orders = pq.read_table(split / storefront / ORDERS_FILE).to_pandas()

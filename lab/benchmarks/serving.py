@@ -49,6 +49,7 @@ from server.bundle import export_bundle
 from server.server_app import plan_models
 from simulations.loopback_ports import free_port
 from simulations.runner import app_run_config, storefront_slugs
+from simulations.shared_facts import with_split_facts
 from simulations.storefronts import BUNDLED_DATA, KEY_FILE, prepare_bundled_storefronts
 
 K = 10
@@ -83,7 +84,7 @@ def largest_storefront(split: Path) -> str:
 def initial_bundle(split: Path, run_dir: Path) -> Path:
     """A bundle of every model's initial weights over the split's shared facts."""
     config = {**app_run_config(), "storefronts-dir": str(split), "run-dir": str(run_dir)}
-    runs = plan_models(config)
+    runs = plan_models(with_split_facts(config))
     return export_bundle(
         run_dir,
         {run.model.name: run.model.initial_weights(run.facts) for run in runs},

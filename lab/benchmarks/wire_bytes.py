@@ -30,6 +30,7 @@ from server.server_app import ModelRun, plan_models
 from server.strategy import facts_record, training_arrays
 from simulations.run_configs import MAIN_RUN_CONFIG
 from simulations.runner import app_run_config, storefront_slugs
+from simulations.shared_facts import with_split_facts
 from simulations.storefronts import prepare_bundled_storefronts
 
 
@@ -88,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--storefront must be one of {slugs}")
         node = slugs.index(args.storefront)
         base = {**app_run_config(), **MAIN_RUN_CONFIG, "storefronts-dir": str(split)}
-        for run in plan_models(base):
+        for run in plan_models(with_split_facts(base)):
             parameters = sum(v.size for v in run.model.initial_weights(run.facts).values())
             measured = {
                 encoding: measure_model(
