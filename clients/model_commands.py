@@ -10,7 +10,8 @@ command per model use (``recommend``, ``churn-risk``), and ``serve``.
   site key here), is printed as JSON — the API's answer; all customers go to a Parquet or
   CSV file keyed by pseudonym, with the site's own ids beside them when ``--own-ids``
   names the export to re-read (:mod:`clients.own_ids`). The commands are declared by the
-  models' uses (:data:`models.site_use.SITE_USES`), so this module names no model.
+  built-in models' packages (:func:`models.site_use.builtin_site_uses`), so this module
+  names no model.
 - ``serve --data DIR --key KEY``: the HTTP API (:mod:`clients.api`) under uvicorn, on
   loopback unless told otherwise, swapping to a newly installed model on its own.
 
@@ -33,7 +34,7 @@ from clients.adapters import add_format_options, mapping_from_args
 from clients.model_store import InstalledModels, install_bundle_dir, load_installed
 from common.atomic_files import atomic_output
 from models.schema import CUSTOMER, ORDERS_FILE
-from models.site_use import MAX_ITEMS, SITE_USES, NoAnswer, SiteUse
+from models.site_use import MAX_ITEMS, NoAnswer, SiteUse, builtin_site_uses
 from privacy.pseudonymise import customer_token, load_key
 
 if TYPE_CHECKING:
@@ -359,7 +360,7 @@ def _bounded(low: int, high: int | None) -> Callable[[str], int]:
 SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     add_install_parser,
     add_local_evaluation_parser,
-    *(scoring_parser(use) for use in SITE_USES),
+    *(scoring_parser(use) for use in builtin_site_uses()),
     add_serve_parser,
 ]
 """This module's subcommands, in ``--help`` order."""

@@ -22,7 +22,8 @@ order-line frame in several ways and evaluates each on the models' fixed protoco
   test customers only.
 
 It writes ``comparison.json`` (every number) and ``comparison.md`` (tables side by side
-with the baselines of :mod:`models.baselines`), both atomically. :func:`run_seeds` repeats
+with each model's baselines, :mod:`models.recommender.baselines` and
+:mod:`models.churn.baselines`), both atomically. :func:`run_seeds` repeats
 the comparison for several seeds (each in ``seed-<s>/``) and writes their pooled means and
 spreads (:mod:`lab.compare_seeds`).
 """
@@ -48,23 +49,24 @@ from lab.compare_options import DEFAULT_EPSILONS
 from lab.compare_seeds import pool_seeds
 from lab.federated_runs import federated_references
 from models import metrics, schema
-from models.baselines import NEXT_BASKET_BASELINES, churn_baselines, evaluate_next_basket
-from models.churn import HIDDEN_UNITS, ChurnModel, churn_dataset, evaluate_churn
-from models.churn import MODEL as CHURN
-from models.churn_protocol import ChurnData, churn_data
-from models.nextbasket_features import (
+from models.churn.baselines import churn_baselines
+from models.churn.model import HIDDEN_UNITS, ChurnModel, churn_dataset, evaluate_churn
+from models.churn.model import MODEL as CHURN
+from models.churn.protocol import ChurnData, churn_data
+from models.recommender.baselines import NEXT_BASKET_BASELINES, evaluate_next_basket
+from models.recommender.features import (
     CustomerHistory,
     EvaluationExamples,
     TrainingExamples,
     build_histories,
 )
-from models.nextbasket_protocol import NextBasketSplit, split_next_basket
-from models.recommender import MODEL as RECOMMENDER
-from models.recommender import (
+from models.recommender.model import MODEL as RECOMMENDER
+from models.recommender.model import (
     NextBasketRecommender,
     evaluate_recommender,
     score_examples,
 )
+from models.recommender.protocol import NextBasketSplit, split_next_basket
 from models.settings_per_epsilon import (
     CENTRALIZED_MODE,
     NON_PRIVATE,

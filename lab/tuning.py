@@ -4,8 +4,8 @@
 Each trial trains the model with one draw of settings (:mod:`lab.tuning_space`;
 trial 0 is the settings file's current entry) under user-level DP at the target ε, or
 without DP for the non-private runs' settings, and scores it on validation: the
-recommender's NDCG@10 on the second-to-last invoices (:mod:`models.nextbasket_validation`),
-churn's ROC-AUC one horizon before the test cutoff (:mod:`models.churn_validation`). The
+recommender's NDCG@10 on the second-to-last invoices (:mod:`models.recommender.validation`),
+churn's ROC-AUC one horizon before the test cutoff (:mod:`models.churn.validation`). The
 test split is never scored here: every objective below reads only the validation
 protocols' data.
 
@@ -54,13 +54,13 @@ from common.atomic_files import atomic_write
 from lab.compare import centralized_dp_plan, fit_churn, fit_recommender, ingest_bundled
 from lab.tuning_space import draw_trials
 from models import schema
-from models.churn import HIDDEN_UNITS, evaluate_churn
-from models.churn_protocol import churn_cutoff
-from models.churn_validation import before_test_labels, churn_validation_data, validation_cutoff
+from models.churn.model import HIDDEN_UNITS, evaluate_churn
+from models.churn.protocol import churn_cutoff
+from models.churn.validation import before_test_labels, churn_validation_data, validation_cutoff
 from models.metrics import OVERALL
-from models.nextbasket_features import TrainingExamples, build_histories
-from models.nextbasket_validation import split_next_basket_validation, without_test_invoices
-from models.recommender import MLP_HIDDEN, NextBasketRecommender, evaluate_recommender
+from models.recommender.features import TrainingExamples, build_histories
+from models.recommender.model import MLP_HIDDEN, NextBasketRecommender, evaluate_recommender
+from models.recommender.validation import split_next_basket_validation, without_test_invoices
 from models.registry import get_model
 from models.settings_per_epsilon import (
     NON_PRIVATE,

@@ -28,6 +28,10 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 
 OVERALL = "overall"
 """Label of the all-customers row of :func:`summarise_by_group`."""
+UK = "United Kingdom"
+OUTSIDE_UK = "outside United Kingdom"
+"""The group the protocols report beside the overall row on the bundled data: every
+customer outside the United Kingdom (the storefronts with few customers)."""
 
 DEFAULT_SCORE_BINS = 1000
 """Equal-width score bins on [0, 1] a site reports for the pooled churn AUC."""

@@ -23,10 +23,12 @@ simulations need, so none of them names a model:
   facts a site rebuilds from them), and its **use at a site** (:mod:`models.site_use`):
   the command and API resource a storefront reads, and every customer's answer.
 
-Names: a built-in model ``<name>`` is the module ``models/<name>.py`` and its ``MODEL``;
-any other importable module with a ``MODEL`` is a model named by its dotted module path
-(a plug-in: ``models = "churn,my_package.my_model"`` in the run config). Adding a model
-is one module, plus its table ``[tool.flwr.app.config.<name>]`` to override its defaults.
+Names: a built-in model ``<name>`` is the package ``models/<name>/`` (listed in
+:data:`models.BUILTIN_MODELS`), its ``MODEL`` in ``models/<name>/model.py`` and its light
+``SITE_USE`` in the package itself; any other importable module with a ``MODEL`` is a
+model named by its dotted module path (a plug-in: ``models = "churn,my_package.my_model"``
+in the run config). Adding a model is one package (or module), plus its table
+``[tool.flwr.app.config.<name>]`` to override its defaults.
 """
 
 from __future__ import annotations
@@ -44,13 +46,10 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from common import wire
-from models import schema
+from models import BUILTIN_MODELS, schema
 from models.site_use import SiteScores, SiteUse
 from models.training import LocalResult, LocalTraining, TrainingSettings
 from privacy.release import Query, exact_values
-
-BUILTIN_MODELS: tuple[str, ...] = ("churn", "recommender")
-"""The models shipped in this package, in the order a run trains them by default."""
 
 Facts = Mapping[str, Any]
 """A model's shared facts by key (JSON-serialisable values)."""
@@ -84,7 +83,8 @@ class FederatedModel(ABC):
     """One model as fedshop trains it across storefronts (see the module docstring)."""
 
     name: str
-    """The registry name: ``models/<name>.py`` for a built-in model, else the module path."""
+    """The registry name: ``<name>`` of ``models/<name>/`` for a built-in model, else the
+    module path."""
     evaluation_queries: tuple[Query, ...]
     """What a site releases about its held-out customers per evaluation (noisy, bounded
     per customer; :mod:`privacy.release`)."""
@@ -217,7 +217,7 @@ def get_model(name: str) -> FederatedModel:
         ValueError: no such module, or it has no ``MODEL`` of that name.
     """
     if name not in _LOADED:
-        module_name = f"models.{name}" if name in BUILTIN_MODELS else name
+        module_name = f"models.{name}.model" if name in BUILTIN_MODELS else name
         if "." not in module_name:
             raise ValueError(
                 f"unknown model {name!r}: the built-in models are {list(BUILTIN_MODELS)}; "

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from common import wire
 from common.atomic_files import atomic_write
-from models.nextbasket_protocol import TARGET_WINDOW, parse_target_window
+from models.recommender.protocol import TARGET_WINDOW, parse_target_window
 
 if TYPE_CHECKING:  # torch underneath: the light command lines read this module too
     from models.training import TrainingSettings
@@ -110,7 +110,7 @@ def training_settings(settings: Mapping[str, Any]) -> TrainingSettings:
 
 def target_window(settings: Mapping[str, Any]) -> int | None:
     """The recommender's target window of settings in run-config spelling
-    (:func:`models.nextbasket_features.parse_target_window`; the default when they set none)."""
+    (:func:`models.recommender.features.parse_target_window`; the default when they set none)."""
     return parse_target_window(settings.get(TARGET_WINDOW, ""))
 
 

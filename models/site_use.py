@@ -9,15 +9,18 @@ these declarations alone, so they name no model: ``fedshop-site <command>`` writ
 answers ``GET /v1/customers/{id}/<resource>`` (and ``GET /v1/<resource>?top=N`` for a
 model that ranks customers) from memory.
 
-Light on purpose (no torch): the command line declares one subcommand per entry of
-:data:`SITE_USES` without importing the models.
+Light on purpose (no torch): the command line declares one subcommand per use of
+:func:`builtin_site_uses` without importing the models.
 """
 
 from __future__ import annotations
 
+import importlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+
+from models import BUILTIN_MODELS
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -45,22 +48,11 @@ class SiteUse:
     """The table is a ranking of customers: ``--top N`` and ``GET /v1/<resource>?top=N``."""
 
 
-RECOMMEND = SiteUse(
-    model="recommender",
-    command="recommend",
-    resource="recommendations",
-    summary="top-k next-basket items per customer, from their history and the global model",
-    default_items=10,
-)
-CHURN_RISK = SiteUse(
-    model="churn",
-    command="churn-risk",
-    resource="churn-risk",
-    summary="churn probability of every active customer, ranked, with the features behind it",
-    ranks_customers=True,
-)
-SITE_USES: tuple[SiteUse, ...] = (RECOMMEND, CHURN_RISK)
-"""The uses of the built-in models, in the order ``fedshop-site --help`` lists them."""
+def builtin_site_uses() -> tuple[SiteUse, ...]:
+    """The uses of the built-in models that have one, in registry order, each read from its
+    package's light ``SITE_USE`` (:data:`models.BUILTIN_MODELS`)."""
+    packages = (importlib.import_module(f"models.{name}") for name in BUILTIN_MODELS)
+    return tuple(use for package in packages if (use := getattr(package, "SITE_USE", None)))
 
 
 class NoAnswer(LookupError):

@@ -17,8 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from models.baselines import OUTSIDE_UK, UK
-from models.metrics import OVERALL
+from models.metrics import OUTSIDE_UK, OVERALL, UK
 from models.registry import get_model
 from server.evaluation import SPREAD_SUFFIX
 from server.run_files import EXACT_EVALUATION, RESOLVED_CONFIG, ROUNDS_LOG

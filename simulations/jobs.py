@@ -22,8 +22,7 @@ from typing import Any
 
 import pandas as pd
 
-from models.baselines import OUTSIDE_UK
-from models.metrics import OVERALL
+from models.metrics import OUTSIDE_UK, OVERALL
 from models.settings_per_epsilon import federated_run_config, settings_epsilon
 from server.bundle import BUNDLE_DIR
 from server.checkpoint import CHECKPOINT_DIR

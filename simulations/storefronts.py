@@ -3,7 +3,7 @@ the on-disk split that simulations read.
 
 A customer belongs to exactly one storefront, their *home country* (the country of most
 of their rows, as the evaluation protocol defines it:
-:func:`models.nextbasket_protocol.customer_home_storefront`), and all their rows go
+:func:`models.customers.customer_home_storefront`), and all their rows go
 there. Countries with at least ``min_customers`` home customers are storefronts of
 their own; the others are merged into one ``"Other"`` storefront. A split on disk is a directory::
 
@@ -37,7 +37,7 @@ import pyarrow.parquet as pq
 
 from clients.ingest import ORDERS_FILE, REPORT_FILE, ingest_table
 from models import schema
-from models.nextbasket_protocol import customer_home_storefront
+from models.customers import customer_home_storefront
 from models.schema import SUMMARY_FILE
 from privacy.pseudonymise import generate_key, load_key
 from simulations.progress import SILENT, Progress

@@ -6,9 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from models import baselines, metrics
-from models.churn_protocol import churn_data
-from models.nextbasket_protocol import split_next_basket
+from models import metrics
+from models.churn import baselines as churn_baselines
+from models.churn.protocol import churn_data
+from models.recommender import baselines as next_basket_baselines
+from models.recommender.protocol import split_next_basket
 
 TOLERANCE = 0.01
 
@@ -27,33 +29,37 @@ def split(bundled_orders):
 
 @pytest.mark.parametrize("name", sorted(NEXT_BASKET_REFERENCE))
 def test_next_basket_baseline_matches_reference(split, name: str) -> None:
-    table = baselines.evaluate_next_basket(split, baselines.NEXT_BASKET_BASELINES[name](split))
+    table = next_basket_baselines.evaluate_next_basket(
+        split, next_basket_baselines.NEXT_BASKET_BASELINES[name](split)
+    )
     measured = (
         *table.loc[metrics.OVERALL, ["hr@10", "recall@10", "ndcg@10"]],
-        table.loc[baselines.OUTSIDE_UK, "ndcg@10"],
+        table.loc[metrics.OUTSIDE_UK, "ndcg@10"],
     )
     assert measured == pytest.approx(NEXT_BASKET_REFERENCE[name], abs=TOLERANCE)
     assert table.loc[metrics.OVERALL, "customers"] == 2829
-    assert table.loc[baselines.OUTSIDE_UK, "customers"] == 266
-    per_storefront = table.drop([metrics.OVERALL, baselines.OUTSIDE_UK])
+    assert table.loc[metrics.OUTSIDE_UK, "customers"] == 266
+    per_storefront = table.drop([metrics.OVERALL, metrics.OUTSIDE_UK])
     assert per_storefront["customers"].sum() == 2829
 
 
 def test_item_code_tie_break_scores_far_lower(split) -> None:
-    table = baselines.evaluate_next_basket(
-        split, baselines.NEXT_BASKET_BASELINES["own history, item-code ties"](split)
+    table = next_basket_baselines.evaluate_next_basket(
+        split, next_basket_baselines.NEXT_BASKET_BASELINES["own history, item-code ties"](split)
     )
     assert table.loc[metrics.OVERALL, "ndcg@10"] == pytest.approx(0.238, abs=TOLERANCE)
 
 
 def test_own_history_ranks_most_bought_items_first(split) -> None:
-    invoices = baselines.own_invoice_counts(split)
-    top = metrics.top_k_items(baselines.own_history_scores(split), 10)
+    invoices = next_basket_baselines.own_invoice_counts(split)
+    top = metrics.top_k_items(next_basket_baselines.own_history_scores(split), 10)
     ranked_counts = np.take_along_axis(invoices, top, axis=1)
     assert (np.diff(ranked_counts, axis=1) <= 0).all()
     # Among equal counts the globally more popular item comes first.
     popularity = np.take_along_axis(
-        np.broadcast_to(baselines.popularity_rank_scores(split), invoices.shape), top, axis=1
+        np.broadcast_to(next_basket_baselines.popularity_rank_scores(split), invoices.shape),
+        top,
+        axis=1,
     )
     ties = np.diff(ranked_counts, axis=1) == 0
     assert (np.diff(popularity, axis=1)[ties] < 0).all()
@@ -61,12 +67,12 @@ def test_own_history_ranks_most_bought_items_first(split) -> None:
 
 def test_unknown_tie_break_is_refused(split) -> None:
     with pytest.raises(ValueError, match="tie_break"):
-        baselines.own_history_scores(split, "random")
+        next_basket_baselines.own_history_scores(split, "random")
 
 
 @pytest.mark.slow
 def test_churn_baselines_match_reference(bundled_orders) -> None:
-    table = baselines.churn_baselines(churn_data(bundled_orders[0]))
+    table = churn_baselines.churn_baselines(churn_data(bundled_orders[0]))
     lr = table.loc["logistic regression (log1p)"]
     assert (lr["roc-auc"], lr["pr-auc"], lr["brier"]) == pytest.approx(
         (0.746, 0.644, 0.200), abs=TOLERANCE

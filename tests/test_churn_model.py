@@ -9,7 +9,7 @@ from opacus.validators import ModuleValidator
 from torch.utils.data import DataLoader
 
 from models import metrics
-from models.churn import (
+from models.churn.model import (
     ChurnModel,
     churn_dataset,
     evaluate_churn,
@@ -18,7 +18,7 @@ from models.churn import (
     train_centralized,
     train_churn,
 )
-from models.churn_protocol import FEATURES, ChurnData, churn_data
+from models.churn.protocol import FEATURES, ChurnData, churn_data
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from models import schema
-from models.churn_protocol import (
+from models.churn.protocol import (
     FEATURES,
     ChurnData,
     churn_cutoff,

@@ -13,7 +13,7 @@ from clients.site_data import SiteDataError, load_orders, locate_site, storefron
 from common import wire
 from common.wire_encoding import INT8, LEVELS, decode_int8, encode_int8
 from lab.sequential import server_message
-from models import churn
+from models.churn import model as churn
 from privacy.ledger import LEDGER_FILE, PrivacyLedger
 from privacy.policy import SitePolicy
 from server.server_app import ModelRun, plan_models

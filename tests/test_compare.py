@@ -23,7 +23,8 @@ from lab.compare import (
 )
 from lab.federated_runs import FEDERATED, federated_dp_run_name
 from models import metrics, schema
-from models.baselines import NEXT_BASKET_BASELINES, OUTSIDE_UK
+from models.metrics import OUTSIDE_UK
+from models.recommender.baselines import NEXT_BASKET_BASELINES
 from models.settings_per_epsilon import NON_PRIVATE, settings_for, validation_record
 from privacy.ledger import PrivacyLedger
 from simulations.storefronts import assign_storefronts

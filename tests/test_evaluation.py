@@ -8,8 +8,9 @@ import pytest
 from flwr.app import ConfigRecord, MetricRecord, RecordDict
 
 from common import wire
-from models import churn, recommender
+from models.churn import model as churn
 from models.metrics import brier, roc_auc
+from models.recommender import model as recommender
 from models.registry import get_model
 from privacy import release
 from server.evaluation import evaluation_aggregator

@@ -3,8 +3,7 @@ import math
 import pytest
 
 from lab.federated_runs import federated_dp_run_name
-from models.baselines import OUTSIDE_UK, UK
-from models.metrics import OVERALL
+from models.metrics import OUTSIDE_UK, OVERALL, UK
 from server.run_results import final_rows
 from simulations.run_configs import MAIN_RUN_CONFIG, PLAIN_RUN_CONFIG, QUICK_OVERRIDES
 from simulations.runner import app_run_config

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from lab.benchmarks.hidden_size import CURRENT, validation_scores
 from lab.tuning import centralized_objective
-from models.churn import HIDDEN_UNITS
-from models.recommender import MLP_HIDDEN
+from models.churn.model import HIDDEN_UNITS
+from models.recommender.model import MLP_HIDDEN
 from models.settings_per_epsilon import NON_PRIVATE, settings_for
 from simulations.storefronts import assign_storefronts
 from simulations.synthetic import generate_orders

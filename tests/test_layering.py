@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from models import BUILTIN_MODELS
+
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("common", "privacy", "models", "clients", "server", "simulations", "lab")
 FORBIDDEN = {
@@ -66,6 +68,20 @@ def test_a_package_imports_only_what_lies_below_it(package: str) -> None:
         if name.split(".")[0] == package
         for imported in sorted(imports_of(path))
         if imported.split(".")[0] in FORBIDDEN[package]
+    ]
+    assert offences == []
+
+
+@pytest.mark.parametrize("model", BUILTIN_MODELS)
+def test_a_model_package_imports_no_other_model(model: str) -> None:
+    """One model, one package: what two models share lives in ``models/`` itself."""
+    others = {f"models.{other}" for other in BUILTIN_MODELS if other != model}
+    offences = [
+        f"{name} imports {imported}"
+        for name, path in MODULES.items()
+        if name == f"models.{model}" or name.startswith(f"models.{model}.")
+        for imported in sorted(imports_of(path))
+        if any(imported == other or imported.startswith(f"{other}.") for other in others)
     ]
     assert offences == []
 

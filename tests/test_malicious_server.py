@@ -35,8 +35,9 @@ from clients import client_app
 from clients.site_privacy import data_period, ensure_default_policy
 from common import wire
 from lab.sequential import server_message
-from models import churn, schema
-from models.churn_protocol import FEATURES, churn_features
+from models import schema
+from models.churn import model as churn
+from models.churn.protocol import FEATURES, churn_features
 from privacy.ledger import LEDGER_FILE, PrivacyLedger
 from privacy.planning import accounting_delta
 from privacy.policy import SitePolicy, from_settings

@@ -27,8 +27,8 @@ from clients.model_store import (
 from clients.scoring import load_answers
 from common import wire
 from lab.sequential import server_message
-from models.churn import CUTOFF
-from models.recommender import CATALOGUE
+from models.churn.model import CUTOFF
+from models.recommender.model import CATALOGUE
 from models.registry import BUILTIN_MODELS, get_model
 from privacy.accountants import DPSegment
 from privacy.ledger import LEDGER_FILE, PrivacyLedger

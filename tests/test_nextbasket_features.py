@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import torch
 
-from models.nextbasket_features import (
+from models.recommender.features import (
     FEATURE_NAMES,
     NUM_FEATURES,
     EvaluationExamples,

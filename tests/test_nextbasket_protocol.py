@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from models import schema
-from models.nextbasket_protocol import (
+from models.recommender.protocol import (
     NextBasketSplit,
     clean_purchases,
     customer_home_storefront,

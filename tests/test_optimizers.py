@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from models.churn import ChurnModel, train_churn_private
+from models.churn.model import ChurnModel, train_churn_private
 from models.optimizers import OPTIMIZERS, build_optimizer
 
 

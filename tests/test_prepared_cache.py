@@ -168,9 +168,9 @@ def test_the_stored_data_serve_only_their_exact_inputs(many_sites, monkeypatch):
 
 def test_data_over_the_budget_are_not_stored(tmp_path):
     path = tmp_path / "prepared-big.pickle"
-    value = load_or_prepare(path, ("a",), "models.churn", lambda: np.zeros(1000), 100)
+    value = load_or_prepare(path, ("a",), "models.churn.model", lambda: np.zeros(1000), 100)
     assert value.shape == (1000,) and not path.exists()
-    load_or_prepare(path, ("a",), "models.churn", lambda: np.zeros(10), 100)
+    load_or_prepare(path, ("a",), "models.churn.model", lambda: np.zeros(10), 100)
     assert path.is_file()
-    assert load_or_prepare(path, ("a",), "models.churn", lambda: np.ones(10), 100).sum() == 0
-    assert load_or_prepare(path, ("b",), "models.churn", lambda: np.ones(10), 100).sum() == 10
+    assert load_or_prepare(path, ("a",), "models.churn.model", lambda: np.ones(10), 100).sum() == 0
+    assert load_or_prepare(path, ("b",), "models.churn.model", lambda: np.ones(10), 100).sum() == 10

@@ -10,16 +10,17 @@ import pytest
 import torch
 from opacus import GradSampleModule
 
-from models import metrics, recommender
-from models.baselines import own_history_scores
-from models.nextbasket_features import (
+from models import metrics
+from models.recommender import model as recommender
+from models.recommender.baselines import own_history_scores
+from models.recommender.features import (
     EvaluationExamples,
     TrainingExamples,
     build_histories,
     collate_examples,
 )
-from models.nextbasket_protocol import split_next_basket
-from models.recommender import (
+from models.recommender.layers import register_grad_samplers
+from models.recommender.model import (
     DPConfig,
     NextBasketRecommender,
     basket_loss,
@@ -27,7 +28,7 @@ from models.recommender import (
     score_examples,
     train_recommender,
 )
-from models.recommender_layers import register_grad_samplers
+from models.recommender.protocol import split_next_basket
 from privacy.planning import opacus_sample_rate, opacus_steps_per_epoch
 
 REPEAT_BUY_BASELINE_NDCG = 0.270  # docs/protocols.md: customer's own most-bought items

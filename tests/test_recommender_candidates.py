@@ -19,13 +19,13 @@ from lab.benchmarks.recommender_candidates import (
     repurchase_cycle,
     with_age,
 )
-from models.nextbasket_features import (
+from models.recommender.features import (
     NUM_FEATURES,
     CustomerHistory,
     collate_examples,
     personal_features,
 )
-from models.recommender import basket_loss
+from models.recommender.model import basket_loss
 
 
 def history() -> CustomerHistory:

@@ -7,15 +7,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from models.nextbasket_features import (
+from models.recommender.features import (
     NextBasketBatch,
     TrainingExamples,
     build_histories,
     collate_examples,
 )
-from models.nextbasket_protocol import split_next_basket
-from models.recommender import NextBasketRecommender, basket_loss
-from models.recommender_layers import register_grad_samplers
+from models.recommender.layers import register_grad_samplers
+from models.recommender.model import NextBasketRecommender, basket_loss
+from models.recommender.protocol import split_next_basket
 from privacy.dp import DPTrainingSession
 
 BATCH = 12

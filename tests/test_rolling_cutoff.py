@@ -12,8 +12,8 @@ from lab.benchmarks.rolling_cutoff import (
     weekly_splits,
 )
 from models import schema
-from models.baselines import own_history_scores
-from models.nextbasket_protocol import clean_purchases, last_invoices, split_next_basket
+from models.recommender.baselines import own_history_scores
+from models.recommender.protocol import clean_purchases, last_invoices, split_next_basket
 from simulations.synthetic import generate_orders
 
 

@@ -33,7 +33,7 @@ from independent_accounting import matches_ledger_oracle
 
 from common import flower_processes, wire
 from models import metrics, schema
-from models.nextbasket_protocol import clean_purchases, last_invoices, split_next_basket
+from models.recommender.protocol import clean_purchases, last_invoices, split_next_basket
 from privacy.ledger import LEDGER_FILE, PrivacyLedger
 from simulations.loopback_ports import free_port
 

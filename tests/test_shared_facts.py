@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 
 from models import schema
-from models.churn_protocol import HORIZON
-from models.nextbasket_protocol import CATALOGUE_COLUMNS, catalogue_of
+from models.churn.protocol import HORIZON
+from models.recommender.protocol import CATALOGUE_COLUMNS, catalogue_of
 from models.registry import get_model
 from server.server_app import plan_models
 from server.shared_facts import shared_facts

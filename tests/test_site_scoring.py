@@ -1,5 +1,6 @@
-"""The models' answers at a site (models/site_use.py): what ``recommend``, ``churn-risk``
-and ``serve`` give, on small synthetic data with real torch modules."""
+"""The models' answers at a site (models/site_use.py and each model package): what
+``recommend``, ``churn-risk`` and ``serve`` give, on small synthetic data with real torch
+modules."""
 
 from __future__ import annotations
 
@@ -10,12 +11,12 @@ import torch
 from torch.utils.data import Subset
 
 from models import metrics, schema
-from models.churn import ChurnModel, feature_contributions
-from models.churn_protocol import FEATURES
-from models.nextbasket_features import EvaluationExamples, build_histories
-from models.nextbasket_protocol import clean_purchases, last_invoices, split_next_basket
-from models.recommendations import PERSONAL, STOREFRONT_POPULAR
-from models.recommender import CATALOGUE, score_examples
+from models.churn.model import ChurnModel, feature_contributions
+from models.churn.protocol import FEATURES
+from models.recommender.features import EvaluationExamples, build_histories
+from models.recommender.model import CATALOGUE, score_examples
+from models.recommender.protocol import clean_purchases, last_invoices, split_next_basket
+from models.recommender.recommendations import PERSONAL, STOREFRONT_POPULAR
 from models.registry import get_model
 from models.site_use import NoAnswer
 from simulations.synthetic import generate_orders

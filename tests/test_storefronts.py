@@ -13,7 +13,7 @@ import pytest
 
 from clients.ingest import ORDERS_FILE, REPORT_FILE, IngestReport
 from models import schema
-from models.nextbasket_protocol import customer_home_storefront
+from models.customers import customer_home_storefront
 from privacy.pseudonymise import generate_key, load_key, pseudonymise_customers
 from simulations.storefronts import (
     INDEX_FILE,

@@ -23,7 +23,7 @@ from lab.tuning import (
 )
 from lab.tuning_space import NON_PRIVATE_SPACES, SEARCH_SPACES, draw_trials
 from models import schema
-from models.churn_protocol import churn_cutoff
+from models.churn.protocol import churn_cutoff
 from models.settings_per_epsilon import NON_PRIVATE, load_entries, settings_for
 from privacy.ledger import PrivacyLedger
 from simulations.storefronts import prepare_storefronts

@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from common import wire
-from models.churn import CUTOFF
-from models.churn_protocol import churn_cutoff, churn_data
+from models.churn.model import CUTOFF
+from models.churn.protocol import churn_cutoff, churn_data
 from models.registry import get_model
 from models.training import LocalTraining
 from privacy.planning import opacus_sample_rate, plan_dp

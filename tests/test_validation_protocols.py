@@ -9,12 +9,12 @@ import pytest
 import torch
 
 from models import schema
-from models.churn_protocol import churn_cutoff, churn_data
-from models.churn_validation import churn_validation_data, validation_cutoff
-from models.nextbasket_features import EvaluationExamples, TrainingExamples, build_histories
-from models.nextbasket_protocol import NextBasketSplit, clean_purchases, split_next_basket
-from models.nextbasket_validation import split_next_basket_validation, without_test_invoices
-from models.recommender import NextBasketRecommender, train_recommender
+from models.churn.protocol import churn_cutoff, churn_data
+from models.churn.validation import churn_validation_data, validation_cutoff
+from models.recommender.features import EvaluationExamples, TrainingExamples, build_histories
+from models.recommender.model import NextBasketRecommender, train_recommender
+from models.recommender.protocol import NextBasketSplit, clean_purchases, split_next_basket
+from models.recommender.validation import split_next_basket_validation, without_test_invoices
 from simulations.synthetic import generate_orders
 from tests.test_churn_protocol import HAND_MADE as CHURN_HAND_MADE
 from tests.test_nextbasket_protocol import HAND_MADE, order_lines

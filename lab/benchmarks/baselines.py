@@ -23,11 +23,13 @@ from threadpoolctl import threadpool_limits
 
 from clients.ingest import ingest_table
 from lab.compare import fit_churn, non_private_settings
-from models import baselines, metrics
-from models.churn import MODEL as CHURN
-from models.churn import evaluate_churn
-from models.churn_protocol import churn_data
-from models.nextbasket_protocol import split_next_basket
+from models import metrics
+from models.churn import baselines as churn_baselines
+from models.churn.model import MODEL as CHURN
+from models.churn.model import evaluate_churn
+from models.churn.protocol import churn_data
+from models.recommender import baselines as next_basket_baselines
+from models.recommender.protocol import split_next_basket
 from simulations.storefronts import BUNDLED_DATA
 
 NEXT_BASKET_COLUMNS = ["customers", "hr@10", "recall@10", "ndcg@10"]
@@ -54,8 +56,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _next_basket_section(split) -> list[str]:
     tables = {
-        name: baselines.evaluate_next_basket(split, scores(split))
-        for name, scores in baselines.NEXT_BASKET_BASELINES.items()
+        name: next_basket_baselines.evaluate_next_basket(split, scores(split))
+        for name, scores in next_basket_baselines.NEXT_BASKET_BASELINES.items()
     }
     overall = pd.DataFrame(
         {
@@ -63,7 +65,7 @@ def _next_basket_section(split) -> list[str]:
                 "HR@10": table.loc[metrics.OVERALL, "hr@10"],
                 "Recall@10": table.loc[metrics.OVERALL, "recall@10"],
                 "NDCG@10": table.loc[metrics.OVERALL, "ndcg@10"],
-                "NDCG@10 outside UK": table.loc[baselines.OUTSIDE_UK, "ndcg@10"],
+                "NDCG@10 outside UK": table.loc[metrics.OUTSIDE_UK, "ndcg@10"],
             }
             for name, table in tables.items()
         }
@@ -76,7 +78,7 @@ def _next_basket_section(split) -> list[str]:
         "### Next basket",
         "",
         f"{len(split.test_customers):,} test customers, "
-        f"{int((split.test_storefronts() != baselines.UK).sum())} outside the UK; "
+        f"{int((split.test_storefronts() != metrics.UK).sum())} outside the UK; "
         f"catalogue of {len(split.items):,} items ranked in full.",
         "",
         _markdown(overall.rename_axis("baseline")),
@@ -89,10 +91,10 @@ def _next_basket_section(split) -> list[str]:
 
 
 def _churn_section(data, seed: int) -> list[str]:
-    cross_validated = baselines.churn_baselines(data)
+    cross_validated = churn_baselines.churn_baselines(data)
     train, held_out = data.part(held_out=False), data.part(held_out=True)
     with threadpool_limits(1):
-        regression = baselines.logistic_regression().fit(train.features, train.labels)
+        regression = churn_baselines.logistic_regression().fit(train.features, train.labels)
     probabilities = regression.predict_proba(held_out.features)[:, 1]
     labels = held_out.labels.to_numpy()
     torch.set_num_threads(1)

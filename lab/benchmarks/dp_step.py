@@ -10,7 +10,7 @@ Modes:
 
 - ``non-private``: forward, backward, optimizer step;
 - ``dp-hooks``: Opacus per-example gradients with this project's grad samplers
-  (:mod:`models.recommender_layers`), clipping, noise;
+  (:mod:`models.recommender.layers`), clipping, noise;
 - ``dp-ghost``: Opacus ghost clipping (two backward passes) with this project's norm
   samplers;
 - ``dp-output``: per-example gradients from the logit gradient (:mod:`privacy.dp`'s
@@ -31,15 +31,15 @@ from pathlib import Path
 import torch
 
 from clients.ingest import ingest_table
-from models.nextbasket_features import (
+from models.recommender.features import (
     NextBasketBatch,
     TrainingExamples,
     build_histories,
     collate_examples,
 )
-from models.nextbasket_protocol import split_next_basket
-from models.recommender import DPConfig, NextBasketRecommender, basket_loss
-from models.recommender_layers import register_grad_samplers
+from models.recommender.layers import register_grad_samplers
+from models.recommender.model import DPConfig, NextBasketRecommender, basket_loss
+from models.recommender.protocol import split_next_basket
 from privacy.dp import DPTrainingSession
 from privacy.pseudonymise import generate_key, load_key
 from simulations.storefronts import BUNDLED_DATA

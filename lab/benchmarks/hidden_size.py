@@ -24,8 +24,8 @@ import pandas as pd
 from lab.benchmarks.federated_choices import markdown_row, validation_section
 from lab.compare import ingest_bundled
 from lab.tuning import centralized_objective
-from models.churn import HIDDEN_UNITS
-from models.recommender import MLP_HIDDEN
+from models.churn.model import HIDDEN_UNITS
+from models.recommender.model import MLP_HIDDEN
 from models.settings_per_epsilon import CENTRALIZED_MODE, NON_PRIVATE, settings_for
 from simulations.storefronts import assign_storefronts
 

@@ -12,7 +12,7 @@ hash of each customer's first invoice, so the draw does not depend on the key): 
 rows are removed from the data of every target model. The attacked example of a customer
 is the one training example a model sees for them (user-level DP's unit):
 
-- recommender: :class:`models.nextbasket_features.TrainingExamples` with
+- recommender: :class:`models.recommender.features.TrainingExamples` with
   ``target_window=1`` — the history before the customer's last training invoice, with that
   invoice as the target basket (customers with at least two training invoices);
 - churn: the customer's nine features and label at the cutoff; the members attacked are
@@ -101,11 +101,11 @@ from lab.membership_attack import (
 )
 from lab.sequential import SequentialResult, run_sequential_federation
 from models import schema
-from models.churn import CUTOFF, churn_dataset, per_example_loss, train_centralized
-from models.churn_protocol import churn_data, holdout_mask
-from models.nextbasket_features import TrainingExamples, build_histories, collate_examples
-from models.nextbasket_protocol import catalogue_of, split_next_basket
-from models.recommender import CATALOGUE, NextBasketRecommender, basket_loss
+from models.churn.model import CUTOFF, churn_dataset, per_example_loss, train_centralized
+from models.churn.protocol import churn_data, holdout_mask
+from models.recommender.features import TrainingExamples, build_histories, collate_examples
+from models.recommender.model import CATALOGUE, NextBasketRecommender, basket_loss
+from models.recommender.protocol import catalogue_of, split_next_basket
 from models.registry import Facts, get_model
 from models.settings_per_epsilon import NON_PRIVATE, federated_run_config
 from models.training import SIMULATION_SEED, TrainingSettings
@@ -420,7 +420,7 @@ def _or(keep: np.ndarray | None, default: np.ndarray) -> np.ndarray:
 
 def non_member_customers(frame: pd.DataFrame, share: float, seed: int) -> pd.Index:
     """A seeded ``share`` of every storefront's customers, drawn by the churn protocol's
-    stratified hash (:func:`models.churn_protocol.holdout_mask`) over each customer's first
+    stratified hash (:func:`models.churn.protocol.holdout_mask`) over each customer's first
     invoice id, so the draw is the same under every pseudonymisation key."""
     per_customer = frame.groupby(schema.CUSTOMER)
     storefront = per_customer[schema.STOREFRONT].first()

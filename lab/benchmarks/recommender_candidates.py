@@ -5,9 +5,9 @@ section for BENCHMARKS.md. Every candidate is the centralized recommender traine
 user-level DP at each ``--epsilons`` value with that ε's settings-file entry
 (:func:`lab.compare.centralized_dp_settings`, σ from
 :func:`lab.compare.centralized_dp_plan`), once per training seed, and scored by
-NDCG@10 on the next-basket *validation* protocol (:mod:`models.nextbasket_validation`);
+NDCG@10 on the next-basket *validation* protocol (:mod:`models.recommender.validation`);
 the test split is never read. The "own history" repeat-buying baseline
-(:func:`models.baselines.own_history_scores`) is scored on the same validation split.
+(:func:`models.recommender.baselines.own_history_scores`) is scored on the same validation split.
 
 Candidates (:data:`CANDIDATES`):
 
@@ -53,9 +53,9 @@ from lab.compare import (
     ingest_bundled,
 )
 from models import schema
-from models.baselines import evaluate_next_basket, own_history_scores
 from models.metrics import OVERALL
-from models.nextbasket_features import (
+from models.recommender.baselines import evaluate_next_basket, own_history_scores
+from models.recommender.features import (
     FEATURE_NAMES,
     LOG_COUNT_SCALE,
     LOG_YEAR,
@@ -67,9 +67,9 @@ from models.nextbasket_features import (
     TrainingExamples,
     build_histories,
 )
-from models.nextbasket_protocol import NextBasketSplit
-from models.nextbasket_validation import split_next_basket_validation
-from models.recommender import MODEL, TOP_K, NextBasketRecommender, score_examples
+from models.recommender.model import MODEL, TOP_K, NextBasketRecommender, score_examples
+from models.recommender.protocol import NextBasketSplit
+from models.recommender.validation import split_next_basket_validation
 from simulations.storefronts import assign_storefronts
 
 METRIC = f"ndcg@{TOP_K}"

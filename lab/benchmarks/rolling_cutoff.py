@@ -1,7 +1,7 @@
 """Benchmark: the recommender against repeat-buying under a time-respecting evaluation.
 
 Run ``python -m lab.benchmarks.rolling_cutoff``; it prints a Markdown section for
-BENCHMARKS.md. The fixed protocol (:mod:`models.nextbasket_protocol`) trains on every
+BENCHMARKS.md. The fixed protocol (:mod:`models.recommender.protocol`) trains on every
 invoice but each customer's last, so a model scoring a basket of 2011-11 has seen other
 customers' December purchases. Here every test basket on or after ``--since`` is
 scored by a model trained only on what happened before the week it falls in:
@@ -13,7 +13,7 @@ scored by a model trained only on what happened before the week it falls in:
    a fresh centralized recommender (the comparison's non-private settings,
    :func:`lab.compare.non_private_settings`) is trained on them and scores the
    week's test customers from their history before the week;
-3. repeat-buying (:func:`models.baselines.own_history_scores`: the customer's own most
+3. repeat-buying (:func:`models.recommender.baselines.own_history_scores`: the customer's own most
    often bought items, ties by popularity) scores the same customers from the same data.
 
 A test customer with no purchase before their week (all earlier invoices in the same
@@ -36,16 +36,16 @@ import pandas as pd
 
 from lab.compare import fit_recommender, ingest_bundled, non_private_settings
 from models import metrics, schema
-from models.baselines import own_history_scores
-from models.nextbasket_features import EvaluationExamples, TrainingExamples, build_histories
-from models.nextbasket_protocol import (
+from models.recommender.baselines import own_history_scores
+from models.recommender.features import EvaluationExamples, TrainingExamples, build_histories
+from models.recommender.model import MODEL as RECOMMENDER
+from models.recommender.model import TOP_K, score_examples
+from models.recommender.protocol import (
     NextBasketSplit,
     clean_purchases,
     last_invoices,
     split_next_basket,
 )
-from models.recommender import MODEL as RECOMMENDER
-from models.recommender import TOP_K, score_examples
 
 DEFAULT_SINCE = "2011-10-01"
 WEEK = timedelta(days=7)

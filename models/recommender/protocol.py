@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from models import schema
+from models.customers import customer_home_storefront
 
 PRODUCT_CODE = r"^\d{5}"
 """Item ids of real products start with five digits (postage, fees, adjustments do not)."""
@@ -86,27 +87,6 @@ def clean_purchases(frame: pd.DataFrame) -> pd.DataFrame:
         & (frame[schema.UNIT_PRICE].to_numpy() > 0)
     )
     return frame[keep].reset_index(drop=True)
-
-
-def customer_home_storefront(frame: pd.DataFrame) -> pd.Series:
-    """Each customer's home storefront: the ``storefront`` of most of their rows.
-
-    Rows are counted as given (the caller decides which, e.g. :func:`clean_purchases`).
-    A tie goes to the storefront name that sorts first, so the result does not depend on
-    row order. On the bundled data the eight customers seen under two countries have no
-    tie by rows (nor any in the United Kingdom), so the choice of tie-break changes no
-    reference count.
-
-    Returns:
-        A Series indexed by customer token (sorted), named ``storefront``.
-    """
-    lines = frame.groupby([schema.CUSTOMER, schema.STOREFRONT], observed=True).size()
-    lines = lines.rename("lines").reset_index()
-    lines = lines.sort_values(
-        [schema.CUSTOMER, "lines", schema.STOREFRONT], ascending=[True, False, True]
-    )
-    homes = lines.drop_duplicates(schema.CUSTOMER).set_index(schema.CUSTOMER)[schema.STOREFRONT]
-    return homes.rename(schema.STOREFRONT)
 
 
 def last_invoices(purchases: pd.DataFrame) -> pd.DataFrame:

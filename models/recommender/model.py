@@ -1,12 +1,12 @@
 """The next-basket recommender, whole: model, training loop (plain or user-level DP),
-evaluation, its use at a site (:mod:`models.recommendations`), and :class:`Recommender`,
+evaluation, its use at a site (:mod:`models.recommender.recommendations`), and :class:`Recommender`,
 the model as the federation knows it (``MODEL``, found by name in :mod:`models.registry`).
 
 Score of catalogue item ``i`` for a customer (a logit over the whole catalogue):
 
     s_i = b_i + g(x_ci) + γ·x_ci,f   if the customer has bought i before, else   s_i = b_i
 
-where ``x_ci`` are the personal repeat-buying features of :mod:`models.nextbasket_features`,
+where ``x_ci`` are the personal repeat-buying features of :mod:`models.recommender.features`,
 ``g`` is a small MLP shared by all items, and ``b`` a learned per-item bias (popularity,
 ranks items the customer never bought). ``γ·x_ci,f`` is an optional fixed repeat-buying
 prior (``repeat_prior`` γ, default 0: off) on the feature :data:`REPEAT_PRIOR_FEATURE`; with
@@ -20,7 +20,7 @@ Why this shape: repeat buying dominates retail baskets, and the history is model
 not a parameter, so only ~270 MLP weights and one bias per item are learned — few
 parameters for DP noise to swamp. Under DP the per-example gradient of the bias is the logit
 gradient itself, and the MLP runs on packed history rows (no padding), with a grad sampler
-that sums row gradients per example (:mod:`models.recommender_layers`); no ``(B, V, hidden)``
+that sums row gradients per example (:mod:`models.recommender.layers`); no ``(B, V, hidden)``
 tensor is ever built. ``python -m lab.benchmarks.dp_step`` measures the DP step cost.
 """
 
@@ -39,8 +39,10 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from common import wire
 from models import metrics, schema
-from models.baselines import buyer_counts, evaluate_next_basket
-from models.nextbasket_features import (
+from models.optimizers import build_optimizer
+from models.recommender import SITE_USE
+from models.recommender.baselines import buyer_counts, evaluate_next_basket
+from models.recommender.features import (
     FEATURE_NAMES,
     NUM_FEATURES,
     EvaluationExamples,
@@ -49,7 +51,14 @@ from models.nextbasket_features import (
     build_histories,
     collate_examples,
 )
-from models.nextbasket_protocol import (
+from models.recommender.layers import (
+    ItemBias,
+    PersonalScorer,
+    item_bias_grad_sample,
+    personal_scorer_grad_sample,
+    register_grad_samplers,
+)
+from models.recommender.protocol import (
     CATALOGUE_COLUMNS,
     TARGET_WINDOW,
     NextBasketSplit,
@@ -60,17 +69,9 @@ from models.nextbasket_protocol import (
     spell_target_window,
     split_next_basket,
 )
-from models.optimizers import build_optimizer
-from models.recommendations import Recommendations
-from models.recommender_layers import (
-    ItemBias,
-    PersonalScorer,
-    item_bias_grad_sample,
-    personal_scorer_grad_sample,
-    register_grad_samplers,
-)
+from models.recommender.recommendations import Recommendations
 from models.registry import Facts, FederatedModel, SiteData, WholeSplit
-from models.site_use import MAX_ITEMS, RECOMMEND
+from models.site_use import MAX_ITEMS
 from models.training import LocalResult, LocalTraining, TrainingSettings, mean_finite
 from privacy.accountants import DPSegment
 from privacy.release import BoundedSum
@@ -128,7 +129,7 @@ class NextBasketRecommender(nn.Module):
         per-example losses with respect to the logits (row b: ``∂loss_b/∂logits_b``).
 
         For :class:`privacy.dp.DPTrainingSession`'s ``"output"`` mode: the grad samplers
-        Opacus's hooks call (:mod:`models.recommender_layers`), fed each layer's output
+        Opacus's hooks call (:mod:`models.recommender.layers`), fed each layer's output
         gradient as the hooks would, straight from the logit gradient: the logits are the
         item bias's output, and history row r's personal score is added to logit cell
         (example, item) alone, so its gradient is that cell's (``index_add_``'s adjoint is a
@@ -349,7 +350,7 @@ class Recommender(FederatedModel):
         f"ndcg@{TOP_K}": f"NDCG@{TOP_K}",
         "num-customers": "test customers",
     }
-    site_use = RECOMMEND
+    site_use = SITE_USE
 
     def shared_facts(self, declared: Mapping[str, Any], whole_split: WholeSplit) -> dict[str, Any]:
         """The catalogue file named by ``recommender.catalogue`` (deployment), else the
@@ -484,7 +485,7 @@ class Recommender(FederatedModel):
         """Every customer's best items from their whole purchase history in ``orders``
         (its clean purchase lines over the catalogue; the protocol's test customers are
         ranked exactly as :meth:`evaluate` ranks them), and the storefront's popular items
-        for known customers without one (:mod:`models.recommendations`)."""
+        for known customers without one (:mod:`models.recommender.recommendations`)."""
         vocabulary = _catalogue(facts)
         purchases = clean_purchases(orders)
         histories = build_histories(purchases, vocabulary)

@@ -1,9 +1,9 @@
 """The churn model, whole: a small torch MLP on the nine protocol features, its training,
-evaluation, its use at a site (:mod:`models.churn_risk`, with each feature's contribution,
+evaluation, its use at a site (:mod:`models.churn.risk`, with each feature's contribution,
 :func:`feature_contributions`), and :class:`Churn`, the model as the federation knows it
 (``MODEL``, found by name in :mod:`models.registry`).
 
-Input is the raw feature vector of :data:`models.churn_protocol.FEATURES` (one example per
+Input is the raw feature vector of :data:`models.churn.protocol.FEATURES` (one example per
 customer, as user-level DP needs). The model scales it itself: ``log1p`` (the features are
 heavy-tailed counts and amounts), then a fixed shift and scale per feature,
 :data:`LOG_FEATURE_MEAN` and :data:`LOG_FEATURE_STD`. These constants are the log1p means
@@ -39,17 +39,17 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from common import wire
 from models import metrics, schema
-from models.churn_protocol import FEATURES, ChurnData, churn_cutoff, churn_data, churn_features
-from models.churn_risk import ChurnRisk, risk_table
+from models.churn import SITE_USE
+from models.churn.protocol import FEATURES, ChurnData, churn_cutoff, churn_data, churn_features
+from models.churn.risk import ChurnRisk, risk_table
 from models.optimizers import build_optimizer
 from models.registry import Facts, FederatedModel, SiteData, WholeSplit
-from models.site_use import CHURN_RISK
 from models.training import LocalResult, LocalTraining, TrainingSettings, mean_finite
 from privacy.accountants import DPSegment
 from privacy.release import Histogram
 
 LOG_FEATURE_MEAN: tuple[float, ...] = (4.0, 5.0, 1.2, 6.4, 3.4, 3.6, 5.6, 0.3, 0.6)
-"""Shift of log1p(feature), in the order of :data:`models.churn_protocol.FEATURES`."""
+"""Shift of log1p(feature), in the order of :data:`models.churn.protocol.FEATURES`."""
 LOG_FEATURE_STD: tuple[float, ...] = (1.2, 0.75, 0.6, 1.2, 1.1, 1.2, 0.75, 0.5, 0.6)
 """Scale of log1p(feature), same order."""
 
@@ -300,7 +300,7 @@ class Churn(FederatedModel):
         "churn-rate": "churn rate",
         "num-customers": "held-out customers",
     }
-    site_use = CHURN_RISK
+    site_use = SITE_USE
     max_abs_weight = 1e3
 
     def shared_facts(self, declared: Mapping[str, Any], whole_split: WholeSplit) -> dict[str, Any]:
@@ -458,7 +458,7 @@ class Churn(FederatedModel):
 
     def site_scores(self, module: nn.Module, orders: pd.DataFrame, facts: Facts) -> ChurnRisk:
         """Churn risk of every active customer of ``orders`` as of their last timestamp,
-        with the features behind it and each one's contribution (:mod:`models.churn_risk`)."""
+        with the features behind it and each one's contribution (:mod:`models.churn.risk`)."""
         del facts  # the training cutoff is not the scoring date
         if orders.empty:
             raise ValueError("no order lines to score")

@@ -3,7 +3,7 @@ remains when the test invoices are gone.
 
 Settings (learning rate, clipping norm, ``target_window``, ...) are chosen on validation,
 never on test, so a reported test score is not tuned on the test baskets. The validation
-protocol is :func:`models.nextbasket_protocol.split_next_basket` applied to the order lines
+protocol is :func:`models.recommender.protocol.split_next_basket` applied to the order lines
 without any test invoice (:func:`without_test_invoices`):
 
 - every test customer with at least three invoices has the distinct items of their
@@ -24,7 +24,7 @@ from __future__ import annotations
 import pandas as pd
 
 from models import schema
-from models.nextbasket_protocol import (
+from models.recommender.protocol import (
     NextBasketSplit,
     clean_purchases,
     last_invoices,

@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from models import schema
-from models.nextbasket_protocol import customer_home_storefront
+from models.customers import customer_home_storefront
 
 HORIZON = pd.Timedelta(days=90)
 """Length of the label window after the cutoff, and of the recent-activity feature window."""
@@ -72,7 +72,7 @@ class ChurnData:
     labels: pd.Series
     """1 = churned (no purchase invoice after the cutoff), int64."""
     storefront: pd.Series
-    """Home storefront (:func:`models.nextbasket_protocol.customer_home_storefront`)."""
+    """Home storefront (:func:`models.customers.customer_home_storefront`)."""
     first_invoice: pd.Series
     """Key-independent name of each customer (:func:`first_invoices`)."""
     holdout: pd.Series

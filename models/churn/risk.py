@@ -3,7 +3,7 @@ features behind it and what each one contributed.
 
 Active customers are the churn protocol's population as of the site's data end date (its
 last timestamp): every customer with a purchase invoice up to then; the features are the
-protocol's nine (:data:`models.churn_protocol.FEATURES`) at that date. Each feature's
+protocol's nine (:data:`models.churn.protocol.FEATURES`) at that date. Each feature's
 contribution is its share of the customer's churn logit against a typical customer
 (:func:`models.churn.feature_contributions`, exact); ``top_features`` names the
 :data:`TOP_FEATURES` largest in absolute value, with their signs. The table is ranked by
@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from models import schema
-from models.churn_protocol import FEATURES
+from models.churn.protocol import FEATURES
 from models.site_use import UNKNOWN_CUSTOMER, NoAnswer, SiteScores
 
 TOP_FEATURES = 3

@@ -1,6 +1,6 @@
 """The churn validation protocol: the test protocol moved one horizon back in time.
 
-Validation cutoff = test cutoff − 90 days (:data:`models.churn_protocol.HORIZON`). Only
+Validation cutoff = test cutoff − 90 days (:data:`models.churn.protocol.HORIZON`). Only
 order lines at or before the *test* cutoff are read, so the validation population,
 features and labels know nothing of the test label window:
 
@@ -8,7 +8,7 @@ features and labels know nothing of the test label window:
 - label: no purchase in the 90 days after it (up to the test cutoff);
 - features: rows at or before the validation cutoff;
 - held out: the same stratified, seeded 20 % per storefront rule
-  (:func:`models.churn_protocol.holdout_mask`) on the validation labels.
+  (:func:`models.churn.protocol.holdout_mask`) on the validation labels.
 
 Why an earlier cutoff rather than a held-out share of the training customers: the test
 labels are purchases after the test cutoff, and a held-out share of training customers
@@ -25,7 +25,7 @@ from __future__ import annotations
 import pandas as pd
 
 from models import schema
-from models.churn_protocol import (
+from models.churn.protocol import (
     HOLDOUT_FRACTION,
     HOLDOUT_SEED,
     HORIZON,
@@ -53,7 +53,7 @@ def churn_validation_data(
 ) -> ChurnData:
     """The validation protocol (module docstring) on order lines in the canonical schema.
 
-    ``test_cutoff`` defaults to the frame's own (:func:`models.churn_protocol.churn_cutoff`,
+    ``test_cutoff`` defaults to the frame's own (:func:`models.churn.protocol.churn_cutoff`,
     on all its rows); the result's ``cutoff`` is the validation cutoff.
     """
     if test_cutoff is None:

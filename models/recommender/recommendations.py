@@ -18,7 +18,8 @@ import numpy as np
 import pandas as pd
 
 from models import schema
-from models.site_use import RECOMMEND, UNKNOWN_CUSTOMER, NoAnswer, SiteScores
+from models.recommender import SITE_USE
+from models.site_use import UNKNOWN_CUSTOMER, NoAnswer, SiteScores
 
 PERSONAL = "personal"
 STOREFRONT_POPULAR = "storefront-popular"
@@ -61,7 +62,7 @@ class Recommendations(SiteScores):
         row = self._row.get(customer)
         if row is None:
             raise NoAnswer(UNKNOWN_CUSTOMER)
-        length = RECOMMEND.default_items if items is None else items
+        length = SITE_USE.default_items if items is None else items
         ranked, scores = self._lists[row, :length], self._scores[row, :length]
         return {
             schema.CUSTOMER: customer,
@@ -75,7 +76,7 @@ class Recommendations(SiteScores):
     def table(self, items: int | None = None) -> pd.DataFrame:
         """Rows ``(customer, rank, item_id, score, source)`` for every known customer,
         by customer then rank."""
-        length = min(RECOMMEND.default_items if items is None else items, self._lists.shape[1])
+        length = min(SITE_USE.default_items if items is None else items, self._lists.shape[1])
         customers = sorted(self._row)
         rows = np.array([self._row[customer] for customer in customers], dtype=np.int64)
         ranked = self._lists[rows, :length]
