@@ -29,8 +29,9 @@ from models.settings_per_epsilon import (
     validation_record,
 )
 from models.training import SIMULATION_SEED
-from server.run_results import final_rows, load_run
+from server.run_results import load_run
 from simulations.progress import SILENT, Progress
+from simulations.reference_runs import final_rows
 from simulations.run_configs import MAIN_RUN_CONFIG, PLAIN_RUN_CONFIG, PLAIN_SITE_POLICY
 from simulations.runner import DEFAULT_CLIENT_CPUS, run_simulation_job
 

@@ -25,7 +25,8 @@ import math
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,11 +39,9 @@ from matplotlib.ticker import NullFormatter, ScalarFormatter  # noqa: E402
 
 from common import wire  # noqa: E402
 from common.atomic_files import atomic_write  # noqa: E402
-from models.metrics import OVERALL  # noqa: E402
 from models.registry import BUILTIN_MODELS, get_model  # noqa: E402
 from models.schema import SUMMARY_FILE  # noqa: E402
 from privacy.accountants import create_accountant  # noqa: E402
-from server.errors import ReportError  # noqa: E402
 from server.privacy_report import (  # noqa: E402
     PRIVACY_REPORT,
     SitePrivacy,
@@ -53,7 +52,6 @@ from server.run_files import RESOLVED_CONFIG, ROUNDS_LOG  # noqa: E402
 from server.run_results import (  # noqa: E402
     STOREFRONT_SEPARATOR,
     RunResults,
-    final_rows,
     headline_metric,
     load_run,
     overall_metrics,
@@ -65,8 +63,25 @@ PLOTS_DIR = "plots"
 INGEST_REPORT = "ingest_report.json"
 
 
+@dataclass(frozen=True)
+class Beside:
+    """Other runs' figures to show beside this run's (e.g. a researcher's reference runs).
+
+    ``tables``: per model, its headline metric by group (column ``group``, one column per
+    run) under a heading after the final metrics, introduced by ``title`` and ``note``;
+    ``curves`` and ``levels``: per model, DP runs as (ε, value) points by family and
+    non-private runs as values by name, drawn on the privacy–utility plot.
+    """
+
+    title: str
+    note: str
+    tables: Mapping[str, pd.DataFrame] = field(default_factory=dict)
+    curves: Mapping[str, Mapping[str, list[tuple[float, float]]]] = field(default_factory=dict)
+    levels: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
+
+
 def write_report(
-    run_dir: Path, *, sweep_dir: Path | None = None, reference: Path | None = None
+    run_dir: Path, *, sweep_dir: Path | None = None, beside: Beside | None = None
 ) -> Path:
     """Write ``report.html`` and its plots for ``run_dir``; returns the HTML's path.
 
@@ -74,14 +89,9 @@ def write_report(
         run_dir: a run directory written by the ServerApp (``config.json``, ``rounds.jsonl``).
         sweep_dir: optional directory of sibling runs (e.g. other ε) for the
             privacy–utility curve.
-        reference: optional ``comparison.json`` of ``python -m lab compare`` on the same
-            data: its runs and baselines are tabulated beside this run's final metrics.
-
-    Raises:
-        ReportError: ``reference`` cannot be read as a comparison; nothing is written.
+        beside: other runs' figures shown beside this run's.
     """
     run_dir = Path(run_dir)
-    comparison = load_comparison(reference) if reference is not None else None
     run = load_run(run_dir)
     privacy = _load_privacy(run)
     sweep = [run, *(r for r in _sweep_runs(sweep_dir) if r.run_dir.resolve() != run_dir.resolve())]
@@ -97,12 +107,11 @@ def write_report(
             ),
             (
                 "Privacy–utility",
-                _plot_privacy_utility(sweep, plots / "privacy-utility.png", comparison),
+                _plot_privacy_utility(sweep, plots / "privacy-utility.png", beside),
             ),
         ]
-        beside = [] if comparison is None else _reference_sections(run, comparison, reference)
         shown = [(t, p) for t, p in figures if p is not None]
-        page = _html_page(run, privacy, sweep, shown, beside)
+        page = _html_page(run, privacy, sweep, shown, _beside_sections(run, beside))
         _replace(staging / PLOTS_DIR, run_dir / PLOTS_DIR)
         atomic_write(run_dir / REPORT_FILE, page, mode=0o644)
     finally:
@@ -166,11 +175,10 @@ def _plot_storefronts(run: RunResults, plots: Path) -> dict[str, Path]:
 
 
 def _plot_privacy_utility(
-    runs: list[RunResults], path: Path, comparison: dict[str, Any] | None = None
+    runs: list[RunResults], path: Path, beside: Beside | None = None
 ) -> Path | None:
     """Final metric against ε over the runs; this run (``runs[0]``) also round by round,
-    at the largest ε any site had spent after that round; and the reference runs of
-    ``comparison`` (:func:`reference_points`), dotted."""
+    at the largest ε any site had spent after that round; and the runs ``beside``, dotted."""
     models = sorted({m for run in runs for m in run.rounds if run.final(m)})
     if not models:
         return None
@@ -195,7 +203,8 @@ def _plot_privacy_utility(
         for run in runs:
             if run.epsilon <= 0 and metric in run.final(model):
                 axis.axhline(run.final(model)[metric], linestyle="--", label="no DP, final round")
-        curves, levels = reference_points(comparison or {}, model, metric)
+        curves = beside.curves.get(model, {}) if beside else {}
+        levels = beside.levels.get(model, {}) if beside else {}
         for family, points in curves.items():
             axis.plot(*zip(*points, strict=True), marker="s", linestyle=":", label=f"{family} DP")
         for name, value in levels.items():
@@ -212,28 +221,6 @@ def _plot_privacy_utility(
         axis.xaxis.set_major_formatter(ScalarFormatter())
         axis.legend(fontsize=8)
     return _save(figure, path)
-
-
-def reference_points(
-    comparison: dict[str, Any], model: str, metric: str
-) -> tuple[dict[str, list[tuple[float, float]]], dict[str, float]]:
-    """The comparison's overall ``metric`` of ``model``: DP runs as (ε, value) curves by
-    family (``centralized``, ``federated``), non-private runs as levels by run name."""
-    curves: dict[str, list[tuple[float, float]]] = {}
-    levels: dict[str, float] = {}
-    for name, run in comparison.get(model, {}).get("runs", {}).items():
-        value = run.get("metrics", {}).get(OVERALL, {}).get(metric)
-        if value is None:
-            continue
-        if "privacy" in run:  # centralized DP: the target ε its σ was calibrated to
-            epsilon = float(run["privacy"]["target_epsilon"])
-        else:  # federated runs carry their run config; ε ≤ 0 there means no DP
-            epsilon = float(run.get("training", {}).get("epsilon", 0.0))
-        if epsilon > 0:
-            curves.setdefault(name.split("-dp-eps-")[0], []).append((epsilon, float(value)))
-        else:
-            levels[name] = float(value)
-    return {family: sorted(points) for family, points in curves.items()}, levels
 
 
 def _round_points(run: RunResults, model: str, metric: str) -> list[tuple[float, float]]:
@@ -318,51 +305,14 @@ def _html_page(
     )
 
 
-def load_comparison(path: Path) -> dict[str, Any]:
-    """A ``comparison.json`` of ``python -m lab compare``, checked for the report's needs."""
-    try:
-        comparison = json.loads(Path(path).read_text())
-        models = [name for name in comparison if name != "settings"]
-        if not models:
-            raise TypeError("no model in it")
-        for model in models:
-            if not isinstance(comparison[model]["runs"], dict):
-                raise TypeError(f"{model}.runs is not an object")
-    except (OSError, ValueError, KeyError, TypeError) as error:
-        raise ReportError(f"{path}: not a comparison of python -m lab compare ({error})") from None
-    return comparison
-
-
-def reference_frame(run: RunResults, model: str, comparison: dict[str, Any]) -> pd.DataFrame:
-    """The model's headline metric by group (this run's: overall, outside the UK,
-    storefronts): this run's final models — exact where the run has them (simulation),
-    else the server's estimates — beside every run and baseline of ``comparison``."""
-    metric = headline_metric(model)
-    this_run = final_rows(run.scored(model), model)
-    columns = {f"this run ({run.run_dir.name})": this_run}
-    for name, reference in comparison[model]["runs"].items():
-        columns[name] = reference["metrics"]
-    for name, by_group in comparison[model].get("baselines", {}).items():
-        columns[f"baseline: {name}"] = by_group
-    table = []
-    for group in this_run:
-        cells = {name: by_group.get(group, {}).get(metric) for name, by_group in columns.items()}
-        table.append({"group": group, **cells})
-    return pd.DataFrame(table)
-
-
-def _reference_sections(run: RunResults, comparison: dict[str, Any], path: Path) -> list[str]:
-    sections = [
-        "<h2>Beside the reference runs</h2>",
-        f"<p>Reference runs and baselines on the same data from <code>{_e(str(path))}</code> "
-        "(<code>python -m lab compare</code>): centralized, centralized with DP, federated "
-        "and each storefront training alone. Each cell is the model's headline metric.</p>",
-    ]
+def _beside_sections(run: RunResults, beside: Beside | None) -> list[str]:
+    if beside is None:
+        return []
+    sections = [f"<h2>{_e(beside.title)}</h2>", f"<p>{_e(beside.note)}</p>"]
     for model in run.rounds:
-        if model in comparison:
-            label = _label(headline_metric(model))
-            sections.append(f"<h3>{_e(model)}: {_e(label)}</h3>")
-            sections.append(_table(reference_frame(run, model, comparison), f"reference-{model}"))
+        if model in beside.tables:
+            sections.append(f"<h3>{_e(model)}: {_e(_label(headline_metric(model)))}</h3>")
+            sections.append(_table(beside.tables[model], f"reference-{model}"))
     return sections
 
 

@@ -4,9 +4,7 @@ A run's per-round log (``rounds.jsonl``) holds, per model and round, the server'
 evaluation — estimates from the sites' noisy answers, each metric with its ``-sd`` spread:
 overall metrics under their own names and each storefront's as ``<storefront>/<metric>``.
 A simulation adds the final models' exact metrics in the same naming
-(``exact-evaluation.json``). :func:`load_run` reads both with the resolved config;
-:func:`final_rows` turns the final round into rows by group (overall, outside the UK,
-storefronts) as the comparison tables have them.
+(``exact-evaluation.json``). :func:`load_run` reads both with the resolved config.
 """
 
 from __future__ import annotations
@@ -17,7 +15,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from models.metrics import OUTSIDE_UK, OVERALL, UK
 from models.registry import get_model
 from server.evaluation import SPREAD_SUFFIX
 from server.run_files import EXACT_EVALUATION, RESOLVED_CONFIG, ROUNDS_LOG
@@ -103,42 +100,3 @@ def headline_metric(model: str, metrics: dict[str, Any] | None = None) -> str:
     if preferred is not None and (metrics is None or preferred in overall):
         return preferred
     return next((k for k in sorted(overall) if k != "num-customers"), "num-customers")
-
-
-_METRIC_NAMES = {"num-customers": "customers"}
-"""Federated metric names that the comparison tables call otherwise."""
-
-
-def final_rows(final: dict[str, Any], model: str) -> dict[str, dict[str, float | None]]:
-    """Rows by group (overall, outside the UK, each storefront) from a run's final pooled
-    evaluation (``<metric>`` and ``<storefront>/<metric>`` keys), named as the comparison
-    tables of :mod:`lab.compare` name theirs. Outside the UK pools the model's
-    per-customer means (:attr:`models.registry.FederatedModel.customer_means`) only."""
-    per_storefront = storefront_metrics(final)
-    rows = {OVERALL: _renamed(overall_metrics(final))}
-    means = _customer_means(model)
-    if means:
-        outside = [m for s, m in per_storefront.items() if s != UK and m.get("num-customers")]
-        customers = sum(m["num-customers"] for m in outside)
-        if customers:
-            pooled = {"customers": float(customers)}
-            for name in means:
-                if all(name in m for m in outside):
-                    pooled[name] = sum(m[name] * m["num-customers"] for m in outside) / customers
-            rows[OUTSIDE_UK] = pooled
-    rows.update({s: _renamed(m) for s, m in sorted(per_storefront.items())})
-    return rows
-
-
-def _customer_means(model: str) -> tuple[str, ...]:
-    try:
-        return get_model(model).customer_means
-    except ValueError:  # a run of a plug-in model that is not installed here
-        return ()
-
-
-def _renamed(metrics: dict[str, Any]) -> dict[str, float | None]:
-    return {
-        _METRIC_NAMES.get(name, name): None if math.isnan(float(value)) else float(value)
-        for name, value in metrics.items()
-    }

@@ -29,8 +29,7 @@ from clients.errors import IngestError
 from clients.site_privacy import PolicyCommandError
 from common.console_errors import run_handler
 from privacy.pseudonymise import KeyFileError
-from server.errors import ReportError
-from simulations.errors import PROG, CommandError, PrivacyReportError
+from simulations.errors import PROG, CommandError, ComparisonError, PrivacyReportError
 from simulations.progress import Progress
 from simulations.runner import DEFAULT_CLIENT_CPUS, SimulationError
 from simulations.storefronts import (
@@ -53,7 +52,7 @@ USER_ERRORS: tuple[type[Exception], ...] = (
     StorefrontError,
     SimulationError,
     PrivacyReportError,
-    ReportError,
+    ComparisonError,
     PolicyCommandError,
 )
 """Exceptions that mean bad input, not a bug: shown as one line with exit code 2."""

@@ -14,3 +14,7 @@ class CommandError(Exception):
 
 class PrivacyReportError(Exception):
     """The ledgers contradict what the sites reported; ``str()`` names the sites."""
+
+
+class ComparisonError(Exception):
+    """A reference comparison cannot be read; ``str()`` names the file."""

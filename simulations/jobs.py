@@ -28,20 +28,14 @@ from server.bundle import BUNDLE_DIR
 from server.checkpoint import CHECKPOINT_DIR
 from server.evaluation import SPREAD_SUFFIX
 from server.privacy_report import PRIVACY_REPORT
-from server.report import (
-    PLOTS_DIR,
-    REPORT_FILE,
-    format_value,
-    load_comparison,
-    reference_frame,
-    write_report,
-)
+from server.report import PLOTS_DIR, REPORT_FILE, format_value, write_report
 from server.run_files import DELIVERY_LOG, RESOLVED_CONFIG, ROUNDS_LOG
 from server.run_results import headline_metric, load_run, overall_metrics, spread
 from simulations.assignments import parse_assignments
 from simulations.errors import PROG, CommandError
 from simulations.privacy_report import SITES_DIR, write_ledger_privacy_report
 from simulations.progress import Progress
+from simulations.reference_runs import beside_comparison
 from simulations.run_configs import MAIN_RUN_CONFIG
 from simulations.runner import (
     DEFAULT_CLIENT_CPUS,
@@ -151,10 +145,11 @@ def privacy_summary(sites: list[dict[str, Any]]) -> list[str]:
 
 def report_stage(run: MainRun) -> None:
     """``report.html`` with its plots."""
-    with run.progress.step("report.html and plots"):
-        path = write_report(run.out_dir, sweep_dir=run.sweep_dir, reference=run.reference)
-    run.outputs.append(path)
     results = load_run(run.out_dir)
+    beside = None if run.reference is None else beside_comparison(results, run.reference)
+    with run.progress.step("report.html and plots"):
+        path = write_report(run.out_dir, sweep_dir=run.sweep_dir, beside=beside)
+    run.outputs.append(path)
     print(
         "Final metrics over all storefronts' held-out customers: the server's estimate from "
         "the sites' noisy releases ± its spread, and the exact figure this simulation can "
@@ -169,11 +164,9 @@ def report_stage(run: MainRun) -> None:
             if not name.endswith(SPREAD_SUFFIX) and name != "num-customers"
         ]
         print(f"  {model}: " + ", ".join(shown))
-    if run.reference is not None:
-        comparison = load_comparison(run.reference)
+    if beside is not None:
         print(f"Beside the reference runs of {run.reference.name} (all runs in report.html):")
-        for model in results.rounds:
-            frame = reference_frame(results, model, comparison)
+        for model, frame in beside.tables.items():
             shown = frame[frame["group"].isin([OVERALL, OUTSIDE_UK])].set_index("group").T
             shown = shown.loc[[_key_reference(name, results.epsilon) for name in shown.index]]
             print(f"  {model} {headline_metric(model)}:")

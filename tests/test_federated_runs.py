@@ -4,7 +4,7 @@ import pytest
 
 from lab.federated_runs import federated_dp_run_name
 from models.metrics import OUTSIDE_UK, OVERALL, UK
-from server.run_results import final_rows
+from simulations.reference_runs import final_rows
 from simulations.run_configs import MAIN_RUN_CONFIG, PLAIN_RUN_CONFIG, QUICK_OVERRIDES
 from simulations.runner import app_run_config
 

@@ -38,7 +38,8 @@ from lab.tuning import FEDERATED_ROUNDS, validation_run_config, validation_store
 from models import metrics
 from models.registry import get_model
 from models.settings_per_epsilon import FEDERATED_MODE, settings_for
-from server.run_results import final_rows, load_run
+from server.run_results import load_run
+from simulations.reference_runs import final_rows
 from simulations.runner import run_simulation_job
 from simulations.storefronts import assign_storefronts
 
