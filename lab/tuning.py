@@ -54,12 +54,12 @@ from common.atomic_files import atomic_write
 from lab.compare import centralized_dp_plan, fit_churn, fit_recommender, ingest_bundled
 from lab.tuning_space import draw_trials
 from models import schema
-from models.churn.model import HIDDEN_UNITS, evaluate_churn
+from models.churn.model import evaluate_churn
 from models.churn.protocol import churn_cutoff
 from models.churn.validation import before_test_labels, churn_validation_data, validation_cutoff
 from models.metrics import OVERALL
 from models.recommender.features import TrainingExamples, build_histories
-from models.recommender.model import MLP_HIDDEN, NextBasketRecommender, evaluate_recommender
+from models.recommender.model import evaluate_recommender
 from models.recommender.validation import split_next_basket_validation, without_test_invoices
 from models.registry import get_model
 from models.settings_per_epsilon import (
@@ -238,20 +238,13 @@ def centralized_objective(
     model: str,
     epsilon: float,
     seeds: list[int],
-    hidden_size: int | None = None,
 ) -> Objective:
     """Train on the pooled validation training data with DP at ``epsilon`` (none at
-    :data:`NON_PRIVATE`), once per training seed; score the validation holdout.
-    ``hidden_size`` replaces the width of the model's hidden layer (default: its own)."""
+    :data:`NON_PRIVATE`), once per training seed; score the validation holdout."""
     if model == "recommender":
         split = split_next_basket_validation(frame)
         histories = build_histories(split.train, split.items)
         customers = split.train[schema.CUSTOMER].nunique()
-
-        hidden = MLP_HIDDEN if hidden_size is None else (hidden_size,)
-
-        def build(num_items: int) -> NextBasketRecommender:
-            return NextBasketRecommender(num_items, hidden=hidden)
 
         def recommender_score(number: int, settings: Mapping[str, Any]) -> list[dict[str, float]]:
             training = training_settings(settings)
@@ -260,23 +253,20 @@ def centralized_objective(
                 window = target_window(settings)
                 examples = TrainingExamples(histories, seed=seed, target_window=window)
                 noise = _noise(epsilon, len(examples), customers, training)
-                trained, _ = fit_recommender(
-                    len(split.items), examples, training, seed, noise, build=build
-                )
+                trained, _ = fit_recommender(len(split.items), examples, training, seed, noise)
                 per_seed.append(_overall(evaluate_recommender(trained, split), ["ndcg@10"]))
             return per_seed
 
         return recommender_score
     data = churn_validation_data(frame)
     train, held_out = data.part(held_out=False), data.part(held_out=True)
-    width = HIDDEN_UNITS if hidden_size is None else hidden_size
 
     def churn_score(number: int, settings: Mapping[str, Any]) -> list[dict[str, float]]:
         training = training_settings(settings)
         noise = _noise(epsilon, len(train.labels), len(train.labels), training)
         per_seed = []
         for seed in seeds:
-            trained, _ = fit_churn(train, training, seed, noise, hidden_units=width)
+            trained, _ = fit_churn(train, training, seed, noise)
             per_seed.append(
                 _overall(evaluate_churn(trained, held_out), ["roc-auc", BRIER, CHURN_RATE])
             )

@@ -10,11 +10,8 @@ import pytest
 import torch
 from opacus import GradSampleModule
 
-from models import metrics
 from models.recommender import model as recommender
-from models.recommender.baselines import own_history_scores
 from models.recommender.features import (
-    EvaluationExamples,
     TrainingExamples,
     build_histories,
     collate_examples,
@@ -25,7 +22,6 @@ from models.recommender.model import (
     NextBasketRecommender,
     basket_loss,
     evaluate_recommender,
-    score_examples,
     train_recommender,
 )
 from models.recommender.protocol import split_next_basket
@@ -192,21 +188,3 @@ def test_a_sites_training_examples_draw_targets_from_the_shared_window():
         two.set_epoch(epoch)
         offsets |= {two.target_invoice(i) - n for i, n in enumerate(last)}
     assert offsets == {-1, 0}  # the last two invoices, never an earlier one
-
-
-def test_the_repeat_prior_alone_ranks_as_the_own_history_baseline():
-    """With the MLP and the item bias at zero, the prior ranks the whole catalogue as the
-    own-history baseline with item-code ties: history items by invoices holding them."""
-    frame, _ = random_orders(customers=80, items=30, seed=1)
-    split = split_next_basket(frame)
-    model = NextBasketRecommender(len(split.items), repeat_prior=1.0)
-    with torch.no_grad():
-        for parameter in model.personal.parameters():
-            parameter.zero_()
-    histories = build_histories(split.train, split.items)
-    examples = EvaluationExamples(histories, split.test_baskets, split.items)
-    everything = len(split.items)
-    np.testing.assert_array_equal(
-        metrics.top_k_items(score_examples(model, examples), everything),
-        metrics.top_k_items(own_history_scores(split, tie_break="item-code"), everything),
-    )

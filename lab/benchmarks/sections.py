@@ -173,39 +173,11 @@ SECTIONS: tuple[BenchSection, ...] = (
         full=("--bundle", "runs/main/bundle"),
         seeds="none (timing; customers in storefront order)",
     ),
-    _benchmark(
-        "rolling_cutoff",
-        "Time-respecting evaluation (weekly rolling cutoff, issue #12)",
-        quick=("--seeds", "0", "--epochs", "2"),
-        full=(),
-        seeds="training seeds 0, 1, 2 (one model per week and seed)",
-    ),
-    _benchmark(
-        "federated_choices",
-        "Rounds and server optimiser on validation (issue #12)",
-        quick=(
-            *("--models", "churn", "--epsilons", "8", "--rounds", "2", "4"),
-            *("--seeds", "0", "--server-learning-rates", "0.1"),
-        ),
-        full=(),
-        seeds="simulation-seed 0, 1 (rounds) and 0 (server optimiser) per model and ε",
-    ),
-    _benchmark(
-        "hidden_size",
-        "Hidden-layer width on validation (issue #12)",
-        quick=("--models", "churn", "--epsilons", "8", "--seeds", "0", "--churn-widths", "8", "16"),
-        full=(),
-        seeds="training seeds 0, 1 (weights, Poisson sampling, DP noise) per model, ε and width",
-    ),
-    _benchmark(
-        "recommender_candidates",
-        "Recommender candidates on validation (issue #12)",
-        quick=("--seeds", "0", "--epsilons", "8", "--epochs", "2"),
-        full=(),
-        seeds="training seeds 0, 1, 2 (weights, Poisson sampling, DP noise) per candidate and ε",
-    ),
 )
 """Every section a command prints, in BENCHMARKS.md's order."""
+
+ARCHIVE_COMMIT = "baf677f"
+"""The last commit holding the archived decision studies' code."""
 
 BY_HAND: tuple[HandWrittenSection, ...] = (
     HandWrittenSection(
@@ -229,6 +201,20 @@ BY_HAND: tuple[HandWrittenSection, ...] = (
         "python -m lab.benchmarks.growth --cell STOREFRONTSxCUSTOMERS ...",
         "its table and docs/growth.png (one fedshop-sim run per cell, tens of minutes at 1M), "
         "its --facts/--site probes, and before/after runs of the same command",
+    ),
+    *(
+        HandWrittenSection(
+            heading,
+            f"python -m lab.benchmarks.{name}, at commit {ARCHIVE_COMMIT}",
+            f"a settled decision study, archived (issue #20): its code is `git show "
+            f"{ARCHIVE_COMMIT}:lab/benchmarks/{name}.py`, its section kept as it last ran",
+        )
+        for name, heading in (
+            ("rolling_cutoff", "Time-respecting evaluation (weekly rolling cutoff, issue #12)"),
+            ("federated_choices", "Rounds and server optimiser on validation (issue #12)"),
+            ("hidden_size", "Hidden-layer width on validation (issue #12)"),
+            ("recommender_candidates", "Recommender candidates on validation (issue #12)"),
+        )
     ),
 )
 """Sections written by hand from a command's output; ``bench`` keeps them as they are."""

@@ -4,15 +4,13 @@ the model as the federation knows it (``MODEL``, found by name in :mod:`models.r
 
 Score of catalogue item ``i`` for a customer (a logit over the whole catalogue):
 
-    s_i = b_i + g(x_ci) + γ·x_ci,f   if the customer has bought i before, else   s_i = b_i
+    s_i = b_i + g(x_ci)   if the customer has bought i before, else   s_i = b_i
 
 where ``x_ci`` are the personal repeat-buying features of :mod:`models.recommender.features`,
 ``g`` is a small MLP shared by all items, and ``b`` a learned per-item bias (popularity,
-ranks items the customer never bought). ``γ·x_ci,f`` is an optional fixed repeat-buying
-prior (``repeat_prior`` γ, default 0: off) on the feature :data:`REPEAT_PRIOR_FEATURE`; with
-``g`` and ``b`` at zero it ranks as the own-history baseline with item-code ties. On
-validation it does not beat the current model by more than the seed spread
-(``python -m lab.benchmarks.recommender_candidates``), so it stays off. The loss is
+ranks items the customer never bought). A fixed repeat-buying prior added to ``g`` did
+not beat this model on validation by more than the seed spread (BENCHMARKS.md,
+"Recommender candidates on validation"), so the model has none. The loss is
 the multi-label softmax cross-entropy of the target basket over the full catalogue (no
 sampled negatives).
 
@@ -76,14 +74,9 @@ from models.training import LocalResult, LocalTraining, TrainingSettings, mean_f
 from privacy.accountants import DPSegment
 from privacy.release import BoundedSum
 
-REPEAT_PRIOR_FEATURE = FEATURE_NAMES.index("log_invoices_with_item")
-"""The personal feature the repeat-buying prior scales: increasing in how many of the
-customer's invoices hold the item, the own-history baseline's ranking."""
-
-
 MLP_HIDDEN: tuple[int, ...] = (16,)
-"""Widths of the MLP's hidden layers (checked on validation:
-``python -m lab.benchmarks.hidden_size``)."""
+"""Widths of the MLP's hidden layers (checked on validation: BENCHMARKS.md, "Hidden-layer
+width on validation")."""
 
 
 class NextBasketRecommender(nn.Module):
@@ -93,7 +86,6 @@ class NextBasketRecommender(nn.Module):
         num_items: catalogue size V (length of the item vocabulary).
         hidden: widths of the MLP's hidden layers (default :data:`MLP_HIDDEN`).
         num_features: personal features per (customer, item); default the builder's.
-        repeat_prior: γ of the fixed repeat-buying prior (module docstring); 0 leaves it out.
     """
 
     def __init__(
@@ -102,11 +94,9 @@ class NextBasketRecommender(nn.Module):
         *,
         hidden: Sequence[int] = MLP_HIDDEN,
         num_features: int = NUM_FEATURES,
-        repeat_prior: float = 0.0,
     ):
         super().__init__()
         self.num_items = num_items
-        self.repeat_prior = repeat_prior
         self.personal = PersonalScorer(num_features, hidden)
         self.item_bias = ItemBias(num_items)
 
@@ -114,10 +104,6 @@ class NextBasketRecommender(nn.Module):
         """Catalogue logits ``(B, V)`` of a :class:`NextBasketBatch`."""
         offsets = batch["history_offsets"]
         personal = self.personal(batch["features"], offsets)
-        if self.repeat_prior:
-            # Fixed, not learned: no parameter, so no privacy cost, and the row score's
-            # gradient is still the personal scorer's output gradient (grad samplers exact).
-            personal = personal + self.repeat_prior * batch["features"][:, REPEAT_PRIOR_FEATURE]
         scores = personal.new_zeros(len(offsets) * self.num_items)
         scores.index_add_(0, self._cells(batch), personal)
         return self.item_bias(scores.view(len(offsets), self.num_items))
