@@ -1,7 +1,9 @@
-"""The comparison: centralized, federated and storefront-alone runs of both models.
+"""The comparison: centralized, federated and storefront-alone runs of registered models.
 
-:func:`run_comparison` trains both models (next-basket recommender, churn MLP) on one
-order-line frame in several ways and evaluates each on the models' fixed protocols:
+:func:`run_comparison` trains each model (by default the next-basket recommender and the
+churn MLP; any registered model, a plug-in included) on one order-line frame in several
+ways and evaluates each on its fixed protocol, through the model's pooled study
+(:func:`models.study.pooled_study`) and its own training — nothing here names a model:
 
 * ``centralized``: every customer's data pooled, non-private, with the centralized
   non-private settings (the settings file's ε = 0 entry, chosen on validation);
@@ -19,11 +21,13 @@ order-line frame in several ways and evaluates each on the models' fixed protoco
 * ``storefront-alone``: one non-private model per storefront
   (:func:`simulations.storefronts.assign_storefronts`) with the centralized non-private
   settings, trained on that storefront's customers only and scored on that storefront's
-  test customers only.
+  test customers only; with a model per tested storefront, its pooled rows are the
+  storefronts' customer-weighted means (:func:`models.study.pooled_rows`).
 
-It writes ``comparison.json`` (every number) and ``comparison.md`` (tables side by side
-with each model's baselines, :mod:`models.recommender.baselines` and
-:mod:`models.churn.baselines`), both atomically. :func:`run_seeds` repeats
+A model the settings file does not list (a plug-in) trains with its own
+``default_training``, marked untuned. It writes ``comparison.json`` (every number) and
+``comparison.md`` (tables side by side with each model's baselines, e.g.
+:mod:`models.recommender.baselines`), both atomically. :func:`run_seeds` repeats
 the comparison for several seeds (each in ``seed-<s>/``) and writes their pooled means and
 spreads (:mod:`lab.compare_seeds`).
 """
@@ -39,42 +43,28 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import torch
+from torch import nn
+from torch.utils.data import Dataset
 
 from clients.ingest import ingest_table
 from common.atomic_files import atomic_write
-from lab.compare_options import DEFAULT_EPSILONS
+from lab.compare_options import COMPARED_MODELS, DEFAULT_EPSILONS
 from lab.compare_seeds import pool_seeds
 from lab.federated_runs import federated_references
-from models import metrics, schema
-from models.churn.baselines import churn_baselines
-from models.churn.model import HIDDEN_UNITS, ChurnModel, churn_dataset, evaluate_churn
-from models.churn.model import MODEL as CHURN
-from models.churn.protocol import ChurnData, churn_data
-from models.recommender.baselines import NEXT_BASKET_BASELINES, evaluate_next_basket
-from models.recommender.features import (
-    CustomerHistory,
-    EvaluationExamples,
-    TrainingExamples,
-    build_histories,
-)
-from models.recommender.model import MODEL as RECOMMENDER
-from models.recommender.model import (
-    NextBasketRecommender,
-    evaluate_recommender,
-    score_examples,
-)
-from models.recommender.protocol import NextBasketSplit, split_next_basket
+from models import metrics
+from models.registry import get_model
 from models.settings_per_epsilon import (
     CENTRALIZED_MODE,
     NON_PRIVATE,
     TARGET_WINDOW,
+    UNTUNED,
     EpsilonSettings,
     settings_for,
     validation_record,
 )
+from models.study import CUSTOMERS, PooledStudy, pooled_rows, pooled_study
 from models.training import LocalTraining, TrainingSettings
 from privacy.accountants import DPSegment
 from privacy.planning import DPPlan, default_delta, plan_dp
@@ -95,8 +85,6 @@ FEDERATED_SPLIT = "storefronts"
 """Subdirectory of the comparison's output holding the federated runs' storefront split."""
 CENTRALIZED = "centralized"
 STOREFRONT_ALONE = "storefront-alone"
-RECOMMENDER_METRICS = ("hr@10", "recall@10", "ndcg@10")
-CHURN_METRICS = ("roc-auc", "pr-auc", "brier")
 
 
 QUICK_EPOCHS = 2
@@ -114,6 +102,7 @@ def run_comparison(
     federated: bool = False,
     client_cpus: int = DEFAULT_CLIENT_CPUS,
     settings_overrides: Mapping[str, Any] | None = None,
+    models: Sequence[str] = COMPARED_MODELS,
     progress: Progress = SILENT,
 ) -> dict[str, Any]:
     """Train and evaluate every run (module docstring) and write the JSON and Markdown.
@@ -131,6 +120,7 @@ def run_comparison(
         client_cpus: CPUs per simulated ClientApp of the federated runs.
         settings_overrides: run-config keys ``<model>.<key>`` that replace the settings
             per ε of every DP run (centralized and federated) of that model.
+        models: the registered models compared (:func:`models.study.pooled_study`).
         progress: reports each training and evaluation with its wall time.
 
     Returns:
@@ -148,8 +138,10 @@ def run_comparison(
             "min-customers": min_customers,
             "epsilons": [float(e) for e in epsilons],
         },
-        "recommender": compare_recommender(assigned, epsilons, seed, quick, overrides, progress),
-        "churn": compare_churn(assigned, epsilons, seed, quick, overrides, progress),
+        **{
+            name: compare_model(name, assigned, epsilons, seed, quick, overrides, progress)
+            for name in models
+        },
     }
     out_dir.mkdir(parents=True, exist_ok=True)
     if federated:
@@ -160,6 +152,7 @@ def run_comparison(
             split,
             out_dir,
             list(epsilons),
+            models=models,
             overrides=QUICK_OVERRIDES if quick else None,
             settings_overrides=overrides,
             client_cpus=client_cpus,
@@ -210,7 +203,8 @@ def _before_storefront_alone(runs: dict[str, Any], inserted: dict[str, Any]) -> 
     return {**ordered, **inserted, STOREFRONT_ALONE: runs[STOREFRONT_ALONE]}
 
 
-def compare_recommender(
+def compare_model(
+    name: str,
     frame: pd.DataFrame,
     epsilons: Sequence[float],
     seed: int,
@@ -218,172 +212,83 @@ def compare_recommender(
     overrides: Mapping[str, Any],
     progress: Progress,
 ) -> dict[str, Any]:
-    """Every recommender run and baseline on the next-basket protocol, as JSON-ready dicts."""
-    with progress.step("next-basket split and training histories"):
-        split = split_next_basket(frame)
-        histories = build_histories(split.train, split.items)
+    """Every centralized and storefront-alone run and every baseline of model ``name`` on
+    its protocol (:func:`models.study.pooled_study`), as JSON-ready dicts."""
+    with progress.step(f"{name}: the protocol's split"):
+        study = pooled_study(name, frame)
     runs: dict[str, Any] = {}
-    entry = non_private_settings(RECOMMENDER.name)
+    entry = non_private_settings(name)
     plain = quick_settings(entry.training(), quick)
-    window = entry.target_window()
-    with progress.step(f"recommender: {CENTRALIZED} ({plain.local_epochs} epochs)"):
-        dataset = TrainingExamples(histories, seed=seed, target_window=window)
-        model, _ = fit_recommender(len(split.items), dataset, plain, seed)
+    with progress.step(f"{name}: {CENTRALIZED} ({plain.local_epochs} epochs)"):
+        examples = study.examples(entry.settings, seed)
+        module, _ = fit(name, study.build, examples, plain, seed)
         runs[CENTRALIZED] = {
-            "training": _entry_settings(entry, plain, len(dataset)),
-            "validation": validation_record(RECOMMENDER.name, CENTRALIZED_MODE, NON_PRIVATE),
-            "metrics": _rows(evaluate_recommender(model, split)),
+            "training": _entry_settings(entry, plain, len(examples)),
+            "validation": validation_record(name, CENTRALIZED_MODE, NON_PRIVATE),
+            "metrics": _rows(study.score(module)),
         }
     for epsilon in epsilons:
-        entry = centralized_dp_settings(RECOMMENDER.name, epsilon, overrides)
-        settings = quick_settings(entry.training(), quick)
-        examples = TrainingExamples(histories, seed=seed, target_window=entry.target_window())
-        plan = centralized_dp_plan(
-            epsilon, len(examples), split.train[schema.CUSTOMER].nunique(), settings
-        )
-        with progress.step(f"recommender: {dp_run_name(epsilon)} (σ {plan.noise_multiplier:.3g})"):
-            model, steps = fit_recommender(
-                len(split.items), examples, settings, seed, plan.noise_multiplier
-            )
+        dp_entry = centralized_dp_settings(name, epsilon, overrides)
+        settings = quick_settings(dp_entry.training(), quick)
+        examples = study.examples(dp_entry.settings, seed)
+        plan = centralized_dp_plan(epsilon, len(examples), study.customers, settings)
+        with progress.step(f"{name}: {dp_run_name(epsilon)} (σ {plan.noise_multiplier:.3g})"):
+            module, steps = fit(name, study.build, examples, settings, seed, plan.noise_multiplier)
             runs[dp_run_name(epsilon)] = {
-                "training": _entry_settings(entry, settings, len(examples)),
-                "validation": validation_record(
-                    RECOMMENDER.name, CENTRALIZED_MODE, epsilon, overrides
-                ),
+                "training": _entry_settings(dp_entry, settings, len(examples)),
+                "validation": validation_record(name, CENTRALIZED_MODE, epsilon, overrides),
                 "privacy": privacy_spent(plan, steps),
-                "metrics": _rows(evaluate_recommender(model, split)),
+                "metrics": _rows(study.score(module)),
             }
-    runs[STOREFRONT_ALONE] = _recommender_storefront_alone(
-        split, histories, plain, window, seed, progress
-    )
-    with progress.step("recommender: baselines"):
-        baselines = {
-            name: _rows(evaluate_next_basket(split, scores(split)))
-            for name, scores in NEXT_BASKET_BASELINES.items()
-        }
+    tested = set(runs[CENTRALIZED]["metrics"]) - {metrics.OVERALL, metrics.OUTSIDE_UK}
+    runs[STOREFRONT_ALONE] = _storefront_alone(name, study, entry, plain, seed, tested, progress)
+    with progress.step(f"{name}: baselines"):
+        baselines = {baseline: _rows(table) for baseline, table in study.baselines().items()}
     return {"runs": runs, "baselines": baselines}
 
 
-def _recommender_storefront_alone(
-    split: NextBasketSplit,
-    histories: Mapping[str, CustomerHistory],
+def _storefront_alone(
+    name: str,
+    study: PooledStudy,
+    entry: EpsilonSettings,
     settings: TrainingSettings,
-    target_window: int | None,
     seed: int,
+    tested: set[str],
     progress: Progress,
 ) -> dict[str, Any]:
-    """One model per storefront; each test customer is scored by their storefront's model,
-    so the pooled rows (overall, outside UK) mean "every storefront on its own"."""
-    homes = split.home_storefront
-    test_storefronts = split.test_storefronts()
-    scores = np.zeros((len(split.test_customers), len(split.items)), dtype=np.float32)
+    """One non-private model per storefront, scored on that storefront's test customers;
+    when every tested storefront has one, the pooled rows (overall, outside UK) mean "every
+    storefront on its own" (:func:`models.study.pooled_rows`)."""
     training: dict[str, Any] = {}
-    for storefront in homes.value_counts().index:
-        own = {c: h for c, h in histories.items() if homes.get(c) == storefront}
-        dataset = TrainingExamples(own, seed=seed, target_window=target_window)
-        rows = np.flatnonzero(test_storefronts == storefront)
-        if len(dataset) == 0 or rows.size == 0:
-            continue  # no customer to learn from, or none to score: nothing to compare
-        with progress.step(f"recommender: {STOREFRONT_ALONE} {storefront} ({len(dataset)})"):
-            model, _ = fit_recommender(len(split.items), dataset, settings, seed)
-            test = EvaluationExamples(histories, split.test_baskets.iloc[rows], split.items)
-            scores[rows] = score_examples(model, test)
-        training[storefront] = _settings(settings, len(dataset))
-    scored = np.isin(test_storefronts, list(training))
-    table = evaluate_next_basket(split, scores)
-    if not scored.all():
-        # Customers of storefronts without a model would count as misses in pooled rows.
-        table = table.loc[list(training)]
-    return {"training": training, "metrics": _rows(table)}
+    rows: dict[str, Any] = {}
+    for storefront in study.storefronts():
+        examples = study.examples(entry.settings, seed, storefront)
+        if len(examples) == 0:
+            continue  # no customer to learn from: nothing to compare
+        with progress.step(f"{name}: {STOREFRONT_ALONE} {storefront} ({len(examples)})"):
+            module, _ = fit(name, study.build, examples, settings, seed)
+            rows[storefront] = _rows(study.score(module))[storefront]
+        training[storefront] = _settings(settings, len(examples))
+    if tested <= set(rows):
+        rows = {**pooled_rows(rows, get_model(name).customer_means), **rows}
+    return {"training": training, "metrics": rows}
 
 
-def fit_recommender(
-    num_items: int,
-    dataset: TrainingExamples,
+def fit(
+    name: str,
+    build: Callable[[], nn.Module],
+    examples: Dataset,
     settings: TrainingSettings,
     seed: int,
     noise_multiplier: float | None = None,
-    *,
-    build: Callable[[int], NextBasketRecommender] = NextBasketRecommender,
-) -> tuple[NextBasketRecommender, int]:
-    """A fresh recommender over ``num_items`` catalogue items trained on ``dataset``
-    (DP-SGD at ``noise_multiplier`` if given) by the model's own training, and the DP steps
-    it took. ``build`` makes the module from ``num_items`` after seeding (default: the
-    model's own architecture; e.g. a wider MLP or a candidate variant)."""
+) -> tuple[nn.Module, int]:
+    """A fresh module from ``build`` (after seeding torch) trained on ``examples`` by model
+    ``name``'s own training (DP-SGD at ``noise_multiplier`` if given), and the DP steps it
+    took."""
     torch.manual_seed(seed)
-    model = build(num_items)
+    module = build()
     plan = LocalTraining(settings, noise_multiplier=noise_multiplier, seed=seed)
-    return model, RECOMMENDER.train(model, dataset, plan).dp_steps
-
-
-def compare_churn(
-    frame: pd.DataFrame,
-    epsilons: Sequence[float],
-    seed: int,
-    quick: bool,
-    overrides: Mapping[str, Any],
-    progress: Progress,
-) -> dict[str, Any]:
-    """Every churn run and baseline on the fixed holdout, as JSON-ready dicts."""
-    with progress.step("churn features, labels and holdout"):
-        data = churn_data(frame)
-        train, held_out = data.part(held_out=False), data.part(held_out=True)
-    runs: dict[str, Any] = {}
-    entry = non_private_settings(CHURN.name)
-    plain = quick_settings(entry.training(), quick)
-    with progress.step(f"churn: {CENTRALIZED} ({plain.local_epochs} epochs)"):
-        model, _ = fit_churn(train, plain, seed)
-        runs[CENTRALIZED] = {
-            "training": _entry_settings(entry, plain, len(train.labels)),
-            "validation": validation_record(CHURN.name, CENTRALIZED_MODE, NON_PRIVATE),
-            "metrics": _rows(evaluate_churn(model, held_out)),
-        }
-    for epsilon in epsilons:
-        entry = centralized_dp_settings(CHURN.name, epsilon, overrides)
-        settings = quick_settings(entry.training(), quick)
-        plan = centralized_dp_plan(epsilon, len(train.labels), len(train.labels), settings)
-        with progress.step(f"churn: {dp_run_name(epsilon)} (σ {plan.noise_multiplier:.3g})"):
-            model, steps = fit_churn(train, settings, seed, plan.noise_multiplier)
-            runs[dp_run_name(epsilon)] = {
-                "training": _entry_settings(entry, settings, len(train.labels)),
-                "validation": validation_record(CHURN.name, CENTRALIZED_MODE, epsilon, overrides),
-                "privacy": privacy_spent(plan, steps),
-                "metrics": _rows(evaluate_churn(model, held_out)),
-            }
-    alone: dict[str, Any] = {"training": {}, "metrics": {}}
-    for storefront in train.storefront.value_counts().index:
-        own_test = held_out.subset((held_out.storefront == storefront).to_numpy())
-        if own_test.labels.empty:
-            continue
-        own_train = train.subset((train.storefront == storefront).to_numpy())
-        with progress.step(f"churn: {STOREFRONT_ALONE} {storefront} ({len(own_train.labels)})"):
-            model, _ = fit_churn(own_train, plain, seed)
-            alone["metrics"][storefront] = _rows(evaluate_churn(model, own_test))[storefront]
-        alone["training"][storefront] = _settings(plain, len(own_train.labels))
-    runs[STOREFRONT_ALONE] = alone
-    with progress.step("churn: baselines (5-fold CV on the whole population)"):
-        baselines = {
-            name: {metrics.OVERALL: _clean(row)}
-            for name, row in churn_baselines(data).to_dict(orient="index").items()
-        }
-    return {"runs": runs, "baselines": baselines}
-
-
-def fit_churn(
-    train: ChurnData,
-    settings: TrainingSettings,
-    seed: int,
-    noise_multiplier: float | None = None,
-    *,
-    hidden_units: int = HIDDEN_UNITS,
-) -> tuple[ChurnModel, int]:
-    """A fresh churn model (``hidden_units`` wide; default: the model's own) trained on
-    ``train`` by the model's own training (DP-SGD at ``noise_multiplier`` if given), and
-    the DP steps it took."""
-    torch.manual_seed(seed)
-    model = ChurnModel(hidden_units)
-    plan = LocalTraining(settings, noise_multiplier=noise_multiplier, seed=seed)
-    return model, CHURN.train(model, churn_dataset(train), plan).dp_steps
+    return module, get_model(name).train(module, examples, plan).dp_steps
 
 
 def centralized_dp_plan(
@@ -418,17 +323,34 @@ def privacy_spent(plan: DPPlan, steps: int) -> dict[str, Any]:
 
 def non_private_settings(model: str) -> EpsilonSettings:
     """The centralized non-private settings of ``model``: the settings file's entry for
-    ε = :data:`~models.settings_per_epsilon.NON_PRIVATE`."""
-    return settings_for(model, CENTRALIZED_MODE, NON_PRIVATE)
+    ε = :data:`~models.settings_per_epsilon.NON_PRIVATE` (:func:`centralized_settings`)."""
+    return centralized_settings(model, NON_PRIVATE)
 
 
 def centralized_dp_settings(
     model: str, epsilon: float, overrides: Mapping[str, Any] | None = None
 ) -> EpsilonSettings:
-    """The centralized settings of the nearest ε for ``model``
-    (:func:`models.settings_per_epsilon.settings_for`), with ``overrides``
-    (run-config keys ``<model>.<key>``) replacing its values."""
-    return settings_for(model, "centralized", epsilon).with_overrides(overrides or {})
+    """The centralized settings of the nearest ε for ``model`` (:func:`centralized_settings`),
+    with ``overrides`` (run-config keys ``<model>.<key>``) replacing its values."""
+    return centralized_settings(model, epsilon).with_overrides(overrides or {})
+
+
+def centralized_settings(model: str, epsilon: float) -> EpsilonSettings:
+    """The settings file's centralized entry of the nearest ε
+    (:func:`models.settings_per_epsilon.settings_for`); for a model the file does not list
+    (a plug-in), its own ``default_training``, marked untuned."""
+    if validation_record(model, CENTRALIZED_MODE, epsilon) is not None:
+        return settings_for(model, CENTRALIZED_MODE, epsilon)
+    federated = get_model(model)
+    return EpsilonSettings(
+        model=model,
+        mode=CENTRALIZED_MODE,
+        epsilon=epsilon,
+        settings=federated.default_training.to_config(),
+        metric=federated.headline_metric,
+        validation_score=None,
+        chosen_on=UNTUNED,
+    )
 
 
 def dp_run_name(epsilon: float) -> str:
@@ -480,14 +402,14 @@ def comparison_markdown(result: dict[str, Any]) -> str:
             f"Runs: mean over seeds {', '.join(map(str, seeds))} (smallest–largest); "
             "baselines are deterministic.\n"
         )
-    for model, names in (("recommender", RECOMMENDER_METRICS), ("churn", CHURN_METRICS)):
+    for model in _models(result):
         columns = {**result[model]["runs"], **result[model]["baselines"]}
         groups: list[str] = []
         for run in columns.values():
             rows = run.get("metrics", run)
             groups += [g for g in rows if g not in groups]
         sizes = result[model]["runs"][CENTRALIZED]["metrics"]
-        for name in names:
+        for name in _table_metrics(sizes):
             header = ["group", "customers", *columns]
             lines = [
                 f"\n## {model}: {name}\n",
@@ -517,7 +439,7 @@ def _validation_table(result: dict[str, Any]) -> str:
         "| model | run | settings of ε | chosen on | trials | metric | validation | test |",
         "|---|---|---:|---|---:|---|---:|---:|",
     ]
-    for model in ("recommender", "churn"):
+    for model in _models(result):
         for name, run in result[model]["runs"].items():
             chosen = run.get("validation")
             if not chosen:
@@ -537,6 +459,17 @@ def _validation_table(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _models(result: dict[str, Any]) -> list[str]:
+    """The models a comparison result holds, in its order."""
+    return [name for name in result if name != "settings"]
+
+
+def _table_metrics(rows: dict[str, dict[str, Any]]) -> list[str]:
+    """The metrics tabulated for a model: its centralized run's, but counts and rates of
+    the data itself (customers, the churn rate)."""
+    return [name for name in rows[metrics.OVERALL] if name not in (CUSTOMERS, "churn-rate")]
+
+
 def _cell(value: float | None, spread: list[float] | None) -> str:
     if value is None:
         return "—"
@@ -551,7 +484,7 @@ def _privacy_table(result: dict[str, Any]) -> str:
         "| model | run | target ε | ε (recomputed) | δ | σ | sample rate | steps |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for model in ("recommender", "churn"):
+    for model in _models(result):
         for name, run in result[model]["runs"].items():
             if "privacy" in run:
                 p = run["privacy"]
@@ -574,7 +507,7 @@ def ingest_bundled(progress: Progress = SILENT) -> pd.DataFrame:
 
 
 def run_compare(args: argparse.Namespace) -> int:
-    """Centralized (plain and DP) and storefront-alone training of both models on the
+    """Centralized (plain and DP) and storefront-alone training of the chosen models on the
     bundled data; print the Markdown tables."""
     # One thread: these small models gain nothing from a second one on a shared 2-core box.
     torch.set_num_threads(1)
@@ -589,6 +522,7 @@ def run_compare(args: argparse.Namespace) -> int:
         federated=args.federated,
         client_cpus=args.client_cpus,
         settings_overrides=dict(args.set),
+        models=args.models,
         progress=progress,
     )
     print((args.out / COMPARISON_MARKDOWN).read_text(), end="")

@@ -11,6 +11,16 @@ from simulations.assignments import parse_assignments
 from simulations.runner import DEFAULT_CLIENT_CPUS
 
 DEFAULT_EPSILONS: tuple[float, ...] = (1.0, 3.0, 8.0)
+COMPARED_MODELS: tuple[str, ...] = ("recommender", "churn")
+"""The models a comparison trains by default, in BENCHMARKS.md's order."""
+
+
+def model_list(text: str) -> tuple[str, ...]:
+    """An argparse type: comma-separated model names (built-in, or a plug-in's module path)."""
+    names = tuple(part.strip() for part in text.split(",") if part.strip())
+    if not names or len(set(names)) != len(names):
+        raise argparse.ArgumentTypeError(f"name each model once, comma-separated: {text!r}")
+    return names
 
 
 def epsilon_list(text: str) -> tuple[float, ...]:
@@ -62,6 +72,13 @@ def add_compare_arguments(parser: argparse.ArgumentParser) -> None:
         default=(0,),
         help="seeds of the training runs, comma-separated (default 0); with several, each "
         "seed's comparison goes to OUT/seed-<s> and OUT gets their means and spreads",
+    )
+    parser.add_argument(
+        "--models",
+        type=model_list,
+        default=COMPARED_MODELS,
+        help="registered models to compare, comma-separated (default "
+        f"{','.join(COMPARED_MODELS)}; a plug-in by its module path)",
     )
     parser.add_argument("--quick", action="store_true", help="few epochs (smoke test)")
     parser.add_argument(

@@ -17,7 +17,7 @@ run those of ε = 0, each DP run those of the nearest ε
 from __future__ import annotations
 
 import shutil
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +49,7 @@ def federated_references(
     out_dir: Path,
     epsilons: list[float],
     *,
+    models: Sequence[str] | None = None,
     overrides: dict[str, Any] | None = None,
     settings_overrides: Mapping[str, Any] | None = None,
     client_cpus: int = DEFAULT_CLIENT_CPUS,
@@ -61,17 +62,24 @@ def federated_references(
     DP run with those of its nearest ε. ``overrides`` change every run's config (e.g.
     :data:`simulations.run_configs.QUICK_OVERRIDES`); ``settings_overrides``
     (``<model>.<key>``) replace the settings per ε of the DP runs;
-    ``seed`` is every run's ``simulation-seed``.
+    ``seed`` is every run's ``simulation-seed``; ``models`` the models trained (default: the
+    main job's).
 
     Returns:
         model -> run name -> ``{"training": run config, "metrics": rows by group}``.
     """
-    models = str(MAIN_RUN_CONFIG["models"]).split(",")
-    plain = {**PLAIN_RUN_CONFIG, **federated_run_config(models, NON_PRIVATE), **(overrides or {})}
+    models = list(models or str(MAIN_RUN_CONFIG["models"]).split(","))
+    plain = {
+        **PLAIN_RUN_CONFIG,
+        "models": ",".join(models),
+        **federated_run_config(models, NON_PRIVATE),
+        **(overrides or {}),
+    }
     configs = {FEDERATED: (plain, PLAIN_SITE_POLICY)}
     for epsilon in epsilons:
         tuned = federated_run_config(models, epsilon, settings_overrides)
-        dp_config = {**MAIN_RUN_CONFIG, **tuned, **(overrides or {}), "epsilon": epsilon}
+        dp_config = {**MAIN_RUN_CONFIG, "models": ",".join(models), **tuned, **(overrides or {})}
+        dp_config["epsilon"] = epsilon
         configs[federated_dp_run_name(epsilon)] = (dp_config, [])
     runs: dict[str, dict[str, Any]] = {}
     for name, (run_config, site_policy) in configs.items():

@@ -51,25 +51,21 @@ import pandas as pd
 import torch
 
 from common.atomic_files import atomic_write
-from lab.compare import centralized_dp_plan, fit_churn, fit_recommender, ingest_bundled
+from lab.compare import centralized_dp_plan, fit, ingest_bundled
 from lab.tuning_space import draw_trials
-from models import schema
-from models.churn.model import evaluate_churn
 from models.churn.protocol import churn_cutoff
-from models.churn.validation import before_test_labels, churn_validation_data, validation_cutoff
+from models.churn.validation import before_test_labels, validation_cutoff
 from models.metrics import OVERALL
-from models.recommender.features import TrainingExamples, build_histories
-from models.recommender.model import evaluate_recommender
-from models.recommender.validation import split_next_basket_validation, without_test_invoices
+from models.recommender.validation import without_test_invoices
 from models.registry import get_model
 from models.settings_per_epsilon import (
     NON_PRIVATE,
     EpsilonSettings,
     record,
     settings_for,
-    target_window,
     training_settings,
 )
+from models.study import pooled_study
 from models.training import SIMULATION_SEED, TrainingSettings
 from simulations.progress import SILENT, Progress
 from simulations.run_configs import MAIN_RUN_CONFIG, PLAIN_SITE_POLICY
@@ -239,40 +235,25 @@ def centralized_objective(
     epsilon: float,
     seeds: list[int],
 ) -> Objective:
-    """Train on the pooled validation training data with DP at ``epsilon`` (none at
-    :data:`NON_PRIVATE`), once per training seed; score the validation holdout."""
-    if model == "recommender":
-        split = split_next_basket_validation(frame)
-        histories = build_histories(split.train, split.items)
-        customers = split.train[schema.CUSTOMER].nunique()
+    """Train on the pooled validation training data (the model's validation study,
+    :func:`models.study.pooled_study`) with DP at ``epsilon`` (none at
+    :data:`NON_PRIVATE`), once per training seed; score the validation holdout: the model's
+    headline metric, and its Brier score and churn rate where it has them."""
+    study = pooled_study(model, frame, validation=True)
+    kept = (get_model(model).headline_metric, BRIER, CHURN_RATE)
 
-        def recommender_score(number: int, settings: Mapping[str, Any]) -> list[dict[str, float]]:
-            training = training_settings(settings)
-            per_seed = []
-            for seed in seeds:
-                window = target_window(settings)
-                examples = TrainingExamples(histories, seed=seed, target_window=window)
-                noise = _noise(epsilon, len(examples), customers, training)
-                trained, _ = fit_recommender(len(split.items), examples, training, seed, noise)
-                per_seed.append(_overall(evaluate_recommender(trained, split), ["ndcg@10"]))
-            return per_seed
-
-        return recommender_score
-    data = churn_validation_data(frame)
-    train, held_out = data.part(held_out=False), data.part(held_out=True)
-
-    def churn_score(number: int, settings: Mapping[str, Any]) -> list[dict[str, float]]:
+    def score(number: int, settings: Mapping[str, Any]) -> list[dict[str, float]]:
         training = training_settings(settings)
-        noise = _noise(epsilon, len(train.labels), len(train.labels), training)
         per_seed = []
         for seed in seeds:
-            trained, _ = fit_churn(train, training, seed, noise)
-            per_seed.append(
-                _overall(evaluate_churn(trained, held_out), ["roc-auc", BRIER, CHURN_RATE])
-            )
+            examples = study.examples(settings, seed)
+            noise = _noise(epsilon, len(examples), study.customers, training)
+            trained, _ = fit(model, study.build, examples, training, seed, noise)
+            overall = study.score(trained).loc[OVERALL]
+            per_seed.append({key: float(overall[key]) for key in kept if key in overall})
         return per_seed
 
-    return churn_score
+    return score
 
 
 def _noise(
@@ -320,11 +301,6 @@ def federated_objective(
         return per_seed
 
     return federated_score
-
-
-def _overall(table: pd.DataFrame, metrics: list[str]) -> dict[str, float]:
-    """The pooled row's ``metrics`` of an evaluation table."""
-    return {metric: float(table.loc[OVERALL, metric]) for metric in metrics}
 
 
 def _mean(metrics: list[dict[str, float]], key: str) -> float | None:

@@ -70,6 +70,7 @@ class SpendModel(FederatedModel):
     name = __name__
     evaluation_queries = (BoundedSum(SQUARED_ERROR_SUM),)
     headline_metric = "mse"
+    customer_means = ("mse",)
     default_training = TrainingSettings(
         local_epochs=3, optimizer="sgd", learning_rate=0.05, batch_size=16, max_grad_norm=2.0
     )

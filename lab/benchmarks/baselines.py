@@ -22,11 +22,11 @@ import torch
 from threadpoolctl import threadpool_limits
 
 from clients.ingest import ingest_table
-from lab.compare import fit_churn, non_private_settings
+from lab.compare import fit, non_private_settings
 from models import metrics
 from models.churn import baselines as churn_baselines
 from models.churn.model import MODEL as CHURN
-from models.churn.model import evaluate_churn
+from models.churn.model import ChurnModel, churn_dataset, evaluate_churn
 from models.churn.protocol import churn_data
 from models.recommender import baselines as next_basket_baselines
 from models.recommender.protocol import split_next_basket
@@ -99,7 +99,9 @@ def _churn_section(data, seed: int) -> list[str]:
     labels = held_out.labels.to_numpy()
     torch.set_num_threads(1)
     plain = non_private_settings(CHURN.name).training()
-    mlp = evaluate_churn(fit_churn(train, plain, seed)[0], held_out)
+    mlp = evaluate_churn(
+        fit(CHURN.name, ChurnModel, churn_dataset(train), plain, seed)[0], held_out
+    )
     held_out_summary = pd.DataFrame(
         {
             "logistic regression (log1p)": {

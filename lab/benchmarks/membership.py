@@ -80,8 +80,7 @@ from lab.compare import (
     QUICK_EPOCHS,
     centralized_dp_plan,
     centralized_dp_settings,
-    fit_churn,
-    fit_recommender,
+    fit,
     ingest_bundled,
     non_private_settings,
     quick_settings,
@@ -101,7 +100,13 @@ from lab.membership_attack import (
 )
 from lab.sequential import SequentialResult, run_sequential_federation
 from models import schema
-from models.churn.model import CUTOFF, churn_dataset, per_example_loss, train_centralized
+from models.churn.model import (
+    CUTOFF,
+    ChurnModel,
+    churn_dataset,
+    per_example_loss,
+    train_centralized,
+)
 from models.churn.protocol import churn_data, holdout_mask
 from models.recommender.features import TrainingExamples, build_histories, collate_examples
 from models.recommender.model import CATALOGUE, NextBasketRecommender, basket_loss
@@ -307,6 +312,9 @@ class RecommenderAudit(ModelAudit):
                 torch.cat([basket_loss(module, batch) for batch in self.batches]).double().numpy()
             )
 
+    def _build(self) -> NextBasketRecommender:
+        return NextBasketRecommender(len(self.facts[CATALOGUE]))
+
     def _examples(self, keep: np.ndarray, target_window: int | None = 1) -> TrainingExamples:
         histories = {c: self.histories[c] for c in self.customers[keep]}
         return TrainingExamples(histories, target_window=target_window)
@@ -316,7 +324,7 @@ class RecommenderAudit(ModelAudit):
         entry = non_private_settings(self.name)
         settings = quick_settings(entry.training(), self.quick)
         examples = self._examples(keep, entry.target_window())
-        return fit_recommender(len(self.facts[CATALOGUE]), examples, settings, seed)[0]
+        return fit(self.name, self._build, examples, settings, seed)[0]
 
     def train_private(self, epsilon: float, seed: int, keep: np.ndarray | None = None) -> nn.Module:
         """The comparison's DP settings for ``epsilon``, σ for one centralized plan."""
@@ -324,21 +332,15 @@ class RecommenderAudit(ModelAudit):
         settings = quick_settings(entry.training(), self.quick)
         examples = self._examples(_or(keep, self.is_member), entry.target_window())
         plan = centralized_dp_plan(epsilon, len(examples), self.delta_customers, settings)
-        num_items = len(self.facts[CATALOGUE])
-        return fit_recommender(num_items, examples, settings, seed, plan.noise_multiplier)[0]
+        return fit(self.name, self._build, examples, settings, seed, plan.noise_multiplier)[0]
 
     def train_overfitted(self, seed: int, keep: np.ndarray | None = None) -> nn.Module:
         """:data:`OVERFIT_RECOMMENDER` with :data:`OVERFIT_RECOMMENDER_HIDDEN`."""
         settings = quick_settings(OVERFIT_RECOMMENDER, self.quick)
         members = self._examples(_or(keep, self.is_member))
         num_items = len(self.facts[CATALOGUE])
-        return fit_recommender(
-            num_items,
-            members,
-            settings,
-            seed,
-            build=partial(NextBasketRecommender, hidden=OVERFIT_RECOMMENDER_HIDDEN),
-        )[0]
+        wide = partial(NextBasketRecommender, num_items, hidden=OVERFIT_RECOMMENDER_HIDDEN)
+        return fit(self.name, wide, members, settings, seed)[0]
 
     def trained_by_federation(self, frame: pd.DataFrame) -> np.ndarray:
         """The customers with rows in ``frame``: a customer's attacked example depends on
@@ -395,7 +397,8 @@ class ChurnAudit(ModelAudit):
         )
         examples = self.data.subset(_or(keep, self.is_member))
         plan = centralized_dp_plan(epsilon, len(examples.labels), self.delta_customers, settings)
-        return fit_churn(examples, settings, seed, plan.noise_multiplier)[0]
+        dataset = churn_dataset(examples)
+        return fit(self.name, ChurnModel, dataset, settings, seed, plan.noise_multiplier)[0]
 
     def train_overfitted(self, seed: int, keep: np.ndarray | None = None) -> nn.Module:
         """Full-batch Adam, :data:`OVERFIT_CHURN_HIDDEN_UNITS` wide, no weight decay."""

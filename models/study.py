@@ -1,0 +1,156 @@
+"""A model's fixed protocol applied to pooled order lines, as the lab's studies train and
+score it: :class:`PooledStudy`, from :meth:`models.registry.FederatedModel.pooled_study`.
+
+The studies (``python -m lab compare``, ``tune``, the membership audit) are written once
+over this interface and the model's own :meth:`~models.registry.FederatedModel.train`, so
+they work for any registered model: :func:`pooled_study` finds a built-in model's study in
+its package (``models/<name>/study.py``: its protocol's test or validation split, examples,
+a fresh module, metrics by group and baselines) or a plug-in's ``pooled_study`` in its
+module, and otherwise builds :class:`SiteDataStudy` from the model's federated form.
+"""
+
+from __future__ import annotations
+
+import importlib
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import pandas as pd
+from torch import nn
+from torch.utils.data import ConcatDataset, Dataset
+
+from common import wire
+from models import BUILTIN_MODELS, schema
+from models.metrics import OUTSIDE_UK, OVERALL, UK
+from models.registry import FederatedModel, SiteData, get_model
+
+CUSTOMERS = "customers"
+"""The column of a metrics table counting each group's test customers."""
+COUNTS = frozenset({"num-customers", wire.NUM_EXAMPLES})
+"""How :meth:`~models.registry.FederatedModel.held_out_metrics` may name that count."""
+
+
+class PooledStudy(ABC):
+    """One model's protocol on every storefront's order lines pooled (see the module
+    docstring). Metrics tables have one row per group — :data:`~models.metrics.OVERALL`,
+    where the model's metrics allow :data:`~models.metrics.OUTSIDE_UK`, then each
+    storefront — and the column :data:`CUSTOMERS` beside the model's metrics."""
+
+    customers: int
+    """Customers of the training data: the population δ is planned over."""
+
+    @abstractmethod
+    def storefronts(self) -> list[str]:
+        """The storefronts with training examples and test customers, most training
+        customers first: those a storefront-alone model is trained for."""
+
+    @abstractmethod
+    def examples(
+        self, settings: Mapping[str, Any], seed: int, storefront: str | None = None
+    ) -> Dataset:
+        """One training example per customer (of ``storefront`` only, if given), drawn
+        under ``settings`` (run-config spelling; a model reads the keys it has, e.g. the
+        recommender's ``target-window``) and ``seed``."""
+
+    @abstractmethod
+    def build(self) -> nn.Module:
+        """A fresh module of the model's architecture for this data (seed torch first)."""
+
+    @abstractmethod
+    def score(self, module: nn.Module) -> pd.DataFrame:
+        """The metrics of ``module`` on every test customer, by group."""
+
+    def baselines(self) -> dict[str, pd.DataFrame]:
+        """The protocol's reference baselines by name, as metrics tables (default: none)."""
+        return {}
+
+
+class SiteDataStudy(PooledStudy):
+    """Any model's study from its federated form: each storefront's :meth:`site_data` under
+    the shared facts the pooled frame implies, trained pooled, scored by
+    :meth:`held_out_metrics` overall and per storefront. No baselines, no validation split."""
+
+    def __init__(self, model: FederatedModel, frame: pd.DataFrame) -> None:
+        self.model = model
+        self.facts = model.shared_facts({}, lambda columns=schema.COLUMNS: frame[list(columns)])
+        by_storefront = frame.groupby(schema.STOREFRONT, observed=True)
+        self.sites: dict[str, SiteData] = {
+            str(name): model.site_data(orders, self.facts) for name, orders in by_storefront
+        }
+        self.customers = sum(len(site.train) for site in self.sites.values())
+
+    def storefronts(self) -> list[str]:
+        """Storefronts with training examples and held-out customers, largest first."""
+        usable = [
+            (len(site.train), name)
+            for name, site in self.sites.items()
+            if len(site.train) and self.model.held_out_size(site.evaluation)
+        ]
+        return [name for _, name in sorted(usable, key=lambda pair: (-pair[0], pair[1]))]
+
+    def examples(
+        self, settings: Mapping[str, Any], seed: int, storefront: str | None = None
+    ) -> Dataset:
+        """Every storefront's site training data (``storefront``'s only), concatenated."""
+        del settings, seed  # the model's own examples, as its sites draw them
+        if storefront is not None:
+            return self.sites[storefront].train
+        return ConcatDataset([site.train for site in self.sites.values()])
+
+    def build(self) -> nn.Module:
+        """The model's module for the pooled facts."""
+        return self.model.build(self.facts)
+
+    def score(self, module: nn.Module) -> pd.DataFrame:
+        """The exact held-out metrics overall and per storefront."""
+        groups = {OVERALL: list(self.sites.values())}
+        groups |= {name: [site] for name, site in self.sites.items()}
+        rows = {}
+        for group, sites in groups.items():
+            evaluations = [site.evaluation for site in sites]
+            found = self.model.held_out_metrics(module, evaluations)
+            size = sum(self.model.held_out_size(e) for e in evaluations)
+            rows[group] = {CUSTOMERS: float(size)} | {
+                key: value for key, value in found.items() if key not in COUNTS
+            }
+        return pd.DataFrame.from_dict(rows, orient="index")
+
+
+def pooled_study(name: str, frame: pd.DataFrame, validation: bool = False) -> PooledStudy:
+    """Model ``name``'s study of the pooled order lines ``frame`` (its validation split when
+    ``validation``; see the module docstring).
+
+    Raises:
+        ValueError: an unknown model, or a validation study of a model without a split.
+    """
+    model = get_model(name)
+    module = importlib.import_module(f"models.{name}.study" if name in BUILTIN_MODELS else name)
+    own = getattr(module, "pooled_study", None)
+    if own is not None:
+        return own(frame, validation)
+    if validation:
+        raise ValueError(f"model {name} has no validation split: give its module a pooled_study")
+    return SiteDataStudy(model, frame)
+
+
+def pooled_rows(
+    rows: Mapping[str, Mapping[str, float]], customer_means: Sequence[str]
+) -> dict[str, dict[str, float]]:
+    """The :data:`~models.metrics.OVERALL` and :data:`~models.metrics.OUTSIDE_UK` rows of
+    per-storefront ``rows`` (each with :data:`CUSTOMERS`): the ``customer_means`` metrics
+    weighted by customers (the others cannot be pooled from storefront rows)."""
+
+    def pool(groups: Iterable[Mapping[str, float]]) -> dict[str, float]:
+        groups = [row for row in groups if row.get(CUSTOMERS)]
+        total = sum(row[CUSTOMERS] for row in groups)
+        pooled = {CUSTOMERS: float(total)}
+        for name in customer_means:
+            if total and all(row.get(name) is not None for row in groups):
+                pooled[name] = sum(row[name] * row[CUSTOMERS] for row in groups) / total
+        return pooled
+
+    return {
+        OVERALL: pool(rows.values()),
+        OUTSIDE_UK: pool(row for storefront, row in rows.items() if storefront != UK),
+    }
