@@ -12,13 +12,12 @@ from models import metrics
 from models.churn.model import (
     ChurnModel,
     churn_dataset,
-    evaluate_churn,
     per_example_loss,
     predict_churn,
-    train_centralized,
     train_churn,
 )
 from models.churn.protocol import FEATURES, ChurnData, churn_data
+from models.churn.study import evaluate_churn, train_centralized
 
 
 @pytest.fixture(scope="module")

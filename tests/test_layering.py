@@ -12,6 +12,8 @@ inside a function or a module named in a string for ``importlib``.
 from __future__ import annotations
 
 import ast
+import fnmatch
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -82,6 +84,32 @@ def test_a_model_package_imports_no_other_model(model: str) -> None:
         if name == f"models.{model}" or name.startswith(f"models.{model}.")
         for imported in sorted(imports_of(path))
         if any(imported == other or imported.startswith(f"{other}.") for other in others)
+    ]
+    assert offences == []
+
+
+WHEEL = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["hatch"]["build"]["targets"][
+    "wheel"
+]
+
+
+def left_out_of_the_wheel(path: Path) -> bool:
+    """Whether the wheel excludes ``path`` (its ``exclude`` patterns, as hatch matches them)."""
+    relative = path.relative_to(ROOT).as_posix()
+    return any(fnmatch.fnmatch(relative, pattern) for pattern in WHEEL["exclude"])
+
+
+def test_what_the_wheel_installs_imports_nothing_it_leaves_out() -> None:
+    """The research side of the models (studies, validation splits, baselines) stays in the
+    source checkout: a site or server that imported it would fail once installed."""
+    left_out = {name for name, path in MODULES.items() if left_out_of_the_wheel(path)}
+    assert {"models.study", "models.churn.study", "models.recommender.baselines"} <= left_out
+    offences = [
+        f"{name} imports {imported}"
+        for name, path in MODULES.items()
+        if name.split(".")[0] in WHEEL["packages"] and name not in left_out
+        for imported in sorted(imports_of(path))
+        if imported in left_out
     ]
     assert offences == []
 

@@ -21,10 +21,10 @@ from models.recommender.model import (
     DPConfig,
     NextBasketRecommender,
     basket_loss,
-    evaluate_recommender,
     train_recommender,
 )
 from models.recommender.protocol import split_next_basket
+from models.recommender.study import evaluate_recommender
 from privacy.planning import opacus_sample_rate, opacus_steps_per_epoch
 
 REPEAT_BUY_BASELINE_NDCG = 0.270  # docs/protocols.md: customer's own most-bought items

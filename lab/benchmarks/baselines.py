@@ -26,8 +26,9 @@ from lab.compare import fit, non_private_settings
 from models import metrics
 from models.churn import baselines as churn_baselines
 from models.churn.model import MODEL as CHURN
-from models.churn.model import ChurnModel, churn_dataset, evaluate_churn
+from models.churn.model import ChurnModel, churn_dataset
 from models.churn.protocol import churn_data
+from models.churn.study import evaluate_churn
 from models.recommender import baselines as next_basket_baselines
 from models.recommender.protocol import split_next_basket
 from simulations.storefronts import BUNDLED_DATA

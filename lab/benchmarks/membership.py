@@ -105,9 +105,9 @@ from models.churn.model import (
     ChurnModel,
     churn_dataset,
     per_example_loss,
-    train_centralized,
 )
 from models.churn.protocol import churn_data, holdout_mask
+from models.churn.study import train_centralized
 from models.recommender.features import TrainingExamples, build_histories, collate_examples
 from models.recommender.model import CATALOGUE, NextBasketRecommender, basket_loss
 from models.recommender.protocol import catalogue_of, split_next_basket
@@ -387,7 +387,7 @@ class ChurnAudit(ModelAudit):
             return per_example_loss(module, self.tensors).double().numpy()
 
     def train_plain(self, keep: np.ndarray, seed: int) -> nn.Module:
-        """The centralized reference recipe (:func:`models.churn.train_centralized`)."""
+        """The centralized reference recipe (:func:`models.churn.study.train_centralized`)."""
         return train_centralized(self.data.subset(keep), seed=seed)
 
     def train_private(self, epsilon: float, seed: int, keep: np.ndarray | None = None) -> nn.Module:

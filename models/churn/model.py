@@ -56,10 +56,6 @@ LOG_FEATURE_STD: tuple[float, ...] = (1.2, 0.75, 0.6, 1.2, 1.1, 1.2, 0.75, 0.5, 
 HIDDEN_UNITS = 8
 """Wider layers (16) fit the ~2,700 training customers of the bundled data too closely."""
 
-CENTRAL_EPOCHS = 300
-CENTRAL_LEARNING_RATE = 0.01
-CENTRAL_WEIGHT_DECAY = 1e-3
-
 
 class ChurnModel(nn.Module):
     """Raw churn features (batch × 9) -> churn logits (batch,)."""
@@ -173,31 +169,6 @@ def train_churn_private(
     return losses, segment
 
 
-def train_centralized(
-    data: ChurnData,
-    seed: int = 0,
-    *,
-    hidden_units: int = HIDDEN_UNITS,
-    epochs: int = CENTRAL_EPOCHS,
-    weight_decay: float = CENTRAL_WEIGHT_DECAY,
-) -> ChurnModel:
-    """Full-batch Adam on all of ``data``: the fixed recipe of the baselines benchmark's
-    MLP and of the membership audit's targets (the comparison's centralized run trains
-    with the model's own loop and its validation-chosen non-private settings instead).
-
-    Full batches make the result depend on the seed only through the initial weights
-    (held-out ROC-AUC within about 0.003 across seeds on the bundled data). The keyword
-    arguments change the recipe (the membership audit over-fits a wide model on purpose).
-    """
-    torch.manual_seed(seed)
-    model = ChurnModel(hidden_units)
-    optimizer = torch.optim.Adam(
-        model.parameters(), lr=CENTRAL_LEARNING_RATE, weight_decay=weight_decay
-    )
-    train_churn(model, [churn_dataset(data).tensors], optimizer, epochs)
-    return model
-
-
 @torch.no_grad()
 def predict_churn(model: nn.Module, features: pd.DataFrame) -> np.ndarray:
     """Churn probability of each row of a raw feature frame (columns :data:`FEATURES`)."""
@@ -228,37 +199,6 @@ def feature_contributions(model: ChurnModel, features: pd.DataFrame) -> np.ndarr
         )
         mean_gradient = (active_share * model.output.weight.double()[0]) @ weight
     return (standardised * mean_gradient).numpy()
-
-
-def evaluate_churn(model: nn.Module, data: ChurnData) -> pd.DataFrame:
-    """ROC-AUC, PR-AUC and Brier of ``model`` on ``data`` (e.g. ``data.part(held_out=True)``),
-    over all its customers (the :data:`models.metrics.OVERALL` row) and per storefront.
-
-    A storefront whose customers all share one label has no AUC (NaN).
-    """
-    probabilities = predict_churn(model, data.features)
-    labels = data.labels.to_numpy()
-    groups = {metrics.OVERALL: np.ones(labels.size, dtype=bool)}
-    storefronts = data.storefront.to_numpy(dtype=object)
-    for name in pd.Series(storefronts).value_counts().index:
-        groups[name] = storefronts == name
-    rows = {
-        name: _churn_metrics(probabilities[mask], labels[mask]) for name, mask in groups.items()
-    }
-    result = pd.DataFrame.from_dict(rows, orient="index")
-    result.index.name = "storefront"
-    return result
-
-
-def _churn_metrics(probabilities: np.ndarray, labels: np.ndarray) -> dict[str, float]:
-    both_classes = 0 < labels.sum() < labels.size
-    return {
-        "customers": labels.size,
-        "churn-rate": float(labels.mean()),
-        "roc-auc": metrics.roc_auc(probabilities, labels) if both_classes else float("nan"),
-        "pr-auc": metrics.pr_auc(probabilities, labels) if labels.any() else float("nan"),
-        "brier": metrics.brier(probabilities, labels),
-    }
 
 
 CUTOFF = "cutoff"

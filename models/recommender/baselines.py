@@ -23,14 +23,8 @@ import pandas as pd
 
 from models import metrics, schema
 from models.metrics import OUTSIDE_UK, UK
+from models.recommender.features import buyer_counts
 from models.recommender.protocol import NextBasketSplit
-
-
-def buyer_counts(train: pd.DataFrame, items: pd.Index) -> np.ndarray:
-    """Distinct customers who bought each catalogue item in ``train``."""
-    buyers = train.drop_duplicates([schema.CUSTOMER, schema.ITEM])[schema.ITEM]
-    counts = buyers.value_counts()
-    return counts.reindex(items, fill_value=0).to_numpy(dtype=np.int64)
 
 
 def popularity_rank_scores(split: NextBasketSplit) -> np.ndarray:

@@ -363,3 +363,10 @@ def _days(timestamps: pd.Series) -> np.ndarray:
     """Days since the Unix epoch (float) of tz-aware timestamps."""
     epoch = pd.Timestamp(0, tz="UTC")
     return ((timestamps - epoch) / pd.Timedelta(days=1)).to_numpy(np.float64)
+
+
+def buyer_counts(train: pd.DataFrame, items: pd.Index) -> np.ndarray:
+    """Distinct customers who bought each catalogue item in ``train``."""
+    buyers = train.drop_duplicates([CUSTOMER, ITEM])[ITEM]
+    counts = buyers.value_counts()
+    return counts.reindex(items, fill_value=0).to_numpy(dtype=np.int64)

@@ -39,7 +39,6 @@ from common import wire
 from models import metrics, schema
 from models.optimizers import build_optimizer
 from models.recommender import SITE_USE
-from models.recommender.baselines import buyer_counts, evaluate_next_basket
 from models.recommender.features import (
     FEATURE_NAMES,
     NUM_FEATURES,
@@ -47,6 +46,7 @@ from models.recommender.features import (
     NextBasketBatch,
     TrainingExamples,
     build_histories,
+    buyer_counts,
     collate_examples,
 )
 from models.recommender.layers import (
@@ -59,7 +59,6 @@ from models.recommender.layers import (
 from models.recommender.protocol import (
     CATALOGUE_COLUMNS,
     TARGET_WINDOW,
-    NextBasketSplit,
     catalogue_of,
     clean_purchases,
     parse_target_window,
@@ -281,22 +280,6 @@ def rank_items(
         ranked[start:stop] = metrics.top_k_items(scores, k)
         top_scores[start:stop] = np.take_along_axis(scores, ranked[start:stop], axis=1)
     return ranked, top_scores
-
-
-def evaluate_recommender(
-    model: NextBasketRecommender, split: NextBasketSplit, k: int = 10
-) -> pd.DataFrame:
-    """HR@k, Recall@k and NDCG@k on the fixed next-basket protocol: overall, outside the UK
-    and per home storefront (rows; columns ``customers``, ``hr@k``, ``recall@k``,
-    ``ndcg@k``), ranking the whole catalogue ``split.items`` from each test customer's whole
-    training history."""
-    if model.num_items != len(split.items):
-        raise ValueError(
-            f"model scores {model.num_items} items but the split's catalogue has {len(split.items)}"
-        )
-    histories = build_histories(split.train, split.items)
-    examples = EvaluationExamples(histories, split.test_baskets, split.items)
-    return evaluate_next_basket(split, score_examples(model, examples), k)
 
 
 TOP_K = 10

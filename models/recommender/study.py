@@ -13,12 +13,28 @@ from torch.utils.data import Dataset
 
 from models import schema
 from models.recommender.baselines import NEXT_BASKET_BASELINES, evaluate_next_basket
-from models.recommender.features import TrainingExamples, build_histories
-from models.recommender.model import NextBasketRecommender, evaluate_recommender
-from models.recommender.protocol import split_next_basket
+from models.recommender.features import EvaluationExamples, TrainingExamples, build_histories
+from models.recommender.model import NextBasketRecommender, score_examples
+from models.recommender.protocol import NextBasketSplit, split_next_basket
 from models.recommender.validation import split_next_basket_validation
 from models.settings_per_epsilon import target_window
 from models.study import PooledStudy
+
+
+def evaluate_recommender(
+    model: NextBasketRecommender, split: NextBasketSplit, k: int = 10
+) -> pd.DataFrame:
+    """HR@k, Recall@k and NDCG@k on the fixed next-basket protocol: overall, outside the UK
+    and per home storefront (rows; columns ``customers``, ``hr@k``, ``recall@k``,
+    ``ndcg@k``), ranking the whole catalogue ``split.items`` from each test customer's whole
+    training history."""
+    if model.num_items != len(split.items):
+        raise ValueError(
+            f"model scores {model.num_items} items but the split's catalogue has {len(split.items)}"
+        )
+    histories = build_histories(split.train, split.items)
+    examples = EvaluationExamples(histories, split.test_baskets, split.items)
+    return evaluate_next_basket(split, score_examples(model, examples), k)
 
 
 class RecommenderStudy(PooledStudy):
