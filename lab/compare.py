@@ -59,12 +59,10 @@ from models.settings_per_epsilon import (
     CENTRALIZED_MODE,
     NON_PRIVATE,
     TARGET_WINDOW,
-    UNTUNED,
     EpsilonSettings,
-    settings_for,
     validation_record,
 )
-from models.study import CUSTOMERS, PooledStudy, pooled_rows, pooled_study
+from models.study import CUSTOMERS, PooledStudy, current_settings, pooled_rows, pooled_study
 from models.training import LocalTraining, TrainingSettings
 from privacy.accountants import DPSegment
 from privacy.planning import DPPlan, default_delta, plan_dp
@@ -323,34 +321,17 @@ def privacy_spent(plan: DPPlan, steps: int) -> dict[str, Any]:
 
 def non_private_settings(model: str) -> EpsilonSettings:
     """The centralized non-private settings of ``model``: the settings file's entry for
-    ε = :data:`~models.settings_per_epsilon.NON_PRIVATE` (:func:`centralized_settings`)."""
-    return centralized_settings(model, NON_PRIVATE)
+    ε = :data:`~models.settings_per_epsilon.NON_PRIVATE` (:func:`models.study.current_settings`)."""
+    return current_settings(model, CENTRALIZED_MODE, NON_PRIVATE)
 
 
 def centralized_dp_settings(
     model: str, epsilon: float, overrides: Mapping[str, Any] | None = None
 ) -> EpsilonSettings:
-    """The centralized settings of the nearest ε for ``model`` (:func:`centralized_settings`),
-    with ``overrides`` (run-config keys ``<model>.<key>``) replacing its values."""
-    return centralized_settings(model, epsilon).with_overrides(overrides or {})
-
-
-def centralized_settings(model: str, epsilon: float) -> EpsilonSettings:
-    """The settings file's centralized entry of the nearest ε
-    (:func:`models.settings_per_epsilon.settings_for`); for a model the file does not list
-    (a plug-in), its own ``default_training``, marked untuned."""
-    if validation_record(model, CENTRALIZED_MODE, epsilon) is not None:
-        return settings_for(model, CENTRALIZED_MODE, epsilon)
-    federated = get_model(model)
-    return EpsilonSettings(
-        model=model,
-        mode=CENTRALIZED_MODE,
-        epsilon=epsilon,
-        settings=federated.default_training.to_config(),
-        metric=federated.headline_metric,
-        validation_score=None,
-        chosen_on=UNTUNED,
-    )
+    """The centralized settings of the nearest ε for ``model``
+    (:func:`models.study.current_settings`), with ``overrides`` (run-config keys
+    ``<model>.<key>``) replacing its values."""
+    return current_settings(model, CENTRALIZED_MODE, epsilon).with_overrides(overrides or {})
 
 
 def dp_run_name(epsilon: float) -> str:

@@ -6,10 +6,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from models import BUILTIN_MODELS
 from models.settings_per_epsilon import MODES
 
-TUNABLE_MODELS: tuple[str, ...] = ("churn", "recommender")
-"""The models with a validation protocol and a search space (the built-in ones)."""
 DEFAULT_TRIALS = 8
 DEFAULT_TUNE_OUT = Path("runs/tune")
 
@@ -36,7 +35,12 @@ def setting_names(text: str) -> list[str]:
 def add_tune_arguments(parser: argparse.ArgumentParser) -> None:
     """Declare ``tune --model M --epsilon E --mode MODE [--trials N] [--seed S] [--repeats R]
     [--vary SETTINGS] [--out DIR] [--storefronts DIR] [--write-settings]``."""
-    parser.add_argument("--model", choices=TUNABLE_MODELS, required=True)
+    parser.add_argument(
+        "--model",
+        required=True,
+        help="a registered model with a validation split and a search space: "
+        f"{', '.join(BUILTIN_MODELS)} or a plug-in's module path",
+    )
     parser.add_argument(
         "--epsilon",
         type=tunable_epsilon,

@@ -53,20 +53,23 @@ import torch
 from common.atomic_files import atomic_write
 from lab.compare import centralized_dp_plan, fit, ingest_bundled
 from lab.tuning_space import draw_trials
-from models.churn.protocol import churn_cutoff
-from models.churn.validation import before_test_labels, validation_cutoff
 from models.metrics import OVERALL
-from models.recommender.validation import without_test_invoices
 from models.registry import get_model
 from models.settings_per_epsilon import (
     NON_PRIVATE,
     EpsilonSettings,
     record,
-    settings_for,
     training_settings,
 )
-from models.study import pooled_study
+from models.study import (
+    current_settings,
+    pooled_study,
+    search_space,
+    validation_note,
+    validation_orders,
+)
 from models.training import SIMULATION_SEED, TrainingSettings
+from simulations.errors import CommandError
 from simulations.progress import SILENT, Progress
 from simulations.run_configs import MAIN_RUN_CONFIG, PLAIN_SITE_POLICY
 from simulations.site_policies import apply_site_policy
@@ -74,13 +77,6 @@ from simulations.storefronts import assign_storefronts, prepare_storefronts, rea
 
 FEDERATED_ROUNDS = int(MAIN_RUN_CONFIG["num-server-rounds"])
 """Rounds of every federated trial: the main job's."""
-CHOSEN_ON: dict[str, str] = {
-    "recommender": "validation (second-to-last invoice of each test customer; test invoices "
-    "removed from everything the model sees)",
-    "churn": "validation (cutoff 90 days before the test cutoff; no row after the test cutoff "
-    "read)",
-}
-"""What ``chosen-on`` says of settings this command chose, per model."""
 TRIALS_CSV = "trials.csv"
 TRIALS_MARKDOWN = "trials.md"
 CHOSEN_JSON = "chosen.json"
@@ -135,11 +131,12 @@ class Trial:
         return self.brier < self.base_rate_brier
 
 
-def best_trial(trials: list[Trial]) -> Trial:
-    """The highest mean score among the calibrated trials (all trials if none is), the
-    earlier trial on a tie."""
+def best_trial(trials: list[Trial], higher_is_better: bool = True) -> Trial:
+    """The best mean score (the highest, or the lowest for a metric where lower is better)
+    among the calibrated trials (all trials if none is), the earlier trial on a tie."""
     eligible = [trial for trial in trials if trial.calibrated] or trials
-    return max(eligible, key=lambda trial: (trial.score, -trial.number))
+    sign = 1.0 if higher_is_better else -1.0
+    return max(eligible, key=lambda trial: (sign * trial.score, -trial.number))
 
 
 @dataclass(frozen=True)
@@ -169,7 +166,7 @@ def tune(
     Args:
         frame: order lines in the canonical schema, ``storefront`` holding each customer's
             storefront (:func:`simulations.storefronts.assign_storefronts`).
-        model, mode, epsilon: what to tune (:data:`lab.tune_options.TUNABLE_MODELS`,
+        model, mode, epsilon: what to tune (a registered model with a validation split,
             :data:`~models.settings_per_epsilon.MODES`, target ε > 0).
         trials: how many settings to try (the current ones first).
         seed: seeds the draws and, in centralized mode, the first training seed.
@@ -187,7 +184,7 @@ def tune(
     if repeats < 1:
         raise ValueError(f"repeats must be at least 1, got {repeats}")
     seeds = list(range(seed, seed + repeats))
-    current = settings_for(model, mode, epsilon)
+    current = current_settings(model, mode, epsilon)
     private = epsilon != NON_PRIVATE
     candidates = draw_trials(model, mode, current.settings, trials, seed, vary, private=private)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -203,7 +200,7 @@ def tune(
             metrics = objective(number, settings)
         seconds = time.perf_counter() - started
         done.append(Trial(number, dict(settings), metrics, current.metric, seconds))
-    best = best_trial(done)
+    best = best_trial(done, get_model(model).headline_higher_is_better)
     chosen = EpsilonSettings(
         model=model,
         mode=mode,
@@ -211,7 +208,7 @@ def tune(
         settings=best.settings,
         metric=current.metric,
         validation_score=round(best.score, 4),
-        chosen_on=CHOSEN_ON[model],
+        chosen_on=validation_note(model),
         data=data,
         seeds=seeds,
         trials=len(done),
@@ -323,13 +320,7 @@ def validation_storefronts(
     """Write the storefronts' validation data of ``model`` to ``split_dir`` (each site's
     orders without its test invoices, or up to the test cutoff) and return it with the
     run-config facts a federation on it needs (churn: the validation cutoff)."""
-    facts: dict[str, Any] = {}
-    if model == "recommender":
-        validation = without_test_invoices(frame)
-    else:
-        test_cutoff = churn_cutoff(frame)
-        validation = before_test_labels(frame, test_cutoff)
-        facts["churn.cutoff"] = validation_cutoff(test_cutoff).isoformat()
+    validation, facts = validation_orders(model, frame)
     prepare_storefronts(validation, split_dir, metadata={"source": "validation protocol"})
     return split_dir, facts
 
@@ -430,6 +421,10 @@ def _brief(settings: Mapping[str, Any]) -> str:
 def run_tune(args: argparse.Namespace) -> int:
     """Tune on the bundled data (or ``--storefronts``); print the trial table."""
     torch.set_num_threads(1)  # tiny models on shared cores, as compare does
+    try:  # before any data is read: a model tune cannot search is a usage error
+        search_space(args.model, args.mode, private=args.epsilon != NON_PRIVATE)
+    except ValueError as error:
+        raise CommandError(f"tune --model {args.model}: {error}") from None
     progress = Progress()
     if args.storefronts is not None:
         frame, data = read_split(args.storefronts), f"storefronts {args.storefronts}"

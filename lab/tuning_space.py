@@ -1,5 +1,6 @@
-"""What ``python -m lab tune`` searches: a grid of values per setting for each model and mode,
-and the seeded draw of the trials from it.
+"""What ``python -m lab tune`` searches: the seeded draw of the trials from a model's grid of
+values per setting and mode (its research module's ``SEARCH_SPACES``,
+:func:`models.study.search_space`).
 
 Each setting has a short list of values (learning rates on a rough geometric grid around
 the current ones), so the trial table reads plainly and a seed fixes the whole search.
@@ -17,78 +18,7 @@ from typing import Any
 
 import numpy as np
 
-SEARCH_SPACES: dict[tuple[str, str], dict[str, tuple[Any, ...]]] = {
-    ("recommender", "centralized"): {
-        "local-epochs": (10, 20, 30),
-        "optimizer": ("momentum",),
-        "learning-rate": (0.3, 0.5, 1.0, 2.0, 3.0, 5.0, 8.0),
-        "batch-size": (250, 500, 1000),
-        "max-grad-norm": (0.03, 0.1, 0.3, 1.0),
-        "target-window": (1, 2, 3, "all"),
-    },
-    # ε = 1's first search chose the grid's edge in three settings (lr 2, batch 1,000,
-    # clip 0.3): the grid goes one step further each way.
-    ("recommender", "federated"): {
-        "local-epochs": (1, 2, 3, 5, 8),
-        "optimizer": ("momentum",),
-        "learning-rate": (0.5, 1.0, 2.0, 3.0, 4.5, 6.0, 8.0, 12.0),
-        "batch-size": (250, 500, 1000, 2000),
-        "max-grad-norm": (0.03, 0.1, 0.3, 1.0),
-        "target-window": (1, 2, 3, "all"),
-    },
-    ("churn", "centralized"): {
-        "local-epochs": (20, 40, 80),
-        "optimizer": ("adam",),
-        "learning-rate": (0.003, 0.01, 0.03, 0.1),
-        "batch-size": (64, 128, 256, 512),
-        "max-grad-norm": (0.3, 1.0, 3.0),
-    },
-    # The first searches chose 4 epochs and clip 0.3, both edges: one step further.
-    ("churn", "federated"): {
-        "local-epochs": (1, 2, 4, 8),
-        "optimizer": ("sgd",),
-        "learning-rate": (0.02, 0.05, 0.1, 0.2, 0.5),
-        "batch-size": (32, 64, 128),
-        "max-grad-norm": (0.1, 0.3, 1.0, 3.0),
-    },
-}
-"""Per (model, mode): setting (run-config spelling) -> the values tried under DP."""
-
-NON_PRIVATE_SPACES: dict[tuple[str, str], dict[str, tuple[Any, ...]]] = {
-    ("recommender", "centralized"): {
-        "local-epochs": (10, 20, 40),
-        "optimizer": ("adam",),
-        "learning-rate": (0.003, 0.01, 0.03),
-        "batch-size": (32, 64, 128, 256),
-        "max-grad-norm": (1.0,),
-        "target-window": (1, 2, 3, "all"),
-    },
-    ("recommender", "federated"): {
-        "local-epochs": (1, 2, 5, 10),
-        "optimizer": ("adam",),
-        "learning-rate": (0.003, 0.01, 0.03),
-        "batch-size": (32, 64, 128, 256),
-        "max-grad-norm": (1.0,),
-        "target-window": (1, 2, 3, "all"),
-    },
-    # 4,096 holds every training customer of the bundled data: full-batch Adam.
-    ("churn", "centralized"): {
-        "local-epochs": (50, 100, 300, 600),
-        "optimizer": ("adam",),
-        "learning-rate": (0.003, 0.01, 0.03, 0.1),
-        "batch-size": (64, 256, 1024, 4096),
-        "max-grad-norm": (1.0,),
-    },
-    ("churn", "federated"): {
-        "local-epochs": (1, 2, 4, 8),
-        "optimizer": ("sgd",),
-        "learning-rate": (0.02, 0.05, 0.1, 0.2, 0.5),
-        "batch-size": (32, 64, 128),
-        "max-grad-norm": (1.0,),
-    },
-}
-"""Per (model, mode): the values tried without DP (``max-grad-norm`` is unused there and
-held at one value)."""
+from models.study import search_space
 
 
 def draw_trials(
@@ -110,12 +40,9 @@ def draw_trials(
         ValueError: no space for the model and mode, ``trials`` < 1, or ``vary`` names a
             setting outside the space.
     """
-    spaces = SEARCH_SPACES if private else NON_PRIVATE_SPACES
-    if (model, mode) not in spaces:
-        raise ValueError(f"no search space for {model} in {mode} mode")
     if trials < 1:
         raise ValueError(f"run at least one trial, got {trials}")
-    space = spaces[(model, mode)]
+    space = search_space(model, mode, private)
     if vary is not None:
         unknown = sorted(set(vary) - set(space))
         if unknown or not vary:

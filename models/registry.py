@@ -90,6 +90,9 @@ class FederatedModel(ABC):
     per customer; :mod:`privacy.release`)."""
     headline_metric: str
     """The metric reports and the console show for the model (e.g. ``ndcg@10``)."""
+    headline_higher_is_better: bool = True
+    """Whether a larger :attr:`headline_metric` is better (false for an error, e.g. MSE):
+    how tuning ranks its trials."""
     default_training: TrainingSettings
     """Local-training settings when the run config's table does not say otherwise."""
     shared_fact_keys: tuple[str, ...] = ()

@@ -14,6 +14,7 @@ from __future__ import annotations
 import importlib
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping, Sequence
+from types import ModuleType
 from typing import Any
 
 import pandas as pd
@@ -24,6 +25,7 @@ from common import wire
 from models import BUILTIN_MODELS, schema
 from models.metrics import OUTSIDE_UK, OVERALL, UK
 from models.registry import FederatedModel, SiteData, get_model
+from models.settings_per_epsilon import UNTUNED, EpsilonSettings, load_entries, settings_for
 
 CUSTOMERS = "customers"
 """The column of a metrics table counting each group's test customers."""
@@ -69,11 +71,15 @@ class PooledStudy(ABC):
 class SiteDataStudy(PooledStudy):
     """Any model's study from its federated form: each storefront's :meth:`site_data` under
     the shared facts the pooled frame implies, trained pooled, scored by
-    :meth:`held_out_metrics` overall and per storefront. No baselines, no validation split."""
+    :meth:`held_out_metrics` overall and per storefront; ``declared``: facts the run config
+    would set (a validation split's). No baselines."""
 
-    def __init__(self, model: FederatedModel, frame: pd.DataFrame) -> None:
+    def __init__(
+        self, model: FederatedModel, frame: pd.DataFrame, declared: Mapping[str, Any] | None = None
+    ) -> None:
         self.model = model
-        self.facts = model.shared_facts({}, lambda columns=schema.COLUMNS: frame[list(columns)])
+        whole = lambda columns=schema.COLUMNS: frame[list(columns)]  # noqa: E731
+        self.facts = model.shared_facts(declared or {}, whole)
         by_storefront = frame.groupby(schema.STOREFRONT, observed=True)
         self.sites: dict[str, SiteData] = {
             str(name): model.site_data(orders, self.facts) for name, orders in by_storefront
@@ -117,6 +123,20 @@ class SiteDataStudy(PooledStudy):
         return pd.DataFrame.from_dict(rows, orient="index")
 
 
+def research_module(name: str) -> ModuleType:
+    """Where model ``name``'s research side lives: ``models/<name>/study.py`` for a built-in
+    model, the model's own module for a plug-in. It may define ``pooled_study(frame,
+    validation)``, ``validation_orders(frame)`` (the order lines and run-config facts of
+    its validation split), ``VALIDATION`` (what ``chosen-on`` says of settings tuned there)
+    and ``SEARCH_SPACES`` / ``NON_PRIVATE_SPACES`` (per mode: setting -> values to try).
+
+    Raises:
+        ValueError: an unknown model.
+    """
+    get_model(name)
+    return importlib.import_module(f"models.{name}.study" if name in BUILTIN_MODELS else name)
+
+
 def pooled_study(name: str, frame: pd.DataFrame, validation: bool = False) -> PooledStudy:
     """Model ``name``'s study of the pooled order lines ``frame`` (its validation split when
     ``validation``; see the module docstring).
@@ -124,14 +144,70 @@ def pooled_study(name: str, frame: pd.DataFrame, validation: bool = False) -> Po
     Raises:
         ValueError: an unknown model, or a validation study of a model without a split.
     """
-    model = get_model(name)
-    module = importlib.import_module(f"models.{name}.study" if name in BUILTIN_MODELS else name)
-    own = getattr(module, "pooled_study", None)
+    own = getattr(research_module(name), "pooled_study", None)
     if own is not None:
         return own(frame, validation)
-    if validation:
-        raise ValueError(f"model {name} has no validation split: give its module a pooled_study")
-    return SiteDataStudy(model, frame)
+    if not validation:
+        return SiteDataStudy(get_model(name), frame)
+    orders, facts = validation_orders(name, frame)
+    prefix = f"{name}."
+    declared = {key[len(prefix) :]: value for key, value in facts.items() if key.startswith(prefix)}
+    return SiteDataStudy(get_model(name), orders, declared)
+
+
+def validation_orders(name: str, frame: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """The order lines of model ``name``'s validation split (its test customers' data never
+    read) and the run-config facts (``<model>.<key>``) a federation on them needs.
+
+    Raises:
+        ValueError: the model defines no validation split.
+    """
+    split = getattr(research_module(name), "validation_orders", None)
+    if split is None:
+        raise ValueError(
+            f"model {name} has no validation split: its research module defines "
+            "no validation_orders"
+        )
+    return split(frame)
+
+
+def search_space(name: str, mode: str, private: bool) -> dict[str, tuple[Any, ...]]:
+    """The values ``python -m lab tune`` tries per setting for model ``name`` in ``mode``,
+    under DP or not (:func:`research_module`).
+
+    Raises:
+        ValueError: the model has no such space.
+    """
+    spaces = getattr(
+        research_module(name), "SEARCH_SPACES" if private else "NON_PRIVATE_SPACES", {}
+    )
+    if mode not in spaces:
+        kind = "DP" if private else "non-private"
+        raise ValueError(f"no {kind} search space for {name} in {mode} mode")
+    return spaces[mode]
+
+
+def current_settings(name: str, mode: str, epsilon: float) -> EpsilonSettings:
+    """The settings file's entry of the nearest ε for model ``name`` and ``mode``
+    (:func:`models.settings_per_epsilon.settings_for`); for a model the file does not list
+    (a plug-in), its own ``default_training``, marked untuned."""
+    if any(entry.model == name and entry.mode == mode for entry in load_entries()):
+        return settings_for(name, mode, epsilon)
+    model = get_model(name)
+    return EpsilonSettings(
+        model=name,
+        mode=mode,
+        epsilon=epsilon,
+        settings=model.default_training.to_config(),
+        metric=model.headline_metric,
+        validation_score=None,
+        chosen_on=UNTUNED,
+    )
+
+
+def validation_note(name: str) -> str:
+    """What ``chosen-on`` says of settings tuned on model ``name``'s validation split."""
+    return getattr(research_module(name), "VALIDATION", "validation")
 
 
 def pooled_rows(

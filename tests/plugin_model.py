@@ -4,7 +4,9 @@ It predicts a customer's log spend from their activity (invoices, order lines, d
 items) with one linear layer. Nothing in ``server/``, ``clients/`` or ``simulations/``
 names it: a run config with ``models = "tests.plugin_model"`` is all it takes for the
 server to plan it and the sites to train it (with user-level DP through
-:class:`privacy.dp.DPTrainingSession`) and evaluate it.
+:class:`privacy.dp.DPTrainingSession`) and evaluate it. Nothing in ``lab/`` names it
+either: ``python -m lab compare`` studies it from its federated form, and ``tune`` reads
+its validation split and search space below.
 """
 
 from __future__ import annotations
@@ -70,6 +72,7 @@ class SpendModel(FederatedModel):
     name = __name__
     evaluation_queries = (BoundedSum(SQUARED_ERROR_SUM),)
     headline_metric = "mse"
+    headline_higher_is_better = False
     customer_means = ("mse",)
     default_training = TrainingSettings(
         local_epochs=3, optimizer="sgd", learning_rate=0.05, batch_size=16, max_grad_norm=2.0
@@ -145,3 +148,29 @@ class SpendModel(FederatedModel):
 
 
 MODEL = SpendModel()
+
+
+# The research side ``python -m lab`` reads (models.study.research_module): the validation
+# split tune scores on and the values it tries.
+VALIDATION = "validation (each storefront's test customers removed; a fifth of the rest held out)"
+SEARCH_SPACES: dict[str, dict[str, tuple[Any, ...]]] = {
+    mode: {
+        "local-epochs": (2, 3),
+        "optimizer": ("sgd",),
+        "learning-rate": (0.005, 0.05, 0.2),
+        "batch-size": (16, 32),
+        "max-grad-norm": (1.0, 2.0),
+    }
+    for mode in ("centralized", "federated")
+}
+NON_PRIVATE_SPACES = SEARCH_SPACES
+
+
+def validation_orders(frame: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Every order line but the test customers' (each storefront's held-out fifth, as
+    :meth:`SpendModel.site_data` draws it); no shared facts."""
+    test: set[str] = set()
+    for _, orders in frame.groupby(schema.STOREFRONT, observed=True):
+        features, _ = customer_activity(orders)
+        test.update(features.index[np.arange(len(features)) % HELD_OUT_EVERY == 0])
+    return frame[~frame[schema.CUSTOMER].isin(test)], {}

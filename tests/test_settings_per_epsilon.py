@@ -12,8 +12,7 @@ import pytest
 from common import wire
 from lab import cli as lab_cli
 from lab.compare import centralized_dp_settings
-from lab.tune_options import TUNABLE_MODELS
-from lab.tuning import CHOSEN_ON
+from models import BUILTIN_MODELS
 from models.settings_per_epsilon import (
     MODES,
     NON_PRIVATE,
@@ -27,6 +26,7 @@ from models.settings_per_epsilon import (
     settings_epsilon,
     settings_for,
 )
+from models.study import validation_note
 from models.training import TrainingSettings
 from simulations import cli, jobs
 from simulations.jobs import with_settings_per_epsilon
@@ -35,7 +35,7 @@ from simulations.run_configs import MAIN_RUN_CONFIG
 
 def test_every_model_mode_and_epsilon_has_valid_settings() -> None:
     entries = {(e.model, e.mode, e.epsilon): e for e in load_entries()}
-    for model in TUNABLE_MODELS:
+    for model in BUILTIN_MODELS:
         for mode in MODES:
             for epsilon in (NON_PRIVATE, 1.0, 3.0, 8.0):
                 entry = entries[(model, mode, epsilon)]
@@ -49,7 +49,7 @@ def test_an_entry_claims_only_the_tuning_that_happened() -> None:
             assert entry.validation_score is None and entry.trials == 0 and not entry.seeds
             assert entry.note  # how the values were picked before
         else:
-            assert entry.chosen_on == CHOSEN_ON[entry.model]  # what `tune` scores on
+            assert entry.chosen_on == validation_note(entry.model)  # what `tune` scores on
             assert 0 < entry.validation_score <= 1
             assert entry.trials >= 1 and entry.seeds and entry.data
 

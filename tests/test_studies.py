@@ -1,6 +1,7 @@
 """The studies written once over the registry (models/study.py): a plug-in model goes
-through ``python -m lab compare`` with no line of study code of its own, and pooled rows
-weigh storefronts by their customers."""
+through ``python -m lab compare`` with no line of study code of its own and through
+``tune`` with only its validation split and search space, and pooled rows weigh
+storefronts by their customers."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import math
 import pytest
 import torch
 
+from lab import cli as lab_cli
 from lab.compare import (
     CENTRALIZED,
     COMPARISON_MARKDOWN,
@@ -16,10 +18,15 @@ from lab.compare import (
     dp_run_name,
     run_comparison,
 )
+from lab.tuning import tune
+from models import schema
 from models.metrics import OUTSIDE_UK, OVERALL, UK
 from models.settings_per_epsilon import UNTUNED
 from models.study import SiteDataStudy, pooled_rows, pooled_study
+from simulations.storefronts import assign_storefronts
 from simulations.synthetic import generate_orders
+from tests import plugin_model
+from tests.plugin_model import SpendModel
 
 PLUGIN = "tests.plugin_model"
 
@@ -54,9 +61,15 @@ def test_a_plugin_model_goes_through_the_comparison(tmp_path) -> None:
     assert f"## {PLUGIN}: mse" in (tmp_path / COMPARISON_MARKDOWN).read_text()
 
 
-def test_a_plugin_without_a_validation_split_is_refused_by_name() -> None:
+def test_a_plugin_validation_study_holds_out_none_of_its_test_customers(monkeypatch) -> None:
     frame = generate_orders(n_storefronts=2, n_customers=60, n_items=20, seed=1)
-    assert isinstance(pooled_study(PLUGIN, frame), SiteDataStudy)
+    test = pooled_study(PLUGIN, frame)
+    validation = pooled_study(PLUGIN, frame, validation=True)
+    assert isinstance(test, SiteDataStudy) and isinstance(validation, SiteDataStudy)
+    test_customers = sum(len(site.evaluation) for site in test.sites.values())
+    kept, _ = plugin_model.validation_orders(frame)
+    assert kept[schema.CUSTOMER].nunique() == frame[schema.CUSTOMER].nunique() - test_customers
+    monkeypatch.delattr(plugin_model, "validation_orders")
     with pytest.raises(ValueError, match=f"model {PLUGIN} has no validation split"):
         pooled_study(PLUGIN, frame, validation=True)
 
@@ -70,3 +83,46 @@ def test_pooled_rows_weigh_storefronts_by_customers_and_skip_what_does_not_pool(
     pooled = pooled_rows(rows, customer_means=("ndcg@10",))
     assert pooled[OVERALL] == {"customers": 40.0, "ndcg@10": pytest.approx(0.25)}
     assert pooled[OUTSIDE_UK] == {"customers": 10.0, "ndcg@10": pytest.approx(0.1)}
+
+
+@pytest.mark.parametrize("mode", ["centralized", "federated"])
+def test_a_plugin_model_is_tuned_on_its_validation_split(mode, tmp_path) -> None:
+    """Its validation split and search space come from its module; the chosen trial has the
+    lowest validation MSE (its headline metric is an error)."""
+    frame = assign_storefronts(generate_orders(n_storefronts=2, n_customers=200, n_items=30))
+    torch.set_num_threads(1)
+    result = tune(
+        frame,
+        model=PLUGIN,
+        mode=mode,
+        epsilon=8.0,
+        trials=3,
+        seed=0,
+        out_dir=tmp_path,
+        data="synthetic",
+    )
+    scores = [trial.score for trial in result.trials]
+    assert len(scores) == 3 and all(math.isfinite(score) for score in scores)
+    assert result.chosen.validation_score == pytest.approx(min(scores), abs=1e-4)
+    assert result.chosen.chosen_on == plugin_model.VALIDATION
+    assert result.trials[0].settings == SpendModel.default_training.to_config()
+
+
+def test_tune_refuses_a_model_it_cannot_search_in_one_line(capsys) -> None:
+    code = lab_cli.main(
+        [
+            "tune",
+            "--model",
+            "churn.nothing",
+            "--mode",
+            "centralized",
+            "--epsilon",
+            "8",
+            "--out",
+            "unused",
+        ]
+    )
+    assert code == 2
+    assert "tune --model churn.nothing: model 'churn.nothing': cannot import" in (
+        capsys.readouterr().err
+    )

@@ -13,7 +13,6 @@ import torch
 from lab import cli
 from lab.tuning import (
     CHOSEN_JSON,
-    CHOSEN_ON,
     FEDERATED_ROUNDS,
     TRIALS_CSV,
     TRIALS_MARKDOWN,
@@ -21,10 +20,11 @@ from lab.tuning import (
     best_trial,
     tune,
 )
-from lab.tuning_space import NON_PRIVATE_SPACES, SEARCH_SPACES, draw_trials
+from lab.tuning_space import draw_trials
 from models import schema
 from models.churn.protocol import churn_cutoff
 from models.settings_per_epsilon import NON_PRIVATE, load_entries, settings_for
+from models.study import search_space, validation_note
 from privacy.ledger import PrivacyLedger
 from simulations.storefronts import prepare_storefronts
 from simulations.synthetic import generate_orders
@@ -53,11 +53,11 @@ def test_draws_start_with_the_current_settings_and_are_seeded() -> None:
     assert draws == draw_trials("churn", "centralized", current, 6, seed=1)
     assert draws != draw_trials("churn", "centralized", current, 6, seed=2)
     assert len({json.dumps(d, sort_keys=True) for d in draws}) == 6
-    space = SEARCH_SPACES[("churn", "centralized")]
+    space = search_space("churn", "centralized", private=True)
     for draw in draws[1:]:
         assert all(draw[key] in values for key, values in space.items())
     # A space smaller than the trials asked for is tried whole, once.
-    tiny = SEARCH_SPACES[("churn", "federated")]
+    tiny = search_space("churn", "federated", private=True)
     size = 1
     for values in tiny.values():
         size *= len(values)
@@ -68,7 +68,7 @@ def test_draws_start_with_the_current_settings_and_are_seeded() -> None:
 def test_a_search_can_vary_some_settings_and_hold_the_rest() -> None:
     current = settings_for("recommender", "federated", 8.0).settings
     draws = draw_trials("recommender", "federated", current, 10, seed=0, vary=["target-window"])
-    windows = SEARCH_SPACES[("recommender", "federated")]["target-window"]
+    windows = search_space("recommender", "federated", private=True)["target-window"]
     assert draws[0] == current
     assert sorted(map(str, (d["target-window"] for d in draws))) == sorted(map(str, windows))
     held = [{k: v for k, v in d.items() if k != "target-window"} for d in draws]
@@ -114,7 +114,7 @@ def test_a_centralized_search_runs_and_writes_its_table(small, tmp_path: Path) -
     chosen = result.chosen
     assert chosen.settings == best.settings
     assert chosen.validation_score == round(best.score, 4)
-    assert chosen.chosen_on == CHOSEN_ON["recommender"] and chosen.trials == 3
+    assert chosen.chosen_on == validation_note("recommender") and chosen.trials == 3
     assert chosen.seeds == [0] and "trial 0 was the entry before (" in chosen.note
     table = pd.read_csv(tmp_path / TRIALS_CSV)
     assert table["trial"].tolist() == [0, 1, 2]
@@ -237,7 +237,7 @@ def test_the_non_private_settings_are_searched_without_dp(small, tmp_path: Path)
         out_dir=tmp_path / "centralized",
         data="synthetic",
     )
-    space = NON_PRIVATE_SPACES[("churn", "centralized")]
+    space = search_space("churn", "centralized", private=False)
     assert result.trials[0].settings == settings_for("churn", "centralized", 0.0).settings
     for trial in result.trials[1:]:
         assert all(trial.settings[key] in values for key, values in space.items())

@@ -17,9 +17,16 @@ from torch.utils.data import Dataset
 
 from models import metrics
 from models.churn.baselines import churn_baselines
-from models.churn.model import HIDDEN_UNITS, ChurnModel, churn_dataset, predict_churn, train_churn
-from models.churn.protocol import ChurnData, churn_data
-from models.churn.validation import churn_validation_data
+from models.churn.model import (
+    CUTOFF,
+    HIDDEN_UNITS,
+    ChurnModel,
+    churn_dataset,
+    predict_churn,
+    train_churn,
+)
+from models.churn.protocol import ChurnData, churn_cutoff, churn_data
+from models.churn.validation import before_test_labels, churn_validation_data, validation_cutoff
 from models.study import PooledStudy
 
 CENTRAL_EPOCHS = 300
@@ -119,6 +126,55 @@ class ChurnStudy(PooledStudy):
         """The churn baselines (5-fold CV on the whole population), overall rows."""
         table = churn_baselines(self.data)
         return {name: table.loc[[name]].set_axis([metrics.OVERALL]) for name in table.index}
+
+
+SEARCH_SPACES: dict[str, dict[str, tuple[Any, ...]]] = {
+    "centralized": {
+        "local-epochs": (20, 40, 80),
+        "optimizer": ("adam",),
+        "learning-rate": (0.003, 0.01, 0.03, 0.1),
+        "batch-size": (64, 128, 256, 512),
+        "max-grad-norm": (0.3, 1.0, 3.0),
+    },
+    # The first searches chose 4 epochs and clip 0.3, both edges: one step further.
+    "federated": {
+        "local-epochs": (1, 2, 4, 8),
+        "optimizer": ("sgd",),
+        "learning-rate": (0.02, 0.05, 0.1, 0.2, 0.5),
+        "batch-size": (32, 64, 128),
+        "max-grad-norm": (0.1, 0.3, 1.0, 3.0),
+    },
+}
+"""Per mode: setting (run-config spelling) -> the values ``python -m lab tune`` tries
+under DP."""
+NON_PRIVATE_SPACES: dict[str, dict[str, tuple[Any, ...]]] = {
+    # 4,096 holds every training customer of the bundled data: full-batch Adam.
+    "centralized": {
+        "local-epochs": (50, 100, 300, 600),
+        "optimizer": ("adam",),
+        "learning-rate": (0.003, 0.01, 0.03, 0.1),
+        "batch-size": (64, 256, 1024, 4096),
+        "max-grad-norm": (1.0,),
+    },
+    "federated": {
+        "local-epochs": (1, 2, 4, 8),
+        "optimizer": ("sgd",),
+        "learning-rate": (0.02, 0.05, 0.1, 0.2, 0.5),
+        "batch-size": (32, 64, 128),
+        "max-grad-norm": (1.0,),
+    },
+}
+"""Per mode: the values tried without DP (``max-grad-norm`` unused there, held at one)."""
+VALIDATION = "validation (cutoff 90 days before the test cutoff; no row after the test cutoff read)"
+"""What ``chosen-on`` says of settings tuned on the validation split."""
+
+
+def validation_orders(frame: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """The order lines a federation on the validation split trains on (nothing after the
+    test cutoff), and the run-config fact it needs: the validation cutoff."""
+    test_cutoff = churn_cutoff(frame)
+    validation = before_test_labels(frame, test_cutoff)
+    return validation, {f"churn.{CUTOFF}": validation_cutoff(test_cutoff).isoformat()}
 
 
 def pooled_study(frame: pd.DataFrame, validation: bool = False) -> ChurnStudy:
