@@ -18,6 +18,7 @@ their ledgers in that federation's run directory.
 """
 
 import json
+import math
 import traceback
 
 import numpy as np
@@ -384,7 +385,12 @@ def test_dp_with_secure_aggregation_spends_the_ledger_and_reports_it(federations
         assert record["failed"] == [] and not record["kept-previous-model"]
         assert set(record["privacy"]) == set(training)
         assert record["train-metrics"]["max-epsilon"] <= EPSILON
-    assert 0 <= rounds[-1]["evaluate-metrics"]["roc-auc"] <= 1  # the final model's estimate
+    # The final model was evaluated and pooled. On these tiny storefronts at the evaluation
+    # ε a run of ε 3 gets (0.75), a class's noisy count can come out ≤ 0: then there is no
+    # AUC (NaN), the server's honest answer; any AUC it does give is a probability.
+    final = rounds[-1]["evaluate-metrics"]
+    assert {"roc-auc", "roc-auc-sd", "brier", "num-customers"} <= set(final)
+    assert math.isnan(final["roc-auc"]) or 0 <= final["roc-auc"] <= 1
     with PrivacyLedger(runs["dp"] / "sites" / spent / LEDGER_FILE) as ledger:
         assert len(ledger.entries(MODEL)) == 1  # declining spent nothing
 
