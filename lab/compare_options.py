@@ -95,7 +95,7 @@ def add_compare_arguments(parser: argparse.ArgumentParser) -> None:
         default=[],
         metavar="MODEL.KEY=VALUE",
         help="replace a setting of every DP run of a model, whatever its ε (default: the "
-        "settings of the nearest ε in models/data/settings-per-epsilon.json), e.g. "
+        "settings of the nearest ε in models/<model>/settings-per-epsilon.json), e.g. "
         "recommender.learning-rate=1.0 or recommender.target-window=2",
     )
     parser.add_argument(

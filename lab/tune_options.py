@@ -84,5 +84,5 @@ def add_tune_arguments(parser: argparse.ArgumentParser) -> None:
         "--write-settings",
         action="store_true",
         help="record the chosen settings as this model, mode and ε's entry of "
-        "models/data/settings-per-epsilon.json",
+        "models/<model>/settings-per-epsilon.json",
     )

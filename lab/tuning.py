@@ -23,7 +23,7 @@ protocols' data.
 It writes ``trials.csv`` and ``trials.md`` (every trial: settings, validation score,
 seconds) and ``chosen.json`` (the best trial's entry for the settings file) into the
 output directory; ``--write-settings`` records that entry in
-``models/data/settings-per-epsilon.json``. The best trial is the highest score, the
+``models/<model>/settings-per-epsilon.json``. The best trial is the highest score, the
 earlier trial on a tie (so the current settings stay unless a draw beats them).
 
 Churn is ranked by ROC-AUC, which ignores calibration, yet its probabilities are what a

@@ -1,16 +1,17 @@
 """The training settings per model, mode and ε, with where they came from: the one source
 every run reads, simulated or deployed.
 
-``models/data/settings-per-epsilon.json`` holds, for each model, mode (centralized /
-federated, :data:`MODES`) and target ε, an entry: the settings in run-config spelling
-(``local-epochs``, ``optimizer``, ``learning-rate``, ``batch-size``, ``max-grad-norm``,
-and for the recommender ``target-window``), the validation score they reached, the split
-they were chosen on (``chosen-on``), the data, seeds and trials of that search, and a
-note. ``python -m lab tune --write-settings`` writes an entry. The ServerApp trains every
-federated run — ``fedshop-sim run``/``main`` and ``fedshop-server submit`` alike — with the
-federated entry of the nearest ε for each setting its run config leaves empty
-(:func:`server.server_app.model_training_plan`), and ``compare`` reads the centralized
-ones; a run config value (``--set``, ``--run-config``) overrides an entry's.
+Each model package's ``models/<name>/settings-per-epsilon.json`` (:func:`settings_file`)
+holds, for each mode (centralized / federated, :data:`MODES`) and target ε, an entry: the
+settings in run-config spelling (``local-epochs``, ``optimizer``, ``learning-rate``,
+``batch-size``, ``max-grad-norm``, and for the recommender ``target-window``), the
+validation score they reached, the split they were chosen on (``chosen-on``), the data,
+seeds and trials of that search, and a note. ``python -m lab tune --write-settings``
+writes an entry. The ServerApp trains every federated run — ``fedshop-sim run``/``main``
+and ``fedshop-server submit`` alike — with the federated entry of the nearest ε for each
+setting its run config leaves empty (:func:`server.server_app.model_training_plan`), and
+``compare`` reads the centralized ones; a run config value (``--set``, ``--run-config``)
+overrides an entry's.
 
 The non-private runs have entries too, under ε = :data:`NON_PRIVATE` (0, as the run config
 spells "no DP"); they are read only for training without DP, never as the nearest ε of a
@@ -19,7 +20,7 @@ DP run.
 An entry never tuned says so: ``chosen-on`` is :data:`UNTUNED`, and its note says how the
 values were picked before (some by hand on the test score, before a validation split
 existed). Federated entries carry no round count: ``num-server-rounds`` is one value for
-all the models of a run.
+all the models of a run. A model without a file (a plug-in) trains with its own defaults.
 """
 
 from __future__ import annotations
@@ -37,7 +38,9 @@ from models.recommender.protocol import TARGET_WINDOW, parse_target_window
 if TYPE_CHECKING:  # torch underneath: the light command lines read this module too
     from models.training import TrainingSettings
 
-SETTINGS_FILE = Path(__file__).resolve().parent / "data" / "settings-per-epsilon.json"
+MODELS_DIR = Path(__file__).resolve().parent
+"""Where the model packages, each with its settings file, live."""
+SETTINGS_NAME = "settings-per-epsilon.json"
 CENTRALIZED_MODE = "centralized"
 FEDERATED_MODE = "federated"
 MODES: tuple[str, ...] = (CENTRALIZED_MODE, FEDERATED_MODE)
@@ -114,14 +117,28 @@ def target_window(settings: Mapping[str, Any]) -> int | None:
     return parse_target_window(settings.get(TARGET_WINDOW, ""))
 
 
-def load_entries(path: Path = SETTINGS_FILE) -> list[EpsilonSettings]:
-    """Every entry of the settings file.
+def settings_file(model: str, root: Path = MODELS_DIR) -> Path:
+    """Model ``model``'s settings file: ``<root>/<model>/settings-per-epsilon.json``."""
+    return Path(root) / model / SETTINGS_NAME
+
+
+def load_entries(root: Path = MODELS_DIR) -> list[EpsilonSettings]:
+    """Every entry of every model package's settings file under ``root``.
 
     Raises:
-        ValueError: the file cannot be read or an entry is malformed.
+        ValueError: a file cannot be read or an entry is malformed.
     """
+    return [
+        entry
+        for path in sorted(Path(root).glob(f"*/{SETTINGS_NAME}"))
+        for entry in _read_entries(path)
+    ]
+
+
+def _read_entries(path: Path) -> list[EpsilonSettings]:
+    model = path.parent.name
     try:
-        document = json.loads(Path(path).read_text(encoding="utf-8"))
+        document = json.loads(path.read_text(encoding="utf-8"))
         entries = [
             EpsilonSettings(
                 model=model,
@@ -129,8 +146,7 @@ def load_entries(path: Path = SETTINGS_FILE) -> list[EpsilonSettings]:
                 epsilon=float(epsilon),
                 **{key.replace("-", "_"): value for key, value in entry.items()},
             )
-            for model, modes in document["models"].items()
-            for mode, by_epsilon in modes.items()
+            for mode, by_epsilon in document["modes"].items()
             for epsilon, entry in by_epsilon.items()
         ]
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
@@ -147,9 +163,7 @@ def settings_epsilon(run_epsilon: float) -> float:
     return max(float(run_epsilon), NON_PRIVATE)
 
 
-def settings_for(
-    model: str, mode: str, epsilon: float, path: Path = SETTINGS_FILE
-) -> EpsilonSettings:
+def settings_for(model: str, mode: str, epsilon: float, root: Path = MODELS_DIR) -> EpsilonSettings:
     """The entry of ``model`` and ``mode`` whose ε is nearest to ``epsilon`` (a tie goes to
     the smaller ε, tuned for more noise); for ``epsilon`` = :data:`NON_PRIVATE`, the
     non-private entry.
@@ -163,12 +177,13 @@ def settings_for(
     private = epsilon > 0
     candidates = [
         entry
-        for entry in load_entries(path)
+        for entry in load_entries(root)
         if entry.model == model and entry.mode == mode and (entry.epsilon > 0) == private
     ]
     if not candidates:
         kind = "DP" if private else "non-private"
-        raise ValueError(f"{path}: no {mode} {kind} settings for the model {model!r}")
+        where = settings_file(model, root)
+        raise ValueError(f"{where}: no {mode} {kind} settings for the model {model!r}")
     return min(candidates, key=lambda entry: (abs(entry.epsilon - epsilon), entry.epsilon))
 
 
@@ -177,15 +192,15 @@ def validation_record(
     mode: str,
     epsilon: float,
     overrides: Mapping[str, Any] | None = None,
-    path: Path = SETTINGS_FILE,
+    root: Path = MODELS_DIR,
 ) -> dict[str, Any] | None:
     """How the settings a DP run at ``epsilon`` trains with were chosen, for reports: the
     entry's ε, split, metric, validation score, trials and seeds. None when the file has
     no entry for the model and mode (a plug-in keeps its defaults); the score is None and
     the split ``"--set"`` when ``overrides`` changed the entry's settings."""
-    if model not in {entry.model for entry in load_entries(path) if entry.mode == mode}:
+    if model not in {entry.model for entry in load_entries(root) if entry.mode == mode}:
         return None
-    entry = settings_for(model, mode, epsilon, path)
+    entry = settings_for(model, mode, epsilon, root)
     overridden = entry.with_overrides(overrides or {}).settings != entry.settings
     return {
         "epsilon": entry.epsilon,
@@ -201,30 +216,37 @@ def federated_run_config(
     models: Iterable[str],
     epsilon: float,
     overrides: Mapping[str, Any] | None = None,
-    path: Path = SETTINGS_FILE,
+    root: Path = MODELS_DIR,
 ) -> dict[str, Any]:
     """Run-config keys of the federated entries nearest to ``epsilon`` of those ``models``
     the file lists (a plug-in model without an entry keeps its own defaults), with
     ``overrides`` (``<model>.<key>``) replacing their values; only the local-training
     knobs a site reads are returned."""
-    listed = {entry.model for entry in load_entries(path)}
+    listed = {entry.model for entry in load_entries(root)}
     config: dict[str, Any] = {}
     for model in models:
         if model in listed:
-            entry = settings_for(model, "federated", epsilon, path)
+            entry = settings_for(model, "federated", epsilon, root)
             config.update(entry.with_overrides(overrides or {}).run_config())
     return config
 
 
-def record(entry: EpsilonSettings, path: Path = SETTINGS_FILE) -> None:
-    """Write ``entry`` into the settings file (replacing the one of its model, mode and
-    ε), atomically."""
-    document = json.loads(Path(path).read_text(encoding="utf-8"))
+def record(entry: EpsilonSettings, root: Path = MODELS_DIR) -> None:
+    """Write ``entry`` into its model's settings file (replacing the one of its mode and ε),
+    atomically.
+
+    Raises:
+        ValueError: the model has no settings file under ``root`` (a plug-in keeps its
+            defaults).
+    """
+    path = settings_file(entry.model, root)
+    if not path.is_file():
+        raise ValueError(f"{path}: model {entry.model} has no settings file to record into")
+    document = json.loads(path.read_text(encoding="utf-8"))
     fields = asdict(entry)
     for key in ("model", "mode", "epsilon"):
         del fields[key]
-    modes = document["models"].setdefault(entry.model, {})
-    modes.setdefault(entry.mode, {})[f"{entry.epsilon:g}"] = {
+    document["modes"].setdefault(entry.mode, {})[f"{entry.epsilon:g}"] = {
         key.replace("_", "-"): value for key, value in fields.items()
     }
-    atomic_write(Path(path), json.dumps(document, indent=2, ensure_ascii=False) + "\n")
+    atomic_write(path, json.dumps(document, indent=2, ensure_ascii=False) + "\n")

@@ -12,7 +12,7 @@ the bundle to every site (:mod:`server.delivery`).
 Models are found by name in the registry (:mod:`models.registry`): each says what it
 needs on the server — its shared facts, initial weights, how its evaluation sums pool,
 its bundle artefacts — and has its own local-training settings: those chosen on validation
-for the run's ε (``models/data/settings-per-epsilon.json``, :func:`with_validated_settings`)
+for the run's ε (``models/<model>/settings-per-epsilon.json``, :func:`with_validated_settings`)
 wherever its run-config table ``[tool.flwr.app.config.<model>]`` leaves one empty, the
 table's value where it sets one (:func:`model_training_plan`). A deployment
 (``fedshop-server submit``) and a simulation therefore train the same settings at the

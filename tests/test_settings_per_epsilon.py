@@ -16,7 +16,6 @@ from models import BUILTIN_MODELS
 from models.settings_per_epsilon import (
     MODES,
     NON_PRIVATE,
-    SETTINGS_FILE,
     TARGET_WINDOW,
     UNTUNED,
     EpsilonSettings,
@@ -24,6 +23,7 @@ from models.settings_per_epsilon import (
     load_entries,
     record,
     settings_epsilon,
+    settings_file,
     settings_for,
 )
 from models.study import validation_note
@@ -95,9 +95,10 @@ def test_overrides_replace_only_their_model_and_knobs_reach_the_run_config() -> 
 
 
 def test_record_replaces_one_entry_and_reads_back(tmp_path: Path) -> None:
-    path = tmp_path / "settings.json"
-    shutil.copy(SETTINGS_FILE, path)
-    before = load_entries(path)
+    for model in BUILTIN_MODELS:
+        (tmp_path / model).mkdir()
+        shutil.copy(settings_file(model), settings_file(model, tmp_path))
+    before = load_entries(tmp_path)
     entry = EpsilonSettings(
         model="churn",
         mode="centralized",
@@ -111,9 +112,9 @@ def test_record_replaces_one_entry_and_reads_back(tmp_path: Path) -> None:
         trials=4,
         note="a test",
     )
-    record(entry, path)
-    after = load_entries(path)
-    assert settings_for("churn", "centralized", 3.0, path) == entry
+    record(entry, tmp_path)
+    after = load_entries(tmp_path)
+    assert settings_for("churn", "centralized", 3.0, tmp_path) == entry
     assert len(after) == len(before)
     assert [e for e in after if e != entry] == [
         e for e in before if e.epsilon != 3.0 or (e.model, e.mode) != ("churn", "centralized")
