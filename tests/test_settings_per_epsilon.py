@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -119,6 +120,10 @@ def test_record_replaces_one_entry_and_reads_back(tmp_path: Path) -> None:
     assert [e for e in after if e != entry] == [
         e for e in before if e.epsilon != 3.0 or (e.model, e.mode) != ("churn", "centralized")
     ]
+    # A plug-in has no settings file: its defaults are not silently overwritten by one.
+    with pytest.raises(ValueError, match="model tests.plugin_model has no settings file"):
+        record(replace(entry, model="tests.plugin_model"), tmp_path)
+    assert load_entries(tmp_path) == after
 
 
 def run_args(*argv: str) -> argparse.Namespace:
