@@ -22,7 +22,7 @@ ways and evaluates each on its fixed protocol, through the model's pooled study
   (:func:`simulations.storefronts.assign_storefronts`) with the centralized non-private
   settings, trained on that storefront's customers only and scored on that storefront's
   test customers only; with a model per tested storefront, its pooled rows are the
-  storefronts' customer-weighted means (:func:`models.study.pooled_rows`).
+  storefronts' customer-weighted means (:func:`models.metrics.pooled_rows`).
 
 A model the settings file does not list (a plug-in) trains with its own
 ``default_training``, marked untuned. It writes ``comparison.json`` (every number) and
@@ -54,6 +54,7 @@ from lab.compare_options import COMPARED_MODELS, DEFAULT_EPSILONS
 from lab.compare_seeds import pool_seeds
 from lab.federated_runs import federated_references
 from models import metrics
+from models.metrics import CUSTOMERS, pooled_rows
 from models.registry import get_model
 from models.settings_per_epsilon import (
     CENTRALIZED_MODE,
@@ -62,7 +63,7 @@ from models.settings_per_epsilon import (
     EpsilonSettings,
     validation_record,
 )
-from models.study import CUSTOMERS, PooledStudy, current_settings, pooled_rows, pooled_study
+from models.study import PooledStudy, current_settings, pooled_study
 from models.training import LocalTraining, TrainingSettings
 from privacy.accountants import DPSegment
 from privacy.planning import DPPlan, default_delta, plan_dp
@@ -256,7 +257,7 @@ def _storefront_alone(
 ) -> dict[str, Any]:
     """One non-private model per storefront, scored on that storefront's test customers;
     when every tested storefront has one, the pooled rows (overall, outside UK) mean "every
-    storefront on its own" (:func:`models.study.pooled_rows`)."""
+    storefront on its own" (:func:`models.metrics.pooled_rows`)."""
     training: dict[str, Any] = {}
     rows: dict[str, Any] = {}
     for storefront in study.storefronts():

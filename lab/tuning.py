@@ -23,8 +23,9 @@ protocols' data.
 It writes ``trials.csv`` and ``trials.md`` (every trial: settings, validation score,
 seconds) and ``chosen.json`` (the best trial's entry for the settings file) into the
 output directory; ``--write-settings`` records that entry in
-``models/<model>/settings-per-epsilon.json``. The best trial is the highest score, the
-earlier trial on a tie (so the current settings stay unless a draw beats them).
+``models/<model>/settings-per-epsilon.json``. The best trial is the best score (the
+highest, or the lowest for a headline metric that is an error), the earlier trial on a
+tie (so the current settings stay unless a draw beats them).
 
 Churn is ranked by ROC-AUC, which ignores calibration, yet its probabilities are what a
 storefront acts on. So churn's best trial is chosen among the *calibrated* ones: those
@@ -83,8 +84,7 @@ CHOSEN_JSON = "chosen.json"
 
 Objective = Callable[[int, Mapping[str, Any]], list[dict[str, float]]]
 """(trial number, settings in run-config spelling) -> validation metrics of each training
-seed: the model's headline metric (higher is better) and, for churn, ``brier`` and
-``churn-rate``."""
+seed: the model's headline metric and, for churn, ``brier`` and ``churn-rate``."""
 BRIER = "brier"
 CHURN_RATE = "churn-rate"
 
@@ -237,7 +237,6 @@ def centralized_objective(
     :data:`NON_PRIVATE`), once per training seed; score the validation holdout: the model's
     headline metric, and its Brier score and churn rate where it has them."""
     study = pooled_study(model, frame, validation=True)
-    kept = (get_model(model).headline_metric, BRIER, CHURN_RATE)
 
     def score(number: int, settings: Mapping[str, Any]) -> list[dict[str, float]]:
         training = training_settings(settings)
@@ -247,7 +246,7 @@ def centralized_objective(
             noise = _noise(epsilon, len(examples), study.customers, training)
             trained, _ = fit(model, study.build, examples, training, seed, noise)
             overall = study.score(trained).loc[OVERALL]
-            per_seed.append({key: float(overall[key]) for key in kept if key in overall})
+            per_seed.append(_validation_metrics(model, overall))
         return per_seed
 
     return score
@@ -293,11 +292,17 @@ def federated_objective(
             if metric not in final or not math.isfinite(final[metric]):
                 reasons = "; ".join(result.declined[model]) or "no held-out customer"
                 raise ValueError(f"trial {number}: no pooled {metric} ({reasons})")
-            kept = (metric, BRIER, CHURN_RATE)
-            per_seed.append({key: float(final[key]) for key in kept if key in final})
+            per_seed.append(_validation_metrics(model, final))
         return per_seed
 
     return federated_score
+
+
+def _validation_metrics(model: str, metrics: Mapping[str, Any]) -> dict[str, float]:
+    """What a trial keeps of one validation score: the model's headline metric, and its
+    Brier score and churn rate where it has them (the calibration guard)."""
+    kept = (get_model(model).headline_metric, BRIER, CHURN_RATE)
+    return {key: float(metrics[key]) for key in kept if key in metrics}
 
 
 def _mean(metrics: list[dict[str, float]], key: str) -> float | None:

@@ -20,7 +20,7 @@ pairs that share a bin.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -32,6 +32,8 @@ UK = "United Kingdom"
 OUTSIDE_UK = "outside United Kingdom"
 """The group the protocols report beside the overall row on the bundled data: every
 customer outside the United Kingdom (the storefronts with few customers)."""
+CUSTOMERS = "customers"
+"""The column of a metrics table counting each group's test customers."""
 
 DEFAULT_SCORE_BINS = 1000
 """Equal-width score bins on [0, 1] a site reports for the pooled churn AUC."""
@@ -214,3 +216,25 @@ def _labelled(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.nd
     if not np.isin(labels, (0, 1)).all():
         raise ValueError("labels must be 0/1")
     return scores, labels.astype(np.int64)
+
+
+def pooled_rows(
+    rows: Mapping[str, Mapping[str, float]], customer_means: Sequence[str]
+) -> dict[str, dict[str, float]]:
+    """The :data:`OVERALL` and :data:`OUTSIDE_UK` rows of per-storefront ``rows`` (each
+    with :data:`CUSTOMERS`): the ``customer_means`` metrics weighted by customers (the
+    others cannot be pooled from storefront rows)."""
+
+    def pool(groups: Iterable[Mapping[str, float]]) -> dict[str, float]:
+        groups = [row for row in groups if row.get(CUSTOMERS)]
+        total = sum(row[CUSTOMERS] for row in groups)
+        pooled = {CUSTOMERS: float(total)}
+        for name in customer_means:
+            if total and all(row.get(name) is not None for row in groups):
+                pooled[name] = sum(row[name] * row[CUSTOMERS] for row in groups) / total
+        return pooled
+
+    return {
+        OVERALL: pool(rows.values()),
+        OUTSIDE_UK: pool(row for storefront, row in rows.items() if storefront != UK),
+    }

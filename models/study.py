@@ -1,19 +1,20 @@
 """A model's fixed protocol applied to pooled order lines, as the lab's studies train and
-score it: :class:`PooledStudy`, from :meth:`models.registry.FederatedModel.pooled_study`.
+score it: :class:`PooledStudy`, from :func:`pooled_study`.
 
-The studies (``python -m lab compare``, ``tune``, the membership audit) are written once
-over this interface and the model's own :meth:`~models.registry.FederatedModel.train`, so
-they work for any registered model: :func:`pooled_study` finds a built-in model's study in
-its package (``models/<name>/study.py``: its protocol's test or validation split, examples,
-a fresh module, metrics by group and baselines) or a plug-in's ``pooled_study`` in its
-module, and otherwise builds :class:`SiteDataStudy` from the model's federated form.
+``python -m lab compare`` and ``tune`` are written once over this interface and the
+model's own :meth:`~models.registry.FederatedModel.train`, so they work for any
+registered model (the membership audit is not yet): :func:`pooled_study` finds a
+built-in model's study in its package (``models/<name>/study.py``: its protocol's test or
+validation split, examples, a fresh module, metrics by group and baselines) or a
+plug-in's ``pooled_study`` in its module, and otherwise builds :class:`SiteDataStudy`
+from the model's federated form.
 """
 
 from __future__ import annotations
 
 import importlib
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping
 from types import ModuleType
 from typing import Any
 
@@ -23,12 +24,10 @@ from torch.utils.data import ConcatDataset, Dataset
 
 from common import wire
 from models import BUILTIN_MODELS, schema
-from models.metrics import OUTSIDE_UK, OVERALL, UK
+from models.metrics import CUSTOMERS, OVERALL
 from models.registry import FederatedModel, SiteData, get_model
 from models.settings_per_epsilon import UNTUNED, EpsilonSettings, load_entries, settings_for
 
-CUSTOMERS = "customers"
-"""The column of a metrics table counting each group's test customers."""
 COUNTS = frozenset({"num-customers", wire.NUM_EXAMPLES})
 """How :meth:`~models.registry.FederatedModel.held_out_metrics` may name that count."""
 
@@ -208,25 +207,3 @@ def current_settings(name: str, mode: str, epsilon: float) -> EpsilonSettings:
 def validation_note(name: str) -> str:
     """What ``chosen-on`` says of settings tuned on model ``name``'s validation split."""
     return getattr(research_module(name), "VALIDATION", "validation")
-
-
-def pooled_rows(
-    rows: Mapping[str, Mapping[str, float]], customer_means: Sequence[str]
-) -> dict[str, dict[str, float]]:
-    """The :data:`~models.metrics.OVERALL` and :data:`~models.metrics.OUTSIDE_UK` rows of
-    per-storefront ``rows`` (each with :data:`CUSTOMERS`): the ``customer_means`` metrics
-    weighted by customers (the others cannot be pooled from storefront rows)."""
-
-    def pool(groups: Iterable[Mapping[str, float]]) -> dict[str, float]:
-        groups = [row for row in groups if row.get(CUSTOMERS)]
-        total = sum(row[CUSTOMERS] for row in groups)
-        pooled = {CUSTOMERS: float(total)}
-        for name in customer_means:
-            if total and all(row.get(name) is not None for row in groups):
-                pooled[name] = sum(row[name] * row[CUSTOMERS] for row in groups) / total
-        return pooled
-
-    return {
-        OVERALL: pool(rows.values()),
-        OUTSIDE_UK: pool(row for storefront, row in rows.items() if storefront != UK),
-    }

@@ -17,7 +17,7 @@ from typing import Any
 
 import pandas as pd
 
-from models.metrics import OUTSIDE_UK, OVERALL, UK
+from models.metrics import CUSTOMERS, OUTSIDE_UK, OVERALL, pooled_rows
 from models.registry import get_model
 from server.report import Beside
 from server.run_results import RunResults, headline_metric, overall_metrics, storefront_metrics
@@ -124,14 +124,13 @@ def final_rows(final: dict[str, Any], model: str) -> dict[str, dict[str, float |
     rows = {OVERALL: _renamed(overall_metrics(final))}
     means = _customer_means(model)
     if means:
-        outside = [m for s, m in per_storefront.items() if s != UK and m.get("num-customers")]
-        customers = sum(m["num-customers"] for m in outside)
-        if customers:
-            pooled = {"customers": float(customers)}
-            for name in means:
-                if all(name in m for m in outside):
-                    pooled[name] = sum(m[name] * m["num-customers"] for m in outside) / customers
-            rows[OUTSIDE_UK] = pooled
+        named = {
+            storefront: {_METRIC_NAMES.get(name, name): value for name, value in m.items()}
+            for storefront, m in per_storefront.items()
+        }
+        outside = pooled_rows(named, means)[OUTSIDE_UK]
+        if outside[CUSTOMERS]:
+            rows[OUTSIDE_UK] = outside
     rows.update({s: _renamed(m) for s, m in sorted(per_storefront.items())})
     return rows
 

@@ -20,9 +20,9 @@ from lab.compare import (
 )
 from lab.tuning import tune
 from models import schema
-from models.metrics import OUTSIDE_UK, OVERALL, UK
+from models.metrics import OUTSIDE_UK, OVERALL, UK, pooled_rows
 from models.settings_per_epsilon import UNTUNED
-from models.study import SiteDataStudy, pooled_rows, pooled_study
+from models.study import SiteDataStudy, pooled_study
 from simulations.storefronts import assign_storefronts
 from simulations.synthetic import generate_orders
 from tests import plugin_model

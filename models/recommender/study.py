@@ -13,7 +13,12 @@ from torch.utils.data import Dataset
 
 from models import schema
 from models.recommender.baselines import NEXT_BASKET_BASELINES, evaluate_next_basket
-from models.recommender.features import EvaluationExamples, TrainingExamples, build_histories
+from models.recommender.features import (
+    CustomerHistory,
+    EvaluationExamples,
+    TrainingExamples,
+    build_histories,
+)
 from models.recommender.model import NextBasketRecommender, score_examples
 from models.recommender.protocol import NextBasketSplit, split_next_basket
 from models.recommender.validation import split_next_basket_validation, without_test_invoices
@@ -22,17 +27,21 @@ from models.study import PooledStudy
 
 
 def evaluate_recommender(
-    model: NextBasketRecommender, split: NextBasketSplit, k: int = 10
+    model: NextBasketRecommender,
+    split: NextBasketSplit,
+    k: int = 10,
+    histories: Mapping[str, CustomerHistory] | None = None,
 ) -> pd.DataFrame:
     """HR@k, Recall@k and NDCG@k on the fixed next-basket protocol: overall, outside the UK
     and per home storefront (rows; columns ``customers``, ``hr@k``, ``recall@k``,
     ``ndcg@k``), ranking the whole catalogue ``split.items`` from each test customer's whole
-    training history."""
+    training history (``histories``: the split's, when the caller has built them)."""
     if model.num_items != len(split.items):
         raise ValueError(
             f"model scores {model.num_items} items but the split's catalogue has {len(split.items)}"
         )
-    histories = build_histories(split.train, split.items)
+    if histories is None:
+        histories = build_histories(split.train, split.items)
     examples = EvaluationExamples(histories, split.test_baskets, split.items)
     return evaluate_next_basket(split, score_examples(model, examples), k)
 
@@ -69,7 +78,7 @@ class RecommenderStudy(PooledStudy):
 
     def score(self, module: NextBasketRecommender) -> pd.DataFrame:
         """HR, Recall and NDCG@10 overall, outside the UK and per home storefront."""
-        return evaluate_recommender(module, self.split)
+        return evaluate_recommender(module, self.split, histories=self.histories)
 
     def baselines(self) -> dict[str, pd.DataFrame]:
         """The next-basket baselines' tables on the same split."""
